@@ -1,0 +1,198 @@
+/*
+ * specee.h — the public C API of libspecee.
+ *
+ * libspecee runs a Llama-family GGUF model (architectures `llama`, `qwen2`) on
+ * ggml, one sequence per context, and is built so that speculative early exit
+ * (SpecEE) can stop the forward pass after any layer.
+ *
+ * Usage:
+ *
+ *     struct specee_model * model = NULL;
+ *     char err[256];
+ *     struct specee_model_params mp = specee_model_default_params();
+ *     if (specee_model_load("model.gguf", &mp, &model, err, sizeof err) != SPECEE_STATUS_OK) {
+ *         fprintf(stderr, "%s\n", err);
+ *         return 1;
+ *     }
+ *     struct specee_context_params cp = specee_context_default_params();
+ *     cp.n_threads = 2;
+ *     struct specee_context * ctx = NULL;
+ *     specee_context_init(model, &cp, &ctx, err, sizeof err);
+ *
+ *     specee_token prompt[] = { 1, 2, 3 };
+ *     specee_token next;
+ *     specee_prefill(ctx, prompt, 3, false);            // logits of the last token
+ *     next = specee_argmax(ctx, 0);
+ *     for (int i = 0; i < 16; i++) {
+ *         if (specee_decode(ctx, next, &next) != SPECEE_STATUS_OK) {
+ *             fprintf(stderr, "%s\n", specee_context_error(ctx));
+ *             break;
+ *         }
+ *     }
+ *     specee_context_free(ctx);
+ *     specee_model_free(model);
+ *
+ * Threading: a model may be shared by any number of contexts and threads; a
+ * context must not be used by two threads at once.
+ *
+ * Errors: every entry point that can fail returns an `enum specee_status`;
+ * the matching message is available from specee_context_error() (or, for the
+ * functions that create objects, in the caller's `err` buffer). Bad input
+ * (files, token ids, sizes) never aborts the host process.
+ *
+ * Ownership: pointers returned by getters stay valid until the next call that
+ * changes the same context (prefill, decode, truncate, free).
+ */
+#ifndef SPECEE_H
+#define SPECEE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  define SPECEE_API __declspec(dllexport)
+#else
+#  define SPECEE_API __attribute__((visibility("default")))
+#endif
+
+#define SPECEE_API_VERSION 1
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cffi-begin: everything down to cffi-end is read by the Python binding. */
+
+typedef int32_t specee_token;
+
+struct specee_model;
+struct specee_context;
+
+enum specee_status {
+    SPECEE_STATUS_OK               = 0,
+    SPECEE_STATUS_INVALID_ARGUMENT = 1,  /* NULL pointer, out-of-range value or token id, empty input */
+    SPECEE_STATUS_IO_ERROR         = 2,  /* file missing, unreadable or truncated */
+    SPECEE_STATUS_INVALID_MODEL    = 3,  /* not a GGUF, or inconsistent metadata / tensor shapes */
+    SPECEE_STATUS_UNSUPPORTED      = 4,  /* valid file, but an architecture or tensor type we do not run */
+    SPECEE_STATUS_CONTEXT_FULL     = 5,  /* the tokens would not fit in the context (n_ctx) */
+    SPECEE_STATUS_OUT_OF_MEMORY    = 6,
+    SPECEE_STATUS_COMPUTE_FAILED   = 7,  /* ggml refused or failed the graph */
+    SPECEE_STATUS_INTERNAL         = 8   /* a bug in libspecee: please report it */
+};
+
+struct specee_model_params {
+    bool check_tensors;  /* scan F16/F32 weights for NaN/Inf while loading (slower) */
+};
+
+struct specee_context_params {
+    uint32_t n_ctx;      /* context size in tokens; 0 = the model's training context, capped at 4096 */
+    uint32_t n_batch;    /* most tokens one prefill graph processes; longer prompts are split */
+    int32_t  n_threads;  /* compute threads; <= 0 = number of online CPUs */
+    bool     flash_attn; /* fused attention kernel; false (default) matches llama.cpp's default numerics */
+};
+
+/* ---- library ---- */
+
+SPECEE_API uint32_t     specee_api_version(void);              /* == SPECEE_API_VERSION of the built library */
+SPECEE_API const char * specee_status_name(enum specee_status status);  /* "SPECEE_STATUS_OK", ... */
+SPECEE_API const char * specee_system_info(void);              /* ggml's CPU features, for logs */
+
+/* ---- model ---- */
+
+SPECEE_API struct specee_model_params specee_model_default_params(void);
+
+/* Loads a GGUF file. On failure *out_model is NULL and `err` (if not NULL)
+ * holds a message of at most err_size-1 bytes. */
+SPECEE_API enum specee_status specee_model_load(
+        const char                       * path,
+        const struct specee_model_params * params,   /* NULL = defaults */
+        struct specee_model             ** out_model,
+        char                             * err,
+        size_t                             err_size);
+
+/* Frees a model; NULL is a no-op. Every context of the model must be freed first. */
+SPECEE_API void specee_model_free(struct specee_model * model);
+
+SPECEE_API int32_t      specee_model_n_layer    (const struct specee_model * model);
+SPECEE_API int32_t      specee_model_n_embd     (const struct specee_model * model);
+SPECEE_API int32_t      specee_model_n_vocab    (const struct specee_model * model);
+SPECEE_API int32_t      specee_model_n_head     (const struct specee_model * model);
+SPECEE_API int32_t      specee_model_n_head_kv  (const struct specee_model * model);
+SPECEE_API int32_t      specee_model_n_ctx_train(const struct specee_model * model);
+SPECEE_API specee_token specee_model_bos        (const struct specee_model * model);  /* -1 if none */
+SPECEE_API specee_token specee_model_eos        (const struct specee_model * model);  /* -1 if none */
+SPECEE_API const char * specee_model_arch       (const struct specee_model * model);  /* "llama", "qwen2" */
+SPECEE_API uint64_t     specee_model_n_params   (const struct specee_model * model);
+SPECEE_API uint64_t     specee_model_size_bytes (const struct specee_model * model);  /* weight bytes */
+
+/* ---- context (one sequence, its KV cache and its compute buffers) ---- */
+
+SPECEE_API struct specee_context_params specee_context_default_params(void);
+
+SPECEE_API enum specee_status specee_context_init(
+        struct specee_model                * model,
+        const struct specee_context_params * params,   /* NULL = defaults */
+        struct specee_context             ** out_ctx,
+        char                               * err,
+        size_t                               err_size);
+
+/* Frees a context; NULL is a no-op. */
+SPECEE_API void specee_context_free(struct specee_context * ctx);
+
+/* Message of the last failed call on this context ("" if none). */
+SPECEE_API const char * specee_context_error(const struct specee_context * ctx);
+
+SPECEE_API uint32_t specee_n_ctx    (const struct specee_context * ctx);
+SPECEE_API uint32_t specee_n_past   (const struct specee_context * ctx);   /* tokens in the KV cache */
+SPECEE_API int32_t  specee_n_threads(const struct specee_context * ctx);
+
+/* Runs the prompt tokens through the full model at positions n_past.. and
+ * appends them to the KV cache. Logits are kept for the last token, or for
+ * every token if `logits_all`. On failure the KV cache is as before. */
+SPECEE_API enum specee_status specee_prefill(
+        struct specee_context * ctx,
+        const specee_token    * tokens,
+        int32_t                 n_tokens,
+        bool                    logits_all);
+
+/* One full-depth decode step: appends `token` at position n_past and keeps
+ * its logits. `out_argmax` (may be NULL) receives the greedy next token. */
+SPECEE_API enum specee_status specee_decode(
+        struct specee_context * ctx,
+        specee_token            token,
+        specee_token          * out_argmax);
+
+/* Logits of the last prefill/decode: row i of [n_outputs, n_vocab]. NULL if i
+ * is out of range. */
+SPECEE_API const float * specee_get_logits(struct specee_context * ctx, int32_t i);
+SPECEE_API int32_t       specee_n_outputs (const struct specee_context * ctx);
+SPECEE_API specee_token  specee_argmax    (struct specee_context * ctx, int32_t i);  /* -1 if i is out of range */
+
+/* Asks the next prefill/decode calls to keep the hidden state after layer
+ * `layer` (0 = token embeddings, n_layer = last layer; -1 = off), passed
+ * through the final RMSNorm if `final_norm`. Kept for every token. */
+SPECEE_API enum specee_status specee_set_hidden_output(
+        struct specee_context * ctx,
+        int32_t                 layer,
+        bool                    final_norm);
+
+/* The hidden states kept by the last call: [n_tokens, n_embd] row-major;
+ * *out_n_tokens receives n_tokens. NULL if none were asked for. */
+SPECEE_API const float * specee_get_hidden(struct specee_context * ctx, int32_t * out_n_tokens);
+
+/* Forgets every token at position >= n_past (rollback); n_past may not exceed
+ * the current one. */
+SPECEE_API enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_past);
+
+/* 1 if layer `layer` holds K/V for the cell at position `pos`, 0 if not, -1 on
+ * a bad argument. Early exit leaves deeper layers without some positions. */
+SPECEE_API int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, uint32_t pos);
+
+/* cffi-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPECEE_H */

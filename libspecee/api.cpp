@@ -1,0 +1,216 @@
+// api.cpp — the C API shim: argument checks, exception-to-status mapping,
+// per-context error messages. No logic of its own.
+#include "specee.h"
+
+#include "context.h"
+#include "error.h"
+#include "ggml_log.h"
+#include "model.h"
+
+#include "ggml-cpu.h"
+
+#include <cstring>
+#include <new>
+#include <string>
+
+using specee::fail;
+
+namespace {
+
+void copy_message(char * err, size_t err_size, const std::string & msg) {
+    if (err != nullptr && err_size > 0) {
+        const size_t n = std::min(msg.size(), err_size - 1);
+        std::memcpy(err, msg.data(), n);
+        err[n] = '\0';
+    }
+}
+
+// Runs `fn`, mapping every exception to a status and a message.
+template <typename Fn>
+specee_status guarded(std::string & message, Fn && fn) {
+    try {
+        fn();
+        message.clear();
+        return SPECEE_STATUS_OK;
+    } catch (const specee::error & e) {
+        message = e.what();
+        return e.status;
+    } catch (const std::bad_alloc &) {
+        message = "out of memory";
+        return SPECEE_STATUS_OUT_OF_MEMORY;
+    } catch (const std::exception & e) {
+        message = std::string("internal error: ") + e.what();
+        return SPECEE_STATUS_INTERNAL;
+    } catch (...) {
+        message = "internal error: unknown exception";
+        return SPECEE_STATUS_INTERNAL;
+    }
+}
+
+// For the calls on an existing context: message goes to ctx->last_error.
+template <typename Fn>
+specee_status on_context(specee_context * ctx, Fn && fn) {
+    if (ctx == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    return guarded(ctx->last_error, [&] { fn(*ctx); });
+}
+
+} // namespace
+
+extern "C" {
+
+// ---- library ----
+
+uint32_t specee_api_version(void) { return SPECEE_API_VERSION; }
+
+const char * specee_status_name(enum specee_status status) {
+    switch (status) {
+        case SPECEE_STATUS_OK:               return "SPECEE_STATUS_OK";
+        case SPECEE_STATUS_INVALID_ARGUMENT: return "SPECEE_STATUS_INVALID_ARGUMENT";
+        case SPECEE_STATUS_IO_ERROR:         return "SPECEE_STATUS_IO_ERROR";
+        case SPECEE_STATUS_INVALID_MODEL:    return "SPECEE_STATUS_INVALID_MODEL";
+        case SPECEE_STATUS_UNSUPPORTED:      return "SPECEE_STATUS_UNSUPPORTED";
+        case SPECEE_STATUS_CONTEXT_FULL:     return "SPECEE_STATUS_CONTEXT_FULL";
+        case SPECEE_STATUS_OUT_OF_MEMORY:    return "SPECEE_STATUS_OUT_OF_MEMORY";
+        case SPECEE_STATUS_COMPUTE_FAILED:   return "SPECEE_STATUS_COMPUTE_FAILED";
+        case SPECEE_STATUS_INTERNAL:         return "SPECEE_STATUS_INTERNAL";
+    }
+    return "SPECEE_STATUS_UNKNOWN";
+}
+
+const char * specee_system_info(void) {
+    static const std::string info = [] {
+        std::string s;
+        s += "AVX2 = " + std::to_string(ggml_cpu_has_avx2());
+        s += " | FMA = " + std::to_string(ggml_cpu_has_fma());
+        s += " | F16C = " + std::to_string(ggml_cpu_has_f16c());
+        s += " | AVX512 = " + std::to_string(ggml_cpu_has_avx512());
+        return s;
+    }();
+    return info.c_str();
+}
+
+// ---- model ----
+
+struct specee_model_params specee_model_default_params(void) {
+    specee_model_params p;
+    p.check_tensors = false;
+    return p;
+}
+
+enum specee_status specee_model_load(const char * path, const struct specee_model_params * params,
+                                     struct specee_model ** out_model, char * err, size_t err_size) {
+    std::string message;
+    if (out_model != nullptr) {
+        *out_model = nullptr;
+    }
+    const specee_status st = guarded(message, [&] {
+        if (path == nullptr || out_model == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "path and out_model must not be NULL");
+        }
+        const specee_model_params p = params ? *params : specee_model_default_params();
+        std::unique_ptr<specee_model> m(new specee_model());
+        specee::load_model(*m, path, p);
+        *out_model = m.release();
+    });
+    copy_message(err, err_size, message);
+    return st;
+}
+
+void specee_model_free(struct specee_model * model) { delete model; }
+
+int32_t specee_model_n_layer(const struct specee_model * m)     { return m ? m->hp.n_layer : 0; }
+int32_t specee_model_n_embd(const struct specee_model * m)      { return m ? m->hp.n_embd : 0; }
+int32_t specee_model_n_vocab(const struct specee_model * m)     { return m ? m->hp.n_vocab : 0; }
+int32_t specee_model_n_head(const struct specee_model * m)      { return m ? m->hp.n_head : 0; }
+int32_t specee_model_n_head_kv(const struct specee_model * m)   { return m ? m->hp.n_head_kv : 0; }
+int32_t specee_model_n_ctx_train(const struct specee_model * m) { return m ? m->hp.n_ctx_train : 0; }
+specee_token specee_model_bos(const struct specee_model * m)    { return m ? m->hp.bos : -1; }
+specee_token specee_model_eos(const struct specee_model * m)    { return m ? m->hp.eos : -1; }
+const char * specee_model_arch(const struct specee_model * m)   { return m ? m->arch_name.c_str() : ""; }
+uint64_t specee_model_n_params(const struct specee_model * m)   { return m ? m->n_params : 0; }
+uint64_t specee_model_size_bytes(const struct specee_model * m) { return m ? m->size_bytes : 0; }
+
+// ---- context ----
+
+struct specee_context_params specee_context_default_params(void) {
+    specee_context_params p;
+    p.n_ctx     = 0;
+    p.n_batch   = 512;
+    p.n_threads  = 0;
+    p.flash_attn = false;
+    return p;
+}
+
+enum specee_status specee_context_init(struct specee_model * model, const struct specee_context_params * params,
+                                       struct specee_context ** out_ctx, char * err, size_t err_size) {
+    std::string message;
+    if (out_ctx != nullptr) {
+        *out_ctx = nullptr;
+    }
+    const specee_status st = guarded(message, [&] {
+        if (model == nullptr || out_ctx == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "model and out_ctx must not be NULL");
+        }
+        const specee_context_params p = params ? *params : specee_context_default_params();
+        *out_ctx = new specee_context(*model, p);
+    });
+    copy_message(err, err_size, message);
+    return st;
+}
+
+void specee_context_free(struct specee_context * ctx) { delete ctx; }
+
+const char * specee_context_error(const struct specee_context * ctx) {
+    return ctx ? ctx->last_error.c_str() : "context is NULL";
+}
+
+uint32_t specee_n_ctx(const struct specee_context * ctx)     { return ctx ? ctx->n_ctx() : 0; }
+uint32_t specee_n_past(const struct specee_context * ctx)    { return ctx ? ctx->n_past() : 0; }
+int32_t  specee_n_threads(const struct specee_context * ctx) { return ctx ? ctx->n_threads() : 0; }
+
+enum specee_status specee_prefill(struct specee_context * ctx, const specee_token * tokens, int32_t n_tokens,
+                                  bool logits_all) {
+    return on_context(ctx, [&](specee::context & c) { c.prefill(tokens, n_tokens, logits_all); });
+}
+
+enum specee_status specee_decode(struct specee_context * ctx, specee_token token, specee_token * out_argmax) {
+    return on_context(ctx, [&](specee::context & c) {
+        c.decode(token);
+        if (out_argmax) {
+            *out_argmax = c.argmax(0);
+        }
+    });
+}
+
+const float * specee_get_logits(struct specee_context * ctx, int32_t i) { return ctx ? ctx->logits(i) : nullptr; }
+int32_t specee_n_outputs(const struct specee_context * ctx)          { return ctx ? ctx->n_outputs() : 0; }
+specee_token specee_argmax(struct specee_context * ctx, int32_t i)     { return ctx ? ctx->argmax(i) : -1; }
+
+enum specee_status specee_set_hidden_output(struct specee_context * ctx, int32_t layer, bool final_norm) {
+    return on_context(ctx, [&](specee::context & c) { c.set_hidden_output(layer, final_norm); });
+}
+
+const float * specee_get_hidden(struct specee_context * ctx, int32_t * out_n_tokens) {
+    if (ctx == nullptr) {
+        if (out_n_tokens) {
+            *out_n_tokens = 0;
+        }
+        return nullptr;
+    }
+    return ctx->hidden(out_n_tokens);
+}
+
+enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_past) {
+    return on_context(ctx, [&](specee::context & c) { c.truncate(n_past); });
+}
+
+int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, uint32_t pos) {
+    if (ctx == nullptr || layer < 0 || layer >= ctx->mdl().hp.n_layer || pos >= ctx->n_ctx()) {
+        return -1;
+    }
+    return ctx->kv().valid(layer, pos) ? 1 : 0;
+}
+
+} // extern "C"

@@ -1,0 +1,246 @@
+// context.cpp — runs forward passes for one sequence and keeps their outputs.
+#include "context.h"
+
+#include "error.h"
+#include "ggml_log.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace specee {
+
+static uint32_t resolve_n_ctx(const model & m, const specee_context_params & p) {
+    if (p.n_ctx == 0) {
+        return uint32_t(std::min(m.hp.n_ctx_train, 4096));
+    }
+    if (p.n_ctx > (1u << 20)) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "n_ctx = %u is larger than the limit of %u", p.n_ctx, 1u << 20);
+    }
+    return p.n_ctx;
+}
+
+static int32_t resolve_threads(int32_t n) {
+    if (n > 0) {
+        return std::min(n, 512);
+    }
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw > 0 ? int32_t(hw) : 1;
+}
+
+context::context(const model & m, const specee_context_params & params)
+    : model_(m),
+      kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn),
+      n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
+      n_threads_(resolve_threads(params.n_threads)) {
+    install_ggml_log();
+
+    // Explicit cleanup on failure: the destructor does not run for a
+    // constructor that throws.
+    try {
+        backend_ = ggml_backend_cpu_init();
+        if (backend_ == nullptr) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the ggml CPU backend");
+        }
+        // A persistent thread pool: threads stay alive (and spin briefly)
+        // between graphs instead of being created for every token.
+        ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads_);
+        threadpool_ = ggml_threadpool_new(&tpp);
+        if (threadpool_ == nullptr) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a pool of %d threads", n_threads_);
+        }
+        ggml_backend_cpu_set_n_threads(backend_, n_threads_);
+        ggml_backend_cpu_set_threadpool(backend_, threadpool_);
+
+        galloc_ = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+        graph_size_ = std::max(1024, 48 * m.hp.n_layer + 64);
+        graph_meta_.resize(ggml_tensor_overhead() * size_t(graph_size_) + ggml_graph_overhead_custom(size_t(graph_size_), false));
+
+        ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
+        state_ctx_ = ggml_init(ip);
+        state_ = ggml_new_tensor_2d(state_ctx_, GGML_TYPE_F32, m.hp.n_embd, n_batch_);
+        state_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(state_ctx_, ggml_backend_cpu_buffer_type());
+        if (galloc_ == nullptr || state_buffer_ == nullptr) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate compute buffers");
+        }
+
+        // Size the compute buffer once for the largest prefill chunk, so that
+        // generation never reallocates.
+        ggml_init_params gp = {graph_meta_.size(), graph_meta_.data(), true};
+        ggml_context * ctx0 = ggml_init(gp);
+        forward_plan plan;
+        plan.n_tokens  = n_batch_;
+        plan.n_kv      = kv_.n_ctx();
+        plan.layer_end = m.hp.n_layer;
+        plan.n_logits  = 1;
+        forward_graph g = build_forward(ctx0, m, kv_, state_, plan, graph_size_);
+        const bool ok = ggml_gallocr_reserve(galloc_, g.gf);
+        ggml_free(ctx0);
+        if (!ok) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot reserve the compute buffer");
+        }
+    } catch (...) {
+        ggml_gallocr_free(galloc_);
+        ggml_backend_buffer_free(state_buffer_);
+        ggml_free(state_ctx_);
+        ggml_backend_free(backend_);
+        if (threadpool_) {
+            ggml_threadpool_free(threadpool_);
+        }
+        throw;
+    }
+}
+
+context::~context() {
+    ggml_gallocr_free(galloc_);
+    ggml_backend_buffer_free(state_buffer_);
+    ggml_free(state_ctx_);
+    ggml_backend_free(backend_);
+    ggml_threadpool_free(threadpool_);  // after the backend that uses it
+}
+
+void context::check_tokens(const int32_t * tokens, int32_t n) const {
+    if (tokens == nullptr || n <= 0) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "empty input: at least one token is needed");
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= model_.hp.n_vocab) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary [0, %d)",
+                 tokens[i], i, model_.hp.n_vocab);
+        }
+    }
+    if (uint64_t(kv_.n_past()) + uint64_t(n) > kv_.n_ctx()) {
+        fail(SPECEE_STATUS_CONTEXT_FULL, "context is full: %u tokens cached + %d new > n_ctx = %u",
+             kv_.n_past(), n, kv_.n_ctx());
+    }
+}
+
+void context::run(const int32_t * tokens, const forward_plan & plan) {
+    ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx0(ggml_init(ip), ggml_free);
+    forward_graph g = build_forward(ctx0.get(), model_, kv_, state_, plan, graph_size_);
+    if (!ggml_gallocr_alloc_graph(galloc_, g.gf)) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
+    }
+
+    // ---- inputs ----
+    const uint32_t n = plan.n_tokens;
+    pos_buf_.resize(n);
+    for (uint32_t i = 0; i < n; i++) {
+        pos_buf_[i] = int32_t(plan.pos + i);
+    }
+    ggml_backend_tensor_set(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
+    if (g.tokens) {
+        ggml_backend_tensor_set(g.tokens, tokens, 0, n * sizeof(int32_t));
+    }
+    mask_buf_.resize(size_t(plan.n_kv) * n);
+    for (size_t u = 0; u < g.masks.size(); u++) {
+        kv_.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
+        if (g.masks[u]->type == GGML_TYPE_F16) {
+            mask_f16_.resize(mask_buf_.size());
+            ggml_fp32_to_fp16_row(mask_buf_.data(), mask_f16_.data(), int64_t(mask_buf_.size()));
+            ggml_backend_tensor_set(g.masks[u], mask_f16_.data(), 0, mask_f16_.size() * sizeof(ggml_fp16_t));
+        } else {
+            ggml_backend_tensor_set(g.masks[u], mask_buf_.data(), 0, mask_buf_.size() * sizeof(float));
+        }
+    }
+
+    const ggml_status st = ggml_backend_graph_compute(backend_, g.gf);
+    if (st != GGML_STATUS_SUCCESS) {
+        fail(SPECEE_STATUS_COMPUTE_FAILED, "ggml graph compute failed with status %d", int(st));
+    }
+
+    // ---- outputs ----
+    if (g.logits) {
+        const size_t n_floats = size_t(ggml_nelements(g.logits));
+        const size_t offset   = logits_.size();
+        logits_.resize(offset + n_floats);
+        ggml_backend_tensor_get(g.logits, logits_.data() + offset, 0, n_floats * sizeof(float));
+        n_outputs_ += int32_t(g.logits->ne[1]);
+    }
+    if (g.hidden) {
+        const size_t n_floats = size_t(ggml_nelements(g.hidden));
+        const size_t offset   = hidden_.size();
+        hidden_.resize(offset + n_floats);
+        ggml_backend_tensor_get(g.hidden, hidden_.data() + offset, 0, n_floats * sizeof(float));
+        n_hidden_ += int32_t(g.hidden->ne[1]);
+    }
+}
+
+void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all) {
+    check_tokens(tokens, n_tokens);
+    logits_.clear();
+    hidden_.clear();
+    n_outputs_ = 0;
+    n_hidden_  = 0;
+
+    const uint32_t start = kv_.n_past();
+    try {
+        for (uint32_t done = 0; done < uint32_t(n_tokens);) {
+            const uint32_t chunk = std::min(n_batch_, uint32_t(n_tokens) - done);
+            const bool     last  = done + chunk == uint32_t(n_tokens);
+            forward_plan plan;
+            plan.pos          = start + done;
+            plan.n_tokens     = chunk;
+            plan.n_kv         = plan.pos + chunk;
+            plan.layer_end    = model_.hp.n_layer;
+            plan.n_logits     = logits_all ? int(chunk) : (last ? 1 : 0);
+            plan.hidden_layer = hidden_layer_;
+            plan.hidden_norm  = hidden_norm_;
+            run(tokens + done, plan);
+            kv_.commit(plan.pos, chunk, model_.hp.n_layer);
+            done += chunk;
+        }
+    } catch (...) {
+        kv_.truncate(start);  // all or nothing
+        logits_.clear();
+        hidden_.clear();
+        n_outputs_ = 0;
+        n_hidden_  = 0;
+        throw;
+    }
+}
+
+void context::decode(int32_t token) {
+    prefill(&token, 1, false);
+}
+
+void context::truncate(uint32_t n_past) {
+    if (n_past > kv_.n_past()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
+    }
+    kv_.truncate(n_past);
+}
+
+void context::set_hidden_output(int32_t layer, bool final_norm) {
+    if (layer < -1 || layer > model_.hp.n_layer) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "hidden layer %d is outside [-1, %d]", layer, model_.hp.n_layer);
+    }
+    hidden_layer_ = layer;
+    hidden_norm_  = final_norm;
+}
+
+const float * context::logits(int32_t i) const {
+    if (i < 0 || i >= n_outputs_) {
+        return nullptr;
+    }
+    return logits_.data() + size_t(i) * size_t(model_.hp.n_vocab);
+}
+
+int32_t context::argmax(int32_t i) const {
+    const float * row = logits(i);
+    if (row == nullptr) {
+        return -1;
+    }
+    // first maximum, as llama.cpp's greedy sampler picks it
+    return int32_t(std::max_element(row, row + model_.hp.n_vocab) - row);
+}
+
+const float * context::hidden(int32_t * n_tokens) const {
+    if (n_tokens) {
+        *n_tokens = n_hidden_;
+    }
+    return n_hidden_ > 0 ? hidden_.data() : nullptr;
+}
+
+} // namespace specee

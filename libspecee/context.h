@@ -1,0 +1,79 @@
+// context.h — one sequence: KV cache, compute buffers, threads, outputs.
+#pragma once
+
+#include "graph.h"
+#include "kv_cache.h"
+#include "model.h"
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace specee {
+
+class context {
+public:
+    context(const model & m, const specee_context_params & params);
+    ~context();
+    context(const context &) = delete;
+    context & operator=(const context &) = delete;
+
+    const model & mdl() const { return model_; }
+    uint32_t n_ctx()     const { return kv_.n_ctx(); }
+    uint32_t n_past()    const { return kv_.n_past(); }
+    int32_t  n_threads() const { return n_threads_; }
+    const kv_cache & kv() const { return kv_; }
+
+    // Full-depth forward passes (see specee.h for the contracts).
+    void prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all);
+    void decode(int32_t token);
+    void truncate(uint32_t n_past);
+    void set_hidden_output(int32_t layer, bool final_norm);
+
+    const float * logits(int32_t i) const;
+    int32_t       n_outputs() const { return n_outputs_; }
+    int32_t       argmax(int32_t i) const;
+    const float * hidden(int32_t * n_tokens) const;
+
+    std::string last_error;
+
+private:
+    // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
+    void run(const int32_t * tokens, const forward_plan & plan);
+    void check_tokens(const int32_t * tokens, int32_t n) const;
+
+    const model & model_;
+    kv_cache      kv_;
+    uint32_t      n_batch_;
+    int32_t       n_threads_;
+
+    ggml_backend_t     backend_    = nullptr;
+    ggml_threadpool_t  threadpool_ = nullptr;
+    ggml_gallocr_t     galloc_     = nullptr;
+    std::vector<uint8_t> graph_meta_;         // memory for graph/tensor structs
+    int                graph_size_ = 0;
+
+    ggml_context          * state_ctx_    = nullptr;
+    ggml_backend_buffer_t   state_buffer_ = nullptr;
+    ggml_tensor           * state_        = nullptr;  // [n_embd, n_batch] residual between segments
+
+    std::vector<float>       logits_;       // [n_outputs, n_vocab]
+    int32_t                  n_outputs_ = 0;
+    std::vector<float>       hidden_;       // [n_hidden_tokens, n_embd]
+    int32_t                  n_hidden_  = 0;
+    int32_t                  hidden_layer_ = -1;
+    bool                     hidden_norm_  = false;
+    std::vector<float>       mask_buf_;
+    std::vector<ggml_fp16_t> mask_f16_;
+    std::vector<int32_t>     pos_buf_;
+};
+
+} // namespace specee
+
+struct specee_context : specee::context {
+    using specee::context::context;
+};

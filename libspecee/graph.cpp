@@ -1,0 +1,180 @@
+// graph.cpp — the Llama / Qwen2 decoder as a ggml graph.
+// ref: llama.cpp src/models/llama.cpp (graph shape), Qwen2 adds Q/K/V biases.
+#include "graph.h"
+
+#include <cmath>
+
+namespace specee {
+
+// RMSNorm with a learned scale: x / rms(x) * w
+static ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps) {
+    return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
+}
+
+// y = W x (+ b)
+static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
+    ggml_tensor * y = ggml_mul_mat(ctx0, w, x);
+    return b ? ggml_add(ctx0, y, b) : y;
+}
+
+// Self-attention of layer il over the cache; writes this batch's K/V first.
+static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
+                               const forward_plan & plan, const forward_graph & g, ggml_tensor * kq_mask,
+                               int il, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+    const hparams       & hp = m.hp;
+    const layer_weights & L  = m.layers[size_t(il)];
+    const int64_t n  = plan.n_tokens;
+    const int64_t hd = hp.n_embd_head;
+
+    ggml_tensor * q = linear(ctx0, L.wq, L.bq, cur);                 // [n_embd_q,  n]
+    ggml_tensor * k = linear(ctx0, L.wk, L.bk, cur);                 // [n_embd_kv, n]
+    ggml_tensor * v = linear(ctx0, L.wv, L.bv, cur);                 // [n_embd_kv, n]
+
+    q = ggml_reshape_3d(ctx0, q, hd, hp.n_head,    n);               // [hd, n_head,    n]
+    k = ggml_reshape_3d(ctx0, k, hd, hp.n_head_kv, n);               // [hd, n_head_kv, n]
+
+    q = ggml_rope_ext(ctx0, q, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
+                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
+    k = ggml_rope_ext(ctx0, k, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
+                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
+
+    // Store this batch's K/V in cells [pos, pos + n) (cell == position, so
+    // they are contiguous); expanded now so the writes come before the reads
+    // below in graph order.
+    ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
+    ggml_tensor * v_cache = kv.v(il);
+    const int64_t n_kv_embd = hp.n_embd_kv();
+    ggml_build_forward_expand(gf, ggml_cpy(ctx0, k,
+        ggml_view_2d(ctx0, k_cache, n_kv_embd, n, k_cache->nb[1], plan.pos * k_cache->nb[1])));
+    if (kv.v_trans()) {                                              // v_cache: [n_ctx, n_embd_kv]
+        ggml_build_forward_expand(gf, ggml_cpy(ctx0, ggml_transpose(ctx0, v),
+            ggml_view_2d(ctx0, v_cache, n, n_kv_embd, v_cache->nb[1], plan.pos * v_cache->nb[0])));
+    } else {                                                         // v_cache: [n_embd_kv, n_ctx]
+        ggml_build_forward_expand(gf, ggml_cpy(ctx0, v,
+            ggml_view_2d(ctx0, v_cache, n_kv_embd, n, v_cache->nb[1], plan.pos * v_cache->nb[1])));
+    }
+
+    const float   scale = 1.0f / std::sqrt(float(hd));
+    const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
+    ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, plan.n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+    ggml_tensor * qp = ggml_permute(ctx0, q, 0, 2, 1, 3);            // [hd, n, n_head]
+    ggml_tensor * o;
+    if (kv.v_trans()) {
+        // unfused: softmax(K^T q * scale + mask), then V^T times it; the
+        // graph llama.cpp builds when flash attention is off (its default)
+        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
+        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
+        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, plan.n_kv, hd, hp.n_head_kv,
+                                        v_cache->nb[1], v_cache->nb[1] * hd, 0);  // [n_kv, hd, n_head_kv]
+        ggml_tensor * kqv = ggml_mul_mat(ctx0, vs, kq);              // [hd, n, n_head]
+        o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hp.n_embd_q(), n);  // [n_embd_q, n]
+    } else {
+        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, hd, plan.n_kv, hp.n_head_kv, v_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+        o = ggml_flash_attn_ext(ctx0, qp, ks, vs, kq_mask, scale, 0.0f, 0.0f);
+        ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);              // [hd, n_head, n]
+        o = ggml_reshape_2d(ctx0, o, hp.n_embd_q(), n);              // [n_embd_q, n]
+    }
+
+    return ggml_mul_mat(ctx0, L.wo, o);                              // [n_embd, n]
+}
+
+// SwiGLU feed-forward: down(silu(gate x) * up x)
+static ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur) {
+    ggml_tensor * gate = ggml_mul_mat(ctx0, L.ffn_gate, cur);        // [n_ff, n]
+    ggml_tensor * up   = ggml_mul_mat(ctx0, L.ffn_up,   cur);        // [n_ff, n]
+    return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
+}
+
+forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache & kv,
+                            ggml_tensor * state, const forward_plan & plan, int graph_size) {
+    const hparams & hp = m.hp;
+    const int64_t   n  = plan.n_tokens;
+    forward_graph   g;
+    g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
+
+    // ---- inputs ----
+    g.positions = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+    ggml_set_name(g.positions, "inp_pos");
+    ggml_set_input(g.positions);
+    const ggml_type mask_type = kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16;  // the fused kernel wants F16
+
+    // One mask per distinct set of valid cells: layers that computed the same
+    // tokens share it (all of them, when nothing has exited early).
+    std::vector<int> mask_of_layer(size_t(hp.n_layer), -1);
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        for (size_t u = 0; u < g.mask_layer.size(); u++) {
+            if (kv.same_validity(il, g.mask_layer[u], plan.pos)) {
+                mask_of_layer[size_t(il)] = int(u);
+                break;
+            }
+        }
+        if (mask_of_layer[size_t(il)] < 0) {
+            ggml_tensor * mask = ggml_new_tensor_2d(ctx0, mask_type, plan.n_kv, n);  // [n_kv, n]
+            ggml_format_name(mask, "kq_mask_%zu", g.masks.size());
+            ggml_set_input(mask);
+            mask_of_layer[size_t(il)] = int(g.masks.size());
+            g.masks.push_back(mask);
+            g.mask_layer.push_back(il);
+        }
+    }
+
+    ggml_tensor * x;                                                 // [n_embd, n] residual stream
+    if (plan.layer_begin == 0) {
+        g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+        ggml_set_name(g.tokens, "inp_tokens");
+        ggml_set_input(g.tokens);
+        x = ggml_get_rows(ctx0, m.tok_embd, g.tokens);
+    } else {
+        x = ggml_view_2d(ctx0, state, hp.n_embd, n, state->nb[1], 0);
+    }
+
+    auto keep_hidden = [&](ggml_tensor * h) {
+        if (plan.hidden_norm) {
+            h = rms_norm(ctx0, h, m.output_norm, hp.rms_eps);
+        } else {
+            h = ggml_cont(ctx0, h);  // a copy, so later in-place ops cannot touch it
+        }
+        ggml_set_name(h, "hidden_out");
+        ggml_set_output(h);
+        ggml_build_forward_expand(g.gf, h);
+        g.hidden = h;
+    };
+
+    // ---- layers ----
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        if (plan.hidden_layer == il) {
+            keep_hidden(x);
+        }
+        const layer_weights & L = m.layers[size_t(il)];
+        ggml_tensor * mask = g.masks[size_t(mask_of_layer[size_t(il)])];
+
+        ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
+        cur = attention(ctx0, g.gf, m, kv, plan, g, mask, il, cur);
+        x   = ggml_add(ctx0, x, cur);
+
+        cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
+        cur = feed_forward(ctx0, L, cur);
+        x   = ggml_add(ctx0, x, cur);
+    }
+    if (plan.hidden_layer == plan.layer_end) {
+        keep_hidden(x);
+    }
+    if (plan.save_state) {
+        ggml_build_forward_expand(g.gf, ggml_cpy(ctx0, x, ggml_view_2d(ctx0, state, hp.n_embd, n, state->nb[1], 0)));
+    }
+
+    // ---- output ----
+    if (plan.n_logits > 0) {
+        if (plan.n_logits == 1 && n > 1) {
+            x = ggml_view_2d(ctx0, x, hp.n_embd, 1, x->nb[1], size_t(n - 1) * x->nb[1]);  // [n_embd, 1]
+        }
+        ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
+        g.logits = ggml_mul_mat(ctx0, m.output, h);                   // [n_vocab, n_logits]
+        ggml_set_name(g.logits, "logits");
+        ggml_set_output(g.logits);
+        ggml_build_forward_expand(g.gf, g.logits);
+    }
+    return g;
+}
+
+} // namespace specee

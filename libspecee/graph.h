@@ -1,0 +1,48 @@
+// graph.h — builds the ggml graph of one forward pass over a range of layers.
+//
+// A pass covers positions [pos, pos + n_tokens) and layers [layer_begin,
+// layer_end). It starts from the token embeddings (layer_begin == 0) or from
+// the residual stream saved by the previous segment, so that early exit can
+// stop after any layer and resume later without recomputing.
+#pragma once
+
+#include "kv_cache.h"
+#include "model.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace specee {
+
+struct forward_plan {
+    uint32_t pos          = 0;      // position of the first token
+    uint32_t n_tokens     = 0;
+    uint32_t n_kv         = 0;      // cells the attention reads: pos + n_tokens
+    int      layer_begin  = 0;
+    int      layer_end    = 0;      // exclusive
+    bool     save_state   = false;  // write the residual stream after layer_end - 1 to `state`
+    int      n_logits     = 0;      // 0: none, 1: last token only, n_tokens: all
+    int      hidden_layer = -1;     // keep the hidden state after this many layers, -1: none
+    bool     hidden_norm  = false;  // ... passed through the final RMSNorm
+};
+
+struct forward_graph {
+    ggml_cgraph * gf = nullptr;
+
+    // inputs, to be filled after allocation
+    ggml_tensor * tokens = nullptr;             // [n_tokens] I32 (only when layer_begin == 0)
+    ggml_tensor * positions = nullptr;          // [n_tokens] I32
+    std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
+    std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
+
+    // outputs
+    ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]
+    ggml_tensor * hidden = nullptr;             // [n_embd, n_tokens]
+};
+
+// Builds the graph into `ctx0` (a no_alloc context). `state` is the
+// context's persistent residual buffer [n_embd, n_batch] F32.
+forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache & kv,
+                            ggml_tensor * state, const forward_plan & plan, int graph_size);
+
+} // namespace specee

@@ -1,0 +1,47 @@
+"""cffi binding of libspecee: the declarations come from the real header.
+
+No logic lives here: `engine` turns status codes into exceptions and handles
+into objects.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cffi
+
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+def _header_path() -> Path:
+    installed = _PKG_DIR / "include" / "specee.h"
+    if installed.exists():
+        return installed
+    # running from a source checkout (python/specee next to include/)
+    return _PKG_DIR.parent.parent / "include" / "specee.h"
+
+
+def _library_path() -> Path:
+    # SPECEE_LIBRARY points a development build at another libspecee.so.
+    override = os.environ.get("SPECEE_LIBRARY")
+    return Path(override) if override else _PKG_DIR / "libspecee.so"
+
+
+def _cdef_from_header(text: str) -> str:
+    """The part of specee.h between the cffi-begin and cffi-end markers,
+    without the export macro."""
+    match = re.search(r"/\* cffi-begin.*?\*/(.*?)/\* cffi-end \*/", text, re.S)
+    if match is None:
+        raise ImportError("specee.h has no cffi-begin/cffi-end block")
+    body = match.group(1).replace("SPECEE_API ", "")
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#"))
+
+
+ffi = cffi.FFI()
+ffi.cdef(_cdef_from_header(_header_path().read_text()))
+
+_lib_path = _library_path()
+if not _lib_path.exists():
+    raise ImportError(f"libspecee not found at {_lib_path}; was the package built (pip install .)?")
+lib = ffi.dlopen(str(_lib_path))

@@ -1,0 +1,274 @@
+"""Python objects over the libspecee C API: Model, Context, and exceptions
+mapped from its status codes."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ._ffi import ffi, lib
+
+# ---- errors -----------------------------------------------------------------
+
+
+class SpeceeError(Exception):
+    """An error reported by libspecee; `status` is the C status name."""
+
+    status = "SPECEE_STATUS_INTERNAL"
+
+
+class InvalidArgumentError(SpeceeError, ValueError):
+    status = "SPECEE_STATUS_INVALID_ARGUMENT"
+
+
+class ModelIOError(SpeceeError, OSError):
+    status = "SPECEE_STATUS_IO_ERROR"
+
+
+class InvalidModelError(SpeceeError):
+    status = "SPECEE_STATUS_INVALID_MODEL"
+
+
+class UnsupportedModelError(SpeceeError):
+    status = "SPECEE_STATUS_UNSUPPORTED"
+
+
+class ContextFullError(SpeceeError):
+    status = "SPECEE_STATUS_CONTEXT_FULL"
+
+
+class OutOfMemoryError(SpeceeError, MemoryError):
+    status = "SPECEE_STATUS_OUT_OF_MEMORY"
+
+
+class ComputeError(SpeceeError):
+    status = "SPECEE_STATUS_COMPUTE_FAILED"
+
+
+_ERRORS = {
+    lib.SPECEE_STATUS_INVALID_ARGUMENT: InvalidArgumentError,
+    lib.SPECEE_STATUS_IO_ERROR: ModelIOError,
+    lib.SPECEE_STATUS_INVALID_MODEL: InvalidModelError,
+    lib.SPECEE_STATUS_UNSUPPORTED: UnsupportedModelError,
+    lib.SPECEE_STATUS_CONTEXT_FULL: ContextFullError,
+    lib.SPECEE_STATUS_OUT_OF_MEMORY: OutOfMemoryError,
+    lib.SPECEE_STATUS_COMPUTE_FAILED: ComputeError,
+}
+
+
+def check(status: int, message: str) -> None:
+    """Raises the exception that matches a C status code (no-op for OK)."""
+    if status != lib.SPECEE_STATUS_OK:
+        raise _ERRORS.get(status, SpeceeError)(message or ffi.string(lib.specee_status_name(status)).decode())
+
+
+def api_version() -> int:
+    return int(lib.specee_api_version())
+
+
+def system_info() -> str:
+    return ffi.string(lib.specee_system_info()).decode()
+
+
+def default_threads() -> int:
+    """Threads to use when none are given: the cores this process may run on.
+    ggml's threads spin while they wait, so more threads than cores hurts."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---- model --------------------------------------------------------------------
+
+
+class Model:
+    """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike, check_tensors: bool = False):
+        self.path = os.fspath(path)
+        params = ffi.new("struct specee_model_params *", lib.specee_model_default_params())
+        params.check_tensors = check_tensors
+        out = ffi.new("struct specee_model **")
+        err = ffi.new("char[]", 1024)
+        status = lib.specee_model_load(self.path.encode(), params, out, err, len(err))
+        check(status, ffi.string(err).decode(errors="replace"))
+        self._ptr = out[0]
+        self._contexts: list = []
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidArgumentError("the model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        """Frees the model and every context still open on it."""
+        for ctx in list(self._contexts):
+            ctx.close()
+        if self._ptr is not None:
+            lib.specee_model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    n_layer = property(lambda self: int(lib.specee_model_n_layer(self.ptr)))
+    n_embd = property(lambda self: int(lib.specee_model_n_embd(self.ptr)))
+    n_vocab = property(lambda self: int(lib.specee_model_n_vocab(self.ptr)))
+    n_head = property(lambda self: int(lib.specee_model_n_head(self.ptr)))
+    n_head_kv = property(lambda self: int(lib.specee_model_n_head_kv(self.ptr)))
+    n_ctx_train = property(lambda self: int(lib.specee_model_n_ctx_train(self.ptr)))
+    bos = property(lambda self: int(lib.specee_model_bos(self.ptr)))
+    eos = property(lambda self: int(lib.specee_model_eos(self.ptr)))
+    arch = property(lambda self: ffi.string(lib.specee_model_arch(self.ptr)).decode())
+    n_params = property(lambda self: int(lib.specee_model_n_params(self.ptr)))
+    size_bytes = property(lambda self: int(lib.specee_model_size_bytes(self.ptr)))
+
+    def context(self, **kwargs) -> "Context":
+        return Context(self, **kwargs)
+
+
+# ---- context ------------------------------------------------------------------
+
+
+class Context:
+    """One sequence with its KV cache. Not for use by two threads at once."""
+
+    def __init__(self, model: Model, n_ctx: int = 0, n_batch: int = 512, n_threads: int = 0,
+                 flash_attn: bool = False):
+        if n_ctx < 0 or n_batch < 0:
+            raise InvalidArgumentError("n_ctx and n_batch must not be negative")
+        self.model = model
+        params = ffi.new("struct specee_context_params *", lib.specee_context_default_params())
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_threads = n_threads if n_threads > 0 else default_threads()
+        params.flash_attn = flash_attn
+        out = ffi.new("struct specee_context **")
+        err = ffi.new("char[]", 1024)
+        status = lib.specee_context_init(model.ptr, params, out, err, len(err))
+        check(status, ffi.string(err).decode(errors="replace"))
+        self._ptr = out[0]
+        self._n_vocab = model.n_vocab
+        self._n_embd = model.n_embd
+        model._contexts.append(self)
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidArgumentError("the context is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.specee_context_free(self._ptr)
+            self._ptr = None
+            if self in self.model._contexts:
+                self.model._contexts.remove(self)
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _check(self, status: int) -> None:
+        if status != lib.SPECEE_STATUS_OK:
+            check(status, ffi.string(lib.specee_context_error(self._ptr)).decode(errors="replace"))
+
+    n_ctx = property(lambda self: int(lib.specee_n_ctx(self.ptr)))
+    n_past = property(lambda self: int(lib.specee_n_past(self.ptr)))
+    n_threads = property(lambda self: int(lib.specee_n_threads(self.ptr)))
+
+    def prefill(self, tokens: Sequence[int], logits_all: bool = False) -> None:
+        """Runs the tokens through the full model and appends them to the cache."""
+        arr = _token_array(tokens)
+        self._check(lib.specee_prefill(self.ptr, ffi.from_buffer("int32_t[]", arr), len(arr), logits_all))
+
+    def decode(self, token: int) -> int:
+        """One full-depth step for `token`; returns the greedy next token."""
+        if not 0 <= token < self._n_vocab:
+            raise InvalidArgumentError(f"token {token} is outside the vocabulary [0, {self._n_vocab})")
+        out = ffi.new("specee_token *")
+        self._check(lib.specee_decode(self.ptr, token, out))
+        return int(out[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(lib.specee_n_outputs(self.ptr))
+
+    def logits(self, i: int = -1) -> np.ndarray:
+        """A copy of the logits of output row i (negative counts from the end)."""
+        n = self.n_outputs
+        if i < 0:
+            i += n
+        ptr = lib.specee_get_logits(self.ptr, i)
+        if ptr == ffi.NULL:
+            raise InvalidArgumentError(f"no logits row {i} (the last call kept {n})")
+        return np.frombuffer(ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32).copy()
+
+    def all_logits(self) -> np.ndarray:
+        """[n_outputs, n_vocab] copy of every logits row kept by the last call."""
+        n = self.n_outputs
+        if n == 0:
+            return np.zeros((0, self._n_vocab), dtype=np.float32)
+        ptr = lib.specee_get_logits(self.ptr, 0)
+        return np.frombuffer(ffi.buffer(ptr, n * self._n_vocab * 4), dtype=np.float32).reshape(n, -1).copy()
+
+    def argmax(self, i: int = -1) -> int:
+        n = self.n_outputs
+        token = int(lib.specee_argmax(self.ptr, i + n if i < 0 else i))
+        if token < 0:
+            raise InvalidArgumentError(f"no logits row {i}")
+        return token
+
+    def set_hidden_output(self, layer: Optional[int], final_norm: bool = False) -> None:
+        """Keep the hidden state after `layer` layers (0 = embeddings) in the
+        next calls; None turns it off."""
+        self._check(lib.specee_set_hidden_output(self.ptr, -1 if layer is None else layer, final_norm))
+
+    def hidden(self) -> np.ndarray:
+        """[n_tokens, n_embd] copy of the hidden states kept by the last call."""
+        n = ffi.new("int32_t *")
+        ptr = lib.specee_get_hidden(self.ptr, n)
+        if ptr == ffi.NULL:
+            raise InvalidArgumentError("no hidden states were kept; call set_hidden_output first")
+        return np.frombuffer(ffi.buffer(ptr, n[0] * self._n_embd * 4), dtype=np.float32).reshape(n[0], -1).copy()
+
+    def truncate(self, n_past: int) -> None:
+        """Forgets every cached token at position >= n_past."""
+        if n_past < 0:
+            raise InvalidArgumentError("n_past must not be negative")
+        self._check(lib.specee_kv_truncate(self.ptr, n_past))
+
+    def cell_valid(self, layer: int, pos: int) -> bool:
+        r = int(lib.specee_kv_cell_valid(self.ptr, layer, pos))
+        if r < 0:
+            raise InvalidArgumentError(f"no cache cell (layer {layer}, position {pos})")
+        return bool(r)
+
+
+def _token_array(tokens: Sequence[int]) -> np.ndarray:
+    arr = np.ascontiguousarray(tokens, dtype=np.int64)
+    if arr.ndim != 1:
+        raise InvalidArgumentError("tokens must be a flat sequence of ids")
+    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+        raise InvalidArgumentError("token id does not fit in int32")
+    return arr.astype(np.int32)
