@@ -1,0 +1,122 @@
+"""A numpy reference forward pass for Llama / Qwen2 GGUF models.
+
+Written from the model definition, not from the engine: weights are
+dequantized with the `gguf` package, math in float64, K/V rounded to float16
+as the engine's cache stores them. Slow; for tiny test models only.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+
+class Reference:
+    def __init__(self, path: str | os.PathLike):
+        r = GGUFReader(os.fspath(path))
+
+        def meta(key, default=None):
+            f = r.fields.get(key)
+            return default if f is None else f.contents()
+
+        self.arch = meta("general.architecture")
+        a = self.arch
+        self.n_layer = int(meta(f"{a}.block_count"))
+        self.n_embd = int(meta(f"{a}.embedding_length"))
+        self.n_head = int(meta(f"{a}.attention.head_count"))
+        self.n_head_kv = int(meta(f"{a}.attention.head_count_kv", self.n_head))
+        self.rope_base = float(meta(f"{a}.rope.freq_base", 10000.0))
+        self.eps = float(meta(f"{a}.attention.layer_norm_rms_epsilon", 1e-5))
+        self.hd = self.n_embd // self.n_head
+        self.w = {}
+        for t in r.tensors:
+            # numpy shape is ggml's ne reversed: [out, in] for matrices
+            self.w[t.name] = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(
+                tuple(int(x) for x in reversed(t.shape)))
+        self.out = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.n_vocab = self.out.shape[0]
+        self.reset()
+
+    def reset(self) -> None:
+        # per layer: lists of K and V rows (one per position), float16-rounded
+        self.k = [[] for _ in range(self.n_layer)]
+        self.v = [[] for _ in range(self.n_layer)]
+
+    @property
+    def n_past(self) -> int:
+        return len(self.k[0])
+
+    def truncate(self, n: int) -> None:
+        for il in range(self.n_layer):
+            del self.k[il][n:]
+            del self.v[il][n:]
+
+    # ---- pieces ----
+
+    def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
+
+    def _rope(self, x: np.ndarray, pos: int) -> np.ndarray:
+        """x: [n_heads, hd] at position `pos`."""
+        hd = self.hd
+        theta = pos * self.rope_base ** (-np.arange(0, hd, 2) / hd)  # [hd/2]
+        cos, sin = np.cos(theta), np.sin(theta)
+        out = x.copy()
+        if self.arch == "qwen2":  # NEOX: pairs (i, i + hd/2)
+            a, b = x[:, : hd // 2], x[:, hd // 2:]
+            out[:, : hd // 2] = a * cos - b * sin
+            out[:, hd // 2:] = a * sin + b * cos
+        else:  # normal: pairs (2i, 2i + 1)
+            a, b = x[:, 0::2], x[:, 1::2]
+            out[:, 0::2] = a * cos - b * sin
+            out[:, 1::2] = a * sin + b * cos
+        return out
+
+    def _layer(self, il: int, x: np.ndarray, pos: int) -> np.ndarray:
+        w, p = self.w, f"blk.{il}."
+        h = self._norm(x, w[p + "attn_norm.weight"])
+        q = w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)
+        k = w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)
+        v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
+        q = self._rope(q.reshape(self.n_head, self.hd), pos)
+        k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
+        self.k[il].append(k.astype(np.float16).astype(np.float64))
+        self.v[il].append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
+        K = np.stack(self.k[il])  # [n_kv, n_head_kv, hd]
+        V = np.stack(self.v[il])
+        group = self.n_head // self.n_head_kv
+        out = np.empty((self.n_head, self.hd))
+        for hh in range(self.n_head):
+            s = K[:, hh // group, :] @ q[hh] / np.sqrt(self.hd)
+            s = np.exp(s - s.max())
+            out[hh] = (s / s.sum()) @ V[:, hh // group, :]
+        x = x + w[p + "attn_output.weight"] @ out.reshape(-1)
+        h = self._norm(x, w[p + "ffn_norm.weight"])
+        g = w[p + "ffn_gate.weight"] @ h
+        u = w[p + "ffn_up.weight"] @ h
+        return x + w[p + "ffn_down.weight"] @ (g / (1.0 + np.exp(-g)) * u)
+
+    # ---- public ----
+
+    def step(self, token: int, keep_hidden: int | None = None, final_norm: bool = False):
+        """Appends one token; returns (logits [n_vocab], hidden after
+        `keep_hidden` layers or None)."""
+        pos = self.n_past
+        x = self.w["token_embd.weight"][token].copy()
+        hidden = None
+        for il in range(self.n_layer):
+            if keep_hidden == il:
+                hidden = x.copy()
+            x = self._layer(il, x, pos)
+        if keep_hidden == self.n_layer:
+            hidden = x.copy()
+        if hidden is not None and final_norm:
+            hidden = self._norm(hidden, self.w["output_norm.weight"])
+        logits = self.out @ self._norm(x, self.w["output_norm.weight"])
+        return logits, hidden
+
+    def forward(self, tokens) -> np.ndarray:
+        """Logits [n_tokens, n_vocab] for tokens appended one by one."""
+        return np.stack([self.step(int(t))[0] for t in tokens])

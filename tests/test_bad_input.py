@@ -1,0 +1,188 @@
+"""Bad input gets a clear error and leaves nothing broken."""
+from __future__ import annotations
+
+import random
+import struct
+
+import gguf
+import pytest
+
+from specee.engine import (
+    ContextFullError,
+    InvalidArgumentError,
+    InvalidModelError,
+    Model,
+    ModelIOError,
+    SpeceeError,
+    UnsupportedModelError,
+)
+from tiny_model import TinyConfig, write_tiny_model
+
+U32, STR = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
+
+
+# ---- files --------------------------------------------------------------------
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModelIOError, match="no such file"):
+        Model(tmp_path / "nope.gguf")
+    with pytest.raises(ModelIOError, match="not a regular file"):
+        Model(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF", b"not a gguf file at all" * 10, bytes(range(256)) * 4])
+def test_not_a_gguf(tmp_path, content):
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(content)
+    with pytest.raises(InvalidModelError, match="not a valid GGUF"):
+        Model(p)
+
+
+def test_truncated_file(tiny_llama, tmp_path):
+    data = open(tiny_llama, "rb").read()
+    p = tmp_path / "cut.gguf"
+    for cut in (10, 100, 3000, len(data) // 2, len(data) - 1):
+        p.write_bytes(data[:cut])
+        with pytest.raises((InvalidModelError, ModelIOError)) as info:
+            Model(p)
+        assert str(info.value)  # a message, not just a code
+
+
+def test_truncated_tensor_data_names_the_tensor(tiny_llama, tmp_path):
+    data = open(tiny_llama, "rb").read()
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(data[:-1000])
+    with pytest.raises(ModelIOError, match="truncated: tensor"):
+        Model(p)
+
+
+def test_malicious_header_counts(tmp_path):
+    # magic, version 3, n_tensors = 2^62, n_kv = 2^62: must not allocate or crash
+    p = tmp_path / "evil.gguf"
+    p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1 << 62, 1 << 62) + b"\0" * 64)
+    with pytest.raises(InvalidModelError):
+        Model(p)
+
+
+def test_mutated_files_never_crash(tmp_path):
+    """A small fixed-seed fuzz: random byte flips and cuts of a valid model
+    either load and run, or fail with a SpeceeError."""
+    src = write_tiny_model(tmp_path / "src.gguf", TinyConfig(n_layer=1, qtype="Q4_0"))
+    data = src.read_bytes()
+    rng = random.Random(1234)
+    p = tmp_path / "mutated.gguf"
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        b = bytearray(data)
+        for _ in range(rng.choice([1, 2, 4, 8])):
+            b[rng.randrange(min(len(b), 12000))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            b = b[: rng.randrange(len(b))]
+        p.write_bytes(bytes(b))
+        try:
+            with Model(p) as m, m.context(n_ctx=16) as ctx:
+                ctx.prefill([1, 2, 3])
+            outcomes["loaded"] += 1
+        except SpeceeError as e:
+            assert str(e)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["loaded"] > 0
+
+
+# ---- metadata and shapes ---------------------------------------------------------
+
+
+def broken(tmp_path, name, **kwargs):
+    return write_tiny_model(tmp_path / f"{name}.gguf", TinyConfig(n_layer=2), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"llama.block_count": (None, None)}, InvalidModelError, "block_count is missing"),
+        ({"llama.block_count": ("two", STR)}, InvalidModelError, "expected an integer"),
+        ({"llama.attention.head_count": (0, U32)}, InvalidModelError, "outside"),
+        ({"llama.attention.head_count_kv": (3, U32)}, InvalidModelError, "not a multiple"),
+        ({"llama.embedding_length": (128, U32)}, InvalidModelError, "has shape"),
+        ({"llama.block_count": (1, U32)}, InvalidModelError, "more layers than block_count"),
+        ({"llama.block_count": (3, U32)}, InvalidModelError, "blk.2.attn_norm.weight is missing"),
+        ({"llama.attention.key_length": (32, U32)}, UnsupportedModelError, "head size"),
+        ({"llama.rope.freq_base": (float("nan"), gguf.GGUFValueType.FLOAT32)}, InvalidModelError, "outside"),
+        ({"tokenizer.ggml.bos_token_id": (100000, U32)}, InvalidModelError, "outside the vocabulary"),
+    ],
+)
+def test_bad_metadata(tmp_path, overrides, error, message):
+    p = broken(tmp_path, "meta", overrides=overrides)
+    with pytest.raises(error, match=message):
+        Model(p)
+
+
+def test_missing_tensor(tmp_path):
+    p = broken(tmp_path, "missing", skip_tensors=("blk.1.attn_q.weight",))
+    with pytest.raises(InvalidModelError, match="blk.1.attn_q.weight is missing"):
+        Model(p)
+
+
+def test_qwen2_needs_biases(tmp_path):
+    cfg = TinyConfig(arch="qwen2", n_layer=1)
+    p = write_tiny_model(tmp_path / "q.gguf", cfg, skip_tensors=("blk.0.attn_k.bias",))
+    with pytest.raises(InvalidModelError, match="attn_k.bias is missing"):
+        Model(p)
+
+
+def test_unsupported_architecture(tmp_path):
+    p = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(str(p), "mamba")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match="architecture 'mamba'"):
+        Model(p)
+
+
+# ---- run-time arguments ---------------------------------------------------------
+
+
+def test_bad_tokens_leave_the_context_usable(tiny_llama):
+    with Model(tiny_llama) as m, m.context(n_ctx=32) as ctx:
+        with pytest.raises(InvalidArgumentError, match="empty input"):
+            ctx.prefill([])
+        with pytest.raises(InvalidArgumentError, match="outside the vocabulary"):
+            ctx.prefill([1, 2, m.n_vocab])
+        with pytest.raises(InvalidArgumentError, match="outside the vocabulary"):
+            ctx.prefill([-1])
+        with pytest.raises(InvalidArgumentError):
+            ctx.prefill([2**40])
+        assert ctx.n_past == 0
+        ctx.prefill([1, 2, 3])
+        with pytest.raises(InvalidArgumentError):
+            ctx.decode(m.n_vocab)
+        assert ctx.n_past == 3
+        assert 0 <= ctx.decode(4) < m.n_vocab
+
+
+def test_bad_context_arguments(tiny_llama):
+    with Model(tiny_llama) as m:
+        with pytest.raises(InvalidArgumentError, match="n_ctx"):
+            m.context(n_ctx=1 << 30)
+        with m.context(n_ctx=8) as ctx:
+            with pytest.raises(InvalidArgumentError, match="hidden layer"):
+                ctx.set_hidden_output(m.n_layer + 1)
+            with pytest.raises(InvalidArgumentError, match="no logits"):
+                ctx.logits()
+            with pytest.raises(ContextFullError):
+                ctx.prefill(list(range(9)))
+
+
+def test_closed_objects_raise(tiny_llama):
+    m = Model(tiny_llama)
+    ctx = m.context(n_ctx=8)
+    m.close()  # closes its contexts too
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        ctx.prefill([1])
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        m.n_layer
+    m.close()  # twice is fine

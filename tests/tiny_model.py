@@ -1,0 +1,170 @@
+"""Tiny random Llama / Qwen2 GGUF models for unit tests, written with `gguf`.
+
+Weights are quantized by ggml itself (`ggml_quantize_chunk` from the
+libggml-python wheel, through cffi), so every quant type the engine runs can
+be tested; the numpy reference (reference.py) dequantizes them with the
+`gguf` package's own, independent code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cffi
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from tiny_vocab import add_tiny_vocab, tiny_vocab
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    arch: str = "llama"          # "llama" or "qwen2"
+    qtype: str = "F32"           # type of the weight matrices
+    tied: bool = True            # output matrix shared with the embeddings
+    n_layer: int = 3
+    n_embd: int = 256            # K-quants need rows of 256
+    n_ff: int = 512
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ctx_train: int = 256
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    seed: int = 0
+
+    @property
+    def n_vocab(self) -> int:
+        return len(tiny_vocab()[0])
+
+
+# ---- quantization through ggml ---------------------------------------------
+
+_ffi = cffi.FFI()
+_ffi.cdef("""
+    size_t ggml_quantize_chunk(int type, const float * src, void * dst, int64_t start,
+                               int64_t nrows, int64_t n_per_row, const float * imatrix);
+    size_t ggml_row_size(int type, int64_t ne);
+""")
+_ggml = None
+
+
+def _ggml_lib():
+    global _ggml
+    if _ggml is None:
+        import libggml
+
+        root = Path(libggml.__file__).parent
+        candidates = sorted(root.glob("lib*/libggml-base.so*"))
+        if not candidates:
+            raise RuntimeError(f"libggml-base.so not found under {root}")
+        _ggml = _ffi.dlopen(os.fspath(candidates[0]))
+    return _ggml
+
+
+def quantize(w: np.ndarray, qtype: QT) -> np.ndarray:
+    """[rows, cols] float32 -> [rows, row_bytes] uint8 in ggml's `qtype` layout."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    lib = _ggml_lib()
+    row_bytes = int(lib.ggml_row_size(int(qtype), cols))
+    out = np.zeros((rows, row_bytes), dtype=np.uint8)
+    written = lib.ggml_quantize_chunk(int(qtype), _ffi.from_buffer("float[]", w), _ffi.from_buffer(out),
+                                      0, rows, cols, _ffi.NULL)
+    assert written == out.nbytes
+    return out
+
+
+def _add_matrix(writer: gguf.GGUFWriter, name: str, w: np.ndarray, qtype: QT) -> None:
+    """Adds a weight matrix stored as numpy [rows = ne1, cols = ne0]."""
+    if qtype == QT.F32:
+        writer.add_tensor(name, w.astype(np.float32))
+    elif qtype == QT.F16:
+        writer.add_tensor(name, w.astype(np.float16))
+    else:
+        writer.add_tensor(name, quantize(w, qtype), raw_dtype=qtype)
+
+
+# ---- the model --------------------------------------------------------------
+
+
+def random_weights(cfg: TinyConfig) -> dict[str, np.ndarray]:
+    """Float32 weights, numpy shape [out, in] for matrices (ggml ne = [in, out])."""
+    rng = np.random.default_rng(cfg.seed)
+    hd = cfg.n_embd // cfg.n_head
+    q_dim, kv_dim = hd * cfg.n_head, hd * cfg.n_head_kv
+
+    def mat(out_dim: int, in_dim: int) -> np.ndarray:
+        return (rng.standard_normal((out_dim, in_dim)) / np.sqrt(in_dim)).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w: dict[str, np.ndarray] = {
+        "token_embd.weight": rng.standard_normal((cfg.n_vocab, cfg.n_embd)).astype(np.float32),
+        "output_norm.weight": norm(cfg.n_embd),
+    }
+    if not cfg.tied:
+        w["output.weight"] = mat(cfg.n_vocab, cfg.n_embd)
+    for il in range(cfg.n_layer):
+        p = f"blk.{il}."
+        w[p + "attn_norm.weight"] = norm(cfg.n_embd)
+        w[p + "attn_q.weight"] = mat(q_dim, cfg.n_embd)
+        w[p + "attn_k.weight"] = mat(kv_dim, cfg.n_embd)
+        w[p + "attn_v.weight"] = mat(kv_dim, cfg.n_embd)
+        w[p + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
+        if cfg.arch == "qwen2":
+            w[p + "attn_q.bias"] = (0.1 * rng.standard_normal(q_dim)).astype(np.float32)
+            w[p + "attn_k.bias"] = (0.1 * rng.standard_normal(kv_dim)).astype(np.float32)
+            w[p + "attn_v.bias"] = (0.1 * rng.standard_normal(kv_dim)).astype(np.float32)
+        w[p + "ffn_norm.weight"] = norm(cfg.n_embd)
+        w[p + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
+        w[p + "ffn_up.weight"] = mat(cfg.n_ff, cfg.n_embd)
+        w[p + "ffn_down.weight"] = mat(cfg.n_embd, cfg.n_ff)
+    return w
+
+
+def write_tiny_model(path: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
+                     skip_tensors: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
+    """Writes the tiny model; `skip_tensors` and `overrides` (metadata key ->
+    (value, GGUFValueType)) make broken variants for the bad-input tests."""
+    path = Path(path)
+    qtype = QT[cfg.qtype]
+    overrides = dict(overrides or {})
+    writer = gguf.GGUFWriter(os.fspath(path), cfg.arch)
+    a = cfg.arch
+
+    def put(key: str, value, vtype: gguf.GGUFValueType) -> None:
+        if key in overrides:
+            value, vtype = overrides.pop(key)
+            if value is None:  # override with None: leave the key out
+                return
+        writer.add_key_value(key, value, vtype)
+
+    U32, F32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
+    put(f"{a}.block_count", cfg.n_layer, U32)
+    put(f"{a}.context_length", cfg.n_ctx_train, U32)
+    put(f"{a}.embedding_length", cfg.n_embd, U32)
+    put(f"{a}.feed_forward_length", cfg.n_ff, U32)
+    put(f"{a}.attention.head_count", cfg.n_head, U32)
+    put(f"{a}.attention.head_count_kv", cfg.n_head_kv, U32)
+    put(f"{a}.rope.freq_base", cfg.rope_base, F32)
+    put(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps, F32)
+    add_tiny_vocab(writer)
+    for key, (value, vtype) in overrides.items():  # the rest, tokenizer keys included
+        writer.add_key_value(key, value, vtype)
+
+    for name, w in random_weights(cfg).items():
+        if name in skip_tensors:
+            continue
+        if w.ndim == 1:
+            writer.add_tensor(name, w)
+        else:
+            _add_matrix(writer, name, w, qtype)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
