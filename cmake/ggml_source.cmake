@@ -38,6 +38,10 @@ set(GGML_NATIVE ON CACHE BOOL "" FORCE)
 set(GGML_BUILD_TESTS OFF CACHE BOOL "" FORCE)
 set(GGML_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
 set(GGML_OPENMP OFF CACHE BOOL "" FORCE)   # like the wheel: ggml's own thread pool
+# llama.cpp's top-level CMake turns llamafile's sgemm on (ggml's own default
+# is off); it changes how prompt-sized matrix products round, so greedy output
+# matches llama.cpp only with it on.
+set(GGML_LLAMAFILE ON CACHE BOOL "" FORCE)
 set(BUILD_SHARED_LIBS ON)
 add_subdirectory("${SPECEE_GGML_SOURCE_DIR}" ggml EXCLUDE_FROM_ALL)
 

@@ -99,6 +99,15 @@ context::~context() {
     ggml_threadpool_free(threadpool_);  // after the backend that uses it
 }
 
+// Attention reads whole blocks of 256 cells (the masked rest are zeros in
+// the softmax), as llama.cpp does: its sums then run in the same order, so
+// greedy output matches it token for token, and the graph's shapes change
+// only every 256 tokens.
+uint32_t context::padded_n_kv(uint32_t n_used) const {
+    const uint32_t pad = 256;
+    return std::min(kv_.n_ctx(), (n_used + pad - 1) / pad * pad);
+}
+
 void context::check_tokens(const int32_t * tokens, int32_t n) const {
     if (tokens == nullptr || n <= 0) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "empty input: at least one token is needed");
@@ -182,7 +191,7 @@ void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all)
             forward_plan plan;
             plan.pos          = start + done;
             plan.n_tokens     = chunk;
-            plan.n_kv         = plan.pos + chunk;
+            plan.n_kv         = padded_n_kv(plan.pos + chunk);
             plan.layer_end    = model_.hp.n_layer;
             plan.n_logits     = logits_all ? int(chunk) : (last ? 1 : 0);
             plan.hidden_layer = hidden_layer_;

@@ -45,6 +45,7 @@ private:
     // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
     void run(const int32_t * tokens, const forward_plan & plan);
     void check_tokens(const int32_t * tokens, int32_t n) const;
+    uint32_t padded_n_kv(uint32_t n_used) const;
 
     const model & model_;
     kv_cache      kv_;

@@ -11,6 +11,11 @@ static ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor 
     return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
 }
 
+// The last column of a [ne0, n] tensor, as [ne0, 1].
+static ggml_tensor * last_column(ggml_context * ctx0, ggml_tensor * t) {
+    return ggml_view_2d(ctx0, t, t->ne[0], 1, t->nb[1], size_t(t->ne[1] - 1) * t->nb[1]);
+}
+
 // y = W x (+ b)
 static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
     ggml_tensor * y = ggml_mul_mat(ctx0, w, x);
@@ -140,6 +145,13 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         g.hidden = h;
     };
 
+    // The last layer can skip every row but the last when nothing else
+    // needs them.
+    const bool last_only = plan.n_logits == 1 && n > 1 && !plan.save_state &&
+                           plan.layer_end == hp.n_layer && plan.hidden_layer != hp.n_layer;
+    const int  last_only_from = last_only ? hp.n_layer - 1 : -1;
+    int64_t    n_rows = n;
+
     // ---- layers ----
     for (int il = plan.layer_begin; il < plan.layer_end; il++) {
         if (plan.hidden_layer == il) {
@@ -150,6 +162,14 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
         cur = attention(ctx0, g.gf, m, kv, plan, g, mask, il, cur);
+        if (il == last_only_from) {
+            // only the last token's output is wanted: its FFN alone, as
+            // llama.cpp does (batch-size dependent kernels would otherwise
+            // round differently from it)
+            cur = last_column(ctx0, cur);                            // [n_embd, 1]
+            x   = last_column(ctx0, x);
+            n_rows = 1;
+        }
         x   = ggml_add(ctx0, x, cur);
 
         cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
@@ -165,8 +185,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
 
     // ---- output ----
     if (plan.n_logits > 0) {
-        if (plan.n_logits == 1 && n > 1) {
-            x = ggml_view_2d(ctx0, x, hp.n_embd, 1, x->nb[1], size_t(n - 1) * x->nb[1]);  // [n_embd, 1]
+        if (plan.n_logits == 1 && n_rows > 1) {
+            x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
         g.logits = ggml_mul_mat(ctx0, m.output, h);                   // [n_vocab, n_logits]
