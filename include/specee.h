@@ -97,6 +97,7 @@ struct specee_context_params {
 SPECEE_API uint32_t     specee_api_version(void);              /* == SPECEE_API_VERSION of the built library */
 SPECEE_API const char * specee_status_name(enum specee_status status);  /* "SPECEE_STATUS_OK", ... */
 SPECEE_API const char * specee_system_info(void);              /* ggml's CPU features, for logs */
+SPECEE_API const char * specee_ggml_version(void);             /* version of the ggml linked at run time, "0.20.2" */
 
 /* ---- model ---- */
 

@@ -86,10 +86,14 @@ const char * specee_system_info(void) {
         s += " | FMA = " + std::to_string(ggml_cpu_has_fma());
         s += " | F16C = " + std::to_string(ggml_cpu_has_f16c());
         s += " | AVX512 = " + std::to_string(ggml_cpu_has_avx512());
+        s += " | LLAMAFILE = " + std::to_string(ggml_cpu_has_llamafile());
+        s += " | ggml " + std::string(ggml_version()) + " (" + ggml_commit() + ")";
         return s;
     }();
     return info.c_str();
 }
+
+const char * specee_ggml_version(void) { return ggml_version(); }
 
 // ---- model ----
 

@@ -71,6 +71,10 @@ def system_info() -> str:
     return ffi.string(lib.specee_system_info()).decode()
 
 
+def ggml_version() -> str:
+    return ffi.string(lib.specee_ggml_version()).decode()
+
+
 def default_threads() -> int:
     """Threads to use when none are given: the cores this process may run on.
     ggml's threads spin while they wait, so more threads than cores hurts."""

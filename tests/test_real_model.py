@@ -1,0 +1,79 @@
+"""The real default model (SmolLM2-135M-Instruct Q4_1, fetched from PyPI):
+greedy output against llama.cpp's golden tokens, and the CLI end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from specee import cli, engine
+
+pytestmark = pytest.mark.real_model
+GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_smollm2_llama_cpp.json").read_text())
+
+
+def same_ggml_as_llama_cpp() -> bool:
+    """Built against the ggml inside llama-cpp-python 0.3.36 (SPECEE_GGML=source)
+    with llamafile's sgemm, as llama.cpp builds it: then every kernel rounds
+    the same way and greedy output must match token for token."""
+    info = engine.system_info()
+    return engine.ggml_version() == "0.25.3" and "LLAMAFILE = 1" in info
+
+
+@pytest.fixture(scope="module")
+def smollm2(real_model_path):
+    with engine.Model(real_model_path) as m:
+        yield m
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["name"])
+def test_teacher_forced_agreement_with_llama_cpp(smollm2, case):
+    """Fed llama.cpp's own greedy tokens one at a time, our argmax must pick
+    the same next token. The prebuilt ggml wheel (an older ggml, without
+    llamafile's sgemm) rounds a little differently, which flips near-ties."""
+    golden = case["tokens"]
+    with smollm2.context(n_ctx=256, n_threads=2) as ctx:
+        ctx.prefill(case["prompt"])
+        picks = [ctx.argmax()]
+        for token in golden[:-1]:
+            picks.append(ctx.decode(token))
+    agree = sum(a == b for a, b in zip(picks, golden)) / len(golden)
+    assert picks[0] == golden[0]
+    # measured with the wheel: 60-62 of 64 on these four prompts
+    assert agree == 1.0 if same_ggml_as_llama_cpp() else agree >= 0.90
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["name"])
+def test_free_running_greedy_matches_llama_cpp(smollm2, case):
+    golden = case["tokens"]
+    with smollm2.context(n_ctx=256, n_threads=2) as ctx:
+        ctx.prefill(case["prompt"])
+        out = [ctx.argmax()]
+        while len(out) < len(golden):
+            out.append(ctx.decode(out[-1]))
+    if same_ggml_as_llama_cpp():
+        assert out == golden
+    else:
+        # near-tie flips make the sequences part after a while; the start agrees
+        assert out[:4] == golden[:4]
+
+
+def test_cli_generate_json(real_model_path, capsys):
+    rc = cli.main(["--quiet", "generate", "--model", real_model_path, "--prompt", "The capital of France is",
+                   "-n", "12", "--threads", "2", "--json"])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    for key in ("text", "tokens", "n_prompt", "n_generated", "prefill_s", "decode_s", "decode_tok_s"):
+        assert key in record
+    assert record["n_generated"] == len(record["tokens"]) <= 12
+    assert record["n_prompt"] > 0 and record["decode_tok_s"] > 0
+    assert "Paris" in record["text"]
+
+
+def test_cli_generate_chat_streams_text(real_model_path, capsys):
+    rc = cli.main(["--quiet", "generate", "--model", real_model_path, "--chat", "--prompt", "Say hello.", "-n", "8"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    assert "decode:" in captured.err and "tok/s" in captured.err
