@@ -81,6 +81,14 @@ enum specee_status {
     SPECEE_STATUS_INTERNAL         = 8   /* a bug in libspecee: please report it */
 };
 
+/* Where a context's time went, since creation or specee_reset_perf(). */
+struct specee_perf {
+    uint64_t n_graph_runs;    /* ggml graphs computed */
+    uint64_t n_graph_builds;  /* graphs built; the other runs reused the previous graph */
+    double   t_compute_ms;    /* inside ggml's graph compute (the model's arithmetic and thread sync) */
+    double   t_host_ms;       /* in libspecee around it: graph building, allocation, inputs, outputs */
+};
+
 struct specee_model_params {
     bool check_tensors;  /* scan F16/F32 weights for NaN/Inf while loading (slower) */
 };
@@ -189,6 +197,10 @@ SPECEE_API enum specee_status specee_kv_truncate(struct specee_context * ctx, ui
 /* 1 if layer `layer` holds K/V for the cell at position `pos`, 0 if not, -1 on
  * a bad argument. Early exit leaves deeper layers without some positions. */
 SPECEE_API int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, uint32_t pos);
+
+/* Timing counters of this context (see struct specee_perf). */
+SPECEE_API enum specee_status specee_get_perf(const struct specee_context * ctx, struct specee_perf * out);
+SPECEE_API void               specee_reset_perf(struct specee_context * ctx);
 
 /* cffi-end */
 

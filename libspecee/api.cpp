@@ -217,4 +217,22 @@ int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, u
     return ctx->kv().valid(layer, pos) ? 1 : 0;
 }
 
+enum specee_status specee_get_perf(const struct specee_context * ctx, struct specee_perf * out) {
+    if (ctx == nullptr || out == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const auto & p = ctx->perf();
+    out->n_graph_runs   = p.n_graph_runs;
+    out->n_graph_builds = p.n_graph_builds;
+    out->t_compute_ms   = double(p.t_compute_us) / 1000.0;
+    out->t_host_ms      = double(p.t_run_us - p.t_compute_us) / 1000.0;
+    return SPECEE_STATUS_OK;
+}
+
+void specee_reset_perf(struct specee_context * ctx) {
+    if (ctx) {
+        ctx->reset_perf();
+    }
+}
+
 } // extern "C"

@@ -92,6 +92,7 @@ context::context(const model & m, const specee_context_params & params)
 }
 
 context::~context() {
+    ggml_free(graph_ctx_);
     ggml_gallocr_free(galloc_);
     ggml_backend_buffer_free(state_buffer_);
     ggml_free(state_ctx_);
@@ -125,20 +126,48 @@ void context::check_tokens(const int32_t * tokens, int32_t n) const {
 }
 
 void context::run(const int32_t * tokens, const forward_plan & plan) {
-    ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
-    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx0(ggml_init(ip), ggml_free);
-    forward_graph g = build_forward(ctx0.get(), model_, kv_, state_, plan, graph_size_);
-    if (!ggml_gallocr_alloc_graph(galloc_, g.gf)) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
+    const int64_t t_start = ggml_time_us();
+    // Reuse the previous graph when the shape is the same: decode steps
+    // within the same 256-cell block then skip graph building and
+    // allocation. Only valid while no other graph went through galloc_.
+    const bool reuse = graph_ready_ && plan.same_shape(graph_plan_) &&
+                       assign_masks(kv_, plan, model_.hp.n_layer) == graph_.mask_of_layer;
+    if (!reuse) {
+        graph_ready_ = false;
+        ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
+        ggml_free(graph_ctx_);
+        graph_ctx_ = ggml_init(ip);
+        graph_ = build_forward(graph_ctx_, model_, kv_, state_, plan, graph_size_);
+        if (!ggml_gallocr_alloc_graph(galloc_, graph_.gf)) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
+        }
+        graph_plan_  = plan;
+        graph_ready_ = true;
+        perf_.n_graph_builds++;
     }
+    const forward_graph & g = graph_;
 
     // ---- inputs ----
     const uint32_t n = plan.n_tokens;
     pos_buf_.resize(n);
+    k_idx_buf_.resize(n);
     for (uint32_t i = 0; i < n; i++) {
-        pos_buf_[i] = int32_t(plan.pos + i);
+        pos_buf_[i]   = int32_t(plan.pos + i);
+        k_idx_buf_[i] = int64_t(plan.pos + i);  // cell i holds position i
     }
     ggml_backend_tensor_set(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
+    ggml_backend_tensor_set(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
+    if (g.v_idx != g.k_idx) {
+        // transposed V: element (d, token i) goes to d * n_ctx + cell
+        const int64_t n_embd_kv = model_.hp.n_embd_kv();
+        v_idx_buf_.resize(size_t(n_embd_kv) * n);
+        for (uint32_t i = 0; i < n; i++) {
+            for (int64_t d = 0; d < n_embd_kv; d++) {
+                v_idx_buf_[size_t(i) * n_embd_kv + d] = d * kv_.n_ctx() + k_idx_buf_[i];
+            }
+        }
+        ggml_backend_tensor_set(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
+    }
     if (g.tokens) {
         ggml_backend_tensor_set(g.tokens, tokens, 0, n * sizeof(int32_t));
     }
@@ -154,7 +183,10 @@ void context::run(const int32_t * tokens, const forward_plan & plan) {
         }
     }
 
+    const int64_t t_compute = ggml_time_us();
     const ggml_status st = ggml_backend_graph_compute(backend_, g.gf);
+    perf_.t_compute_us += ggml_time_us() - t_compute;
+    perf_.n_graph_runs++;
     if (st != GGML_STATUS_SUCCESS) {
         fail(SPECEE_STATUS_COMPUTE_FAILED, "ggml graph compute failed with status %d", int(st));
     }
@@ -174,6 +206,7 @@ void context::run(const int32_t * tokens, const forward_plan & plan) {
         ggml_backend_tensor_get(g.hidden, hidden_.data() + offset, 0, n_floats * sizeof(float));
         n_hidden_ += int32_t(g.hidden->ne[1]);
     }
+    perf_.t_run_us += ggml_time_us() - t_start;
 }
 
 void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all) {

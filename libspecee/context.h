@@ -41,6 +41,15 @@ public:
 
     std::string last_error;
 
+    struct perf_counters {
+        uint64_t n_graph_runs   = 0;
+        uint64_t n_graph_builds = 0;
+        int64_t  t_compute_us   = 0;
+        int64_t  t_run_us       = 0;  // whole run(), compute included
+    };
+    const perf_counters & perf() const { return perf_; }
+    void reset_perf() { perf_ = perf_counters(); }
+
 private:
     // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
     void run(const int32_t * tokens, const forward_plan & plan);
@@ -68,6 +77,16 @@ private:
     int32_t                  n_hidden_  = 0;
     int32_t                  hidden_layer_ = -1;
     bool                     hidden_norm_  = false;
+    perf_counters            perf_;
+
+    // the last graph built, kept for reuse (see run())
+    ggml_context           * graph_ctx_   = nullptr;
+    forward_graph            graph_;
+    forward_plan             graph_plan_;
+    bool                     graph_ready_ = false;
+
+    std::vector<int64_t>     k_idx_buf_;
+    std::vector<int64_t>     v_idx_buf_;
     std::vector<float>       mask_buf_;
     std::vector<ggml_fp16_t> mask_f16_;
     std::vector<int32_t>     pos_buf_;

@@ -43,20 +43,20 @@ static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const mode
     k = ggml_rope_ext(ctx0, k, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
                       hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
 
-    // Store this batch's K/V in cells [pos, pos + n) (cell == position, so
-    // they are contiguous); expanded now so the writes come before the reads
-    // below in graph order.
+    // Store this batch's K/V in its cells (indices are inputs, so the graph
+    // does not depend on the position); expanded now so the writes come
+    // before the reads below in graph order.
     ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
     ggml_tensor * v_cache = kv.v(il);
     const int64_t n_kv_embd = hp.n_embd_kv();
-    ggml_build_forward_expand(gf, ggml_cpy(ctx0, k,
-        ggml_view_2d(ctx0, k_cache, n_kv_embd, n, k_cache->nb[1], plan.pos * k_cache->nb[1])));
-    if (kv.v_trans()) {                                              // v_cache: [n_ctx, n_embd_kv]
-        ggml_build_forward_expand(gf, ggml_cpy(ctx0, ggml_transpose(ctx0, v),
-            ggml_view_2d(ctx0, v_cache, n, n_kv_embd, v_cache->nb[1], plan.pos * v_cache->nb[0])));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, k, n_kv_embd, n), g.k_idx));
+    if (kv.v_trans()) {
+        // v_cache is [n_ctx, n_embd_kv]: write element by element, one
+        // "row" of 1 value each, at d * n_ctx + cell (see v_idx)
+        ggml_tensor * dst = ggml_reshape_2d(ctx0, v_cache, 1, ggml_nelements(v_cache));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, v, 1, n_kv_embd * n), g.v_idx));
     } else {                                                         // v_cache: [n_embd_kv, n_ctx]
-        ggml_build_forward_expand(gf, ggml_cpy(ctx0, v,
-            ggml_view_2d(ctx0, v_cache, n_kv_embd, n, v_cache->nb[1], plan.pos * v_cache->nb[1])));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, v, g.v_idx));
     }
 
     const float   scale = 1.0f / std::sqrt(float(hd));
@@ -90,6 +90,23 @@ static ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, 
     return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
 }
 
+std::vector<int> assign_masks(const kv_cache & kv, const forward_plan & plan, int n_layer) {
+    std::vector<int> of_layer(size_t(n_layer), -1);
+    std::vector<int> representative;  // a layer per mask
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        for (size_t u = 0; u < representative.size() && of_layer[size_t(il)] < 0; u++) {
+            if (kv.same_validity(il, representative[u], plan.pos)) {
+                of_layer[size_t(il)] = int(u);
+            }
+        }
+        if (of_layer[size_t(il)] < 0) {
+            of_layer[size_t(il)] = int(representative.size());
+            representative.push_back(il);
+        }
+    }
+    return of_layer;
+}
+
 forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache & kv,
                             ggml_tensor * state, const forward_plan & plan, int graph_size) {
     const hparams & hp = m.hp;
@@ -103,21 +120,24 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     ggml_set_input(g.positions);
     const ggml_type mask_type = kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16;  // the fused kernel wants F16
 
-    // One mask per distinct set of valid cells: layers that computed the same
-    // tokens share it (all of them, when nothing has exited early).
-    std::vector<int> mask_of_layer(size_t(hp.n_layer), -1);
+    g.k_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n);
+    ggml_set_name(g.k_idx, "inp_k_idx");
+    ggml_set_input(g.k_idx);
+    if (kv.v_trans()) {
+        g.v_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n * hp.n_embd_kv());
+        ggml_set_name(g.v_idx, "inp_v_idx");
+        ggml_set_input(g.v_idx);
+    } else {
+        g.v_idx = g.k_idx;
+    }
+
+    g.mask_of_layer = assign_masks(kv, plan, hp.n_layer);
     for (int il = plan.layer_begin; il < plan.layer_end; il++) {
-        for (size_t u = 0; u < g.mask_layer.size(); u++) {
-            if (kv.same_validity(il, g.mask_layer[u], plan.pos)) {
-                mask_of_layer[size_t(il)] = int(u);
-                break;
-            }
-        }
-        if (mask_of_layer[size_t(il)] < 0) {
+        const size_t u = size_t(g.mask_of_layer[size_t(il)]);
+        if (u == g.masks.size()) {
             ggml_tensor * mask = ggml_new_tensor_2d(ctx0, mask_type, plan.n_kv, n);  // [n_kv, n]
-            ggml_format_name(mask, "kq_mask_%zu", g.masks.size());
+            ggml_format_name(mask, "kq_mask_%zu", u);
             ggml_set_input(mask);
-            mask_of_layer[size_t(il)] = int(g.masks.size());
             g.masks.push_back(mask);
             g.mask_layer.push_back(il);
         }
@@ -158,7 +178,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             keep_hidden(x);
         }
         const layer_weights & L = m.layers[size_t(il)];
-        ggml_tensor * mask = g.masks[size_t(mask_of_layer[size_t(il)])];
+        ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
         cur = attention(ctx0, g.gf, m, kv, plan, g, mask, il, cur);

@@ -24,7 +24,20 @@ struct forward_plan {
     int      n_logits     = 0;      // 0: none, 1: last token only, n_tokens: all
     int      hidden_layer = -1;     // keep the hidden state after this many layers, -1: none
     bool     hidden_norm  = false;  // ... passed through the final RMSNorm
+
+    // Same graph shape (positions, tokens and masks are inputs, so a graph
+    // built for one plan runs another of the same shape).
+    bool same_shape(const forward_plan & o) const {
+        return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
+               layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
+               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm;
+    }
 };
+
+// For each layer in [plan.layer_begin, plan.layer_end), the index of the mask
+// it uses; layers that computed the same cells share one (all of them, when
+// nothing has exited early). Entries outside the range are -1.
+std::vector<int> assign_masks(const kv_cache & kv, const forward_plan & plan, int n_layer);
 
 struct forward_graph {
     ggml_cgraph * gf = nullptr;
@@ -32,8 +45,11 @@ struct forward_graph {
     // inputs, to be filled after allocation
     ggml_tensor * tokens = nullptr;             // [n_tokens] I32 (only when layer_begin == 0)
     ggml_tensor * positions = nullptr;          // [n_tokens] I32
+    ggml_tensor * k_idx = nullptr;              // [n_tokens] I64: the cells this batch writes
+    ggml_tensor * v_idx = nullptr;              // [n_embd_kv * n_tokens] I64 if V is transposed, else == k_idx
     std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
     std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
+    std::vector<int>           mask_of_layer;   // assign_masks() at build time
 
     // outputs
     ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]

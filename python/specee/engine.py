@@ -262,6 +262,16 @@ class Context:
             raise InvalidArgumentError("n_past must not be negative")
         self._check(lib.specee_kv_truncate(self.ptr, n_past))
 
+    def perf(self) -> dict:
+        """Timing counters: graph runs/builds, ms in ggml compute and in host code."""
+        out = ffi.new("struct specee_perf *")
+        self._check(lib.specee_get_perf(self.ptr, out))
+        return {"n_graph_runs": int(out.n_graph_runs), "n_graph_builds": int(out.n_graph_builds),
+                "t_compute_ms": float(out.t_compute_ms), "t_host_ms": float(out.t_host_ms)}
+
+    def reset_perf(self) -> None:
+        lib.specee_reset_perf(self.ptr)
+
     def cell_valid(self, layer: int, pos: int) -> bool:
         r = int(lib.specee_kv_cell_valid(self.ptr, layer, pos))
         if r < 0:
