@@ -1,19 +1,23 @@
 """specee vs llama.cpp on the same prompts, threads and model file: greedy
-agreement and decode speed, alternated in one run.
+agreement and decode speed, alternated prompt by prompt in one run.
 
     python bench/compare_llama_cpp.py --threads 2 --rounds 3
 
-Needs llama-cpp-python (pip install ".[bench]"). Each round runs every prompt
-through both engines, one process each, in alternating order (A B, then B A);
-decode speed is generated tokens over decode wall time (prompt excluded).
+Needs llama-cpp-python (pip install ".[bench]"). One worker process per
+engine (bench/decode_runner.py); every prompt goes to each engine in turn,
+the order flipping every request, so both see the same machine load.
+Decode speed = generated tokens / decode wall time (prompt excluded); the
+ratio reported is the median over the paired (prompt, round) ratios.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prompts import PROMPTS
@@ -39,16 +43,40 @@ def tokenize_prompts(model_path: Path) -> list[tuple[str, list[int]]]:
     return out
 
 
-def run_engine(engine: str, job: dict) -> list[dict]:
-    proc = subprocess.run([sys.executable, str(HERE / "decode_runner.py")], input=json.dumps({**job, "engine": engine}),
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{engine} runner failed:\n{proc.stderr}")
-    return json.loads(proc.stdout)["results"]
+class Worker:
+    """A decode_runner.py process holding one loaded engine."""
+
+    def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None):
+        env = dict(os.environ)
+        if library:
+            env["SPECEE_LIBRARY"] = library  # another build of libspecee
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx})
+
+    def _send(self, obj: dict) -> dict:
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def decode(self, prompt: list[int], n_predict: int) -> dict:
+        return self._send({"prompt": prompt, "n_predict": n_predict})
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def tok_s(results: list[dict]) -> float:
-    return sum(r["n_decode"] for r in results) / sum(r["decode_s"] for r in results)
+def run_engine(engine: str, job: dict, library: str | None = None) -> list[dict]:
+    """All prompts through one engine (used by make_golden.py)."""
+    w = Worker(engine, job["model"], job["threads"], job["n_ctx"], library)
+    try:
+        return [w.decode(p, job["n_predict"]) for p in job["prompts"]]
+    finally:
+        w.close()
 
 
 def first_divergence(a: list[int], b: list[int]) -> int:
@@ -65,45 +93,69 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--check-tokens", type=int, default=64, help="greedy agreement over this many tokens")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIBSPECEE",
+                    help="also run another libspecee build (e.g. source=build-src/libspecee.so)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    model_path = fetch_model(args.model)
-    named = tokenize_prompts(model_path)
-    job = {"model": str(model_path), "threads": args.threads, "n_ctx": 1024, "n_predict": args.n_predict,
-           "prompts": [ids for _, ids in named]}
+    model_path = str(fetch_model(args.model))
+    named = tokenize_prompts(Path(model_path))
+    engines = {"specee": ("specee", None), "llama_cpp": ("llama_cpp", None)}
+    for v in args.variant:
+        name, _, lib = v.partition("=")
+        engines[f"specee-{name}"] = ("specee", lib)
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib) for name, (eng, lib) in engines.items()}
 
-    speeds: dict[str, list[float]] = {"specee": [], "llama_cpp": []}
-    tokens: dict[str, list[list[int]]] = {}
-    for r in range(args.rounds):
-        order = ["specee", "llama_cpp"] if r % 2 == 0 else ["llama_cpp", "specee"]
-        for engine in order:
-            results = run_engine(engine, job)
-            speeds[engine].append(tok_s(results))
-            tokens.setdefault(engine, [res["tokens"] for res in results])
-        ratio = speeds["specee"][-1] / speeds["llama_cpp"][-1]
-        print(f"round {r + 1}: specee {speeds['specee'][-1]:.1f} tok/s, llama.cpp {speeds['llama_cpp'][-1]:.1f} tok/s,"
-              f" ratio {ratio:.3f}", flush=True)
+    decode_s = {name: 0.0 for name in engines}
+    n_tokens = {name: 0 for name in engines}
+    paired: dict[str, list[float]] = {name: [] for name in engines if name != "llama_cpp"}
+    tokens: dict[str, list[list[int]]] = {name: [] for name in engines}
+    k = 0
+    try:
+        for r in range(args.rounds):
+            for i, (_, ids) in enumerate(named):
+                order = list(engines) if k % 2 == 0 else list(reversed(engines))
+                k += 1
+                speed = {}
+                for name in order:
+                    time.sleep(0.05)  # let the other engine's threads go idle
+                    res = workers[name].decode(ids, args.n_predict)
+                    decode_s[name] += res["decode_s"]
+                    n_tokens[name] += res["n_decode"]
+                    speed[name] = res["n_decode"] / res["decode_s"]
+                    if r == 0:
+                        tokens[name].append(res["tokens"])
+                for name in paired:
+                    paired[name].append(speed[name] / speed["llama_cpp"])
+            line = ", ".join(f"{name} {n_tokens[name] / decode_s[name]:.1f} tok/s" for name in engines)
+            print(f"after round {r + 1}: {line}", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
 
-    ratios = [a / b for a, b in zip(speeds["specee"], speeds["llama_cpp"])]
     n = args.check_tokens
-    print(f"\ngreedy agreement with llama.cpp over the first {n} tokens:")
-    agree = 0
-    rows = []
-    for (name, ids), ours, theirs in zip(named, tokens["specee"], tokens["llama_cpp"]):
-        d = first_divergence(ours[:n], theirs[:n])
-        agree += d >= n
-        rows.append({"prompt": name, "n_prompt": len(ids), "first_divergence": d})
-        print(f"  {name:14s} {'identical' if d >= n else f'diverges at token {d}'}")
-    summary = {
-        "model": str(model_path), "threads": args.threads, "n_predict": args.n_predict, "rounds": args.rounds,
-        "specee_tok_s": speeds["specee"], "llama_cpp_tok_s": speeds["llama_cpp"], "ratios": ratios,
-        "median_ratio": statistics.median(ratios), "identical_prompts": agree, "n_prompts": len(named),
-        "check_tokens": n, "prompts": rows,
-    }
-    print(f"\n{agree}/{len(named)} prompts identical for {n} tokens; "
-          f"decode speed ratio specee/llama.cpp: median {summary['median_ratio']:.3f} "
-          f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}) at {args.threads} threads")
+    summary = {"model": model_path, "threads": args.threads, "n_predict": args.n_predict, "rounds": args.rounds,
+               "check_tokens": n, "engines": {}}
+    print(f"\ngreedy agreement with llama.cpp over the first {n} tokens (first divergence):")
+    for name in engines:
+        if name == "llama_cpp":
+            continue
+        div = [first_divergence(a[:n], b[:n]) for a, b in zip(tokens[name], tokens["llama_cpp"])]
+        same = sum(d >= n for d in div)
+        ratios = paired[name]
+        summary["engines"][name] = {
+            "tok_s": n_tokens[name] / decode_s[name], "identical_prompts": same,
+            "first_divergence": dict(zip([p for p, _ in named], div)),
+            "median_ratio": statistics.median(ratios), "aggregate_ratio": (n_tokens[name] / decode_s[name]) /
+            (n_tokens["llama_cpp"] / decode_s["llama_cpp"]), "paired_ratios": ratios}
+        print(f"  {name:14s} " + " ".join(str(d) if d < n else "=" for d in div) + f"  -> {same}/{len(named)} identical")
+    summary["llama_cpp_tok_s"] = n_tokens["llama_cpp"] / decode_s["llama_cpp"]
+    print(f"\ndecode speed at {args.threads} threads, {args.rounds} rounds x {len(named)} prompts x "
+          f"{args.n_predict} tokens; llama.cpp {summary['llama_cpp_tok_s']:.1f} tok/s")
+    for name, s in summary["engines"].items():
+        q = statistics.quantiles(s["paired_ratios"], n=4) if len(s["paired_ratios"]) >= 2 else [0, 0, 0]
+        print(f"  {name:14s} {s['tok_s']:.1f} tok/s; ratio to llama.cpp: median {s['median_ratio']:.3f} "
+              f"(IQR {q[0]:.3f}-{q[2]:.3f}), aggregate {s['aggregate_ratio']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

@@ -1,46 +1,56 @@
-"""Runs greedy decoding for a list of prompts in ONE engine and prints JSON.
+"""A worker process that greedy-decodes prompts with ONE engine, on request.
 
-Used by compare_llama_cpp.py, which starts one process per engine and round
-(two copies of ggml in one process would share symbols, and ggml threads of
-two engines would fight over the cores).
+compare_llama_cpp.py starts one worker per engine (two copies of ggml in one
+process would bind to each other's symbols) and alternates requests between
+them prompt by prompt, so that both see the same machine load.
 
-Input (stdin, JSON): {"engine": "specee"|"llama_cpp", "model": PATH,
-"threads": T, "n_ctx": N, "n_predict": N, "prompts": [[ids...], ...]}
-Output (stdout, JSON): {"results": [{"tokens": [...], "decode_s": S,
-"n_decode": N, "prefill_s": S}, ...]}
-
-Decoding never stops at an end token: every prompt produces exactly
-n_predict tokens, so both engines do the same work.
+Start: {"engine": "specee"|"llama_cpp", "model": PATH, "threads": T, "n_ctx": N}
+as the first stdin line; then one request per line, {"prompt": [ids],
+"n_predict": N}, answered by one line {"tokens": [...], "prefill_s": S,
+"decode_s": S, "n_decode": N}. Decoding never stops at an end token: every
+prompt produces exactly n_predict tokens, so both engines do the same work.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from typing import Callable
+
+Decoder = Callable[[list, int], dict]
 
 
-def run_specee(job: dict) -> list[dict]:
+def timed_greedy(prefill: Callable[[list], int], step: Callable[[int], int], prompt: list, n_predict: int) -> dict:
+    t0 = time.perf_counter()
+    token = prefill(prompt)
+    t1 = time.perf_counter()
+    tokens = [token]
+    for _ in range(n_predict - 1):
+        token = step(token)
+        tokens.append(token)
+    t2 = time.perf_counter()
+    return {"tokens": tokens, "prefill_s": t1 - t0, "decode_s": t2 - t1, "n_decode": len(tokens) - 1}
+
+
+def specee_decoder(job: dict) -> Decoder:
     from specee.engine import Model
 
-    out = []
-    with Model(job["model"]) as model, model.context(n_ctx=job["n_ctx"], n_threads=job["threads"]) as ctx:
-        for prompt in job["prompts"]:
-            ctx.truncate(0)
-            t0 = time.perf_counter()
-            ctx.prefill(prompt)
-            token = ctx.argmax()
-            t1 = time.perf_counter()
-            tokens = [token]
-            for _ in range(job["n_predict"] - 1):
-                token = ctx.decode(token)
-                tokens.append(token)
-            t2 = time.perf_counter()
-            out.append({"tokens": tokens, "prefill_s": t1 - t0, "decode_s": t2 - t1, "n_decode": len(tokens) - 1})
-    return out
+    model = Model(job["model"])
+    ctx = model.context(n_ctx=job["n_ctx"], n_threads=job["threads"])
+
+    def prefill(prompt: list) -> int:
+        ctx.truncate(0)
+        ctx.prefill(prompt)
+        return ctx.argmax()
+
+    def decode(prompt: list, n: int) -> dict:
+        assert model is not None  # keep the model alive with its context
+        return timed_greedy(prefill, ctx.decode, prompt, n)
+
+    return decode
 
 
-def run_llama_cpp(job: dict) -> list[dict]:
-
+def llama_cpp_decoder(job: dict) -> Decoder:
     import llama_cpp
     import numpy as np
 
@@ -48,35 +58,33 @@ def run_llama_cpp(job: dict) -> list[dict]:
                           n_threads_batch=job["threads"], verbose=False)
     ctx = llm._ctx.ctx
     n_vocab = llm.n_vocab()
-    mem = llama_cpp.llama_get_memory(ctx)
+    memory = llama_cpp.llama_get_memory(ctx)
 
-    def eval_tokens(ids: list[int]) -> int:
+    def eval_tokens(ids: list) -> int:
         arr = (llama_cpp.llama_token * len(ids))(*ids)
-        batch = llama_cpp.llama_batch_get_one(arr, len(ids))
-        if llama_cpp.llama_decode(ctx, batch) != 0:
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(ids))) != 0:
             raise RuntimeError("llama_decode failed")
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
         return int(np.argmax(logits))
 
-    out = []
-    for prompt in job["prompts"]:
-        llama_cpp.llama_memory_clear(mem, True)
-        t0 = time.perf_counter()
-        token = eval_tokens(prompt)
-        t1 = time.perf_counter()
-        tokens = [token]
-        for _ in range(job["n_predict"] - 1):
-            token = eval_tokens([token])
-            tokens.append(token)
-        t2 = time.perf_counter()
-        out.append({"tokens": tokens, "prefill_s": t1 - t0, "decode_s": t2 - t1, "n_decode": len(tokens) - 1})
-    return out
+    def prefill(prompt: list) -> int:
+        llama_cpp.llama_memory_clear(memory, True)
+        return eval_tokens(prompt)
+
+    def decode(prompt: list, n: int) -> dict:
+        assert llm is not None  # the closure keeps the Llama (and its context) alive
+        return timed_greedy(prefill, lambda t: eval_tokens([t]), prompt, n)
+
+    return decode
 
 
 def main() -> None:
-    job = json.load(sys.stdin)
-    runner = {"specee": run_specee, "llama_cpp": run_llama_cpp}[job["engine"]]
-    json.dump({"results": runner(job)}, sys.stdout)
+    job = json.loads(sys.stdin.readline())
+    decode = {"specee": specee_decoder, "llama_cpp": llama_cpp_decoder}[job["engine"]](job)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        print(json.dumps(decode(request["prompt"], request["n_predict"])), flush=True)
 
 
 if __name__ == "__main__":
