@@ -17,7 +17,7 @@ namespace specee {
 struct forward_plan {
     uint32_t pos          = 0;      // position of the first token
     uint32_t n_tokens     = 0;
-    uint32_t n_kv         = 0;      // cells the attention reads: pos + n_tokens
+    uint32_t n_kv         = 0;      // cells the attention reads: >= pos + n_tokens (padded; the rest masked)
     int      layer_begin  = 0;
     int      layer_end    = 0;      // exclusive
     bool     save_state   = false;  // write the residual stream after layer_end - 1 to `state`
