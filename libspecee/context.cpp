@@ -125,6 +125,15 @@ void context::check_tokens(const int32_t * tokens, int32_t n) const {
     }
 }
 
+// Appends the columns of an F32 output tensor [ne0, n] to `out`; returns n.
+static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
+    const size_t n_floats = size_t(ggml_nelements(t));
+    const size_t offset   = out.size();
+    out.resize(offset + n_floats);
+    ggml_backend_tensor_get(t, out.data() + offset, 0, n_floats * sizeof(float));
+    return int32_t(t->ne[1]);
+}
+
 void context::run(const int32_t * tokens, const forward_plan & plan) {
     const int64_t t_start = ggml_time_us();
     // Reuse the previous graph when the shape is the same: decode steps
@@ -193,18 +202,10 @@ void context::run(const int32_t * tokens, const forward_plan & plan) {
 
     // ---- outputs ----
     if (g.logits) {
-        const size_t n_floats = size_t(ggml_nelements(g.logits));
-        const size_t offset   = logits_.size();
-        logits_.resize(offset + n_floats);
-        ggml_backend_tensor_get(g.logits, logits_.data() + offset, 0, n_floats * sizeof(float));
-        n_outputs_ += int32_t(g.logits->ne[1]);
+        n_outputs_ += append_columns(g.logits, logits_);
     }
     if (g.hidden) {
-        const size_t n_floats = size_t(ggml_nelements(g.hidden));
-        const size_t offset   = hidden_.size();
-        hidden_.resize(offset + n_floats);
-        ggml_backend_tensor_get(g.hidden, hidden_.data() + offset, 0, n_floats * sizeof(float));
-        n_hidden_ += int32_t(g.hidden->ne[1]);
+        n_hidden_ += append_columns(g.hidden, hidden_);
     }
     perf_.t_run_us += ggml_time_us() - t_start;
 }

@@ -87,7 +87,26 @@ def default_threads() -> int:
 # ---- model --------------------------------------------------------------------
 
 
-class Model:
+class _Handle:
+    """A C object freed by close(), by a with-block, or at garbage collection."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike, check_tensors: bool = False):
@@ -115,18 +134,6 @@ class Model:
             lib.specee_model_free(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     n_layer = property(lambda self: int(lib.specee_model_n_layer(self.ptr)))
     n_embd = property(lambda self: int(lib.specee_model_n_embd(self.ptr)))
     n_vocab = property(lambda self: int(lib.specee_model_n_vocab(self.ptr)))
@@ -146,7 +153,7 @@ class Model:
 # ---- context ------------------------------------------------------------------
 
 
-class Context:
+class Context(_Handle):
     """One sequence with its KV cache. Not for use by two threads at once."""
 
     def __init__(self, model: Model, n_ctx: int = 0, n_batch: int = 512, n_threads: int = 0,
@@ -180,18 +187,6 @@ class Context:
             self._ptr = None
             if self in self.model._contexts:
                 self.model._contexts.remove(self)
-
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def _check(self, status: int) -> None:
         if status != lib.SPECEE_STATUS_OK:
