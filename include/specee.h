@@ -90,7 +90,8 @@ struct specee_perf {
 };
 
 struct specee_model_params {
-    bool check_tensors;  /* scan F16/F32 weights for NaN/Inf while loading (slower) */
+    bool check_tensors;  /* scan the weights for NaN/Inf and bad block scales while loading (slower) */
+    bool use_repack;     /* put matrices ggml can repack (Q4_0, Q4_K, ...) in its faster CPU layout, as llama.cpp does */
 };
 
 struct specee_context_params {
@@ -134,6 +135,7 @@ SPECEE_API specee_token specee_model_eos        (const struct specee_model * mod
 SPECEE_API const char * specee_model_arch       (const struct specee_model * model);  /* "llama", "qwen2" */
 SPECEE_API uint64_t     specee_model_n_params   (const struct specee_model * model);
 SPECEE_API uint64_t     specee_model_size_bytes (const struct specee_model * model);  /* weight bytes */
+SPECEE_API int32_t      specee_model_n_repacked (const struct specee_model * model);  /* matrices in ggml's repacked CPU layout */
 
 /* ---- context (one sequence, its KV cache and its compute buffers) ---- */
 

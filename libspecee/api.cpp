@@ -100,6 +100,7 @@ const char * specee_ggml_version(void) { return ggml_version(); }
 struct specee_model_params specee_model_default_params(void) {
     specee_model_params p;
     p.check_tensors = false;
+    p.use_repack    = true;
     return p;
 }
 
@@ -135,6 +136,7 @@ specee_token specee_model_eos(const struct specee_model * m)    { return m ? m->
 const char * specee_model_arch(const struct specee_model * m)   { return m ? m->arch_name.c_str() : ""; }
 uint64_t specee_model_n_params(const struct specee_model * m)   { return m ? m->n_params : 0; }
 uint64_t specee_model_size_bytes(const struct specee_model * m) { return m ? m->size_bytes : 0; }
+int32_t specee_model_n_repacked(const struct specee_model * m)  { return m ? m->n_repacked : 0; }
 
 // ---- context ----
 

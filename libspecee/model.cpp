@@ -13,12 +13,16 @@
 
 #include <cstdio>
 #include <memory>
+#include <map>
 #include <set>
 
 namespace specee {
 
 model::~model() {
-    ggml_backend_buffer_free(buffer);
+    ggml_backend_buffer_free(buf_plain);
+    ggml_backend_buffer_free(buf_repacked);
+    ggml_free(ctx_plain);
+    ggml_free(ctx_repacked);
     ggml_free(meta);
 }
 
@@ -209,22 +213,126 @@ static void bind_tensors(model & m) {
     }
 }
 
+// ---- weight placement -------------------------------------------------------
+
+// Every tensor pointer of the model, for remapping.
+static std::vector<ggml_tensor **> weight_slots(model & m) {
+    std::vector<ggml_tensor **> v = {&m.tok_embd, &m.output_norm, &m.output};
+    for (auto & L : m.layers) {
+        for (ggml_tensor ** t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv,
+                                 &L.ffn_norm, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) {
+            v.push_back(t);
+        }
+    }
+    return v;
+}
+
+// The CPU device's extra buffer type that can hold `w` as the weight of a
+// matrix product, or nullptr. Asked the way llama.cpp asks: a mock product
+// whose weight sits in a (zero-size) buffer of that type.
+static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (dev == nullptr) {
+        return nullptr;
+    }
+    auto get_extra = (ggml_backend_dev_get_extra_bufts_t)
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts");
+    if (get_extra == nullptr) {
+        return nullptr;
+    }
+    ggml_init_params ip = {ggml_tensor_overhead() * 4, nullptr, true};
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> tmp(ggml_init(ip), ggml_free);
+    for (ggml_backend_buffer_type_t * buft = get_extra(dev); buft && *buft; buft++) {
+        ggml_tensor * wt = ggml_dup_tensor(tmp.get(), w);
+        ggml_tensor * x  = ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], 512);
+        ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, x);
+        ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(*buft, 0);
+        wt->buffer = dummy;
+        const bool ok = ggml_backend_dev_supports_op(dev, op);
+        ggml_backend_buffer_free(dummy);
+        if (ok) {
+            return *buft;
+        }
+    }
+    return nullptr;
+}
+
+// Decides where each tensor lives, allocates both places, and points the
+// model at the new tensors.
+static void place_weights(model & m, bool allow_repack) {
+    std::set<const ggml_tensor *> matmul_weights;
+    for (auto & L : m.layers) {
+        for (const ggml_tensor * t : {L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down}) {
+            matmul_weights.insert(t);
+        }
+    }
+    if (m.output != m.tok_embd) {
+        matmul_weights.insert(m.output);  // a tied output is also read by get_rows: keep it plain
+    }
+
+    size_t n_tensors = 0;
+    for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
+        n_tensors++;
+    }
+    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, true};
+    m.ctx_plain    = ggml_init(ip);
+    m.ctx_repacked = ggml_init(ip);
+    if (m.ctx_plain == nullptr || m.ctx_repacked == nullptr) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the weight contexts");
+    }
+    ggml_backend_buffer_type_t repack_buft = nullptr;
+    std::map<const ggml_tensor *, ggml_tensor *> moved;
+    for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
+        ggml_backend_buffer_type_t buft = nullptr;
+        if (allow_repack && matmul_weights.count(t)) {
+            buft = repack_buffer_type(t);
+            if (buft && repack_buft && buft != repack_buft) {
+                buft = nullptr;  // one extra buffer type is all we keep
+            }
+        }
+        ggml_tensor * copy = ggml_dup_tensor(buft ? m.ctx_repacked : m.ctx_plain, t);
+        ggml_set_name(copy, ggml_get_name(t));
+        moved[t] = copy;
+        if (buft) {
+            repack_buft = buft;
+            m.n_repacked++;
+        }
+    }
+    for (ggml_tensor ** slot : weight_slots(m)) {
+        if (*slot) {
+            *slot = moved.at(*slot);
+        }
+    }
+
+    m.buf_plain = ggml_backend_alloc_ctx_tensors_from_buft(m.ctx_plain, ggml_backend_cpu_buffer_type());
+    if (m.buf_plain == nullptr) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate memory for the weights");
+    }
+    ggml_backend_buffer_set_usage(m.buf_plain, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    if (m.n_repacked > 0) {
+        m.buf_repacked = ggml_backend_alloc_ctx_tensors_from_buft(m.ctx_repacked, repack_buft);
+        if (m.buf_repacked == nullptr) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate memory for the repacked weights");
+        }
+        ggml_backend_buffer_set_usage(m.buf_repacked, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
+}
+
 // ---- weight data ------------------------------------------------------------
 
 static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file_size, bool check) {
-    m.buffer = ggml_backend_alloc_ctx_tensors_from_buft(m.meta, ggml_backend_cpu_buffer_type());
-    if (m.buffer == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate memory for the weights");
-    }
-    ggml_backend_buffer_set_usage(m.buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-
     const uint64_t data_offset = gguf_get_data_offset(gctx);
     const int64_t  n_tensors   = gguf_get_n_tensors(gctx);
+    std::vector<uint8_t> staging;  // repacked tensors are converted on the way in
     for (int64_t i = 0; i < n_tensors; i++) {
-        const char  * name = gguf_get_tensor_name(gctx, i);
-        ggml_tensor * t    = ggml_get_tensor(m.meta, name);
+        const char  * name      = gguf_get_tensor_name(gctx, i);
+        ggml_tensor * t         = ggml_get_tensor(m.ctx_plain, name);
+        const bool    repacked  = t == nullptr;
+        if (repacked) {
+            t = ggml_get_tensor(m.ctx_repacked, name);
+        }
         if (t == nullptr) {
-            fail(SPECEE_STATUS_INTERNAL, "tensor %s vanished from the metadata context", name);
+            fail(SPECEE_STATUS_INTERNAL, "tensor %s vanished from the weight contexts", name);
         }
         const uint64_t offset = data_offset + gguf_get_tensor_offset(gctx, i);
         const uint64_t nbytes = ggml_nbytes(t);
@@ -232,11 +340,19 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file
             fail(SPECEE_STATUS_IO_ERROR, "file is truncated: tensor %s needs bytes up to %llu, the file has %llu",
                  name, (unsigned long long) (offset + nbytes), (unsigned long long) file_size);
         }
-        if (fseeko(f, off_t(offset), SEEK_SET) != 0 || fread(t->data, 1, nbytes, f) != nbytes) {
+        void * dst = t->data;
+        if (repacked) {
+            staging.resize(nbytes);
+            dst = staging.data();
+        }
+        if (fseeko(f, off_t(offset), SEEK_SET) != 0 || fread(dst, 1, nbytes, f) != nbytes) {
             fail(SPECEE_STATUS_IO_ERROR, "cannot read tensor %s", name);
         }
-        if (check && !ggml_validate_row_data(t->type, t->data, nbytes)) {
+        if (check && !ggml_validate_row_data(t->type, dst, nbytes)) {
             fail(SPECEE_STATUS_INVALID_MODEL, "tensor %s holds NaN/Inf or invalid block scales", name);
+        }
+        if (repacked) {
+            ggml_backend_tensor_set(t, dst, 0, nbytes);
         }
         m.n_params   += uint64_t(ggml_nelements(t));
         m.size_bytes += nbytes;
@@ -272,6 +388,7 @@ void load_model(model & m, const char * path, const specee_model_params & params
     if (!f) {
         fail(SPECEE_STATUS_IO_ERROR, "cannot open %s", path);
     }
+    place_weights(m, params.use_repack);
     read_weights(m, gctx, f.get(), uint64_t(st.st_size), params.check_tensors);
 }
 

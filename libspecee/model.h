@@ -57,8 +57,16 @@ struct model {
     ggml_tensor              * output      = nullptr;  // [n_embd, n_vocab]; == tok_embd when tied
     std::vector<layer_weights> layers;
 
-    ggml_context             * meta   = nullptr;  // tensor metadata from gguf
-    ggml_backend_buffer_t      buffer = nullptr;  // the weights' memory
+    ggml_context             * meta   = nullptr;  // tensor metadata from gguf (shapes only)
+
+    // The weights live in one of two places: plain CPU memory, or ggml's
+    // CPU "extra" buffer type (repacked into the layouts its faster matrix
+    // kernels read, as llama.cpp does) for the matrices it supports.
+    ggml_context             * ctx_plain    = nullptr;
+    ggml_context             * ctx_repacked = nullptr;
+    ggml_backend_buffer_t      buf_plain    = nullptr;
+    ggml_backend_buffer_t      buf_repacked = nullptr;
+    int                        n_repacked   = 0;  // tensors in buf_repacked
     uint64_t                   n_params   = 0;
     uint64_t                   size_bytes = 0;
 

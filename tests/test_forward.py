@@ -41,6 +41,21 @@ def test_logits_match_reference(tiny_model_factory, arch, qtype):
     assert rel_err(stepped, want) < tol
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+def test_repacked_weights_match_reference(tiny_model_factory, qtype):
+    """ggml repacks these types into its faster CPU layout (as llama.cpp
+    does); the numbers must not change beyond quantization noise."""
+    path = tiny_model_factory(arch="qwen2", qtype=qtype, tied=False)
+    want = Reference(path).forward(TOKENS)
+    results = {}
+    for repack in (True, False):
+        with Model(path, use_repack=repack) as m, m.context(n_ctx=64, n_threads=2) as ctx:
+            results[repack] = m.n_repacked
+            ctx.prefill(TOKENS, logits_all=True)
+            assert rel_err(ctx.all_logits(), want) < QUANT_TOLERANCE
+    assert results[True] > 0 and results[False] == 0
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("flash_attn", [False, True])
 def test_output_matrix_and_attention_kernels(tiny_model_factory, tied, flash_attn):

@@ -77,6 +77,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps(record, ensure_ascii=False))
     else:
         sys.stdout.write(stream.flush() + "\n")
+        sys.stdout.flush()
         print(f"prefill: {result.n_prompt} tokens, {result.prefill_tok_s:.1f} tok/s | "
               f"decode: {result.n_generated} tokens, {result.decode_tok_s:.1f} tok/s | "
               f"threads {n_threads} | stop: {result.stop_reason}", file=sys.stderr)

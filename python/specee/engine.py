@@ -109,10 +109,11 @@ class _Handle:
 class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | os.PathLike, check_tensors: bool = False):
+    def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True):
         self.path = os.fspath(path)
         params = ffi.new("struct specee_model_params *", lib.specee_model_default_params())
         params.check_tensors = check_tensors
+        params.use_repack = use_repack
         out = ffi.new("struct specee_model **")
         err = ffi.new("char[]", 1024)
         status = lib.specee_model_load(self.path.encode(), params, out, err, len(err))
@@ -145,6 +146,7 @@ class Model(_Handle):
     arch = property(lambda self: ffi.string(lib.specee_model_arch(self.ptr)).decode())
     n_params = property(lambda self: int(lib.specee_model_n_params(self.ptr)))
     size_bytes = property(lambda self: int(lib.specee_model_size_bytes(self.ptr)))
+    n_repacked = property(lambda self: int(lib.specee_model_n_repacked(self.ptr)))
 
     def context(self, **kwargs) -> "Context":
         return Context(self, **kwargs)
