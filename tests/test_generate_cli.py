@@ -1,0 +1,102 @@
+"""The decode loop and the CLI on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specee import cli
+from specee.engine import InvalidArgumentError, Model
+from specee.generate import generate
+from specee.sampling import Sampler
+
+PROMPT = [5, 77, 200, 13, 300, 42]
+
+
+def test_greedy_generate_matches_stepwise_decoding(tiny_llama):
+    with Model(tiny_llama) as m, m.context(n_ctx=64) as ctx:
+        result = generate(ctx, PROMPT, max_tokens=10)
+        ctx.truncate(0)
+        ctx.prefill(PROMPT)
+        want = [ctx.argmax()]
+        while len(want) < 10:
+            want.append(ctx.decode(want[-1]))
+    assert result.tokens == want
+    assert result.stop_reason == "length"
+    assert result.n_decode_steps == 9 and result.n_prompt == len(PROMPT)
+    stats = result.stats()
+    assert stats["n_generated"] == 10 and stats["decode_tok_s"] > 0
+
+
+def test_generate_stops_at_a_stop_token_and_at_a_full_context(tiny_llama):
+    with Model(tiny_llama) as m:
+        with m.context(n_ctx=64) as ctx:
+            free = generate(ctx, PROMPT, max_tokens=12).tokens
+        with m.context(n_ctx=64) as ctx:
+            stopped = generate(ctx, PROMPT, max_tokens=12, stop_ids={free[3]})
+        assert stopped.tokens == free[: free.index(free[3]) + 1]
+        assert stopped.stop_reason == "eos"
+        with m.context(n_ctx=10) as ctx:
+            full = generate(ctx, PROMPT, max_tokens=50)
+        assert full.stop_reason == "context"
+        assert len(full.tokens) == 10 - len(PROMPT) + 1  # the last token needs no cache cell
+
+
+def test_seeded_sampling_is_reproducible(tiny_llama):
+    # a hot temperature: the tiny random model is very sure of itself
+    with Model(tiny_llama) as m, m.context(n_ctx=64) as ctx:
+        runs = []
+        for _ in range(2):
+            ctx.truncate(0)
+            runs.append(generate(ctx, PROMPT, 16, Sampler(temperature=50.0, top_k=100, seed=7)).tokens)
+        ctx.truncate(0)
+        other = generate(ctx, PROMPT, 16, Sampler(temperature=50.0, top_k=100, seed=8)).tokens
+    assert runs[0] == runs[1]
+    assert runs[0] != other
+
+
+def test_generate_rejects_bad_requests(tiny_llama):
+    with Model(tiny_llama) as m, m.context(n_ctx=8) as ctx:
+        with pytest.raises(InvalidArgumentError):
+            generate(ctx, [], 4)
+        with pytest.raises(InvalidArgumentError):
+            generate(ctx, PROMPT, 0)
+        with pytest.raises(InvalidArgumentError, match="no room"):
+            generate(ctx, list(range(8)), 4)
+
+
+def test_cli_json_fields(tiny_llama, capsys):
+    rc = cli.main(["-q", "generate", "--model", tiny_llama, "--prompt", "hello world", "-n", "5", "--json",
+                   "--threads", "1"])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record) >= {"text", "tokens", "n_prompt", "n_generated", "prefill_s", "decode_s", "decode_tok_s"}
+    assert record["n_generated"] == len(record["tokens"]) and 1 <= record["n_generated"] <= 5
+    assert record["threads"] == 1
+
+
+def test_cli_chat_and_prompt_file(tiny_llama, tmp_path, capsys):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("what is up")
+    assert cli.main(["-q", "generate", "--model", tiny_llama, "--prompt-file", str(prompt), "--chat", "-n", "4",
+                     "--temp", "0.8", "--seed", "1", "--top-p", "0.9"]) == 0
+    err = capsys.readouterr().err
+    assert "prefill:" in err and "decode:" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "   "], "prompt is empty"),
+    (["generate"], "give a prompt"),
+    (["generate", "--prompt", "a", "--prompt-file", "b"], "not both"),
+    (["generate", "--prompt", "a", "-n", "0"], "-n must be"),
+])
+def test_cli_refuses_bad_prompts(tiny_llama, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(argv[:1] + ["--model", tiny_llama] + argv[1:])
+
+
+def test_cli_reports_library_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 40)
+    assert cli.main(["-q", "generate", "--model", str(bad), "--prompt", "x"]) == 1
+    assert "specee: error:" in capsys.readouterr().err
