@@ -52,35 +52,28 @@ context::context(const model & m, const specee_context_params & params)
         ggml_backend_cpu_set_n_threads(backend_, n_threads_);
         ggml_backend_cpu_set_threadpool(backend_, threadpool_);
 
-        galloc_ = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
         graph_size_ = std::max(1024, 48 * m.hp.n_layer + 64);
-        graph_meta_.resize(ggml_tensor_overhead() * size_t(graph_size_) + ggml_graph_overhead_custom(size_t(graph_size_), false));
 
         ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
         state_ctx_ = ggml_init(ip);
         state_ = ggml_new_tensor_2d(state_ctx_, GGML_TYPE_F32, m.hp.n_embd, n_batch_);
         state_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(state_ctx_, ggml_backend_cpu_buffer_type());
-        if (galloc_ == nullptr || state_buffer_ == nullptr) {
+        if (state_buffer_ == nullptr) {
             fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate compute buffers");
         }
 
-        // Size the compute buffer once for the largest prefill chunk, so that
-        // generation never reallocates.
-        ggml_init_params gp = {graph_meta_.size(), graph_meta_.data(), true};
-        ggml_context * ctx0 = ggml_init(gp);
+        // Size the prefill compute buffer once for the largest chunk, so
+        // that generation never reallocates it.
+        slots_.push_back(std::make_unique<graph_slot>());
         forward_plan plan;
         plan.n_tokens  = n_batch_;
         plan.n_kv      = kv_.n_ctx();
         plan.layer_end = m.hp.n_layer;
         plan.n_logits  = 1;
-        forward_graph g = build_forward(ctx0, m, kv_, state_, plan, graph_size_);
-        const bool ok = ggml_gallocr_reserve(galloc_, g.gf);
-        ggml_free(ctx0);
-        if (!ok) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot reserve the compute buffer");
-        }
+        build_into(*slots_[0], plan);
+        slots_[0]->ready = false;  // its inputs were never set
     } catch (...) {
-        ggml_gallocr_free(galloc_);
+        slots_.clear();
         ggml_backend_buffer_free(state_buffer_);
         ggml_free(state_ctx_);
         ggml_backend_free(backend_);
@@ -91,9 +84,13 @@ context::context(const model & m, const specee_context_params & params)
     }
 }
 
+context::graph_slot::~graph_slot() {
+    ggml_free(ctx);
+    ggml_gallocr_free(galloc);
+}
+
 context::~context() {
-    ggml_free(graph_ctx_);
-    ggml_gallocr_free(galloc_);
+    slots_.clear();
     ggml_backend_buffer_free(state_buffer_);
     ggml_free(state_ctx_);
     ggml_backend_free(backend_);
@@ -134,27 +131,80 @@ static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     return int32_t(t->ne[1]);
 }
 
-void context::run(const int32_t * tokens, const forward_plan & plan) {
-    const int64_t t_start = ggml_time_us();
-    // Reuse the previous graph when the shape is the same: decode steps
-    // within the same 256-cell block then skip graph building and
-    // allocation. Only valid while no other graph went through galloc_.
-    const bool reuse = graph_ready_ && plan.same_shape(graph_plan_) &&
-                       assign_masks(kv_, plan, model_.hp.n_layer) == graph_.mask_of_layer;
-    if (!reuse) {
-        graph_ready_ = false;
-        ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
-        ggml_free(graph_ctx_);
-        graph_ctx_ = ggml_init(ip);
-        graph_ = build_forward(graph_ctx_, model_, kv_, state_, plan, graph_size_);
-        if (!ggml_gallocr_alloc_graph(galloc_, graph_.gf)) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
-        }
-        graph_plan_  = plan;
-        graph_ready_ = true;
-        perf_.n_graph_builds++;
+void context::build_into(graph_slot & slot, const forward_plan & plan) {
+    slot.ready = false;
+    if (slot.meta.empty()) {
+        slot.meta.resize(ggml_tensor_overhead() * size_t(graph_size_) +
+                         ggml_graph_overhead_custom(size_t(graph_size_), false));
     }
-    const forward_graph & g = graph_;
+    ggml_free(slot.ctx);
+    ggml_init_params ip = {slot.meta.size(), slot.meta.data(), true};
+    slot.ctx = ggml_init(ip);
+    if (slot.galloc == nullptr) {
+        slot.galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+    }
+    if (slot.ctx == nullptr || slot.galloc == nullptr) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
+    }
+    slot.g = build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
+    if (!ggml_gallocr_alloc_graph(slot.galloc, slot.g.gf)) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
+    }
+    slot.plan  = plan;
+    slot.ready = true;
+    perf_.n_graph_builds++;
+}
+
+// The slot whose graph can run `plan` as it is (reuse = true), or the slot
+// to build it in: decode steps within the same 256-cell block then skip
+// graph building and allocation.
+context::graph_slot & context::slot_for(const forward_plan & plan, bool & reuse) {
+    const size_t max_slots = 33;  // prefill + one per single-token shape we keep
+    const std::vector<int> masks = assign_masks(kv_, plan, model_.hp.n_layer);
+    auto fits = [&](const graph_slot & s) {
+        return s.ready && s.plan.same_shape(plan) && s.g.mask_of_layer == masks;
+    };
+    if (plan.n_tokens > 1) {
+        reuse = fits(*slots_[0]);
+        return *slots_[0];
+    }
+    graph_slot * victim = nullptr;
+    for (size_t i = 1; i < slots_.size(); i++) {
+        graph_slot & s = *slots_[i];
+        if (fits(s)) {
+            reuse = true;
+            return s;
+        }
+        if (s.ready && s.plan.same_shape(plan)) {
+            victim = &s;  // same shape, other masks: rebuild in place
+        }
+    }
+    reuse = false;
+    if (victim) {
+        return *victim;
+    }
+    if (slots_.size() < max_slots) {
+        slots_.push_back(std::make_unique<graph_slot>());
+        return *slots_.back();
+    }
+    victim = slots_[1].get();
+    for (size_t i = 2; i < slots_.size(); i++) {
+        if (slots_[i]->last_used < victim->last_used) {
+            victim = slots_[i].get();
+        }
+    }
+    return *victim;
+}
+
+void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands) {
+    const int64_t t_start = ggml_time_us();
+    bool reuse = false;
+    graph_slot & slot = slot_for(plan, reuse);
+    if (!reuse) {
+        build_into(slot, plan);
+    }
+    slot.last_used = ++n_runs_;
+    const forward_graph & g = slot.g;
 
     // ---- inputs ----
     const uint32_t n = plan.n_tokens;
@@ -179,6 +229,9 @@ void context::run(const int32_t * tokens, const forward_plan & plan) {
     }
     if (g.tokens) {
         ggml_backend_tensor_set(g.tokens, tokens, 0, n * sizeof(int32_t));
+    }
+    if (g.cand_ids) {
+        ggml_backend_tensor_set(g.cand_ids, cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
     }
     mask_buf_.resize(size_t(plan.n_kv) * n);
     for (size_t u = 0; u < g.masks.size(); u++) {
@@ -206,6 +259,10 @@ void context::run(const int32_t * tokens, const forward_plan & plan) {
     }
     if (g.hidden) {
         n_hidden_ += append_columns(g.hidden, hidden_);
+    }
+    if (g.cand_logits) {
+        cand_logits_.clear();
+        append_columns(g.cand_logits, cand_logits_);
     }
     perf_.t_run_us += ggml_time_us() - t_start;
 }

@@ -52,7 +52,7 @@ public:
 
 private:
     // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
-    void run(const int32_t * tokens, const forward_plan & plan);
+    void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr);
     void check_tokens(const int32_t * tokens, int32_t n) const;
     uint32_t padded_n_kv(uint32_t n_used) const;
 
@@ -63,8 +63,6 @@ private:
 
     ggml_backend_t     backend_    = nullptr;
     ggml_threadpool_t  threadpool_ = nullptr;
-    ggml_gallocr_t     galloc_     = nullptr;
-    std::vector<uint8_t> graph_meta_;         // memory for graph/tensor structs
     int                graph_size_ = 0;
 
     ggml_context          * state_ctx_    = nullptr;
@@ -74,16 +72,29 @@ private:
     std::vector<float>       logits_;       // [n_outputs, n_vocab]
     int32_t                  n_outputs_ = 0;
     std::vector<float>       hidden_;       // [n_hidden_tokens, n_embd]
+    std::vector<float>       cand_logits_;  // [n_cand] of the last segment that asked for them
     int32_t                  n_hidden_  = 0;
     int32_t                  hidden_layer_ = -1;
     bool                     hidden_norm_  = false;
     perf_counters            perf_;
 
-    // the last graph built, kept for reuse (see run())
-    ggml_context           * graph_ctx_   = nullptr;
-    forward_graph            graph_;
-    forward_plan             graph_plan_;
-    bool                     graph_ready_ = false;
+    // Built graphs kept for reuse (see run()): slot 0 holds multi-token
+    // (prefill) graphs, the others single-token graphs, one per shape
+    // (full depth, or the segments between early-exit checks).
+    struct graph_slot {
+        std::vector<uint8_t> meta;               // memory for the graph and tensor structs
+        ggml_context       * ctx    = nullptr;
+        ggml_gallocr_t       galloc = nullptr;   // each slot keeps its own compute buffer
+        forward_graph        g;
+        forward_plan         plan;
+        bool                 ready     = false;
+        uint64_t             last_used = 0;
+        ~graph_slot();
+    };
+    graph_slot & slot_for(const forward_plan & plan, bool & reuse);
+    void         build_into(graph_slot & slot, const forward_plan & plan);
+    std::vector<std::unique_ptr<graph_slot>> slots_;
+    uint64_t                 n_runs_ = 0;
 
     std::vector<int64_t>     k_idx_buf_;
     std::vector<int64_t>     v_idx_buf_;

@@ -204,6 +204,19 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     }
 
     // ---- output ----
+    if (plan.n_cand > 0) {
+        // early-exit features: final_norm(h) . lm_head rows of the candidates
+        // ref: SpecEE sec. 4 (predictor inputs); only the last token's row
+        g.cand_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, plan.n_cand);
+        ggml_set_name(g.cand_ids, "inp_cand_ids");
+        ggml_set_input(g.cand_ids);
+        ggml_tensor * h    = rms_norm(ctx0, n_rows > 1 ? last_column(ctx0, x) : x, m.output_norm, hp.rms_eps);
+        ggml_tensor * rows = ggml_get_rows(ctx0, m.output, g.cand_ids);   // [n_embd, n_cand]
+        g.cand_logits = ggml_mul_mat(ctx0, rows, h);                      // [n_cand, 1]
+        ggml_set_name(g.cand_logits, "cand_logits");
+        ggml_set_output(g.cand_logits);
+        ggml_build_forward_expand(g.gf, g.cand_logits);
+    }
     if (plan.n_logits > 0) {
         if (plan.n_logits == 1 && n_rows > 1) {
             x = last_column(ctx0, x);                                 // [n_embd, 1]

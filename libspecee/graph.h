@@ -24,13 +24,14 @@ struct forward_plan {
     int      n_logits     = 0;      // 0: none, 1: last token only, n_tokens: all
     int      hidden_layer = -1;     // keep the hidden state after this many layers, -1: none
     bool     hidden_norm  = false;  // ... passed through the final RMSNorm
+    int      n_cand       = 0;      // > 0: logits of these candidate tokens at layer_end (last token)
 
     // Same graph shape (positions, tokens and masks are inputs, so a graph
     // built for one plan runs another of the same shape).
     bool same_shape(const forward_plan & o) const {
         return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
                layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
-               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm;
+               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand;
     }
 };
 
@@ -47,6 +48,7 @@ struct forward_graph {
     ggml_tensor * positions = nullptr;          // [n_tokens] I32
     ggml_tensor * k_idx = nullptr;              // [n_tokens] I64: the cells this batch writes
     ggml_tensor * v_idx = nullptr;              // [n_embd_kv * n_tokens] I64 if V is transposed, else == k_idx
+    ggml_tensor * cand_ids = nullptr;           // [n_cand] I32
     std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
     std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
     std::vector<int>           mask_of_layer;   // assign_masks() at build time
@@ -54,6 +56,7 @@ struct forward_graph {
     // outputs
     ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]
     ggml_tensor * hidden = nullptr;             // [n_embd, n_tokens]
+    ggml_tensor * cand_logits = nullptr;        // [n_cand, 1]
 };
 
 // Builds the graph into `ctx0` (a no_alloc context). `state` is the

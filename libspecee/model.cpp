@@ -266,9 +266,8 @@ static void place_weights(model & m, bool allow_repack) {
             matmul_weights.insert(t);
         }
     }
-    if (m.output != m.tok_embd) {
-        matmul_weights.insert(m.output);  // a tied output is also read by get_rows: keep it plain
-    }
+    // The output matrix stays plain: early exit reads candidate rows of it
+    // with get_rows, which repacked layouts do not support.
 
     size_t n_tensors = 0;
     for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
