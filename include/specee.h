@@ -68,6 +68,9 @@ typedef int32_t specee_token;
 
 struct specee_model;
 struct specee_context;
+struct specee_heads;
+
+#define SPECEE_MAX_CANDIDATES 8
 
 enum specee_status {
     SPECEE_STATUS_OK               = 0,
@@ -87,6 +90,35 @@ struct specee_perf {
     uint64_t n_graph_builds;  /* graphs built; the other runs reused the previous graph */
     double   t_compute_ms;    /* inside ggml's graph compute (the model's arithmetic and thread sync) */
     double   t_host_ms;       /* in libspecee around it: graph building, allocation, inputs, outputs */
+};
+
+/* Speculative early exit settings of a context. */
+struct specee_exit_params {
+    float threshold;    /* a checked layer may exit when its predictor says more than this; from the head file */
+    bool  use_offline;  /* check the head file's layer set */
+    bool  use_online;   /* also check e-2, e, e+2 around the exit layers e of the last 5 exits */
+    bool  full_depth;   /* debug: also run every layer and report the full model's token */
+};
+
+/* What one early-exit decode step did. */
+struct specee_step {
+    specee_token token;        /* the token chosen */
+    int32_t      exit_layer;   /* layers computed when it was chosen; n_layer = no early exit */
+    specee_token full_token;   /* with full_depth: the full model's token; else -1 */
+    int32_t      n_next;       /* draft candidates for the next step (0 until a draft head is attached) */
+    specee_token next[SPECEE_MAX_CANDIDATES];
+};
+
+/* Early-exit counters of a context since creation or specee_reset_exit_stats(). */
+struct specee_exit_stats {
+    uint64_t n_steps;          /* decode steps with candidates */
+    uint64_t n_exits;          /* steps that stopped before the last layer */
+    uint64_t sum_exit_layers;  /* layers computed, summed over steps */
+    uint64_t n_checks;         /* predictor evaluations */
+    uint64_t n_fires;          /* ... above the threshold */
+    uint64_t n_false_fires;    /* ... whose layer argmax was not a candidate (no exit) */
+    uint64_t n_draft_top1;     /* steps whose token was the first candidate */
+    uint64_t n_draft_topk;     /* steps whose token was one of the candidates */
 };
 
 struct specee_model_params {
@@ -199,6 +231,50 @@ SPECEE_API enum specee_status specee_kv_truncate(struct specee_context * ctx, ui
 /* 1 if layer `layer` holds K/V for the cell at position `pos`, 0 if not, -1 on
  * a bad argument. Early exit leaves deeper layers without some positions. */
 SPECEE_API int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, uint32_t pos);
+
+/* ---- speculative early exit ---- */
+
+/* Loads the exit predictors (and schedule) trained for `model`. A file made
+ * for another model is refused with SPECEE_STATUS_INVALID_ARGUMENT. */
+SPECEE_API enum specee_status specee_heads_load(
+        const struct specee_model  * model,
+        const char                 * path,
+        struct specee_heads       ** out_heads,
+        char                       * err,
+        size_t                       err_size);
+SPECEE_API void        specee_heads_free(struct specee_heads * heads);   /* NULL is a no-op */
+SPECEE_API int32_t     specee_heads_n_candidates(const struct specee_heads * heads);
+SPECEE_API const char * specee_model_fingerprint(const struct specee_model * model);  /* what head files name */
+
+/* Attaches heads to a context (NULL detaches); they must outlive it. Resets
+ * the threshold to the heads' own. */
+SPECEE_API enum specee_status specee_set_heads(struct specee_context * ctx, const struct specee_heads * heads);
+
+SPECEE_API struct specee_exit_params specee_exit_default_params(void);
+SPECEE_API enum specee_status specee_get_exit_params(const struct specee_context * ctx, struct specee_exit_params * out);
+SPECEE_API enum specee_status specee_set_exit_params(struct specee_context * ctx, const struct specee_exit_params * params);
+
+/* One decode step for `token` with early exit: the layers run in segments up
+ * to each checked layer, whose predictor sees the candidates' logits; when
+ * it fires and the layer's full-vocabulary argmax is a candidate, the step
+ * stops there. Layers after the exit keep no K/V for this position (their
+ * attention masks hide it). n_cand must equal specee_heads_n_candidates. */
+SPECEE_API enum specee_status specee_decode_with_candidates(
+        struct specee_context * ctx,
+        specee_token            token,
+        const specee_token    * candidates,
+        int32_t                 n_cand,
+        struct specee_step    * out);
+
+/* Layers computed by the last early-exit step (n_layer = no exit), -1 before any. */
+SPECEE_API int32_t specee_get_exit_layer(const struct specee_context * ctx);
+
+/* The layer indices the next step will check (ascending); returns how many,
+ * writing at most `capacity`. */
+SPECEE_API int32_t specee_get_checked_layers(const struct specee_context * ctx, int32_t * out, int32_t capacity);
+
+SPECEE_API enum specee_status specee_get_exit_stats(const struct specee_context * ctx, struct specee_exit_stats * out);
+SPECEE_API void               specee_reset_exit_stats(struct specee_context * ctx);
 
 /* Timing counters of this context (see struct specee_perf). */
 SPECEE_API enum specee_status specee_get_perf(const struct specee_context * ctx, struct specee_perf * out);

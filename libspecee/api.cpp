@@ -5,6 +5,7 @@
 #include "context.h"
 #include "error.h"
 #include "ggml_log.h"
+#include "heads.h"
 #include "model.h"
 
 #include "ggml-cpu.h"
@@ -234,6 +235,121 @@ enum specee_status specee_get_perf(const struct specee_context * ctx, struct spe
 void specee_reset_perf(struct specee_context * ctx) {
     if (ctx) {
         ctx->reset_perf();
+    }
+}
+
+// ---- speculative early exit ----
+
+enum specee_status specee_heads_load(const struct specee_model * model, const char * path,
+                                     struct specee_heads ** out_heads, char * err, size_t err_size) {
+    std::string message;
+    if (out_heads != nullptr) {
+        *out_heads = nullptr;
+    }
+    const specee_status st = guarded(message, [&] {
+        if (model == nullptr || path == nullptr || out_heads == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "model, path and out_heads must not be NULL");
+        }
+        std::unique_ptr<specee_heads> h(new specee_heads());
+        specee::load_heads(*h, *model, path);
+        *out_heads = h.release();
+    });
+    copy_message(err, err_size, message);
+    return st;
+}
+
+void specee_heads_free(struct specee_heads * heads) { delete heads; }
+int32_t specee_heads_n_candidates(const struct specee_heads * h) { return h ? h->n_cand : 0; }
+const char * specee_model_fingerprint(const struct specee_model * m) { return m ? m->fingerprint.c_str() : ""; }
+
+enum specee_status specee_set_heads(struct specee_context * ctx, const struct specee_heads * heads) {
+    return on_context(ctx, [&](specee::context & c) { c.set_heads(heads); });
+}
+
+struct specee_exit_params specee_exit_default_params(void) {
+    const specee::context::exit_params d;
+    specee_exit_params p;
+    p.threshold   = d.threshold;
+    p.use_offline = d.use_offline;
+    p.use_online  = d.use_online;
+    p.full_depth  = d.full_depth;
+    return p;
+}
+
+enum specee_status specee_get_exit_params(const struct specee_context * ctx, struct specee_exit_params * out) {
+    if (ctx == nullptr || out == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const auto & e = ctx->get_exit_params();
+    out->threshold   = e.threshold;
+    out->use_offline = e.use_offline;
+    out->use_online  = e.use_online;
+    out->full_depth  = e.full_depth;
+    return SPECEE_STATUS_OK;
+}
+
+enum specee_status specee_set_exit_params(struct specee_context * ctx, const struct specee_exit_params * params) {
+    return on_context(ctx, [&](specee::context & c) {
+        if (params == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "params must not be NULL");
+        }
+        specee::context::exit_params e;
+        e.threshold   = params->threshold;
+        e.use_offline = params->use_offline;
+        e.use_online  = params->use_online;
+        e.full_depth  = params->full_depth;
+        c.set_exit_params(e);
+    });
+}
+
+enum specee_status specee_decode_with_candidates(struct specee_context * ctx, specee_token token,
+                                                 const specee_token * candidates, int32_t n_cand,
+                                                 struct specee_step * out) {
+    return on_context(ctx, [&](specee::context & c) {
+        if (out == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "out must not be NULL");
+        }
+        int32_t full = -1;
+        const int32_t chosen = c.decode_with_candidates(token, candidates, n_cand, &full);
+        out->token      = chosen;
+        out->exit_layer = c.last_exit_layer();
+        out->full_token = full;
+        out->n_next     = 0;
+    });
+}
+
+int32_t specee_get_exit_layer(const struct specee_context * ctx) { return ctx ? ctx->last_exit_layer() : -1; }
+
+int32_t specee_get_checked_layers(const struct specee_context * ctx, int32_t * out, int32_t capacity) {
+    if (ctx == nullptr) {
+        return 0;
+    }
+    const std::vector<int32_t> layers = ctx->checked_layers();
+    for (int32_t i = 0; out != nullptr && i < capacity && i < int32_t(layers.size()); i++) {
+        out[i] = layers[size_t(i)];
+    }
+    return int32_t(layers.size());
+}
+
+enum specee_status specee_get_exit_stats(const struct specee_context * ctx, struct specee_exit_stats * out) {
+    if (ctx == nullptr || out == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const auto & s = ctx->stats();
+    out->n_steps         = s.n_steps;
+    out->n_exits         = s.n_exits;
+    out->sum_exit_layers = s.sum_exit_layers;
+    out->n_checks        = s.n_checks;
+    out->n_fires         = s.n_fires;
+    out->n_false_fires   = s.n_false_fires;
+    out->n_draft_top1    = s.n_draft_top1;
+    out->n_draft_topk    = s.n_draft_topk;
+    return SPECEE_STATUS_OK;
+}
+
+void specee_reset_exit_stats(struct specee_context * ctx) {
+    if (ctx) {
+        ctx->reset_stats();
     }
 }
 

@@ -122,6 +122,14 @@ void context::check_tokens(const int32_t * tokens, int32_t n) const {
     }
 }
 
+// Copies an input's data in, unless this graph does not use that input (a
+// segment without layers reads no positions or masks: gallocr gave it no memory).
+static void set_input(ggml_tensor * t, const void * data, size_t offset, size_t size) {
+    if (t->buffer != nullptr || t->data != nullptr) {
+        ggml_backend_tensor_set(t, data, offset, size);
+    }
+}
+
 // Appends the columns of an F32 output tensor [ne0, n] to `out`; returns n.
 static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     const size_t n_floats = size_t(ggml_nelements(t));
@@ -214,8 +222,8 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
         pos_buf_[i]   = int32_t(plan.pos + i);
         k_idx_buf_[i] = int64_t(plan.pos + i);  // cell i holds position i
     }
-    ggml_backend_tensor_set(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
-    ggml_backend_tensor_set(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
+    set_input(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
+    set_input(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
     if (g.v_idx != g.k_idx) {
         // transposed V: element (d, token i) goes to d * n_ctx + cell
         const int64_t n_embd_kv = model_.hp.n_embd_kv();
@@ -225,13 +233,13 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
                 v_idx_buf_[size_t(i) * n_embd_kv + d] = d * kv_.n_ctx() + k_idx_buf_[i];
             }
         }
-        ggml_backend_tensor_set(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
+        set_input(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
     }
     if (g.tokens) {
-        ggml_backend_tensor_set(g.tokens, tokens, 0, n * sizeof(int32_t));
+        set_input(g.tokens, tokens, 0, n * sizeof(int32_t));
     }
     if (g.cand_ids) {
-        ggml_backend_tensor_set(g.cand_ids, cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
+        set_input(g.cand_ids, cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
     }
     mask_buf_.resize(size_t(plan.n_kv) * n);
     for (size_t u = 0; u < g.masks.size(); u++) {
@@ -239,9 +247,9 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
         if (g.masks[u]->type == GGML_TYPE_F16) {
             mask_f16_.resize(mask_buf_.size());
             ggml_fp32_to_fp16_row(mask_buf_.data(), mask_f16_.data(), int64_t(mask_buf_.size()));
-            ggml_backend_tensor_set(g.masks[u], mask_f16_.data(), 0, mask_f16_.size() * sizeof(ggml_fp16_t));
+            set_input(g.masks[u], mask_f16_.data(), 0, mask_f16_.size() * sizeof(ggml_fp16_t));
         } else {
-            ggml_backend_tensor_set(g.masks[u], mask_buf_.data(), 0, mask_buf_.size() * sizeof(float));
+            set_input(g.masks[u], mask_buf_.data(), 0, mask_buf_.size() * sizeof(float));
         }
     }
 

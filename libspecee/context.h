@@ -1,7 +1,9 @@
 // context.h — one sequence: KV cache, compute buffers, threads, outputs.
 #pragma once
 
+#include "exit_policy.h"
 #include "graph.h"
+#include "heads.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -10,6 +12,7 @@
 #include "ggml-cpu.h"
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,6 +41,28 @@ public:
     int32_t       n_outputs() const { return n_outputs_; }
     int32_t       argmax(int32_t i) const;
     const float * hidden(int32_t * n_tokens) const;
+
+    // ---- speculative early exit (context_exit.cpp) ----
+    struct exit_params {
+        float threshold   = 0.5f;
+        bool  use_offline = true;
+        bool  use_online  = true;
+        bool  full_depth  = false;  // also run every layer and report the full model's token
+    };
+    struct exit_stats {
+        uint64_t n_steps = 0, n_exits = 0, sum_exit_layers = 0, n_checks = 0, n_fires = 0, n_false_fires = 0;
+        uint64_t n_draft_top1 = 0, n_draft_topk = 0;
+    };
+    void set_heads(const heads * h);  // nullptr detaches
+    void set_exit_params(const exit_params & p);
+    const exit_params & get_exit_params() const { return exit_; }
+    // One decode step with early exit; returns the chosen token. With
+    // full_depth, *out_full receives the full model's token (else -1).
+    int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
+    int32_t last_exit_layer() const { return last_exit_layer_; }
+    std::vector<int32_t> checked_layers() const;
+    const exit_stats & stats() const { return stats_; }
+    void reset_stats() { stats_ = exit_stats(); }
 
     std::string last_error;
 
@@ -77,6 +102,14 @@ private:
     int32_t                  hidden_layer_ = -1;
     bool                     hidden_norm_  = false;
     perf_counters            perf_;
+
+    int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
+    const heads            * heads_ = nullptr;
+    std::set<int32_t>        predictor_layers_;
+    exit_params              exit_;
+    exit_schedule            schedule_;
+    exit_stats               stats_;
+    int32_t                  last_exit_layer_ = -1;
 
     // Built graphs kept for reuse (see run()): slot 0 holds multi-token
     // (prefill) graphs, the others single-token graphs, one per shape

@@ -358,6 +358,22 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file
     }
 }
 
+// A cheap identity for head files: FNV-1a 64 over the bytes of three norm
+// vectors (final norm, first and last layer norms), which differ between any
+// two trained models of the same shape.
+static std::string fingerprint_of(const model & m) {
+    uint64_t h = 1469598103934665603ull;
+    for (const ggml_tensor * t : {m.output_norm, m.layers.front().attn_norm, m.layers.back().ffn_norm}) {
+        const auto * p = static_cast<const uint8_t *>(t->data);
+        for (size_t i = 0; i < ggml_nbytes(t); i++) {
+            h = (h ^ p[i]) * 1099511628211ull;
+        }
+    }
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long) h);
+    return buf;
+}
+
 void load_model(model & m, const char * path, const specee_model_params & params) {
     struct stat st;
     if (stat(path, &st) != 0) {
@@ -389,6 +405,7 @@ void load_model(model & m, const char * path, const specee_model_params & params
     }
     place_weights(m, params.use_repack);
     read_weights(m, gctx, f.get(), uint64_t(st.st_size), params.check_tensors);
+    m.fingerprint = fingerprint_of(m);
 }
 
 } // namespace specee

@@ -67,6 +67,7 @@ struct model {
     ggml_backend_buffer_t      buf_plain    = nullptr;
     ggml_backend_buffer_t      buf_repacked = nullptr;
     int                        n_repacked   = 0;  // tensors in buf_repacked
+    std::string                fingerprint;       // 16 hex digits, see fingerprint_of()
     uint64_t                   n_params   = 0;
     uint64_t                   size_bytes = 0;
 

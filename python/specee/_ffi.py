@@ -35,7 +35,10 @@ def _cdef_from_header(text: str) -> str:
     if match is None:
         raise ImportError("specee.h has no cffi-begin/cffi-end block")
     body = match.group(1).replace("SPECEE_API ", "")
-    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#"))
+    # cffi understands integer #defines; other preprocessor lines go
+    keep = [line for line in body.splitlines()
+            if not line.lstrip().startswith("#") or re.match(r"\s*#define\s+\w+\s+\d+\s*$", line)]
+    return "\n".join(keep)
 
 
 ffi = cffi.FFI()

@@ -3,6 +3,7 @@ mapped from its status codes."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -147,9 +148,44 @@ class Model(_Handle):
     n_params = property(lambda self: int(lib.specee_model_n_params(self.ptr)))
     size_bytes = property(lambda self: int(lib.specee_model_size_bytes(self.ptr)))
     n_repacked = property(lambda self: int(lib.specee_model_n_repacked(self.ptr)))
+    fingerprint = property(lambda self: ffi.string(lib.specee_model_fingerprint(self.ptr)).decode())
 
     def context(self, **kwargs) -> "Context":
         return Context(self, **kwargs)
+
+
+# ---- heads --------------------------------------------------------------------
+
+
+class Heads(_Handle):
+    """SpecEE exit predictors for one model, loaded from a head file (docs/heads.md)."""
+
+    def __init__(self, model: Model, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        out = ffi.new("struct specee_heads **")
+        err = ffi.new("char[]", 1024)
+        check(lib.specee_heads_load(model.ptr, self.path.encode(), out, err, len(err)),
+              ffi.string(err).decode(errors="replace"))
+        self._ptr = out[0]
+        self.n_candidates = int(lib.specee_heads_n_candidates(self._ptr))
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidArgumentError("the heads are closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.specee_heads_free(self._ptr)
+            self._ptr = None
+
+
+@dataclass
+class Step:
+    token: int          # the token chosen
+    exit_layer: int     # layers computed when it was chosen (n_layer: no early exit)
+    full_token: int     # with full_depth: the full model's token, else -1
 
 
 # ---- context ------------------------------------------------------------------
@@ -258,6 +294,56 @@ class Context(_Handle):
         if n_past < 0:
             raise InvalidArgumentError("n_past must not be negative")
         self._check(lib.specee_kv_truncate(self.ptr, n_past))
+
+    # ---- speculative early exit ----
+
+    def set_heads(self, heads: Optional[Heads]) -> None:
+        """Attach exit predictors (None detaches). Keep `heads` open while attached."""
+        self._heads = heads
+        self._check(lib.specee_set_heads(self.ptr, heads.ptr if heads is not None else ffi.NULL))
+
+    def exit_params(self) -> dict:
+        out = ffi.new("struct specee_exit_params *")
+        self._check(lib.specee_get_exit_params(self.ptr, out))
+        return {"threshold": float(out.threshold), "use_offline": bool(out.use_offline),
+                "use_online": bool(out.use_online), "full_depth": bool(out.full_depth)}
+
+    def set_exit_params(self, **changes) -> None:
+        """Change any of threshold, use_offline, use_online, full_depth."""
+        params = self.exit_params()
+        unknown = set(changes) - set(params)
+        if unknown:
+            raise InvalidArgumentError(f"unknown exit parameters: {sorted(unknown)}")
+        params.update(changes)
+        c = ffi.new("struct specee_exit_params *", params)
+        self._check(lib.specee_set_exit_params(self.ptr, c))
+
+    def decode_with_candidates(self, token: int, candidates: Sequence[int]) -> Step:
+        """One early-exit step for `token` given the draft's candidates."""
+        cands = _token_array(candidates)
+        out = ffi.new("struct specee_step *")
+        self._check(lib.specee_decode_with_candidates(self.ptr, int(token), ffi.from_buffer("int32_t[]", cands),
+                                                      len(cands), out))
+        return Step(int(out.token), int(out.exit_layer), int(out.full_token))
+
+    @property
+    def exit_layer(self) -> int:
+        return int(lib.specee_get_exit_layer(self.ptr))
+
+    def checked_layers(self) -> list[int]:
+        n = int(lib.specee_get_checked_layers(self.ptr, ffi.NULL, 0))
+        buf = ffi.new("int32_t[]", max(n, 1))
+        lib.specee_get_checked_layers(self.ptr, buf, n)
+        return [int(buf[i]) for i in range(n)]
+
+    def exit_stats(self) -> dict:
+        out = ffi.new("struct specee_exit_stats *")
+        self._check(lib.specee_get_exit_stats(self.ptr, out))
+        return {k: int(getattr(out, k)) for k in ("n_steps", "n_exits", "sum_exit_layers", "n_checks", "n_fires",
+                                                  "n_false_fires", "n_draft_top1", "n_draft_topk")}
+
+    def reset_exit_stats(self) -> None:
+        lib.specee_reset_exit_stats(self.ptr)
 
     def perf(self) -> dict:
         """Timing counters: graph runs/builds, ms in ggml compute and in host code."""

@@ -1,0 +1,167 @@
+// context_exit.cpp — the SpecEE decode step: layers in segments between
+// checked layers, a predictor at each, exit when it fires and the layer's
+// argmax is a candidate. ref: SpecEE sec. 4; DESIGN.md sec. 2.
+#include "context.h"
+
+#include "error.h"
+
+#include <algorithm>
+
+namespace specee {
+
+void context::set_heads(const heads * h) {
+    heads_ = h;
+    predictor_layers_.clear();
+    if (h) {
+        for (const auto & kvp : h->predictors) {
+            predictor_layers_.insert(kvp.first);
+        }
+        exit_.threshold = h->threshold;
+    }
+    schedule_.reset();
+}
+
+void context::set_exit_params(const exit_params & p) {
+    if (!(p.threshold >= 0.0f && p.threshold <= 1.0f)) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "threshold %g is outside [0, 1]", double(p.threshold));
+    }
+    exit_ = p;
+    schedule_.use_offline = p.use_offline;
+    schedule_.use_online  = p.use_online;
+}
+
+std::vector<int32_t> context::checked_layers() const {
+    if (heads_ == nullptr) {
+        return {};
+    }
+    return schedule_.layers(heads_->offline_layers, predictor_layers_, model_.hp.n_layer);
+}
+
+int32_t context::logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const {
+    const int32_t am = argmax(0);
+    is_candidate = std::find(cands, cands + n_cand, am) != cands + n_cand;
+    return am;
+}
+
+int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full) {
+    const hparams & hp = model_.hp;
+    if (heads_ == nullptr) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "no heads are attached to this context (specee_set_heads)");
+    }
+    if (n_cand != heads_->n_cand) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "%d candidates given; the heads were trained for %d", n_cand,
+             heads_->n_cand);
+    }
+    check_tokens(&token, 1);
+    if (cands == nullptr) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidates must not be NULL");
+    }
+    for (int32_t i = 0; i < n_cand; i++) {
+        if (cands[i] < 0 || cands[i] >= hp.n_vocab) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidate %d is outside the vocabulary [0, %d)", cands[i], hp.n_vocab);
+        }
+    }
+
+    logits_.clear();
+    hidden_.clear();
+    n_outputs_ = 0;
+    n_hidden_  = 0;
+    const uint32_t pos = kv_.n_past();
+
+    forward_plan plan;
+    plan.pos      = pos;
+    plan.n_tokens = 1;
+    plan.n_kv     = padded_n_kv(pos + 1);
+
+    int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
+    int32_t chosen      = -1;
+    int32_t done        = 0;           // layers computed so far
+    std::vector<float> p_prev;
+    std::vector<float> features(static_cast<size_t>(3 * n_cand));
+    try {
+        const std::vector<int32_t> checks = checked_layers();
+        for (size_t c = 0; c < checks.size() && chosen < 0; c++) {
+            const int32_t il = checks[c];
+            // layers [done, il] then the candidates' logits after layer il
+            plan.layer_begin = done;
+            plan.layer_end   = il + 1;
+            plan.save_state  = true;
+            plan.n_logits    = 0;
+            plan.n_cand      = n_cand;
+            run(&token, plan, cands);
+            done = il + 1;
+
+            exit_features(cand_logits_.data(), n_cand, p_prev, c == 0, features.data());
+            const float prob = heads_->predictors.at(il)(features.data());
+            stats_.n_checks++;
+            if (prob <= exit_.threshold) {
+                continue;
+            }
+            stats_.n_fires++;
+            // the full-vocabulary logits at this layer decide (ref: SpecEE sec. 4.2)
+            plan.layer_begin = done;
+            plan.layer_end   = done;
+            plan.save_state  = false;
+            plan.n_logits    = 1;
+            plan.n_cand      = 0;
+            logits_.clear();
+            n_outputs_ = 0;
+            run(&token, plan);
+            bool hit = false;
+            const int32_t am = logits_argmax_in(cands, n_cand, hit);
+            if (hit) {
+                chosen      = am;
+                exit_layers = done;
+            } else {
+                stats_.n_false_fires++;
+            }
+        }
+        if (chosen < 0 || exit_.full_depth) {
+            // the rest of the layers: the normal path, or the debug reference
+            std::vector<float> exit_logits;
+            if (chosen >= 0) {
+                exit_logits.swap(logits_);
+            }
+            plan.layer_begin = done;
+            plan.layer_end   = hp.n_layer;
+            plan.save_state  = false;
+            plan.n_logits    = 1;
+            plan.n_cand      = 0;
+            logits_.clear();
+            n_outputs_ = 0;
+            run(&token, plan);
+            const int32_t full = argmax(0);
+            if (out_full) {
+                *out_full = full;
+            }
+            if (chosen < 0) {
+                chosen = full;
+            } else {
+                logits_.swap(exit_logits);  // the caller gets the logits it decided on
+            }
+            done = hp.n_layer;
+        } else if (out_full) {
+            *out_full = -1;
+        }
+    } catch (...) {
+        kv_.truncate(pos);  // this position never happened
+        logits_.clear();
+        n_outputs_ = 0;
+        throw;
+    }
+
+    // layers after the exit never computed this token's K/V: their masks hide it
+    kv_.commit(pos, 1, done);
+    last_exit_layer_ = exit_layers;
+    stats_.n_steps++;
+    stats_.sum_exit_layers += uint64_t(exit_layers);
+    if (exit_layers < hp.n_layer) {
+        stats_.n_exits++;
+        schedule_.record_exit(exit_layers - 1);
+    }
+    stats_.n_draft_top1 += chosen == cands[0];
+    stats_.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
+    return chosen;
+}
+
+} // namespace specee

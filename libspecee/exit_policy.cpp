@@ -1,0 +1,59 @@
+#include "exit_policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace specee {
+
+std::vector<int32_t> exit_schedule::layers(const std::vector<int32_t> & offline,
+                                           const std::set<int32_t> & has_predictor, int32_t n_layer) const {
+    std::set<int32_t> out;
+    auto add = [&](int32_t l) {
+        if (l >= 0 && l + 1 < n_layer && has_predictor.count(l)) {
+            out.insert(l);
+        }
+    };
+    if (use_offline) {
+        for (int32_t l : offline) {
+            add(l);
+        }
+    }
+    if (use_online && recent.size() >= n_recent) {
+        for (int32_t e : recent) {
+            add(e - 2);
+            add(e);
+            add(e + 2);
+        }
+    }
+    return std::vector<int32_t>(out.begin(), out.end());
+}
+
+void exit_schedule::record_exit(int32_t layer) {
+    recent.push_back(layer);
+    while (recent.size() > n_recent) {
+        recent.pop_front();
+    }
+}
+
+void exit_features(const float * logits, int32_t k, std::vector<float> & p_prev, bool first, float * out) {
+    float mx = logits[0];
+    for (int32_t i = 1; i < k; i++) {
+        mx = std::max(mx, logits[i]);
+    }
+    float sum = 0.0f;
+    std::vector<float> p(static_cast<size_t>(k));
+    for (int32_t i = 0; i < k; i++) {
+        p[size_t(i)] = std::exp(logits[i] - mx);
+        sum += p[size_t(i)];
+    }
+    for (int32_t i = 0; i < k; i++) {
+        p[size_t(i)] /= sum;
+        out[i]         = logits[i];
+        out[k + i]     = p[size_t(i)];
+        out[2 * k + i] = first ? p[size_t(i)] : p[size_t(i)] - p_prev[size_t(i)];
+    }
+    p_prev = std::move(p);
+}
+
+} // namespace specee

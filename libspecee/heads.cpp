@@ -1,0 +1,159 @@
+// heads.cpp — reads and checks a SpecEE head file (format: docs/heads.md).
+#include "heads.h"
+
+#include "error.h"
+#include "ggml_log.h"
+#include "gguf_meta.h"
+
+#include "gguf.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+namespace specee {
+
+float exit_predictor::operator()(const float * x) const {
+    float y = b2;
+    for (int32_t j = 0; j < hidden; j++) {
+        const float * row = &w1[size_t(j) * size_t(n_in)];
+        float a = b1[size_t(j)];
+        for (int32_t i = 0; i < n_in; i++) {
+            a += row[i] * x[i];
+        }
+        y += w2[size_t(j)] * std::max(a, 0.0f);
+    }
+    return 1.0f / (1.0f + std::exp(-y));
+}
+
+namespace {
+
+// An F32 tensor of the head file with exactly the shape `ne`, as floats.
+std::vector<float> read_f32(ggml_context * data, const std::string & name, std::initializer_list<int64_t> ne) {
+    ggml_tensor * t = ggml_get_tensor(data, name.c_str());
+    if (t == nullptr) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s is missing", name.c_str());
+    }
+    if (t->type != GGML_TYPE_F32) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has type %s, expected F32", name.c_str(),
+             ggml_type_name(t->type));
+    }
+    int d = 0;
+    for (int64_t n : ne) {
+        if (t->ne[d++] != n) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has the wrong shape", name.c_str());
+        }
+    }
+    for (; d < GGML_MAX_DIMS; d++) {
+        if (t->ne[d] != 1) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has the wrong shape", name.c_str());
+        }
+    }
+    std::vector<float> v(size_t(ggml_nelements(t)));
+    std::memcpy(v.data(), t->data, v.size() * sizeof(float));
+    for (float f : v) {
+        if (!std::isfinite(f)) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s holds NaN/Inf", name.c_str());
+        }
+    }
+    return v;
+}
+
+} // namespace
+
+void load_heads(heads & h, const model & m, const char * path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fail(SPECEE_STATUS_IO_ERROR, "cannot open head file %s", path);
+    }
+    ggml_context * data = nullptr;
+    gguf_context * gctx = nullptr;
+    {
+        log_capture log;
+        gguf_init_params gp = {/*no_alloc=*/false, /*ctx=*/&data};
+        gctx = gguf_init_from_file(path, gp);
+        if (gctx == nullptr) {
+            const std::string why = log.text();
+            fail(SPECEE_STATUS_INVALID_MODEL, "%s is not a valid GGUF head file%s%s", path, why.empty() ? "" : ": ",
+                 why.c_str());
+        }
+    }
+    std::unique_ptr<gguf_context, decltype(&gguf_free)> gctx_owner(gctx, gguf_free);
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> data_owner(data, ggml_free);
+    const gguf_meta kv(gctx);
+
+    if (kv.get_string("general.architecture").value_or("") != "specee-heads") {
+        fail(SPECEE_STATUS_INVALID_MODEL, "%s is not a SpecEE head file (general.architecture != specee-heads)", path);
+    }
+    if (kv.require_int("specee.format_version", 0, 1 << 20) != 1) {
+        fail(SPECEE_STATUS_UNSUPPORTED, "head file format version is not 1");
+    }
+
+    // ---- the base model it was trained for ----
+    const hparams & hp = m.hp;
+    const std::string base_arch = kv.get_string("specee.base.architecture").value_or("");
+    const int64_t n_layer = kv.require_int("specee.base.n_layer", 1, 1024);
+    const int64_t n_embd  = kv.require_int("specee.base.n_embd", 1, 1 << 16);
+    const int64_t n_vocab = kv.require_int("specee.base.n_vocab", 1, 1 << 24);
+    const std::string fingerprint = kv.get_string("specee.base.fingerprint").value_or("");
+    if (base_arch != m.arch_name || n_layer != hp.n_layer || n_embd != hp.n_embd || n_vocab != hp.n_vocab) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT,
+             "head file is for another model (%s, %lld layers, n_embd %lld, vocab %lld); this one is %s, %d layers, "
+             "n_embd %d, vocab %d", base_arch.c_str(), (long long) n_layer, (long long) n_embd, (long long) n_vocab,
+             m.arch_name.c_str(), hp.n_layer, hp.n_embd, hp.n_vocab);
+    }
+    if (fingerprint != m.fingerprint) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT,
+             "head file is for another model with the same shape (weights fingerprint %s, this model's is %s)",
+             fingerprint.c_str(), m.fingerprint.c_str());
+    }
+
+    // ---- exit settings and predictors ----
+    h.n_cand    = int32_t(kv.get_int("specee.draft.k", 1, 8).value_or(4));
+    h.threshold = float(kv.get_float("specee.exit.threshold", 0.0, 1.0).value_or(0.5));
+    const int32_t n_in   = 3 * h.n_cand;
+    const int32_t hidden = int32_t(kv.require_int("specee.exit.hidden", 1, 1 << 16));
+
+    for (int32_t il = 0; il + 1 < hp.n_layer; il++) {  // the last layer is never checked
+        const std::string p = "exit." + std::to_string(il) + ".";
+        if (ggml_get_tensor(data, (p + "fc1.weight").c_str()) == nullptr) {
+            continue;
+        }
+        exit_predictor e;
+        e.n_in   = n_in;
+        e.hidden = hidden;
+        e.w1 = read_f32(data, p + "fc1.weight", {n_in, hidden});
+        e.b1 = read_f32(data, p + "fc1.bias", {hidden});
+        e.w2 = read_f32(data, p + "fc2.weight", {hidden});
+        e.b2 = read_f32(data, p + "fc2.bias", {1})[0];
+        h.predictors[il] = std::move(e);
+    }
+    if (h.predictors.empty()) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file has no exit predictors");
+    }
+
+    const int64_t id = gguf_find_key(gctx, "specee.exit.layers");
+    if (id >= 0) {
+        if (gguf_get_kv_type(gctx, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(gctx, id) != GGUF_TYPE_INT32) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "specee.exit.layers must be an array of int32");
+        }
+        const auto * layers = static_cast<const int32_t *>(gguf_get_arr_data(gctx, id));
+        for (size_t i = 0; i < gguf_get_arr_n(gctx, id); i++) {
+            if (h.predictors.count(layers[i]) == 0) {
+                fail(SPECEE_STATUS_INVALID_MODEL, "specee.exit.layers names layer %d, which has no predictor", layers[i]);
+            }
+            h.offline_layers.push_back(layers[i]);
+        }
+    } else {
+        for (const auto & kvp : h.predictors) {
+            h.offline_layers.push_back(kvp.first);
+        }
+    }
+    std::sort(h.offline_layers.begin(), h.offline_layers.end());
+    h.offline_layers.erase(std::unique(h.offline_layers.begin(), h.offline_layers.end()), h.offline_layers.end());
+}
+
+} // namespace specee

@@ -1,0 +1,39 @@
+// heads.h — SpecEE heads for one base model: the per-layer exit predictors
+// and their schedule, loaded from a GGUF file of their own (docs/heads.md).
+#pragma once
+
+#include "model.h"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace specee {
+
+// MLP n_features -> hidden (ReLU) -> 1 (sigmoid). ref: SpecEE sec. 4.1
+struct exit_predictor {
+    int32_t            n_in   = 0;
+    int32_t            hidden = 0;
+    std::vector<float> w1;  // [hidden][n_in] row-major
+    std::vector<float> b1;  // [hidden]
+    std::vector<float> w2;  // [hidden]
+    float              b2 = 0.0f;
+
+    // Probability that the layer's argmax is already the final token.
+    float operator()(const float * features) const;
+};
+
+struct heads {
+    int32_t n_cand    = 4;     // candidates per step (k)
+    float   threshold = 0.5f;  // default predictor threshold
+    std::vector<int32_t>               offline_layers;  // checked layer indices, ascending
+    std::map<int32_t, exit_predictor>  predictors;      // by layer index (check after that layer)
+};
+
+// Loads and validates a head file for model `m`; throws specee::error.
+void load_heads(heads & h, const model & m, const char * path);
+
+} // namespace specee
+
+struct specee_heads : specee::heads {};

@@ -1,0 +1,71 @@
+"""Writing SpecEE head files (format: docs/heads.md).
+
+The C library reads them (specee_heads_load); training (`specee pack`) and
+tests write them here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import gguf
+import numpy as np
+
+from .engine import Model
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Predictor:
+    """MLP 3k -> hidden (ReLU) -> 1 (sigmoid), numpy float32."""
+
+    w1: np.ndarray  # [hidden, 3k]
+    b1: np.ndarray  # [hidden]
+    w2: np.ndarray  # [hidden]
+    b2: float
+
+    def __call__(self, features: np.ndarray) -> float:
+        h = np.maximum(self.w1 @ features + self.b1, 0.0)
+        return float(1.0 / (1.0 + np.exp(-(self.w2 @ h + self.b2))))
+
+
+def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
+                exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4) -> None:
+    """Writes predictors (by layer index: checked after that layer) for `model`."""
+    if not predictors:
+        raise ValueError("at least one predictor is needed")
+    hidden = {p.w1.shape[0] for p in predictors.values()}
+    if len(hidden) != 1:
+        raise ValueError("all predictors must have the same hidden size")
+    w = gguf.GGUFWriter(os.fspath(path), "specee-heads")
+    w.add_uint32("specee.format_version", FORMAT_VERSION)
+    w.add_string("specee.base.architecture", model.arch)
+    w.add_uint32("specee.base.n_layer", model.n_layer)
+    w.add_uint32("specee.base.n_embd", model.n_embd)
+    w.add_uint32("specee.base.n_vocab", model.n_vocab)
+    w.add_string("specee.base.fingerprint", model.fingerprint)
+    w.add_uint32("specee.draft.k", n_candidates)
+    w.add_float32("specee.exit.threshold", threshold)
+    w.add_uint32("specee.exit.hidden", hidden.pop())
+    if exit_layers is not None:
+        w.add_array("specee.exit.layers", [int(x) for x in exit_layers])
+    for layer, p in sorted(predictors.items()):
+        if p.w1.shape[1] != 3 * n_candidates:
+            raise ValueError(f"predictor {layer} takes {p.w1.shape[1]} features, expected {3 * n_candidates}")
+        w.add_tensor(f"exit.{layer}.fc1.weight", np.ascontiguousarray(p.w1, dtype=np.float32))
+        w.add_tensor(f"exit.{layer}.fc1.bias", np.asarray(p.b1, dtype=np.float32))
+        w.add_tensor(f"exit.{layer}.fc2.weight", np.asarray(p.w2, dtype=np.float32))
+        w.add_tensor(f"exit.{layer}.fc2.bias", np.asarray([p.b2], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def constant_predictor(prob_logit: float, n_features: int = 12, hidden: int = 8) -> Predictor:
+    """A predictor whose output is sigmoid(prob_logit) for every input: for
+    tests and for measuring the exit machinery's cost."""
+    return Predictor(np.zeros((hidden, n_features), np.float32), np.zeros(hidden, np.float32),
+                     np.zeros(hidden, np.float32), float(prob_logit))
