@@ -104,7 +104,7 @@ struct specee_exit_params {
 struct specee_step {
     specee_token token;        /* the token chosen */
     int32_t      exit_layer;   /* layers computed when it was chosen; n_layer = no early exit */
-    specee_token full_token;   /* with full_depth: the full model's token; else -1 */
+    specee_token full_token;   /* the full model's token when it was computed (no exit, or full_depth); else -1 */
     int32_t      n_next;       /* draft candidates for the next step (0 until a draft head is attached) */
     specee_token next[SPECEE_MAX_CANDIDATES];
 };

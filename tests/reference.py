@@ -40,18 +40,11 @@ class Reference:
         self.reset()
 
     def reset(self) -> None:
-        # per layer: lists of K and V rows (one per position), float16-rounded
+        # per layer: K and V rows of the positions that layer computed,
+        # float16-rounded; early exit leaves deeper layers without some
         self.k = [[] for _ in range(self.n_layer)]
         self.v = [[] for _ in range(self.n_layer)]
-
-    @property
-    def n_past(self) -> int:
-        return len(self.k[0])
-
-    def truncate(self, n: int) -> None:
-        for il in range(self.n_layer):
-            del self.k[il][n:]
-            del self.v[il][n:]
+        self.n_past = 0
 
     # ---- pieces ----
 
@@ -82,7 +75,7 @@ class Reference:
         v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
         q = self._rope(q.reshape(self.n_head, self.hd), pos)
         k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
-        self.k[il].append(k.astype(np.float16).astype(np.float64))
+        self.k[il].append(k.astype(np.float16).astype(np.float64))  # positions this layer saw
         self.v[il].append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
         K = np.stack(self.k[il])  # [n_kv, n_head_kv, hd]
         V = np.stack(self.v[il])
@@ -100,17 +93,22 @@ class Reference:
 
     # ---- public ----
 
-    def step(self, token: int, keep_hidden: int | None = None, final_norm: bool = False):
+    def step(self, token: int, keep_hidden: int | None = None, final_norm: bool = False,
+             n_layers: int | None = None):
         """Appends one token; returns (logits [n_vocab], hidden after
-        `keep_hidden` layers or None)."""
+        `keep_hidden` layers or None). With `n_layers`, only that many layers
+        run (an early exit): logits come from there, and deeper layers never
+        see this position."""
         pos = self.n_past
+        n_layers = self.n_layer if n_layers is None else n_layers
         x = self.w["token_embd.weight"][token].copy()
         hidden = None
-        for il in range(self.n_layer):
+        for il in range(n_layers):
             if keep_hidden == il:
                 hidden = x.copy()
             x = self._layer(il, x, pos)
-        if keep_hidden == self.n_layer:
+        self.n_past += 1
+        if keep_hidden == n_layers:
             hidden = x.copy()
         if hidden is not None and final_norm:
             hidden = self._norm(hidden, self.w["output_norm.weight"])

@@ -77,3 +77,30 @@ def test_cli_generate_chat_streams_text(real_model_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip()
     assert "decode:" in captured.err and "tok/s" in captured.err
+
+
+def test_never_firing_exit_heads_give_vanilla_tokens(smollm2, tmp_path):
+    """Early exit with predictors that never fire runs every layer in
+    segments (checks after each of layers 0-28): the tokens must be the
+    vanilla ones."""
+    from specee.engine import Heads
+    from specee.heads_file import constant_predictor, write_heads
+
+    write_heads(tmp_path / "never.gguf", smollm2, {l: constant_predictor(-40.0) for l in range(smollm2.n_layer - 1)})
+    case = GOLDEN["cases"][0]
+    with Heads(smollm2, tmp_path / "never.gguf") as heads:
+        with smollm2.context(n_ctx=256, n_threads=2) as ctx:
+            ctx.prefill(case["prompt"])
+            vanilla = [ctx.argmax()]
+            while len(vanilla) < 64:
+                vanilla.append(ctx.decode(vanilla[-1]))
+        with smollm2.context(n_ctx=256, n_threads=2) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(case["prompt"])
+            out = [ctx.argmax()]
+            while len(out) < 64:
+                step = ctx.decode_with_candidates(out[-1], [out[-1], 1, 2, 3])
+                assert step.exit_layer == smollm2.n_layer
+                out.append(step.token)
+            assert ctx.exit_stats()["n_checks"] == 63 * 29
+    assert out == vanilla

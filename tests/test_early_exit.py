@@ -1,0 +1,224 @@
+"""Speculative early exit on tiny models with hand-made heads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import Reference
+from specee.engine import Heads, InvalidArgumentError, InvalidModelError, Model, ModelIOError
+from specee.heads_file import Predictor, constant_predictor, write_heads
+
+PROMPT = [5, 77, 200, 13, 300, 42]
+NEVER, ALWAYS = -40.0, 40.0  # predictor logits: sigmoid gives 0 or 1
+
+
+@pytest.fixture(scope="module")
+def tiny6(tiny_model_factory) -> str:
+    # untied output, F32: varied greedy output and no quantization noise
+    return tiny_model_factory(n_layer=6, tied=False, seed=3)
+
+
+def make_heads(tmp_path, model, logit, layers=range(5), exit_layers=None, name="h.gguf"):
+    path = tmp_path / name
+    write_heads(path, model, {l: constant_predictor(logit) for l in layers}, exit_layers=exit_layers)
+    return Heads(model, path)
+
+
+def candidates_with(token: int, n_vocab: int) -> list[int]:
+    others = [t for t in (3, 4, 5, 6, 7) if t != token]
+    return [token] + others[:3]
+
+
+def candidates_without(token: int) -> list[int]:
+    return [t for t in (3, 4, 5, 6, 7) if t != token][:4]
+
+
+def test_never_firing_predictors_give_vanilla_output(tiny6, tmp_path):
+    with Model(tiny6) as m, make_heads(tmp_path, m, NEVER) as heads:
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            vanilla, tok = [], ctx.argmax()
+            for _ in range(16):
+                tok = ctx.decode(tok)
+                vanilla.append((tok, ctx.logits()))
+        with m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            tok = ctx.argmax()
+            for want_tok, want_logits in vanilla:
+                step = ctx.decode_with_candidates(tok, candidates_with(want_tok, m.n_vocab))
+                assert step.token == want_tok and step.exit_layer == m.n_layer
+                np.testing.assert_array_equal(ctx.logits(), want_logits)
+                tok = step.token
+            stats = ctx.exit_stats()
+    assert len({t for t, _ in vanilla}) > 1  # the sequence is not degenerate
+    assert stats["n_steps"] == 16 and stats["n_exits"] == 0 and stats["n_fires"] == 0
+    assert stats["n_checks"] == 16 * 5 and stats["sum_exit_layers"] == 16 * 6
+
+
+def layer_argmax(path: str, prompt: list[int], token: int, n_layers: int) -> int:
+    """The full-vocabulary argmax after `n_layers` layers for `token` after `prompt`."""
+    with Model(path) as m, m.context(n_ctx=64) as ctx:
+        ctx.set_hidden_output(n_layers, final_norm=True)
+        ctx.prefill(prompt + [token])
+        h = ctx.hidden()[-1]
+    ref = Reference(path)
+    return int(np.argmax(ref.out @ h))
+
+
+def test_always_firing_predictor_exits_exactly_when_the_layer_argmax_is_a_candidate(tiny6, tmp_path):
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads:
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+        early = layer_argmax(tiny6, PROMPT, first, 2)
+        with m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            hit = ctx.decode_with_candidates(first, candidates_with(early, m.n_vocab))
+            assert (hit.token, hit.exit_layer) == (early, 2)
+            assert ctx.exit_layer == 2
+            assert [ctx.cell_valid(layer, len(PROMPT)) for layer in range(6)] == [True] * 2 + [False] * 4
+
+            ctx.truncate(len(PROMPT))
+            ctx.reset_exit_stats()
+            miss = ctx.decode_with_candidates(first, candidates_without(early))
+            assert miss.exit_layer == m.n_layer
+            stats = ctx.exit_stats()
+            assert (stats["n_fires"], stats["n_false_fires"], stats["n_exits"]) == (1, 1, 0)
+            assert all(ctx.cell_valid(layer, len(PROMPT)) for layer in range(6))
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            assert miss.token == ctx.decode(first)
+
+
+def test_skipped_layers_are_masked_like_the_reference(tiny6, tmp_path):
+    """After an exit at 2 layers, the deeper layers never see that position:
+    the next full-depth step must match a numpy model with the same holes."""
+    ref = Reference(tiny6)
+    ref.forward(PROMPT)
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.prefill(PROMPT)
+        first = ctx.argmax()
+        early = layer_argmax(tiny6, PROMPT, first, 2)
+        step = ctx.decode_with_candidates(first, candidates_with(early, m.n_vocab))
+        assert step.exit_layer == 2
+        exit_logits, _ = ref.step(first, n_layers=2)
+        np.testing.assert_allclose(ctx.logits(), exit_logits, rtol=0, atol=2e-3 * np.abs(exit_logits).max())
+        ctx.decode(step.token)  # full depth, over a cache with holes
+        want, _ = ref.step(step.token)
+        np.testing.assert_allclose(ctx.logits(), want, rtol=0, atol=2e-3 * np.abs(want).max())
+
+
+def test_full_depth_debug_reports_both_tokens(tiny6, tmp_path):
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(full_depth=True)
+        ctx.prefill(PROMPT)
+        first = ctx.argmax()
+        early = layer_argmax(tiny6, PROMPT, first, 2)
+        step = ctx.decode_with_candidates(first, candidates_with(early, m.n_vocab))
+        assert (step.token, step.exit_layer) == (early, 2)
+        with m.context(n_ctx=64) as plain:
+            plain.prefill(PROMPT)
+            assert step.full_token == plain.decode(first)
+        assert all(ctx.cell_valid(layer, len(PROMPT)) for layer in range(6))
+
+
+def expected_checks(offline: list[int], exits: list[int], n_layer: int) -> list[int]:
+    """DESIGN.md sec. 2 step 5, written out: offline set, plus e-2, e, e+2
+    for the exit layers of the last 5 exits once there are 5; never the last layer."""
+    out = set(offline)
+    if len(exits) >= 5:
+        out |= {x for e in exits[-5:] for x in (e - 2, e, e + 2)}
+    return sorted(x for x in out if 0 <= x < n_layer - 1)
+
+
+def test_schedule_offline_online_and_switches(tiny6, tmp_path):
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=range(5), exit_layers=[4]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        assert ctx.checked_layers() == [4]
+        ctx.set_exit_params(use_offline=False)
+        assert ctx.checked_layers() == []
+        ctx.set_exit_params(use_offline=True)
+        ctx.prefill(PROMPT)
+        tok = ctx.argmax()
+        exits = []
+        for _ in range(16):
+            # the full model's next token as the first candidate (found by a
+            # full-depth step rolled back), so that exits happen
+            n = ctx.n_past
+            full = ctx.decode(tok)
+            ctx.truncate(n)
+            step = ctx.decode_with_candidates(tok, candidates_with(full, m.n_vocab))
+            if step.exit_layer < m.n_layer:
+                exits.append(step.exit_layer - 1)  # the index of the layer it exited after
+            tok = step.token
+            assert ctx.checked_layers() == expected_checks([4], exits, m.n_layer)
+        assert len(exits) >= 5  # the online part was exercised
+        assert len(set(ctx.checked_layers())) > 1
+        ctx.set_exit_params(use_online=False)
+        assert ctx.checked_layers() == [4]
+        with pytest.raises(InvalidArgumentError, match="threshold"):
+            ctx.set_exit_params(threshold=1.5)
+
+
+# ---- bad heads and bad calls ---------------------------------------------------------
+
+
+def test_heads_for_another_model_are_refused(tiny_model_factory, tiny6, tmp_path):
+    other_weights = tiny_model_factory(n_layer=6, tied=False, seed=4)
+    other_shape = tiny_model_factory(n_layer=4, tied=False, seed=3)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "h.gguf", m, {1: constant_predictor(0.0)})
+    for path, message in ((other_weights, "fingerprint"), (other_shape, "another model")):
+        with Model(path) as m2, pytest.raises(InvalidArgumentError, match=message):
+            Heads(m2, tmp_path / "h.gguf")
+
+
+def test_corrupt_and_incomplete_head_files(tiny6, tmp_path):
+    with Model(tiny6) as m:
+        with pytest.raises(ModelIOError):
+            Heads(m, tmp_path / "missing.gguf")
+        with pytest.raises(InvalidModelError, match="not a SpecEE head file"):
+            Heads(m, tiny6)  # a model file, not heads
+        write_heads(tmp_path / "h.gguf", m, {1: constant_predictor(0.0)})
+        data = (tmp_path / "h.gguf").read_bytes()
+        (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 7])
+        with pytest.raises(InvalidModelError):
+            Heads(m, tmp_path / "cut.gguf")
+        bad = constant_predictor(0.0)
+        bad.w1[0, 0] = np.nan
+        write_heads(tmp_path / "nan.gguf", m, {1: bad})
+        with pytest.raises(InvalidModelError, match="NaN"):
+            Heads(m, tmp_path / "nan.gguf")
+        with pytest.raises(InvalidModelError, match="no predictor"):
+            write_heads(tmp_path / "sched.gguf", m, {1: constant_predictor(0.0)}, exit_layers=[3])
+            Heads(m, tmp_path / "sched.gguf")
+        with pytest.raises(ValueError, match="features"):
+            write_heads(tmp_path / "k.gguf", m, {1: Predictor(np.zeros((4, 10), np.float32), np.zeros(4, np.float32),
+                                                              np.zeros(4, np.float32), 0.0)})
+
+
+def test_bad_calls_leave_the_context_usable(tiny6, tmp_path):
+    with Model(tiny6) as m, make_heads(tmp_path, m, NEVER) as heads, m.context(n_ctx=8) as ctx:
+        ctx.prefill(PROMPT)
+        with pytest.raises(InvalidArgumentError, match="no heads"):
+            ctx.decode_with_candidates(1, [1, 2, 3, 4])
+        ctx.set_heads(heads)
+        with pytest.raises(InvalidArgumentError, match="trained for 4"):
+            ctx.decode_with_candidates(1, [1, 2, 3])
+        with pytest.raises(InvalidArgumentError, match="vocabulary"):
+            ctx.decode_with_candidates(1, [1, 2, 3, m.n_vocab])
+        with pytest.raises(InvalidArgumentError, match="vocabulary"):
+            ctx.decode_with_candidates(-5, [1, 2, 3, 4])
+        assert ctx.n_past == len(PROMPT)
+        ctx.decode_with_candidates(1, [1, 2, 3, 4])
+        ctx.decode_with_candidates(1, [1, 2, 3, 4])
+        with pytest.raises(Exception, match="context is full"):
+            ctx.decode_with_candidates(1, [1, 2, 3, 4])
+        assert ctx.n_past == 8
