@@ -100,3 +100,60 @@ def test_cli_reports_library_errors(tmp_path, capsys):
     bad.write_bytes(b"GGUF" + b"\0" * 40)
     assert cli.main(["-q", "generate", "--model", str(bad), "--prompt", "x"]) == 1
     assert "specee: error:" in capsys.readouterr().err
+
+
+# ---- early exit through the loop and the CLI ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny6_heads(tiny_model_factory, tmp_path_factory):
+    from specee.heads_file import constant_predictor, write_heads
+
+    path = tiny_model_factory(n_layer=6, tied=False, seed=3)
+    out = {}
+    with Model(path) as m:
+        for name, logit in (("never", -40.0), ("always", 40.0)):
+            out[name] = tmp_path_factory.mktemp("heads") / f"{name}.gguf"
+            write_heads(out[name], m, {l: constant_predictor(logit) for l in range(5)}, exit_layers=[4])
+    return path, out
+
+
+def test_specee_loop_with_never_firing_heads_equals_vanilla(tiny6_heads):
+    from specee.early_exit import generate_specee
+    from specee.engine import Heads
+
+    path, heads = tiny6_heads
+    with Model(path) as m, Heads(m, heads["never"]) as h, m.context(n_ctx=64) as ctx:
+        vanilla = generate(ctx, PROMPT, 20).tokens
+        ctx.truncate(0)
+        ctx.set_heads(h)
+        result = generate_specee(ctx, PROMPT, 20, h.n_candidates)
+    assert result.tokens == vanilla
+    x = result.stats()
+    assert x["exit_ratio"] == 0 and x["mean_exit_layer"] == 6 and x["exit_layers"] == [6] * 19
+    assert x["predictor_checks"] == 19 and x["false_exit_checks"] == 0
+
+
+def test_prompt_lookup_candidates():
+    from specee.early_exit import PromptLookup
+
+    src = PromptLookup()
+    # after "1 2 3" came 4 twice and 9 once; after "3" also 7
+    seq = [1, 2, 3, 4, 1, 2, 3, 4, 5, 3, 7, 1, 2, 3, 9, 1, 2, 3]
+    cands = src.candidates(seq, 4)
+    assert cands[:2] == [4, 9] and len(set(cands)) == 4
+    assert src.candidates([5], 4) == [5, 0, 1, 2]
+
+
+def test_cli_specee_mode_json(tiny6_heads, capsys):
+    path, heads = tiny6_heads
+    rc = cli.main(["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "8", "--json",
+                   "--mode", "specee", "--heads", str(heads["always"])])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    for key in ("mean_exit_layer", "exit_ratio", "exit_layers", "false_exit_checks", "draft_top1", "draft_topk"):
+        assert key in record
+    assert record["mode"] == "specee" and len(record["exit_layers"]) == record["n_generated"] - 1
+    assert all(layer in (5, 6) for layer in record["exit_layers"])  # exit after layer 4, or full depth
+    with pytest.raises(SystemExit, match="needs --heads"):
+        cli.main(["generate", "--model", path, "--prompt", "x", "--mode", "specee"])

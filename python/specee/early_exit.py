@@ -1,0 +1,140 @@
+"""The SpecEE decode loop: candidates in, early-exit steps out, stats back.
+
+Each step feeds the last token with k candidates for the next one; the
+library runs the layers in segments, asks the exit predictors at the checked
+layers, and stops early when one fires and that layer's argmax is a
+candidate (DESIGN.md sec. 2). Candidates come from a `CandidateSource`: the
+EAGLE draft head once the library carries one, or, as now, a prompt-lookup
+source that proposes what followed the same tokens earlier in the text.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable, Iterable, Optional, Protocol, Sequence
+
+from .engine import Context, InvalidArgumentError
+from .generate import GenerationResult, pick
+from .sampling import Sampler
+
+log = logging.getLogger(__name__)
+
+
+class CandidateSource(Protocol):
+    def candidates(self, tokens: Sequence[int], k: int) -> list[int]:
+        """k distinct guesses for the token after `tokens`."""
+
+
+class PromptLookup:
+    """Candidates from the text so far: the tokens that followed the longest
+    recent match of the last n tokens (n = 3, 2, 1), then the most frequent
+    tokens of the text. Costs microseconds; no model."""
+
+    def __init__(self, max_ngram: int = 3, window: int = 1024):
+        self.max_ngram = max_ngram
+        self.window = window
+
+    def candidates(self, tokens: Sequence[int], k: int) -> list[int]:
+        seq = list(tokens[-self.window:])
+        out: list[int] = []
+        for n in range(min(self.max_ngram, len(seq) - 1), 0, -1):
+            key = seq[-n:]
+            followers = Counter(seq[i + n] for i in range(len(seq) - n) if seq[i:i + n] == key)
+            for tok, _ in followers.most_common():
+                if tok not in out:
+                    out.append(tok)
+            if len(out) >= k:
+                return out[:k]
+        for tok, _ in Counter(seq).most_common():
+            if len(out) >= k:
+                break
+            if tok not in out:
+                out.append(tok)
+        filler = 0
+        while len(out) < k:  # a very short text: any distinct ids will do
+            if filler not in out:
+                out.append(filler)
+            filler += 1
+        return out
+
+
+def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> dict:
+    """The JSON-facing statistics of an early-exit run (DESIGN.md sec. 5)."""
+    steps = max(raw["n_steps"], 1)
+    return {
+        "mean_exit_layer": round(raw["sum_exit_layers"] / steps, 3),
+        "exit_ratio": round(raw["n_exits"] / steps, 4),
+        "exit_layers": list(exit_layers),
+        "false_exit_checks": raw["n_false_fires"],
+        "predictor_checks": raw["n_checks"],
+        "predictor_fires": raw["n_fires"],
+        "draft_top1": round(raw["n_draft_top1"] / steps, 4),
+        "draft_topk": round(raw["n_draft_topk"] / steps, 4),
+        "n_layer": n_layer,
+    }
+
+
+def generate_specee(
+    ctx: Context,
+    prompt: Sequence[int],
+    max_tokens: int,
+    k: int,
+    source: Optional[CandidateSource] = None,
+    sampler: Optional[Sampler] = None,
+    stop_ids: Iterable[int] = (),
+    on_token: Optional[Callable[[int], None]] = None,
+) -> GenerationResult:
+    """Like generate.generate, with early exit: the context must have heads
+    attached (Context.set_heads). Sampling with temperature draws from the
+    logits of the layer the step exited at."""
+    if max_tokens < 1:
+        raise InvalidArgumentError("max_tokens must be at least 1")
+    if len(prompt) == 0:
+        raise InvalidArgumentError("the prompt is empty")
+    sampler = sampler or Sampler()
+    source = source or PromptLookup()
+    stop = frozenset(stop_ids)
+    if ctx.n_past + len(prompt) >= ctx.n_ctx:
+        raise InvalidArgumentError(
+            f"the prompt ({len(prompt)} tokens) leaves no room in the context (n_ctx = {ctx.n_ctx})")
+    ctx.reset_exit_stats()
+
+    t0 = time.perf_counter()
+    ctx.prefill(prompt)
+    token = pick(ctx, sampler)
+    t1 = time.perf_counter()
+    history = list(prompt) + [token]
+    tokens, exit_layers = [token], []
+    if on_token:
+        on_token(token)
+    stop_reason, steps, t_draft = "length", 0, 0.0
+    while True:
+        if token in stop:
+            stop_reason = "eos"
+            break
+        if len(tokens) >= max_tokens:
+            break
+        if ctx.n_past >= ctx.n_ctx:
+            stop_reason = "context"
+            break
+        td = time.perf_counter()
+        cands = source.candidates(history, k)
+        t_draft += time.perf_counter() - td
+        step = ctx.decode_with_candidates(token, cands)
+        token = step.token if sampler.greedy else sampler.sample(ctx.logits())
+        steps += 1
+        exit_layers.append(step.exit_layer)
+        tokens.append(token)
+        history.append(token)
+        if on_token:
+            on_token(token)
+    t2 = time.perf_counter()
+
+    result = GenerationResult(tokens=tokens, n_prompt=len(prompt), prefill_s=t1 - t0, decode_s=t2 - t1,
+                              n_decode_steps=steps, stop_reason=stop_reason)
+    result.extra = exit_stats_summary(ctx.exit_stats(), ctx.model.n_layer, exit_layers)
+    result.extra["draft_s"] = round(t_draft, 6)
+    log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", steps,
+             result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])
+    return result
