@@ -98,6 +98,8 @@ struct specee_exit_params {
     bool  use_offline;  /* check the head file's layer set */
     bool  use_online;   /* also check e-2, e, e+2 around the exit layers e of the last 5 exits */
     bool  full_depth;   /* debug: also run every layer and report the full model's token */
+    bool  fill_kv;      /* after an exit, give the skipped layers K/V projected from the exit hidden state
+                           (instead of masking the position in them) */
 };
 
 /* What one early-exit decode step did. */

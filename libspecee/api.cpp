@@ -273,6 +273,7 @@ struct specee_exit_params specee_exit_default_params(void) {
     p.use_offline = d.use_offline;
     p.use_online  = d.use_online;
     p.full_depth  = d.full_depth;
+    p.fill_kv     = d.fill_kv;
     return p;
 }
 
@@ -285,6 +286,7 @@ enum specee_status specee_get_exit_params(const struct specee_context * ctx, str
     out->use_offline = e.use_offline;
     out->use_online  = e.use_online;
     out->full_depth  = e.full_depth;
+    out->fill_kv     = e.fill_kv;
     return SPECEE_STATUS_OK;
 }
 
@@ -298,6 +300,7 @@ enum specee_status specee_set_exit_params(struct specee_context * ctx, const str
         e.use_offline = params->use_offline;
         e.use_online  = params->use_online;
         e.full_depth  = params->full_depth;
+        e.fill_kv     = params->fill_kv;
         c.set_exit_params(e);
     });
 }

@@ -140,8 +140,23 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 logits_.swap(exit_logits);  // the caller gets the logits it decided on
             }
             done = hp.n_layer;
-        } else if (out_full) {
-            *out_full = -1;
+        } else {
+            if (out_full) {
+                *out_full = -1;
+            }
+            if (exit_.fill_kv) {
+                plan.layer_begin = done;
+                plan.layer_end   = hp.n_layer;
+                plan.save_state  = false;
+                plan.n_logits    = 0;
+                plan.n_cand      = 0;
+                plan.fill_kv     = true;
+                std::vector<float> exit_logits;
+                exit_logits.swap(logits_);
+                run(&token, plan);
+                logits_.swap(exit_logits);
+                done = hp.n_layer;  // every layer now holds K/V for this position
+            }
         }
     } catch (...) {
         kv_.truncate(pos);  // this position never happened

@@ -22,33 +22,24 @@ static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * 
     return b ? ggml_add(ctx0, y, b) : y;
 }
 
-// Self-attention of layer il over the cache; writes this batch's K/V first.
-static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
-                               const forward_plan & plan, const forward_graph & g, ggml_tensor * kq_mask,
-                               int il, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+// K and V of layer il for `cur` (the layer's normed input), written to this
+// batch's cells; expanded now so the writes come before any reads of the
+// cache in graph order. Indices are inputs, so the graph does not depend on
+// the position.
+static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
+                     const forward_graph & g, int il, int64_t n, ggml_tensor * cur /* [n_embd, n] */) {
     const hparams       & hp = m.hp;
     const layer_weights & L  = m.layers[size_t(il)];
-    const int64_t n  = plan.n_tokens;
-    const int64_t hd = hp.n_embd_head;
+    const int64_t n_kv_embd  = hp.n_embd_kv();
 
-    ggml_tensor * q = linear(ctx0, L.wq, L.bq, cur);                 // [n_embd_q,  n]
     ggml_tensor * k = linear(ctx0, L.wk, L.bk, cur);                 // [n_embd_kv, n]
     ggml_tensor * v = linear(ctx0, L.wv, L.bv, cur);                 // [n_embd_kv, n]
-
-    q = ggml_reshape_3d(ctx0, q, hd, hp.n_head,    n);               // [hd, n_head,    n]
-    k = ggml_reshape_3d(ctx0, k, hd, hp.n_head_kv, n);               // [hd, n_head_kv, n]
-
-    q = ggml_rope_ext(ctx0, q, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
-                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
-    k = ggml_rope_ext(ctx0, k, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
+    k = ggml_reshape_3d(ctx0, k, hp.n_embd_head, hp.n_head_kv, n);   // [hd, n_head_kv, n]
+    k = ggml_rope_ext(ctx0, k, g.positions, nullptr, hp.n_embd_head, hp.rope_mode, hp.n_ctx_train,
                       hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
 
-    // Store this batch's K/V in its cells (indices are inputs, so the graph
-    // does not depend on the position); expanded now so the writes come
-    // before the reads below in graph order.
     ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
     ggml_tensor * v_cache = kv.v(il);
-    const int64_t n_kv_embd = hp.n_embd_kv();
     ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, k, n_kv_embd, n), g.k_idx));
     if (kv.v_trans()) {
         // v_cache is [n_ctx, n_embd_kv]: write element by element, one
@@ -58,7 +49,26 @@ static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const mode
     } else {                                                         // v_cache: [n_embd_kv, n_ctx]
         ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, v, g.v_idx));
     }
+}
 
+// Self-attention of layer il over the cache; writes this batch's K/V first.
+static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
+                               const forward_plan & plan, const forward_graph & g, ggml_tensor * kq_mask,
+                               int il, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+    const hparams       & hp = m.hp;
+    const layer_weights & L  = m.layers[size_t(il)];
+    const int64_t n  = plan.n_tokens;
+    const int64_t hd = hp.n_embd_head;
+
+    store_kv(ctx0, gf, m, kv, g, il, n, cur);
+
+    ggml_tensor * q = linear(ctx0, L.wq, L.bq, cur);                 // [n_embd_q, n]
+    q = ggml_reshape_3d(ctx0, q, hd, hp.n_head, n);                  // [hd, n_head, n]
+    q = ggml_rope_ext(ctx0, q, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
+                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
+
+    ggml_tensor * k_cache = kv.k(il);
+    ggml_tensor * v_cache = kv.v(il);
     const float   scale = 1.0f / std::sqrt(float(hd));
     const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
     ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, plan.n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
@@ -173,6 +183,14 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     int64_t    n_rows = n;
 
     // ---- layers ----
+    if (plan.fill_kv) {
+        // K/V for layers an early exit skipped, from the exit hidden state
+        // (DESIGN.md sec. 2 step 4, the alternative to masking)
+        for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+            store_kv(ctx0, g.gf, m, kv, g, il, n, rms_norm(ctx0, x, m.layers[size_t(il)].attn_norm, hp.rms_eps));
+        }
+        return g;
+    }
     for (int il = plan.layer_begin; il < plan.layer_end; il++) {
         if (plan.hidden_layer == il) {
             keep_hidden(x);

@@ -25,13 +25,16 @@ struct forward_plan {
     int      hidden_layer = -1;     // keep the hidden state after this many layers, -1: none
     bool     hidden_norm  = false;  // ... passed through the final RMSNorm
     int      n_cand       = 0;      // > 0: logits of these candidate tokens at layer_end (last token)
+    bool     fill_kv      = false;  // only write K/V of layers [layer_begin, layer_end), all projected
+                                    // from `state` (the hidden state an early exit stopped at)
 
     // Same graph shape (positions, tokens and masks are inputs, so a graph
     // built for one plan runs another of the same shape).
     bool same_shape(const forward_plan & o) const {
         return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
                layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
-               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand;
+               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand &&
+               fill_kv == o.fill_kv;
     }
 };
 

@@ -67,16 +67,21 @@ class Reference:
             out[:, 1::2] = a * sin + b * cos
         return out
 
+    def _store_kv(self, il: int, h: np.ndarray, pos: int) -> None:
+        """K/V of layer il for its normed input h, kept for the positions this layer saw."""
+        w, p = self.w, f"blk.{il}."
+        k = w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)
+        v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
+        k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
+        self.k[il].append(k.astype(np.float16).astype(np.float64))
+        self.v[il].append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
+
     def _layer(self, il: int, x: np.ndarray, pos: int) -> np.ndarray:
         w, p = self.w, f"blk.{il}."
         h = self._norm(x, w[p + "attn_norm.weight"])
         q = w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)
-        k = w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)
-        v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
         q = self._rope(q.reshape(self.n_head, self.hd), pos)
-        k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
-        self.k[il].append(k.astype(np.float16).astype(np.float64))  # positions this layer saw
-        self.v[il].append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
+        self._store_kv(il, h, pos)
         K = np.stack(self.k[il])  # [n_kv, n_head_kv, hd]
         V = np.stack(self.v[il])
         group = self.n_head // self.n_head_kv
@@ -94,11 +99,12 @@ class Reference:
     # ---- public ----
 
     def step(self, token: int, keep_hidden: int | None = None, final_norm: bool = False,
-             n_layers: int | None = None):
+             n_layers: int | None = None, fill_kv: bool = False):
         """Appends one token; returns (logits [n_vocab], hidden after
         `keep_hidden` layers or None). With `n_layers`, only that many layers
         run (an early exit): logits come from there, and deeper layers never
-        see this position."""
+        see this position, unless `fill_kv` gives them K/V projected from
+        the hidden state the exit stopped at."""
         pos = self.n_past
         n_layers = self.n_layer if n_layers is None else n_layers
         x = self.w["token_embd.weight"][token].copy()
@@ -107,6 +113,9 @@ class Reference:
             if keep_hidden == il:
                 hidden = x.copy()
             x = self._layer(il, x, pos)
+        if fill_kv:
+            for il in range(n_layers, self.n_layer):
+                self._store_kv(il, self._norm(x, self.w[f"blk.{il}.attn_norm.weight"]), pos)
         self.n_past += 1
         if keep_hidden == n_layers:
             hidden = x.copy()

@@ -92,20 +92,24 @@ def test_always_firing_predictor_exits_exactly_when_the_layer_argmax_is_a_candid
             assert miss.token == ctx.decode(first)
 
 
-def test_skipped_layers_are_masked_like_the_reference(tiny6, tmp_path):
-    """After an exit at 2 layers, the deeper layers never see that position:
-    the next full-depth step must match a numpy model with the same holes."""
+@pytest.mark.parametrize("fill_kv", [False, True])
+def test_skipped_layers_match_the_reference(tiny6, tmp_path, fill_kv):
+    """After an exit at 2 layers, the deeper layers either never see that
+    position (masking) or get K/V projected from the exit hidden state
+    (fill_kv): the next full-depth step must match a numpy model doing the same."""
     ref = Reference(tiny6)
     ref.forward(PROMPT)
     with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads, \
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
+        ctx.set_exit_params(fill_kv=fill_kv)
         ctx.prefill(PROMPT)
         first = ctx.argmax()
         early = layer_argmax(tiny6, PROMPT, first, 2)
         step = ctx.decode_with_candidates(first, candidates_with(early, m.n_vocab))
         assert step.exit_layer == 2
-        exit_logits, _ = ref.step(first, n_layers=2)
+        assert [ctx.cell_valid(layer, len(PROMPT)) for layer in range(6)] == [True] * 2 + [fill_kv] * 4
+        exit_logits, _ = ref.step(first, n_layers=2, fill_kv=fill_kv)
         np.testing.assert_allclose(ctx.logits(), exit_logits, rtol=0, atol=2e-3 * np.abs(exit_logits).max())
         ctx.decode(step.token)  # full depth, over a cache with holes
         want, _ = ref.step(step.token)
