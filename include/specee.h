@@ -107,7 +107,7 @@ struct specee_step {
     specee_token token;        /* the token chosen */
     int32_t      exit_layer;   /* layers computed when it was chosen; n_layer = no early exit */
     specee_token full_token;   /* the full model's token when it was computed (no exit, or full_depth); else -1 */
-    int32_t      n_next;       /* draft candidates for the next step (0 until a draft head is attached) */
+    int32_t      n_next;       /* draft candidates for the next step (0 without a draft head) */
     specee_token next[SPECEE_MAX_CANDIDATES];
 };
 
@@ -246,6 +246,7 @@ SPECEE_API enum specee_status specee_heads_load(
         size_t                       err_size);
 SPECEE_API void        specee_heads_free(struct specee_heads * heads);   /* NULL is a no-op */
 SPECEE_API int32_t     specee_heads_n_candidates(const struct specee_heads * heads);
+SPECEE_API bool        specee_heads_has_draft(const struct specee_heads * heads);
 SPECEE_API const char * specee_model_fingerprint(const struct specee_model * model);  /* what head files name */
 
 /* Attaches heads to a context (NULL detaches); they must outlive it. Resets
@@ -267,6 +268,21 @@ SPECEE_API enum specee_status specee_decode_with_candidates(
         const specee_token    * candidates,
         int32_t                 n_cand,
         struct specee_step    * out);
+
+/* With a draft head in the heads: runs the draft over the positions it has
+ * not seen (the prompt, after specee_prefill), with `next_token` (the token
+ * chosen after them) as the last input, and writes its top-k candidates for
+ * the token after `next_token` to `out` (at most `capacity`; *out_n receives
+ * how many). Feed them to the next specee_decode_with_candidates, which
+ * returns the following ones in specee_step.next. While a draft is attached,
+ * prefill and decode keep the final-normed hidden states (the draft's
+ * features) as their hidden output. */
+SPECEE_API enum specee_status specee_draft_sync(
+        struct specee_context * ctx,
+        specee_token            next_token,
+        specee_token          * out,
+        int32_t                 capacity,
+        int32_t               * out_n);
 
 /* Layers computed by the last early-exit step (n_layer = no exit), -1 before any. */
 SPECEE_API int32_t specee_get_exit_layer(const struct specee_context * ctx);

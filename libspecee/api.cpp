@@ -10,6 +10,7 @@
 
 #include "ggml-cpu.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
@@ -260,6 +261,7 @@ enum specee_status specee_heads_load(const struct specee_model * model, const ch
 
 void specee_heads_free(struct specee_heads * heads) { delete heads; }
 int32_t specee_heads_n_candidates(const struct specee_heads * h) { return h ? h->n_cand : 0; }
+bool specee_heads_has_draft(const struct specee_heads * h) { return h != nullptr && h->draft.present; }
 const char * specee_model_fingerprint(const struct specee_model * m) { return m ? m->fingerprint.c_str() : ""; }
 
 enum specee_status specee_set_heads(struct specee_context * ctx, const struct specee_heads * heads) {
@@ -317,7 +319,25 @@ enum specee_status specee_decode_with_candidates(struct specee_context * ctx, sp
         out->token      = chosen;
         out->exit_layer = c.last_exit_layer();
         out->full_token = full;
-        out->n_next     = 0;
+        const auto & next = c.next_candidates();
+        out->n_next = int32_t(std::min(next.size(), size_t(SPECEE_MAX_CANDIDATES)));
+        for (int32_t i = 0; i < out->n_next; i++) {
+            out->next[i] = next[size_t(i)];
+        }
+    });
+}
+
+enum specee_status specee_draft_sync(struct specee_context * ctx, specee_token next_token, specee_token * out,
+                                     int32_t capacity, int32_t * out_n) {
+    return on_context(ctx, [&](specee::context & c) {
+        if (out == nullptr || out_n == nullptr || capacity < 0) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "out and out_n must not be NULL");
+        }
+        const std::vector<int32_t> cands = c.draft_sync(next_token);
+        *out_n = int32_t(std::min(cands.size(), size_t(capacity)));
+        for (int32_t i = 0; i < *out_n; i++) {
+            out[i] = cands[size_t(i)];
+        }
     });
 }
 

@@ -139,7 +139,7 @@ static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     return int32_t(t->ne[1]);
 }
 
-void context::build_into(graph_slot & slot, const forward_plan & plan) {
+void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
     slot.ready = false;
     if (slot.meta.empty()) {
         slot.meta.resize(ggml_tensor_overhead() * size_t(graph_size_) +
@@ -154,7 +154,8 @@ void context::build_into(graph_slot & slot, const forward_plan & plan) {
     if (slot.ctx == nullptr || slot.galloc == nullptr) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
     }
-    slot.g = build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
+    slot.g = draft ? build_draft(slot.ctx, model_, heads_->draft, *draft_kv_, plan, graph_size_)
+                   : build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
     if (!ggml_gallocr_alloc_graph(slot.galloc, slot.g.gf)) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
     }
@@ -204,16 +205,8 @@ context::graph_slot & context::slot_for(const forward_plan & plan, bool & reuse)
     return *victim;
 }
 
-void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands) {
-    const int64_t t_start = ggml_time_us();
-    bool reuse = false;
-    graph_slot & slot = slot_for(plan, reuse);
-    if (!reuse) {
-        build_into(slot, plan);
-    }
-    slot.last_used = ++n_runs_;
-    const forward_graph & g = slot.g;
-
+void context::compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv,
+                      const int32_t * tokens, const int32_t * cands, const float * features) {
     // ---- inputs ----
     const uint32_t n = plan.n_tokens;
     pos_buf_.resize(n);
@@ -230,7 +223,7 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
         v_idx_buf_.resize(size_t(n_embd_kv) * n);
         for (uint32_t i = 0; i < n; i++) {
             for (int64_t d = 0; d < n_embd_kv; d++) {
-                v_idx_buf_[size_t(i) * n_embd_kv + d] = d * kv_.n_ctx() + k_idx_buf_[i];
+                v_idx_buf_[size_t(i) * n_embd_kv + d] = d * kv.n_ctx() + k_idx_buf_[i];
             }
         }
         set_input(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
@@ -238,12 +231,15 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     if (g.tokens) {
         set_input(g.tokens, tokens, 0, n * sizeof(int32_t));
     }
+    if (g.features) {
+        set_input(g.features, features, 0, n * size_t(model_.hp.n_embd) * sizeof(float));
+    }
     if (g.cand_ids) {
         set_input(g.cand_ids, cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
     }
     mask_buf_.resize(size_t(plan.n_kv) * n);
     for (size_t u = 0; u < g.masks.size(); u++) {
-        kv_.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
+        kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
         if (g.masks[u]->type == GGML_TYPE_F16) {
             mask_f16_.resize(mask_buf_.size());
             ggml_fp32_to_fp16_row(mask_buf_.data(), mask_f16_.data(), int64_t(mask_buf_.size()));
@@ -260,6 +256,20 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     if (st != GGML_STATUS_SUCCESS) {
         fail(SPECEE_STATUS_COMPUTE_FAILED, "ggml graph compute failed with status %d", int(st));
     }
+
+}
+
+void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands) {
+    const int64_t t_start = ggml_time_us();
+    bool reuse = false;
+    graph_slot & slot = slot_for(plan, reuse);
+    if (!reuse) {
+        build_into(slot, plan);
+    }
+    slot.last_used = ++n_runs_;
+    const forward_graph & g = slot.g;
+
+    compute(g, plan, kv_, tokens, cands, nullptr);
 
     // ---- outputs ----
     if (g.logits) {
@@ -293,11 +303,14 @@ void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all)
             plan.n_kv         = padded_n_kv(plan.pos + chunk);
             plan.layer_end    = model_.hp.n_layer;
             plan.n_logits     = logits_all ? int(chunk) : (last ? 1 : 0);
-            plan.hidden_layer = hidden_layer_;
-            plan.hidden_norm  = hidden_norm_;
+            plan.hidden_layer = has_draft() ? model_.hp.n_layer : hidden_layer_;  // the draft's features
+            plan.hidden_norm  = has_draft() ? true : hidden_norm_;
             run(tokens + done, plan);
             kv_.commit(plan.pos, chunk, model_.hp.n_layer);
             done += chunk;
+        }
+        if (has_draft()) {
+            keep_pending(tokens, uint32_t(n_tokens));
         }
     } catch (...) {
         kv_.truncate(start);  // all or nothing
@@ -318,6 +331,15 @@ void context::truncate(uint32_t n_past) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
     }
     kv_.truncate(n_past);
+    if (draft_kv_) {
+        // the draft keeps the positions it has seen below n_past; pending
+        // features beyond n_past go
+        const uint32_t seen = std::min(draft_kv_->n_past(), n_past);
+        draft_kv_->truncate(seen);
+        const size_t keep = std::min(pending_tokens_.size(), size_t(n_past - seen));
+        pending_tokens_.resize(keep);
+        pending_features_.resize(keep * size_t(model_.hp.n_embd));
+    }
 }
 
 void context::set_hidden_output(int32_t layer, bool final_norm) {

@@ -61,6 +61,17 @@ public:
     // full_depth, *out_full receives the full model's token (else -1).
     int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
     int32_t last_exit_layer() const { return last_exit_layer_; }
+
+    // ---- draft head (context_draft.cpp) ----
+    bool has_draft() const { return draft_kv_ != nullptr; }
+    // Runs the draft over the pairs (feature, next token) it has not seen:
+    // features of positions [draft n_past, n_past) with the tokens after
+    // them, the last of which is `next_token`; returns its top-k candidates
+    // for the token after `next_token`.
+    std::vector<int32_t> draft_sync(int32_t next_token);
+    uint32_t draft_n_past() const { return draft_kv_ ? draft_kv_->n_past() : 0; }
+    // the draft's candidates after the last early-exit step (empty without a draft)
+    const std::vector<int32_t> & next_candidates() const { return next_cands_; }
     std::vector<int32_t> checked_layers() const;
     const exit_stats & stats() const { return stats_; }
     void reset_stats() { stats_ = exit_stats(); }
@@ -77,10 +88,29 @@ public:
     void reset_perf() { perf_ = perf_counters(); }
 
 private:
+    // Built graphs kept for reuse (see run()): slot 0 holds multi-token
+    // (prefill) graphs, the others single-token graphs, one per shape
+    // (full depth, or the segments between early-exit checks).
+    struct graph_slot {
+        std::vector<uint8_t> meta;               // memory for the graph and tensor structs
+        ggml_context       * ctx    = nullptr;
+        ggml_gallocr_t       galloc = nullptr;   // each slot keeps its own compute buffer
+        forward_graph        g;
+        forward_plan         plan;
+        bool                 ready     = false;
+        uint64_t             last_used = 0;
+        ~graph_slot();
+    };
+
     // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
     void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr);
+    // Fills a built graph's inputs and computes it.
+    void compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv, const int32_t * tokens,
+                 const int32_t * cands, const float * features);
     void check_tokens(const int32_t * tokens, int32_t n) const;
     uint32_t padded_n_kv(uint32_t n_used) const;
+    graph_slot & slot_for(const forward_plan & plan, bool & reuse);
+    void         build_into(graph_slot & slot, const forward_plan & plan, bool draft = false);
 
     const model & model_;
     kv_cache      kv_;
@@ -90,6 +120,8 @@ private:
     ggml_backend_t     backend_    = nullptr;
     ggml_threadpool_t  threadpool_ = nullptr;
     int                graph_size_ = 0;
+    std::vector<std::unique_ptr<graph_slot>> slots_;
+    uint64_t           n_runs_ = 0;
 
     ggml_context          * state_ctx_    = nullptr;
     ggml_backend_buffer_t   state_buffer_ = nullptr;
@@ -104,6 +136,7 @@ private:
     bool                     hidden_norm_  = false;
     perf_counters            perf_;
 
+    // early exit
     int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
     const heads            * heads_ = nullptr;
     std::set<int32_t>        predictor_layers_;
@@ -112,23 +145,16 @@ private:
     exit_stats               stats_;
     int32_t                  last_exit_layer_ = -1;
 
-    // Built graphs kept for reuse (see run()): slot 0 holds multi-token
-    // (prefill) graphs, the others single-token graphs, one per shape
-    // (full depth, or the segments between early-exit checks).
-    struct graph_slot {
-        std::vector<uint8_t> meta;               // memory for the graph and tensor structs
-        ggml_context       * ctx    = nullptr;
-        ggml_gallocr_t       galloc = nullptr;   // each slot keeps its own compute buffer
-        forward_graph        g;
-        forward_plan         plan;
-        bool                 ready     = false;
-        uint64_t             last_used = 0;
-        ~graph_slot();
-    };
-    graph_slot & slot_for(const forward_plan & plan, bool & reuse);
-    void         build_into(graph_slot & slot, const forward_plan & plan);
-    std::vector<std::unique_ptr<graph_slot>> slots_;
-    uint64_t                 n_runs_ = 0;
+    // draft head: its one-layer cache, the target tokens and features it
+    // has not consumed yet ([n_pending, n_embd]), its graphs
+    std::vector<int32_t> draft_run(const int32_t * tokens, const float * features, uint32_t n);
+    void                 keep_pending(const int32_t * tokens, uint32_t n);
+    std::unique_ptr<kv_cache>  draft_kv_;
+    std::vector<int32_t>       pending_tokens_;
+    std::vector<float>         pending_features_;
+    graph_slot                 draft_slots_[2];   // multi-token, single-token
+    std::vector<float>         draft_logits_;
+    std::vector<int32_t>       next_cands_;
 
     std::vector<int64_t>     k_idx_buf_;
     std::vector<int64_t>     v_idx_buf_;

@@ -12,6 +12,21 @@ namespace specee {
 void context::set_heads(const heads * h) {
     heads_ = h;
     predictor_layers_.clear();
+    draft_kv_.reset();
+    pending_tokens_.clear();
+    pending_features_.clear();
+    for (graph_slot & s : draft_slots_) {
+        s.ready = false;
+    }
+    if (h && h->draft.present) {
+        if (kv_.n_past() > 0) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT,
+                 "attach heads with a draft head before the prompt (the draft needs its features)");
+        }
+        hparams one = model_.hp;
+        one.n_layer = 1;
+        draft_kv_ = std::make_unique<kv_cache>(one, kv_.n_ctx(), kv_.v_trans());
+    }
     if (h) {
         for (const auto & kvp : h->predictors) {
             predictor_layers_.insert(kvp.first);
@@ -62,11 +77,16 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         }
     }
 
+    if (has_draft() && !pending_tokens_.empty()) {
+        draft_sync(token);  // catch the draft up; this step's candidates are the caller's
+    }
     logits_.clear();
     hidden_.clear();
     n_outputs_ = 0;
     n_hidden_  = 0;
+    next_cands_.clear();
     const uint32_t pos = kv_.n_past();
+    const int feature_layer_none = -1;
 
     forward_plan plan;
     plan.pos      = pos;
@@ -99,14 +119,19 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             }
             stats_.n_fires++;
             // the full-vocabulary logits at this layer decide (ref: SpecEE sec. 4.2)
-            plan.layer_begin = done;
-            plan.layer_end   = done;
-            plan.save_state  = false;
-            plan.n_logits    = 1;
-            plan.n_cand      = 0;
+            plan.layer_begin  = done;
+            plan.layer_end    = done;
+            plan.save_state   = false;
+            plan.n_logits     = 1;
+            plan.n_cand       = 0;
+            plan.hidden_layer = has_draft() ? done : feature_layer_none;  // the draft's feature
+            plan.hidden_norm  = true;
             logits_.clear();
+            hidden_.clear();
             n_outputs_ = 0;
+            n_hidden_  = 0;
             run(&token, plan);
+            plan.hidden_layer = feature_layer_none;
             bool hit = false;
             const int32_t am = logits_argmax_in(cands, n_cand, hit);
             if (hit) {
@@ -122,14 +147,25 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             if (chosen >= 0) {
                 exit_logits.swap(logits_);
             }
-            plan.layer_begin = done;
-            plan.layer_end   = hp.n_layer;
-            plan.save_state  = false;
-            plan.n_logits    = 1;
-            plan.n_cand      = 0;
+            std::vector<float> exit_features;
+            if (chosen >= 0) {
+                exit_features.swap(hidden_);
+            }
+            plan.layer_begin  = done;
+            plan.layer_end    = hp.n_layer;
+            plan.save_state   = false;
+            plan.n_logits     = 1;
+            plan.n_cand       = 0;
+            plan.hidden_layer = has_draft() ? hp.n_layer : feature_layer_none;
+            plan.hidden_norm  = true;
             logits_.clear();
+            hidden_.clear();
             n_outputs_ = 0;
+            n_hidden_  = 0;
             run(&token, plan);
+            if (chosen >= 0 && has_draft()) {
+                hidden_.swap(exit_features);  // the draft follows the token that was chosen
+            }
             const int32_t full = argmax(0);
             if (out_full) {
                 *out_full = full;
@@ -176,6 +212,10 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     }
     stats_.n_draft_top1 += chosen == cands[0];
     stats_.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
+    if (has_draft()) {
+        // the draft's next guess, from this step's feature and chosen token
+        next_cands_ = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
+    }
     return chosen;
 }
 

@@ -26,10 +26,9 @@ static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * 
 // batch's cells; expanded now so the writes come before any reads of the
 // cache in graph order. Indices are inputs, so the graph does not depend on
 // the position.
-static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
-                     const forward_graph & g, int il, int64_t n, ggml_tensor * cur /* [n_embd, n] */) {
-    const hparams       & hp = m.hp;
-    const layer_weights & L  = m.layers[size_t(il)];
+static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
+                     const kv_cache & kv, int il, const forward_graph & g, int64_t n,
+                     ggml_tensor * cur /* [n_embd, n] */) {
     const int64_t n_kv_embd  = hp.n_embd_kv();
 
     ggml_tensor * k = linear(ctx0, L.wk, L.bk, cur);                 // [n_embd_kv, n]
@@ -51,16 +50,15 @@ static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const model & m, con
     }
 }
 
-// Self-attention of layer il over the cache; writes this batch's K/V first.
-static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const kv_cache & kv,
-                               const forward_plan & plan, const forward_graph & g, ggml_tensor * kq_mask,
-                               int il, ggml_tensor * cur /* [n_embd, n_tokens] */) {
-    const hparams       & hp = m.hp;
-    const layer_weights & L  = m.layers[size_t(il)];
+// Self-attention with weights L over layer il of the cache; writes this
+// batch's K/V first.
+static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
+                               const kv_cache & kv, int il, const forward_plan & plan, const forward_graph & g,
+                               ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
     const int64_t n  = plan.n_tokens;
     const int64_t hd = hp.n_embd_head;
 
-    store_kv(ctx0, gf, m, kv, g, il, n, cur);
+    store_kv(ctx0, gf, hp, L, kv, il, g, n, cur);
 
     ggml_tensor * q = linear(ctx0, L.wq, L.bq, cur);                 // [n_embd_q, n]
     q = ggml_reshape_3d(ctx0, q, hd, hp.n_head, n);                  // [hd, n_head, n]
@@ -100,6 +98,24 @@ static ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, 
     return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
 }
 
+// Positions and the cells K/V go to: every graph that writes the cache has them.
+static void add_position_inputs(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int64_t n,
+                                forward_graph & g) {
+    g.positions = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+    ggml_set_name(g.positions, "inp_pos");
+    ggml_set_input(g.positions);
+    g.k_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n);
+    ggml_set_name(g.k_idx, "inp_k_idx");
+    ggml_set_input(g.k_idx);
+    if (kv.v_trans()) {
+        g.v_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n * hp.n_embd_kv());
+        ggml_set_name(g.v_idx, "inp_v_idx");
+        ggml_set_input(g.v_idx);
+    } else {
+        g.v_idx = g.k_idx;
+    }
+}
+
 std::vector<int> assign_masks(const kv_cache & kv, const forward_plan & plan, int n_layer) {
     std::vector<int> of_layer(size_t(n_layer), -1);
     std::vector<int> representative;  // a layer per mask
@@ -125,21 +141,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
 
     // ---- inputs ----
-    g.positions = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
-    ggml_set_name(g.positions, "inp_pos");
-    ggml_set_input(g.positions);
+    add_position_inputs(ctx0, hp, kv, n, g);
     const ggml_type mask_type = kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16;  // the fused kernel wants F16
-
-    g.k_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n);
-    ggml_set_name(g.k_idx, "inp_k_idx");
-    ggml_set_input(g.k_idx);
-    if (kv.v_trans()) {
-        g.v_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n * hp.n_embd_kv());
-        ggml_set_name(g.v_idx, "inp_v_idx");
-        ggml_set_input(g.v_idx);
-    } else {
-        g.v_idx = g.k_idx;
-    }
 
     g.mask_of_layer = assign_masks(kv, plan, hp.n_layer);
     for (int il = plan.layer_begin; il < plan.layer_end; il++) {
@@ -187,7 +190,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         // K/V for layers an early exit skipped, from the exit hidden state
         // (DESIGN.md sec. 2 step 4, the alternative to masking)
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
-            store_kv(ctx0, g.gf, m, kv, g, il, n, rms_norm(ctx0, x, m.layers[size_t(il)].attn_norm, hp.rms_eps));
+            const layer_weights & L = m.layers[size_t(il)];
+            store_kv(ctx0, g.gf, hp, L, kv, il, g, n, rms_norm(ctx0, x, L.attn_norm, hp.rms_eps));
         }
         return g;
     }
@@ -199,7 +203,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, m, kv, plan, g, mask, il, cur);
+        cur = attention(ctx0, g.gf, hp, L, kv, il, plan, g, mask, cur);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
@@ -245,6 +249,55 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_set_output(g.logits);
         ggml_build_forward_expand(g.gf, g.logits);
     }
+    return g;
+}
+
+} // namespace specee
+
+namespace specee {
+
+forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weights & d, const kv_cache & kv,
+                          const forward_plan & plan, int graph_size) {
+    const hparams & hp = m.hp;
+    const int64_t   n  = plan.n_tokens;
+    forward_graph   g;
+    g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
+
+    // ---- inputs ----
+    add_position_inputs(ctx0, hp, kv, n, g);
+    g.tokens   = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+    g.features = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n);
+    ggml_tensor * mask = ggml_new_tensor_2d(ctx0, kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16, plan.n_kv, n);
+    ggml_set_name(g.tokens, "draft_tokens");
+    ggml_set_name(g.features, "draft_features");
+    ggml_set_name(mask, "draft_kq_mask");
+    for (ggml_tensor * t : {g.tokens, g.features, mask}) {
+        ggml_set_input(t);
+    }
+    g.masks.push_back(mask);
+    g.mask_layer.push_back(0);
+
+    // ---- fc over [embed(token), feature] ----
+    ggml_tensor * e = ggml_get_rows(ctx0, m.tok_embd, g.tokens);               // [n_embd, n]
+    ggml_tensor * x = linear(ctx0, d.fc, d.fc_b, ggml_concat(ctx0, e, g.features, 0));  // [n_embd, n]
+
+    // ---- one decoder layer ----
+    const layer_weights & L = d.layer;
+    ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
+    cur = attention(ctx0, g.gf, hp, L, kv, 0, plan, g, mask, cur);
+    x   = ggml_add(ctx0, x, cur);
+    cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
+    x   = ggml_add(ctx0, x, cur);
+
+    // ---- logits of the last pair: the draft predicts the next feature,
+    // already final-normed like the features it is trained on ----
+    if (n > 1) {
+        x = last_column(ctx0, x);
+    }
+    g.logits = ggml_mul_mat(ctx0, d.output ? d.output : m.output, x);        // [n_draft_vocab, 1]
+    ggml_set_name(g.logits, "draft_logits");
+    ggml_set_output(g.logits);
+    ggml_build_forward_expand(g.gf, g.logits);
     return g;
 }
 

@@ -6,6 +6,7 @@
 // stop after any layer and resume later without recomputing.
 #pragma once
 
+#include "heads.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -52,6 +53,7 @@ struct forward_graph {
     ggml_tensor * k_idx = nullptr;              // [n_tokens] I64: the cells this batch writes
     ggml_tensor * v_idx = nullptr;              // [n_embd_kv * n_tokens] I64 if V is transposed, else == k_idx
     ggml_tensor * cand_ids = nullptr;           // [n_cand] I32
+    ggml_tensor * features = nullptr;           // [n_embd, n_tokens] F32 (draft head graphs)
     std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
     std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
     std::vector<int>           mask_of_layer;   // assign_masks() at build time
@@ -66,5 +68,11 @@ struct forward_graph {
 // context's persistent residual buffer [n_embd, n_batch] F32.
 forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache & kv,
                             ggml_tensor * state, const forward_plan & plan, int graph_size);
+
+// The draft head over pairs (token, feature) at draft positions [pos, pos +
+// n_tokens): fc, its decoder layer over its own cache `kv` (one layer), and
+// the logits of the last pair over the draft vocabulary ([n_draft_vocab, 1]).
+forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weights & d, const kv_cache & kv,
+                          const forward_plan & plan, int graph_size);
 
 } // namespace specee

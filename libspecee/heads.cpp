@@ -16,6 +16,10 @@
 
 namespace specee {
 
+heads::~heads() {
+    ggml_free(data);
+}
+
 float exit_predictor::operator()(const float * x) const {
     float y = b2;
     for (int32_t j = 0; j < hidden; j++) {
@@ -62,6 +66,95 @@ std::vector<float> read_f32(ggml_context * data, const std::string & name, std::
     return v;
 }
 
+// An I32 vector tensor of n entries.
+std::vector<int32_t> read_i32(ggml_context * data, const std::string & name, int64_t n) {
+    ggml_tensor * t = ggml_get_tensor(data, name.c_str());
+    if (t == nullptr || t->type != GGML_TYPE_I32 || ggml_nelements(t) != n || t->ne[0] != n) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: %s must be an I32 vector of %lld entries", name.c_str(),
+             (long long) n);
+    }
+    const auto * p = static_cast<const int32_t *>(t->data);
+    return std::vector<int32_t>(p, p + n);
+}
+
+// A draft tensor with shape `ne`; vectors must be F32, matrices any type
+// ggml multiplies.
+ggml_tensor * draft_tensor(ggml_context * data, const std::string & name, std::initializer_list<int64_t> ne,
+                           bool required = true) {
+    ggml_tensor * t = ggml_get_tensor(data, name.c_str());
+    if (t == nullptr) {
+        if (required) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s is missing", name.c_str());
+        }
+        return nullptr;
+    }
+    int d = 0;
+    for (int64_t n : ne) {
+        if (t->ne[d++] != n) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has the wrong shape", name.c_str());
+        }
+    }
+    for (; d < GGML_MAX_DIMS; d++) {
+        if (t->ne[d] != 1) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has the wrong shape", name.c_str());
+        }
+    }
+    const bool vector = ne.size() == 1;
+    if (vector ? t->type != GGML_TYPE_F32 : !(t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 ||
+                                               t->type == GGML_TYPE_Q8_0)) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has type %s", name.c_str(), ggml_type_name(t->type));
+    }
+    return t;
+}
+
+void load_draft(draft_weights & d, ggml_context * data, const model & m) {
+    if (ggml_get_tensor(data, "draft.fc.weight") == nullptr) {
+        return;  // exit predictors only; candidates come from the caller
+    }
+    const hparams & hp = m.hp;
+    const int64_t E = hp.n_embd, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
+    ggml_tensor * gate = ggml_get_tensor(data, "draft.blk.ffn_gate.weight");
+    if (gate == nullptr || gate->ne[1] < 1 || gate->ne[1] > (1 << 18)) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor draft.blk.ffn_gate.weight is missing or bad");
+    }
+    d.n_ff = int32_t(gate->ne[1]);
+    const int64_t F = d.n_ff;
+    d.fc   = draft_tensor(data, "draft.fc.weight", {2 * E, E});
+    d.fc_b = draft_tensor(data, "draft.fc.bias", {E}, false);
+    layer_weights & L = d.layer;
+    L.attn_norm = draft_tensor(data, "draft.blk.attn_norm.weight", {E}, false);
+    L.wq        = draft_tensor(data, "draft.blk.attn_q.weight", {E, Q});
+    L.wk        = draft_tensor(data, "draft.blk.attn_k.weight", {E, KV});
+    L.wv        = draft_tensor(data, "draft.blk.attn_v.weight", {E, KV});
+    L.wo        = draft_tensor(data, "draft.blk.attn_output.weight", {Q, E});
+    L.bq        = draft_tensor(data, "draft.blk.attn_q.bias", {Q}, false);
+    L.bk        = draft_tensor(data, "draft.blk.attn_k.bias", {KV}, false);
+    L.bv        = draft_tensor(data, "draft.blk.attn_v.bias", {KV}, false);
+    L.ffn_norm  = draft_tensor(data, "draft.blk.ffn_norm.weight", {E});
+    L.ffn_gate  = draft_tensor(data, "draft.blk.ffn_gate.weight", {E, F});
+    L.ffn_up    = draft_tensor(data, "draft.blk.ffn_up.weight", {E, F});
+    L.ffn_down  = draft_tensor(data, "draft.blk.ffn_down.weight", {F, E});
+
+    ggml_tensor * out = ggml_get_tensor(data, "draft.output.weight");
+    if (out != nullptr) {
+        const int64_t n_rows = out->ne[1];
+        if (n_rows < 1 || n_rows > hp.n_vocab) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft.output.weight has %lld rows", (long long) n_rows);
+        }
+        d.output = draft_tensor(data, "draft.output.weight", {E, n_rows});
+        if (n_rows < hp.n_vocab) {
+            const auto ids = read_i32(data, "draft.vocab", n_rows);
+            for (int32_t id : ids) {
+                if (id < 0 || id >= hp.n_vocab) {
+                    fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft.vocab holds token %d, outside the vocabulary", id);
+                }
+            }
+            d.vocab = ids;
+        }
+    }
+    d.present = true;
+}
+
 } // namespace
 
 void load_heads(heads & h, const model & m, const char * path) {
@@ -82,7 +175,7 @@ void load_heads(heads & h, const model & m, const char * path) {
         }
     }
     std::unique_ptr<gguf_context, decltype(&gguf_free)> gctx_owner(gctx, gguf_free);
-    std::unique_ptr<ggml_context, decltype(&ggml_free)> data_owner(data, ggml_free);
+    h.data = data;  // owned by h from here on
     const gguf_meta kv(gctx);
 
     if (kv.get_string("general.architecture").value_or("") != "specee-heads") {
@@ -154,6 +247,8 @@ void load_heads(heads & h, const model & m, const char * path) {
     }
     std::sort(h.offline_layers.begin(), h.offline_layers.end());
     h.offline_layers.erase(std::unique(h.offline_layers.begin(), h.offline_layers.end()), h.offline_layers.end());
+
+    load_draft(h.draft, data, m);
 }
 
 } // namespace specee

@@ -24,11 +24,31 @@ struct exit_predictor {
     float operator()(const float * features) const;
 };
 
+// EAGLE-style draft head: fc over [embed(token), feature] (2d -> d), one
+// decoder layer with its own KV cache, then an output matrix (the target's,
+// or a reduced vocabulary's rows). ref: EAGLE (Li et al. 2024); DESIGN.md sec. 2.
+struct draft_weights {
+    bool                 present = false;
+    ggml_tensor        * fc      = nullptr;  // [2 n_embd, n_embd]
+    ggml_tensor        * fc_b    = nullptr;  // [n_embd] or none
+    layer_weights        layer;              // attn_norm may be none (EAGLE's first layer has no input norm)
+    ggml_tensor        * output  = nullptr;  // [n_embd, n_draft_vocab], or none: the target's output matrix
+    std::vector<int32_t> vocab;              // draft row -> token id; empty: row i is token i
+    int32_t              n_ff    = 0;
+};
+
 struct heads {
     int32_t n_cand    = 4;     // candidates per step (k)
     float   threshold = 0.5f;  // default predictor threshold
     std::vector<int32_t>               offline_layers;  // checked layer indices, ascending
     std::map<int32_t, exit_predictor>  predictors;      // by layer index (check after that layer)
+    draft_weights                      draft;
+
+    ggml_context * data = nullptr;  // the head file's tensors (the draft's weights live here)
+    heads() = default;
+    heads(const heads &) = delete;
+    heads & operator=(const heads &) = delete;
+    ~heads();
 };
 
 // Loads and validates a head file for model `m`; throws specee::error.

@@ -127,3 +127,45 @@ class Reference:
     def forward(self, tokens) -> np.ndarray:
         """Logits [n_tokens, n_vocab] for tokens appended one by one."""
         return np.stack([self.step(int(t))[0] for t in tokens])
+
+
+class DraftReference:
+    """The EAGLE-style draft head of a head file, in numpy: fc over
+    [embed(token), feature], one decoder layer with its own K/V, logits over
+    its output rows (the target's when it has none)."""
+
+    def __init__(self, target: Reference, tensors: dict):
+        self.t = target
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items() if k != "draft.vocab"}
+        self.vocab = tensors.get("draft.vocab")
+        self.out = self.w.get("draft.output.weight", target.out)
+        self.k, self.v, self.n_past = [], [], 0
+
+    def step(self, token: int, feature: np.ndarray) -> np.ndarray:
+        t, w, p = self.t, self.w, "draft.blk."
+        pos = self.n_past
+        x = np.concatenate([t.w["token_embd.weight"][token], feature])
+        x = w["draft.fc.weight"] @ x + w.get("draft.fc.bias", 0.0)
+        h = t._norm(x, w[p + "attn_norm.weight"]) if p + "attn_norm.weight" in w else x
+        q = t._rope((w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)).reshape(t.n_head, t.hd), pos)
+        k = t._rope((w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)).reshape(t.n_head_kv, t.hd), pos)
+        v = (w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)).reshape(t.n_head_kv, t.hd)
+        self.k.append(k.astype(np.float16).astype(np.float64))
+        self.v.append(v.astype(np.float16).astype(np.float64))
+        K, V = np.stack(self.k), np.stack(self.v)
+        group = t.n_head // t.n_head_kv
+        o = np.empty((t.n_head, t.hd))
+        for hh in range(t.n_head):
+            s = K[:, hh // group, :] @ q[hh] / np.sqrt(t.hd)
+            s = np.exp(s - s.max())
+            o[hh] = (s / s.sum()) @ V[:, hh // group, :]
+        x = x + w[p + "attn_output.weight"] @ o.reshape(-1)
+        h = t._norm(x, w[p + "ffn_norm.weight"])
+        g, u = w[p + "ffn_gate.weight"] @ h, w[p + "ffn_up.weight"] @ h
+        x = x + w[p + "ffn_down.weight"] @ (g / (1.0 + np.exp(-g)) * u)
+        self.n_past += 1
+        return self.out @ x
+
+    def top_k(self, logits: np.ndarray, k: int) -> list[int]:
+        rows = [int(i) for i in np.argsort(-logits, kind="stable")[:k]]
+        return rows if self.vocab is None else [int(self.vocab[i]) for i in rows]

@@ -3,9 +3,10 @@
 Each step feeds the last token with k candidates for the next one; the
 library runs the layers in segments, asks the exit predictors at the checked
 layers, and stops early when one fires and that layer's argmax is a
-candidate (DESIGN.md sec. 2). Candidates come from a `CandidateSource`: the
-EAGLE draft head once the library carries one, or, as now, a prompt-lookup
-source that proposes what followed the same tokens earlier in the text.
+candidate (DESIGN.md sec. 2). Candidates come from the heads' EAGLE-style
+draft head when they have one (it runs inside the library, after each step),
+else from a `CandidateSource` such as prompt lookup, which proposes what
+followed the same tokens earlier in the text.
 """
 from __future__ import annotations
 
@@ -88,6 +89,10 @@ def generate_specee(
     """Like generate.generate, with early exit: the context must have heads
     attached (Context.set_heads). Sampling with temperature draws from the
     logits of the layer the step exited at."""
+    heads = ctx.heads
+    if heads is None:
+        raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
+    use_draft = heads.has_draft and source is None
     if max_tokens < 1:
         raise InvalidArgumentError("max_tokens must be at least 1")
     if len(prompt) == 0:
@@ -106,9 +111,15 @@ def generate_specee(
     t1 = time.perf_counter()
     history = list(prompt) + [token]
     tokens, exit_layers = [token], []
+    t_draft = 0.0
+    next_cands: list[int] = []
+    if use_draft and token not in stop and max_tokens > 1:
+        td = time.perf_counter()
+        next_cands = ctx.draft_sync(token)
+        t_draft += time.perf_counter() - td
     if on_token:
         on_token(token)
-    stop_reason, steps, t_draft = "length", 0, 0.0
+    stop_reason, steps = "length", 0
     while True:
         if token in stop:
             stop_reason = "eos"
@@ -118,10 +129,17 @@ def generate_specee(
         if ctx.n_past >= ctx.n_ctx:
             stop_reason = "context"
             break
-        td = time.perf_counter()
-        cands = source.candidates(history, k)
-        t_draft += time.perf_counter() - td
+        if use_draft:
+            cands = next_cands
+        else:
+            td = time.perf_counter()
+            cands = source.candidates(history, k)
+            t_draft += time.perf_counter() - td
         step = ctx.decode_with_candidates(token, cands)
+        next_cands = step.next
+        # with sampling, the draft head has already stepped on the exit layer's
+        # argmax; its next guesses then condition on that token (a known
+        # approximation: candidates are only guesses, the output stays exact)
         token = step.token if sampler.greedy else sampler.sample(ctx.logits())
         steps += 1
         exit_layers.append(step.exit_layer)
@@ -134,7 +152,8 @@ def generate_specee(
     result = GenerationResult(tokens=tokens, n_prompt=len(prompt), prefill_s=t1 - t0, decode_s=t2 - t1,
                               n_decode_steps=steps, stop_reason=stop_reason)
     result.extra = exit_stats_summary(ctx.exit_stats(), ctx.model.n_layer, exit_layers)
-    result.extra["draft_s"] = round(t_draft, 6)
+    result.extra["draft"] = "draft head" if use_draft else type(source).__name__
+    result.extra["draft_s"] = round(t_draft, 6)  # outside the library; the draft head's time is in decode_s
     log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", steps,
              result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])
     return result

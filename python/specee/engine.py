@@ -168,6 +168,7 @@ class Heads(_Handle):
               ffi.string(err).decode(errors="replace"))
         self._ptr = out[0]
         self.n_candidates = int(lib.specee_heads_n_candidates(self._ptr))
+        self.has_draft = bool(lib.specee_heads_has_draft(self._ptr))
 
     @property
     def ptr(self):
@@ -185,7 +186,8 @@ class Heads(_Handle):
 class Step:
     token: int          # the token chosen
     exit_layer: int     # layers computed when it was chosen (n_layer: no early exit)
-    full_token: int     # with full_depth: the full model's token, else -1
+    full_token: int     # the full model's token when computed (no exit, or full_depth), else -1
+    next: list          # the draft head's candidates for the next step ([] without a draft)
 
 
 # ---- context ------------------------------------------------------------------
@@ -297,8 +299,13 @@ class Context(_Handle):
 
     # ---- speculative early exit ----
 
+    @property
+    def heads(self) -> Optional[Heads]:
+        return getattr(self, "_heads", None)
+
     def set_heads(self, heads: Optional[Heads]) -> None:
-        """Attach exit predictors (None detaches). Keep `heads` open while attached."""
+        """Attach exit predictors and draft head (None detaches). Keep `heads`
+        open while attached; with a draft head, attach before the prompt."""
         self._heads = heads
         self._check(lib.specee_set_heads(self.ptr, heads.ptr if heads is not None else ffi.NULL))
 
@@ -325,7 +332,15 @@ class Context(_Handle):
         out = ffi.new("struct specee_step *")
         self._check(lib.specee_decode_with_candidates(self.ptr, int(token), ffi.from_buffer("int32_t[]", cands),
                                                       len(cands), out))
-        return Step(int(out.token), int(out.exit_layer), int(out.full_token))
+        return Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
+
+    def draft_sync(self, next_token: int) -> list[int]:
+        """Runs the draft head over the prompt (or whatever it has not seen),
+        ending with `next_token`; returns its candidates for the token after."""
+        out = ffi.new("specee_token[]", lib.SPECEE_MAX_CANDIDATES)
+        n = ffi.new("int32_t *")
+        self._check(lib.specee_draft_sync(self.ptr, int(next_token), out, lib.SPECEE_MAX_CANDIDATES, n))
+        return [int(out[i]) for i in range(n[0])]
 
     @property
     def exit_layer(self) -> int:

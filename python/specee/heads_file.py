@@ -31,9 +31,39 @@ class Predictor:
         return float(1.0 / (1.0 + np.exp(-(self.w2 @ h + self.b2))))
 
 
+@dataclass
+class DraftHead:
+    """EAGLE-style draft head weights, numpy float32, matrices as [out, in]:
+    fc [d, 2d] over [embed(token), feature]; one decoder layer (`layer`:
+    attn_q/k/v/output, ffn_gate/up/down, ffn_norm, optional attn_norm and
+    attn_q/k/v biases); optional reduced output rows [n, d] with the token id
+    of each row in `vocab`."""
+
+    fc: np.ndarray
+    layer: dict
+    fc_bias: np.ndarray | None = None
+    output: np.ndarray | None = None
+    vocab: np.ndarray | None = None
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {"draft.fc.weight": self.fc}
+        if self.fc_bias is not None:
+            out["draft.fc.bias"] = self.fc_bias
+        for name, value in self.layer.items():
+            suffix = "weight" if not name.endswith("_bias") else "bias"
+            out[f"draft.blk.{name.removesuffix('_bias')}.{suffix}"] = value
+        if self.output is not None:
+            out["draft.output.weight"] = self.output
+            if self.vocab is not None:
+                out["draft.vocab"] = np.asarray(self.vocab, dtype=np.int32)
+        return out
+
+
 def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
-                exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4) -> None:
-    """Writes predictors (by layer index: checked after that layer) for `model`."""
+                exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4,
+                draft: DraftHead | None = None) -> None:
+    """Writes predictors (by layer index: checked after that layer) and an
+    optional draft head for `model`."""
     if not predictors:
         raise ValueError("at least one predictor is needed")
     hidden = {p.w1.shape[0] for p in predictors.values()}
@@ -58,6 +88,10 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
         w.add_tensor(f"exit.{layer}.fc1.bias", np.asarray(p.b1, dtype=np.float32))
         w.add_tensor(f"exit.{layer}.fc2.weight", np.asarray(p.w2, dtype=np.float32))
         w.add_tensor(f"exit.{layer}.fc2.bias", np.asarray([p.b2], dtype=np.float32))
+    if draft is not None:
+        for name, value in draft.tensors().items():
+            dtype = np.int32 if name == "draft.vocab" else np.float32
+            w.add_tensor(name, np.ascontiguousarray(value, dtype=dtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

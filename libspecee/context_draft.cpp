@@ -1,0 +1,87 @@
+// context_draft.cpp — the draft head inside a context: its own one-layer KV
+// cache, fed pairs (target feature at position i, token at i + 1), giving
+// the top-k candidates for the token after. ref: EAGLE; DESIGN.md sec. 2.
+#include "context.h"
+
+#include "error.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace specee {
+
+void context::keep_pending(const int32_t * tokens, uint32_t n) {
+    // the features of these positions are the hidden rows the pass kept
+    const size_t n_embd = size_t(model_.hp.n_embd);
+    if (size_t(n_hidden_) < n) {
+        fail(SPECEE_STATUS_INTERNAL, "the pass kept no features for the draft head");
+    }
+    pending_tokens_.insert(pending_tokens_.end(), tokens, tokens + n);
+    const float * rows = hidden_.data() + (size_t(n_hidden_) - n) * n_embd;
+    pending_features_.insert(pending_features_.end(), rows, rows + size_t(n) * n_embd);
+}
+
+std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {
+    const draft_weights & d = heads_->draft;
+    const uint32_t pos = draft_kv_->n_past();
+    if (uint64_t(pos) + n > draft_kv_->n_ctx()) {
+        fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
+    }
+    std::vector<int32_t> out;
+    for (uint32_t done = 0; done < n;) {
+        const uint32_t chunk = std::min(n_batch_, n - done);
+        forward_plan plan;
+        plan.pos       = pos + done;
+        plan.n_tokens  = chunk;
+        plan.n_kv      = padded_n_kv(plan.pos + chunk);
+        plan.layer_end = 1;
+        graph_slot & slot = draft_slots_[chunk == 1 ? 1 : 0];
+        if (!(slot.ready && slot.plan.same_shape(plan))) {
+            build_into(slot, plan, /*draft=*/true);
+        }
+        compute(slot.g, plan, *draft_kv_, tokens + done, nullptr, features + size_t(done) * size_t(model_.hp.n_embd));
+        draft_kv_->commit(plan.pos, chunk, 1);
+        done += chunk;
+        if (done == n) {
+            draft_logits_.resize(size_t(ggml_nelements(slot.g.logits)));
+            ggml_backend_tensor_get(slot.g.logits, draft_logits_.data(), 0, draft_logits_.size() * sizeof(float));
+        }
+    }
+    // top-k rows, best first, mapped to token ids
+    const size_t k = std::min(size_t(heads_->n_cand), draft_logits_.size());
+    std::vector<int32_t> idx(draft_logits_.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(), [&](int32_t a, int32_t b) {
+        return draft_logits_[size_t(a)] > draft_logits_[size_t(b)] ||
+               (draft_logits_[size_t(a)] == draft_logits_[size_t(b)] && a < b);
+    });
+    for (size_t i = 0; i < k; i++) {
+        out.push_back(d.vocab.empty() ? idx[i] : d.vocab[size_t(idx[i])]);
+    }
+    return out;
+}
+
+std::vector<int32_t> context::draft_sync(int32_t next_token) {
+    if (!has_draft()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "no draft head is attached (the heads have none)");
+    }
+    check_tokens(&next_token, 0 + 1);
+    if (pending_tokens_.empty()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "the draft head has seen every position; run prefill or decode first");
+    }
+    // pairs (feature i, token i + 1): the tokens after the pending ones
+    std::vector<int32_t> next(pending_tokens_.begin() + 1, pending_tokens_.end());
+    next.push_back(next_token);
+    const uint32_t start = draft_kv_->n_past();
+    try {
+        std::vector<int32_t> cands = draft_run(next.data(), pending_features_.data(), uint32_t(next.size()));
+        pending_tokens_.clear();
+        pending_features_.clear();
+        return cands;
+    } catch (...) {
+        draft_kv_->truncate(start);
+        throw;
+    }
+}
+
+} // namespace specee

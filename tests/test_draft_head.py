@@ -1,0 +1,146 @@
+"""The draft head inside libspecee against a numpy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import DraftReference, Reference
+from specee.engine import Heads, InvalidArgumentError, Model
+from specee.heads_file import DraftHead, constant_predictor, write_heads
+
+PROMPT = [5, 77, 200, 13, 300, 42]
+
+
+def random_draft(ref: Reference, seed: int, reduced: int | None = None, attn_norm: bool = True) -> DraftHead:
+    rng = np.random.default_rng(seed)
+    d, q, kv, ff = ref.n_embd, ref.n_head * ref.hd, ref.n_head_kv * ref.hd, 128
+
+    def mat(o, i):
+        return (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)
+
+    layer = {"attn_q": mat(q, d), "attn_k": mat(kv, d), "attn_v": mat(kv, d), "attn_output": mat(d, q),
+             "ffn_norm": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32),
+             "ffn_gate": mat(ff, d), "ffn_up": mat(ff, d), "ffn_down": mat(d, ff)}
+    if attn_norm:
+        layer["attn_norm"] = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+    output = vocab = None
+    if reduced:
+        vocab = np.sort(rng.choice(ref.n_vocab, reduced, replace=False)).astype(np.int32)
+        output = (rng.standard_normal((reduced, d)) * 0.5).astype(np.float32)
+    return DraftHead(fc=mat(d, 2 * d), layer=layer, fc_bias=(0.1 * rng.standard_normal(d)).astype(np.float32),
+                     output=output, vocab=vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny6(tiny_model_factory) -> str:
+    return tiny_model_factory(n_layer=6, tied=False, seed=3)
+
+
+@pytest.mark.parametrize("reduced, attn_norm", [(None, True), (64, False)])
+def test_draft_candidates_match_reference(tiny6, tmp_path, reduced, attn_norm):
+    ref = Reference(tiny6)
+    draft = random_draft(ref, seed=11, reduced=reduced, attn_norm=attn_norm)
+    dref = DraftReference(ref, draft.tensors())
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(5)}, draft=draft)
+        with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
+            assert heads.has_draft
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            features = ctx.hidden()  # the draft's features: final-normed last hidden states
+            first = ctx.argmax()
+            cands = ctx.draft_sync(first)
+
+            want_features = np.stack([ref.step(t, keep_hidden=6, final_norm=True)[1] for t in PROMPT])
+            np.testing.assert_allclose(features, want_features, rtol=0, atol=2e-3 * np.abs(want_features).max())
+            nxt = PROMPT[1:] + [first]
+            for tok, f in zip(nxt, want_features):
+                logits = dref.step(tok, f)
+            assert cands == dref.top_k(logits, 4)
+            if reduced:
+                assert set(cands) <= set(draft.vocab.tolist())
+
+            token = first
+            for _ in range(5):
+                step = ctx.decode_with_candidates(token, cands)
+                full_logits, feature = ref.step(token, keep_hidden=6, final_norm=True)
+                assert step.token == int(np.argmax(full_logits))
+                want = dref.top_k(dref.step(step.token, feature), 4)
+                # same top-1 and the same set: near-ties among the rest may swap (float32 vs float64)
+                assert step.next[0] == want[0] and set(step.next) == set(want)
+                token, cands = step.token, step.next
+
+
+def test_draft_follows_truncation(tiny6, tmp_path):
+    ref = Reference(tiny6)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(5)},
+                    draft=random_draft(ref, seed=5))
+        with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+            runs = []
+            for _ in range(2):
+                cands, token, seen = ctx.draft_sync(first), first, []
+                for _ in range(4):
+                    step = ctx.decode_with_candidates(token, cands)
+                    seen.append((step.token, tuple(step.next)))
+                    token, cands = step.token, step.next
+                runs.append(seen)
+                ctx.truncate(len(PROMPT) - 2)  # back into the prompt: the draft must follow
+                ctx.prefill(PROMPT[-2:])
+            assert runs[0] == runs[1]
+
+
+def test_draft_misuse_is_refused(tiny6, tmp_path):
+    ref = Reference(tiny6)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "d.gguf", m, {1: constant_predictor(-40.0)}, draft=random_draft(ref, seed=1))
+        write_heads(tmp_path / "p.gguf", m, {1: constant_predictor(-40.0)})
+        with Heads(m, tmp_path / "d.gguf") as with_draft, Heads(m, tmp_path / "p.gguf") as plain:
+            with m.context(n_ctx=64) as ctx:
+                ctx.prefill(PROMPT)
+                with pytest.raises(InvalidArgumentError, match="before the prompt"):
+                    ctx.set_heads(with_draft)
+                ctx.set_heads(plain)
+                with pytest.raises(InvalidArgumentError, match="no draft head"):
+                    ctx.draft_sync(1)
+            with m.context(n_ctx=64) as ctx:
+                ctx.set_heads(with_draft)
+                with pytest.raises(InvalidArgumentError, match="seen every position"):
+                    ctx.draft_sync(1)
+
+
+def test_bad_draft_tensors_are_refused(tiny6, tmp_path):
+    ref = Reference(tiny6)
+    draft = random_draft(ref, seed=2, reduced=16)
+    draft.vocab[3] = ref.n_vocab + 5
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "bad.gguf", m, {1: constant_predictor(0.0)}, draft=draft)
+        with pytest.raises(Exception, match="draft.vocab"):
+            Heads(m, tmp_path / "bad.gguf")
+        draft = random_draft(ref, seed=2)
+        draft.layer["attn_q"] = draft.layer["attn_q"][:, :-1]
+        write_heads(tmp_path / "shape.gguf", m, {1: constant_predictor(0.0)}, draft=draft)
+        with pytest.raises(Exception, match="wrong shape"):
+            Heads(m, tmp_path / "shape.gguf")
+
+
+def test_specee_loop_uses_the_draft_head(tiny6, tmp_path):
+    from specee.early_exit import generate_specee
+    from specee.generate import generate
+
+    ref = Reference(tiny6)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(5)},
+                    draft=random_draft(ref, seed=7))
+        with Heads(m, tmp_path / "h.gguf") as heads:
+            with m.context(n_ctx=64) as ctx:
+                vanilla = generate(ctx, PROMPT, 12).tokens
+            with m.context(n_ctx=64) as ctx:
+                ctx.set_heads(heads)
+                result = generate_specee(ctx, PROMPT, 12, heads.n_candidates)
+    assert result.tokens == vanilla  # never-firing predictors: exact
+    assert result.extra["draft"] == "draft head"
+    assert 0.0 <= result.extra["draft_top1"] <= result.extra["draft_topk"] <= 1.0
