@@ -61,9 +61,13 @@ class DraftHead:
 
 def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
                 exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4,
-                draft: DraftHead | None = None) -> None:
+                draft: DraftHead | None = None, draft_dtype: str = "f16") -> None:
     """Writes predictors (by layer index: checked after that layer) and an
-    optional draft head for `model`."""
+    optional draft head for `model`; the draft's matrices are stored as
+    `draft_dtype` ("f16" or "f32"; vectors stay f32): every decode step reads
+    them, so their size is time."""
+    if draft_dtype not in ("f16", "f32"):
+        raise ValueError(f"draft_dtype must be 'f16' or 'f32', not {draft_dtype!r}")
     if not predictors:
         raise ValueError("at least one predictor is needed")
     hidden = {p.w1.shape[0] for p in predictors.values()}
@@ -90,7 +94,13 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
         w.add_tensor(f"exit.{layer}.fc2.bias", np.asarray([p.b2], dtype=np.float32))
     if draft is not None:
         for name, value in draft.tensors().items():
-            dtype = np.int32 if name == "draft.vocab" else np.float32
+            value = np.asarray(value)
+            if name == "draft.vocab":
+                dtype = np.int32
+            elif value.ndim == 2 and draft_dtype == "f16":
+                dtype = np.float16
+            else:
+                dtype = np.float32
             w.add_tensor(name, np.ascontiguousarray(value, dtype=dtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
