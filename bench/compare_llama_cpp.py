@@ -46,13 +46,14 @@ def tokenize_prompts(model_path: Path) -> list[tuple[str, list[int]]]:
 class Worker:
     """A decode_runner.py process holding one loaded engine."""
 
-    def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None):
+    def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None,
+                 heads: str | None = None):
         env = dict(os.environ)
         if library:
             env["SPECEE_LIBRARY"] = library  # another build of libspecee
         self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
-        self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx})
+        self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads})
 
     def _send(self, obj: dict) -> dict:
         self.proc.stdin.write(json.dumps(obj) + "\n")
@@ -95,16 +96,21 @@ def main() -> None:
     ap.add_argument("--check-tokens", type=int, default=64, help="greedy agreement over this many tokens")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIBSPECEE",
                     help="also run another libspecee build (e.g. source=build-src/libspecee.so)")
+    ap.add_argument("--heads", help="also run specee with early exit using this head file (engine specee-exit)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
     model_path = str(fetch_model(args.model))
     named = tokenize_prompts(Path(model_path))
-    engines = {"specee": ("specee", None), "llama_cpp": ("llama_cpp", None)}
+    engines = {"specee": ("specee", None, None), "llama_cpp": ("llama_cpp", None, None)}
     for v in args.variant:
         name, _, lib = v.partition("=")
-        engines[f"specee-{name}"] = ("specee", lib)
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib) for name, (eng, lib) in engines.items()}
+        engines[f"specee-{name}"] = ("specee", lib, None)
+    if args.heads:
+        engines["specee-exit"] = ("specee", None, args.heads)
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads)
+               for name, (eng, lib, heads) in engines.items()}
+    exit_totals: dict[str, int] = {}
 
     decode_s = {name: 0.0 for name in engines}
     n_tokens = {name: 0 for name in engines}
@@ -125,6 +131,8 @@ def main() -> None:
                     speed[name] = res["n_decode"] / res["decode_s"]
                     if r == 0:
                         tokens[name].append(res["tokens"])
+                    for key, value in res.get("exit_stats", {}).items():
+                        exit_totals[key] = exit_totals.get(key, 0) + value
                 for name in paired:
                     paired[name].append(speed[name] / speed["llama_cpp"])
             line = ", ".join(f"{name} {n_tokens[name] / decode_s[name]:.1f} tok/s" for name in engines)
@@ -156,6 +164,16 @@ def main() -> None:
         q = statistics.quantiles(s["paired_ratios"], n=4) if len(s["paired_ratios"]) >= 2 else [0, 0, 0]
         print(f"  {name:14s} {s['tok_s']:.1f} tok/s; ratio to llama.cpp: median {s['median_ratio']:.3f} "
               f"(IQR {q[0]:.3f}-{q[2]:.3f}), aggregate {s['aggregate_ratio']:.3f}")
+    if exit_totals:
+        steps = max(exit_totals["n_steps"], 1)
+        summary["specee_exit"] = {
+            "mean_exit_layer": exit_totals["sum_exit_layers"] / steps, "exit_ratio": exit_totals["n_exits"] / steps,
+            "false_exit_checks": exit_totals["n_false_fires"], "draft_top1": exit_totals["n_draft_top1"] / steps,
+            "draft_topk": exit_totals["n_draft_topk"] / steps}
+        x = summary["specee_exit"]
+        print(f"  specee-exit: mean exit layer {x['mean_exit_layer']:.2f}, exit ratio {x['exit_ratio']:.3f}, "
+              f"draft top-1 {x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}; sequence agreement with llama.cpp "
+              f"above (first divergence); teacher-forced agreement needs the full-depth pass (issue 5)")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

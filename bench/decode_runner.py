@@ -4,8 +4,8 @@ compare_llama_cpp.py starts one worker per engine (two copies of ggml in one
 process would bind to each other's symbols) and alternates requests between
 them prompt by prompt, so that both see the same machine load.
 
-Start: {"engine": "specee"|"llama_cpp", "model": PATH, "threads": T, "n_ctx": N}
-as the first stdin line; then one request per line, {"prompt": [ids],
+Start: {"engine": "specee"|"llama_cpp", "model": PATH, "threads": T, "n_ctx": N,
+"heads": PATH (optional: specee with early exit)} as the first stdin line; then one request per line, {"prompt": [ids],
 "n_predict": N}, answered by one line {"tokens": [...], "prefill_s": S,
 "decode_s": S, "n_decode": N}. Decoding never stops at an end token: every
 prompt produces exactly n_predict tokens, so both engines do the same work.
@@ -33,10 +33,12 @@ def timed_greedy(prefill: Callable[[list], int], step: Callable[[int], int], pro
 
 
 def specee_decoder(job: dict) -> Decoder:
-    from specee.engine import Model
+    from specee.engine import Heads, Model
 
     model = Model(job["model"])
     ctx = model.context(n_ctx=job["n_ctx"], n_threads=job["threads"])
+    if job.get("heads"):
+        return specee_exit_decoder(model, ctx, Heads(model, job["heads"]))
 
     def prefill(prompt: list) -> int:
         ctx.truncate(0)
@@ -46,6 +48,40 @@ def specee_decoder(job: dict) -> Decoder:
     def decode(prompt: list, n: int) -> dict:
         assert model is not None  # keep the model alive with its context
         return timed_greedy(prefill, ctx.decode, prompt, n)
+
+    return decode
+
+
+def specee_exit_decoder(model, ctx, heads) -> Decoder:
+    """Greedy early exit; candidates from the heads' draft head, or prompt lookup."""
+    from specee.early_exit import PromptLookup
+
+    ctx.set_heads(heads)
+    lookup = PromptLookup()
+
+    def decode(prompt: list, n: int) -> dict:
+        assert model is not None
+        ctx.truncate(0)
+        ctx.reset_exit_stats()
+        history = list(prompt)
+        state = {}
+
+        def prefill(p: list) -> int:
+            ctx.prefill(p)
+            tok = ctx.argmax()
+            history.append(tok)
+            state["cands"] = ctx.draft_sync(tok) if heads.has_draft else lookup.candidates(history, heads.n_candidates)
+            return tok
+
+        def step(tok: int) -> int:
+            s = ctx.decode_with_candidates(tok, state["cands"])
+            history.append(s.token)
+            state["cands"] = s.next if heads.has_draft else lookup.candidates(history, heads.n_candidates)
+            return s.token
+
+        out = timed_greedy(prefill, step, prompt, n)
+        out["exit_stats"] = ctx.exit_stats()
+        return out
 
     return decode
 
