@@ -284,6 +284,20 @@ SPECEE_API enum specee_status specee_draft_sync(
         int32_t                 capacity,
         int32_t               * out_n);
 
+/* Training data for the exit predictors: one full-depth step for `token`
+ * that writes, after every layer l, the candidates' logits (cand_logits[l *
+ * n_cand + i], as the predictor would see them) and that layer's
+ * full-vocabulary argmax (layer_argmax[l]); out->token is the full model's
+ * token and out->next the draft's next candidates, as for a normal step. */
+SPECEE_API enum specee_status specee_trace_step(
+        struct specee_context * ctx,
+        specee_token            token,
+        const specee_token    * candidates,
+        int32_t                 n_cand,
+        float                 * cand_logits,   /* [n_layer * n_cand] */
+        int32_t               * layer_argmax,  /* [n_layer] */
+        struct specee_step    * out);
+
 /* Layers computed by the last early-exit step (n_layer = no exit), -1 before any. */
 SPECEE_API int32_t specee_get_exit_layer(const struct specee_context * ctx);
 

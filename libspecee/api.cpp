@@ -327,6 +327,24 @@ enum specee_status specee_decode_with_candidates(struct specee_context * ctx, sp
     });
 }
 
+enum specee_status specee_trace_step(struct specee_context * ctx, specee_token token,
+                                     const specee_token * candidates, int32_t n_cand, float * cand_logits,
+                                     int32_t * layer_argmax, struct specee_step * out) {
+    return on_context(ctx, [&](specee::context & c) {
+        if (out == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "out must not be NULL");
+        }
+        out->token      = c.trace_step(token, candidates, n_cand, cand_logits, layer_argmax);
+        out->exit_layer = c.mdl().hp.n_layer;
+        out->full_token = out->token;
+        const auto & next = c.next_candidates();
+        out->n_next = int32_t(std::min(next.size(), size_t(SPECEE_MAX_CANDIDATES)));
+        for (int32_t i = 0; i < out->n_next; i++) {
+            out->next[i] = next[size_t(i)];
+        }
+    });
+}
+
 enum specee_status specee_draft_sync(struct specee_context * ctx, specee_token next_token, specee_token * out,
                                      int32_t capacity, int32_t * out_n) {
     return on_context(ctx, [&](specee::context & c) {

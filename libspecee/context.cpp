@@ -282,6 +282,14 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
         cand_logits_.clear();
         append_columns(g.cand_logits, cand_logits_);
     }
+    if (!g.trace_cand.empty()) {
+        cand_logits_.clear();
+        trace_argmax_.resize(g.trace_argmax.size());
+        for (size_t il = 0; il < g.trace_cand.size(); il++) {
+            append_columns(g.trace_cand[il], cand_logits_);
+            ggml_backend_tensor_get(g.trace_argmax[il], &trace_argmax_[il], 0, sizeof(int32_t));
+        }
+    }
     perf_.t_run_us += ggml_time_us() - t_start;
 }
 

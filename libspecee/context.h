@@ -61,6 +61,11 @@ public:
     // full_depth, *out_full receives the full model's token (else -1).
     int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
     int32_t last_exit_layer() const { return last_exit_layer_; }
+    // A full-depth step that records, after every layer, the candidates'
+    // logits ([n_layer, n_cand] into cand_logits) and the full-vocabulary
+    // argmax ([n_layer] into layer_argmax): the predictors' training data.
+    int32_t trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
+                       int32_t * layer_argmax);
 
     // ---- draft head (context_draft.cpp) ----
     bool has_draft() const { return draft_kv_ != nullptr; }
@@ -155,6 +160,7 @@ private:
     graph_slot                 draft_slots_[2];   // multi-token, single-token
     std::vector<float>         draft_logits_;
     std::vector<int32_t>       next_cands_;
+    std::vector<int32_t>       trace_argmax_;     // [n_layer] of the last trace step
 
     std::vector<int64_t>     k_idx_buf_;
     std::vector<int64_t>     v_idx_buf_;

@@ -58,6 +58,53 @@ int32_t context::logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & 
     return am;
 }
 
+int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
+                            int32_t * layer_argmax) {
+    const hparams & hp = model_.hp;
+    check_tokens(&token, 1);
+    if (cands == nullptr || n_cand < 1 || n_cand > 8 || cand_logits == nullptr || layer_argmax == nullptr) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "trace_step needs 1-8 candidates and output arrays");
+    }
+    for (int32_t i = 0; i < n_cand; i++) {
+        if (cands[i] < 0 || cands[i] >= hp.n_vocab) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidate %d is outside the vocabulary [0, %d)", cands[i], hp.n_vocab);
+        }
+    }
+    if (has_draft() && !pending_tokens_.empty()) {
+        draft_sync(token);
+    }
+    logits_.clear();
+    hidden_.clear();
+    n_outputs_ = 0;
+    n_hidden_  = 0;
+    next_cands_.clear();
+    const uint32_t pos = kv_.n_past();
+    forward_plan plan;
+    plan.pos          = pos;
+    plan.n_tokens     = 1;
+    plan.n_kv         = padded_n_kv(pos + 1);
+    plan.layer_end    = hp.n_layer;
+    plan.n_logits     = 1;
+    plan.n_cand       = n_cand;
+    plan.trace        = true;
+    plan.hidden_layer = has_draft() ? hp.n_layer : -1;
+    plan.hidden_norm  = true;
+    try {
+        run(&token, plan, cands);
+    } catch (...) {
+        kv_.truncate(pos);
+        throw;
+    }
+    kv_.commit(pos, 1, hp.n_layer);
+    std::copy(cand_logits_.begin(), cand_logits_.end(), cand_logits);
+    std::copy(trace_argmax_.begin(), trace_argmax_.end(), layer_argmax);
+    const int32_t chosen = argmax(0);
+    if (has_draft()) {
+        next_cands_ = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
+    }
+    return chosen;
+}
+
 int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full) {
     const hparams & hp = model_.hp;
     if (heads_ == nullptr) {

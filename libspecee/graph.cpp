@@ -185,6 +185,14 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     const int  last_only_from = last_only ? hp.n_layer - 1 : -1;
     int64_t    n_rows = n;
 
+    ggml_tensor * cand_rows = nullptr;  // [n_embd, n_cand] lm_head rows of the candidates
+    if (plan.n_cand > 0) {
+        g.cand_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, plan.n_cand);
+        ggml_set_name(g.cand_ids, "inp_cand_ids");
+        ggml_set_input(g.cand_ids);
+        cand_rows = ggml_get_rows(ctx0, m.output, g.cand_ids);
+    }
+
     // ---- layers ----
     if (plan.fill_kv) {
         // K/V for layers an early exit skipped, from the exit hidden state
@@ -217,6 +225,20 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
         cur = feed_forward(ctx0, L, cur);
         x   = ggml_add(ctx0, x, cur);
+
+        if (plan.trace) {
+            // training data for the exit predictors (ref: SpecEE sec. 4.3):
+            // what a check after this layer would see, and what it would pick
+            ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);  // [n_embd, 1]
+            ggml_tensor * c = ggml_mul_mat(ctx0, cand_rows, h);              // [n_cand, 1]
+            ggml_tensor * a = ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output, h));  // [1] I32
+            for (ggml_tensor * t : {c, a}) {
+                ggml_set_output(t);
+                ggml_build_forward_expand(g.gf, t);
+            }
+            g.trace_cand.push_back(c);
+            g.trace_argmax.push_back(a);
+        }
     }
     if (plan.hidden_layer == plan.layer_end) {
         keep_hidden(x);
@@ -226,15 +248,11 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     }
 
     // ---- output ----
-    if (plan.n_cand > 0) {
+    if (plan.n_cand > 0 && !plan.trace) {
         // early-exit features: final_norm(h) . lm_head rows of the candidates
         // ref: SpecEE sec. 4 (predictor inputs); only the last token's row
-        g.cand_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, plan.n_cand);
-        ggml_set_name(g.cand_ids, "inp_cand_ids");
-        ggml_set_input(g.cand_ids);
-        ggml_tensor * h    = rms_norm(ctx0, n_rows > 1 ? last_column(ctx0, x) : x, m.output_norm, hp.rms_eps);
-        ggml_tensor * rows = ggml_get_rows(ctx0, m.output, g.cand_ids);   // [n_embd, n_cand]
-        g.cand_logits = ggml_mul_mat(ctx0, rows, h);                      // [n_cand, 1]
+        ggml_tensor * h = rms_norm(ctx0, n_rows > 1 ? last_column(ctx0, x) : x, m.output_norm, hp.rms_eps);
+        g.cand_logits = ggml_mul_mat(ctx0, cand_rows, h);                 // [n_cand, 1]
         ggml_set_name(g.cand_logits, "cand_logits");
         ggml_set_output(g.cand_logits);
         ggml_build_forward_expand(g.gf, g.cand_logits);

@@ -26,6 +26,7 @@ struct forward_plan {
     int      hidden_layer = -1;     // keep the hidden state after this many layers, -1: none
     bool     hidden_norm  = false;  // ... passed through the final RMSNorm
     int      n_cand       = 0;      // > 0: logits of these candidate tokens at layer_end (last token)
+    bool     trace        = false;  // after every layer: candidate logits and the full-vocabulary argmax
     bool     fill_kv      = false;  // only write K/V of layers [layer_begin, layer_end), all projected
                                     // from `state` (the hidden state an early exit stopped at)
 
@@ -35,7 +36,7 @@ struct forward_plan {
         return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
                layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
                hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand &&
-               fill_kv == o.fill_kv;
+               fill_kv == o.fill_kv && trace == o.trace;
     }
 };
 
@@ -62,6 +63,8 @@ struct forward_graph {
     ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]
     ggml_tensor * hidden = nullptr;             // [n_embd, n_tokens]
     ggml_tensor * cand_logits = nullptr;        // [n_cand, 1]
+    std::vector<ggml_tensor *> trace_cand;      // per layer: [n_cand, 1] candidate logits after it
+    std::vector<ggml_tensor *> trace_argmax;    // per layer: [1] I32 full-vocabulary argmax after it
 };
 
 // Builds the graph into `ctx0` (a no_alloc context). `state` is the

@@ -226,3 +226,28 @@ def test_bad_calls_leave_the_context_usable(tiny6, tmp_path):
         with pytest.raises(Exception, match="context is full"):
             ctx.decode_with_candidates(1, [1, 2, 3, 4])
         assert ctx.n_past == 8
+
+
+def test_trace_step_records_every_layer(tiny6, tmp_path):
+    """The predictors' training data: per layer, the candidates' logits and
+    the full-vocabulary argmax, against the numpy reference."""
+    ref = Reference(tiny6)
+    ref.forward(PROMPT)
+    with Model(tiny6) as m, m.context(n_ctx=64) as ctx:
+        ctx.prefill(PROMPT)
+        token = ctx.argmax()
+        cands = [token, 3, 4, 5] if token not in (3, 4, 5) else [3, 4, 5, 6]
+        step, cand_logits, layer_argmax = ctx.trace_step(token, cands)
+        assert cand_logits.shape == (6, 4) and layer_argmax.shape == (6,)
+        for layer in range(6):
+            ref_l = Reference(tiny6)
+            ref_l.forward(PROMPT)
+            _, h = ref_l.step(token, keep_hidden=layer + 1, final_norm=True)
+            want = ref.out @ h
+            np.testing.assert_allclose(cand_logits[layer], want[cands], rtol=0, atol=2e-3 * np.abs(want).max())
+            assert layer_argmax[layer] == int(np.argmax(want))
+        assert step.token == layer_argmax[-1]
+        with m.context(n_ctx=64) as plain:
+            plain.prefill(PROMPT)
+            assert step.token == plain.decode(token)
+        assert ctx.n_past == len(PROMPT) + 1 and all(ctx.cell_valid(layer, len(PROMPT)) for layer in range(6))

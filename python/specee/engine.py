@@ -334,6 +334,20 @@ class Context(_Handle):
                                                       len(cands), out))
         return Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
 
+    def trace_step(self, token: int, candidates: Sequence[int]) -> tuple[Step, np.ndarray, np.ndarray]:
+        """A full-depth step that also returns, after every layer, the
+        candidates' logits [n_layer, k] and the full-vocabulary argmax [n_layer]."""
+        cands = _token_array(candidates)
+        n_layer = self.model.n_layer
+        cand_logits = np.zeros((n_layer, len(cands)), dtype=np.float32)
+        layer_argmax = np.zeros(n_layer, dtype=np.int32)
+        out = ffi.new("struct specee_step *")
+        self._check(lib.specee_trace_step(self.ptr, int(token), ffi.from_buffer("int32_t[]", cands), len(cands),
+                                          ffi.from_buffer("float[]", cand_logits),
+                                          ffi.from_buffer("int32_t[]", layer_argmax), out))
+        step = Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
+        return step, cand_logits, layer_argmax
+
     def draft_sync(self, next_token: int) -> list[int]:
         """Runs the draft head over the prompt (or whatever it has not seen),
         ending with `next_token`; returns its candidates for the token after."""
