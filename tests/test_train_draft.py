@@ -1,0 +1,77 @@
+"""Draft-head training on the tiny model: features from libspecee, torch
+training, and the trained head running inside libspecee exactly as in torch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from specee.engine import Heads, Model  # noqa: E402
+from specee.heads_file import constant_predictor, write_heads  # noqa: E402
+from specee.train.draft import DraftConfig, DraftNet, read_target, train_draft  # noqa: E402
+from specee.train.features import extract_features, load_features  # noqa: E402
+
+
+def corpus(n_vocab: int, n: int = 24, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [list(rng.integers(3, n_vocab, int(rng.integers(12, 40)))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_factory):
+    return tiny_model_factory(arch="qwen2", n_layer=3, tied=False, seed=9)
+
+
+def test_features_are_the_final_normed_hidden_states_and_resume(tiny, tmp_path):
+    seqs = corpus(300)
+    fs = extract_features(tiny, seqs[:10], tmp_path / "f", progress=False)
+    assert len(fs) == 10 and fs.features.shape == (sum(len(s) for s in seqs[:10]), 256)
+    fs = extract_features(tiny, seqs, tmp_path / "f", progress=False)  # resumes after 10
+    assert len(fs) == len(seqs)
+    with Model(tiny) as m, m.context(n_ctx=64) as ctx:
+        ctx.set_hidden_output(m.n_layer, final_norm=True)
+        ctx.prefill(seqs[13])
+        tokens, feats = load_features(tmp_path / "f").sequence(13)
+        assert tokens.tolist() == seqs[13]
+        np.testing.assert_allclose(feats, ctx.hidden(), rtol=0, atol=2e-2)
+
+
+def test_trained_draft_runs_in_libspecee_as_in_torch(tiny, tmp_path):
+    seqs = corpus(300, n=30)
+    fs = extract_features(tiny, seqs, tmp_path / "f", progress=False)
+    cfg = DraftConfig(steps=30, seq_len=32, batch=4, checkpoint_every=15, draft_vocab=64, n_ff=128)
+    draft, metrics = train_draft(tiny, fs, tmp_path / "d", cfg, progress=False)
+    log = (tmp_path / "d" / "draft_log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and 0 <= metrics["top1"] <= metrics["top4"] <= 1
+    first, last = (json.loads(line) for line in (log[0], log[-1]))
+    assert last["loss"] < first["loss"] * 1.5  # it trains (tiny data: no strict bound)
+
+    # the same weights in torch and in libspecee give the same candidates
+    info, embd, out = read_target(tiny)
+    net = DraftNet(info, 128, embd)
+    sd = net.state_dict()
+    sd.update({"fc.weight": torch.from_numpy(draft.fc), "fc.bias": torch.from_numpy(draft.fc_bias)})
+    names = {"attn_norm": "attn_norm.weight", "attn_q": "q.weight", "attn_k": "k.weight", "attn_v": "v.weight",
+             "attn_output": "o.weight", "ffn_norm": "ffn_norm.weight", "ffn_gate": "gate.weight",
+             "ffn_up": "up.weight", "ffn_down": "down.weight", "attn_q_bias": "q.bias", "attn_k_bias": "k.bias",
+             "attn_v_bias": "v.bias"}
+    for k, v in draft.layer.items():
+        sd[names[k]] = torch.from_numpy(v)
+    net.load_state_dict(sd)
+    with Model(tiny) as m:
+        write_heads(tmp_path / "h.gguf", m, {0: constant_predictor(-40.0)}, draft=draft, draft_dtype="f32")
+        with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            prompt = seqs[0][:10]
+            ctx.prefill(prompt)
+            feats = torch.from_numpy(ctx.hidden())
+            first = ctx.argmax()
+            cands = ctx.draft_sync(first)
+    with torch.no_grad():
+        pred = net(torch.tensor([prompt[1:] + [first]]), feats[None])[0, -1]
+        logits = torch.from_numpy(draft.output) @ pred
+    want = [int(draft.vocab[i]) for i in logits.topk(4).indices]
+    assert cands[0] == want[0] and set(cands) == set(want)
