@@ -75,3 +75,25 @@ def test_trained_draft_runs_in_libspecee_as_in_torch(tiny, tmp_path):
         logits = torch.from_numpy(draft.output) @ pred
     want = [int(draft.vocab[i]) for i in logits.topk(4).indices]
     assert cands[0] == want[0] and set(cands) == set(want)
+
+
+def test_train_all_end_to_end(tiny_model_factory, tmp_path):
+    """features -> draft -> traces -> predictors -> pack -> load -> decode, on the tiny model."""
+    from specee.early_exit import generate_specee
+    from specee.train.predictors import PredictorConfig
+    from specee.train.pipeline import train_all
+
+    path = tiny_model_factory(n_layer=4, tied=False, seed=21)
+    seqs = corpus(300, n=30, seed=1)
+    prompts = corpus(300, n=4, seed=2)
+    heads_path = train_all(path, tmp_path / "run", seqs, prompts,
+                           DraftConfig(steps=20, seq_len=32, batch=4, checkpoint_every=10, n_ff=128),
+                           PredictorConfig(hidden=16, epochs=3, n_offline=2), n_new=16, progress=False)
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["n_trace_tokens"] == 4 * 16 and len(record["predictors"]) == 3
+    assert 1 <= len(record["offline_layers"]) <= 2
+    with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
+        assert heads.has_draft
+        ctx.set_heads(heads)
+        result = generate_specee(ctx, prompts[0], 16, heads.n_candidates)
+    assert result.n_generated == 16 and len(result.extra["exit_layers"]) == 15

@@ -1,0 +1,173 @@
+"""Exit-predictor training (ref: SpecEE sec. 4.3; DESIGN.md sec. 2).
+
+1. Traces: full-depth greedy decoding driven by the trained draft head
+   (specee_trace_step): per token and layer, the candidates' logits there and
+   whether that layer's full-vocabulary argmax already equals the final token.
+2. One MLP per layer (3k -> hidden -> 1, BCE, Adam) on the 3k features the
+   library computes at inference (candidate logits, their softmax, its change
+   since the previous checked layer; in training every layer counts as checked).
+3. The offline schedule: the layers where the distribution of "first layer
+   whose argmax is the final token" puts its mass.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..engine import Heads, Model
+from ..heads_file import Predictor
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+# ---- traces -----------------------------------------------------------------------
+
+
+@dataclass
+class Traces:
+    cand_logits: np.ndarray   # [n_tokens, n_layer, k] float32
+    label: np.ndarray         # [n_tokens, n_layer] bool: layer argmax == final token
+    in_cands: np.ndarray      # [n_tokens, n_layer] bool: layer argmax is a candidate
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, cand_logits=self.cand_logits, label=self.label, in_cands=self.in_cands)
+
+    @classmethod
+    def load(cls, path: Path) -> "Traces":
+        z = np.load(path)
+        return cls(z["cand_logits"], z["label"], z["in_cands"])
+
+
+def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike, prompts: Sequence[Sequence[int]],
+                   n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True) -> Traces:
+    """Greedy continuations of `prompts` (not the evaluation sets!) with the
+    draft head of `heads_path` proposing the candidates."""
+    cl, lab, inc = [], [], []
+    with Model(model_path) as m, Heads(m, heads_path) as heads, \
+            Progress(len(prompts), desc="traces", unit="prompt", enabled=progress) as bar:
+        if not heads.has_draft:
+            raise ValueError(f"{heads_path} has no draft head to propose candidates")
+        for prompt in prompts:
+            prompt = list(prompt)[: n_ctx - n_new - 1]
+            with m.context(n_ctx=n_ctx, n_threads=n_threads) as ctx:
+                ctx.set_heads(heads)
+                ctx.prefill(prompt)
+                token = ctx.argmax()
+                cands = ctx.draft_sync(token)
+                for _ in range(n_new):
+                    step, logits, argmax = ctx.trace_step(token, cands)
+                    cl.append(logits)
+                    lab.append(argmax == step.token)
+                    inc.append(np.isin(argmax, cands))
+                    token, cands = step.token, step.next
+            bar.update(1)
+    return Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc))
+
+
+# ---- features (as libspecee's exit_policy.cpp computes them) ------------------------
+
+
+def layer_features(cand_logits: np.ndarray) -> np.ndarray:
+    """[n, n_layer, k] candidate logits -> [n, n_layer, 3k] predictor inputs,
+    every layer counted as checked (the previous checked layer = l - 1)."""
+    z = cand_logits - cand_logits.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    dp = p.copy()
+    dp[:, 1:] = p[:, 1:] - p[:, :-1]
+    return np.concatenate([cand_logits, p, dp], axis=-1).astype(np.float32)
+
+
+# ---- MLPs ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictorConfig:
+    hidden: int = 512          # ref: SpecEE 12 -> 512 -> 1
+    epochs: int = 100
+    batch: int = 1024
+    lr: float = 1e-3
+    heldout: float = 0.2       # ref: 80/20 split
+    threshold: float = 0.5
+    n_offline: int = 8         # layers in the offline schedule (ref: 8 of 32 for Llama-2-7B)
+    seed: int = 0
+
+
+def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predictor, dict]:
+    """One layer's MLP; metrics on the held-out part at cfg.threshold."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = len(x)
+    perm = torch.randperm(n, generator=g)
+    n_held = max(1, int(n * cfg.heldout))
+    held, train = perm[:n_held], perm[n_held:]
+    X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+    torch.manual_seed(cfg.seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], cfg.hidden), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    pos = float(Y[train].mean()) if len(train) else 0.5
+    for _ in range(cfg.epochs):
+        for i in range(0, len(train), cfg.batch):
+            b = train[i:i + cfg.batch]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X[b]).squeeze(-1), Y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        prob = torch.sigmoid(net(X[held]).squeeze(-1))
+    fire, truth = (prob > cfg.threshold), Y[held] > 0.5
+    tp = int((fire & truth).sum())
+    metrics = {"n_train": len(train), "n_heldout": n_held, "positive_rate": round(pos, 4),
+               "precision": round(tp / max(int(fire.sum()), 1), 4), "recall": round(tp / max(int(truth.sum()), 1), 4),
+               "fire_rate": round(float(fire.float().mean()), 4)}
+    w1, b1 = net[0].weight.detach().numpy(), net[0].bias.detach().numpy()
+    w2, b2 = net[2].weight.detach().numpy()[0], float(net[2].bias.detach().numpy()[0])
+    return Predictor(w1.copy(), b1.copy(), w2.copy(), b2), metrics
+
+
+def first_exit_layers(t: Traces) -> np.ndarray:
+    """Per token: the first layer whose argmax equals the final token and is
+    a candidate (where an exit could happen), or n_layer - 1."""
+    ok = t.label & t.in_cands
+    ok[:, -1] = True
+    return ok.argmax(-1)
+
+
+def choose_offline_layers(t: Traces, n: int) -> list[int]:
+    """The n layers (never the last) where the most tokens could first exit."""
+    n_layer = t.label.shape[1]
+    counts = np.bincount(first_exit_layers(t), minlength=n_layer)[: n_layer - 1]
+    best = np.argsort(-counts, kind="stable")[:n]
+    return sorted(int(l) for l in best if counts[l] > 0) or [n_layer - 2]
+
+
+def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
+                     progress: bool = True) -> tuple[dict[int, Predictor], list[int], dict]:
+    """Predictors for every layer but the last, the offline schedule, and
+    per-layer metrics."""
+    x = layer_features(t.cand_logits)
+    n_layer = x.shape[1]
+    preds, report = {}, {}
+    with Progress(n_layer - 1, desc="predictors", unit="layer", enabled=progress) as bar:
+        for l in range(n_layer - 1):
+            preds[l], report[l] = train_one(x[:, l], t.label[:, l], cfg)
+            bar.update(1)
+    offline = choose_offline_layers(t, cfg.n_offline)
+    log.info("offline layers %s", offline)
+    return preds, offline, report
+
+
+def write_report(path: Path, report: dict, offline: list[int], t: Traces) -> None:
+    fel = first_exit_layers(t)
+    path.write_text(json.dumps({
+        "offline_layers": offline,
+        "first_exit_layer_histogram": np.bincount(fel, minlength=t.label.shape[1]).tolist(),
+        "per_layer": {str(k): v for k, v in report.items()},
+    }, indent=1))
