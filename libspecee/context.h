@@ -143,6 +143,8 @@ private:
 
     // early exit
     int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
+    // checks a step's token and candidates, catches the draft up, clears outputs
+    void    begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand);
     const heads            * heads_ = nullptr;
     std::set<int32_t>        predictor_layers_;
     exit_params              exit_;

@@ -58,26 +58,34 @@ int32_t context::logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & 
     return am;
 }
 
-int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
-                            int32_t * layer_argmax) {
-    const hparams & hp = model_.hp;
+void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand) {
     check_tokens(&token, 1);
-    if (cands == nullptr || n_cand < 1 || n_cand > 8 || cand_logits == nullptr || layer_argmax == nullptr) {
-        fail(SPECEE_STATUS_INVALID_ARGUMENT, "trace_step needs 1-8 candidates and output arrays");
+    if (cands == nullptr || n_cand < 1 || n_cand > SPECEE_MAX_CANDIDATES) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "1 to %d candidates are needed, not %d", SPECEE_MAX_CANDIDATES, n_cand);
     }
     for (int32_t i = 0; i < n_cand; i++) {
-        if (cands[i] < 0 || cands[i] >= hp.n_vocab) {
-            fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidate %d is outside the vocabulary [0, %d)", cands[i], hp.n_vocab);
+        if (cands[i] < 0 || cands[i] >= model_.hp.n_vocab) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidate %d is outside the vocabulary [0, %d)", cands[i],
+                 model_.hp.n_vocab);
         }
     }
     if (has_draft() && !pending_tokens_.empty()) {
-        draft_sync(token);
+        draft_sync(token);  // catch the draft up; this step's candidates are the caller's
     }
     logits_.clear();
     hidden_.clear();
     n_outputs_ = 0;
     n_hidden_  = 0;
     next_cands_.clear();
+}
+
+int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
+                            int32_t * layer_argmax) {
+    const hparams & hp = model_.hp;
+    if (cand_logits == nullptr || layer_argmax == nullptr) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "trace_step needs its output arrays");
+    }
+    begin_candidate_step(token, cands, n_cand);
     const uint32_t pos = kv_.n_past();
     forward_plan plan;
     plan.pos          = pos;
@@ -114,24 +122,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "%d candidates given; the heads were trained for %d", n_cand,
              heads_->n_cand);
     }
-    check_tokens(&token, 1);
-    if (cands == nullptr) {
-        fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidates must not be NULL");
-    }
-    for (int32_t i = 0; i < n_cand; i++) {
-        if (cands[i] < 0 || cands[i] >= hp.n_vocab) {
-            fail(SPECEE_STATUS_INVALID_ARGUMENT, "candidate %d is outside the vocabulary [0, %d)", cands[i], hp.n_vocab);
-        }
-    }
-
-    if (has_draft() && !pending_tokens_.empty()) {
-        draft_sync(token);  // catch the draft up; this step's candidates are the caller's
-    }
-    logits_.clear();
-    hidden_.clear();
-    n_outputs_ = 0;
-    n_hidden_  = 0;
-    next_cands_.clear();
+    begin_candidate_step(token, cands, n_cand);
     const uint32_t pos = kv_.n_past();
     const int feature_layer_none = -1;
 

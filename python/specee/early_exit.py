@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from .engine import Context, InvalidArgumentError
-from .generate import GenerationResult, pick
+from .generate import GenerationResult, pick, why_stop
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,8 @@ def generate_specee(
         t_draft += time.perf_counter() - td
     if on_token:
         on_token(token)
-    stop_reason, steps = "length", 0
-    while True:
-        if token in stop:
-            stop_reason = "eos"
-            break
-        if len(tokens) >= max_tokens:
-            break
-        if ctx.n_past >= ctx.n_ctx:
-            stop_reason = "context"
-            break
+    steps = 0
+    while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
         if use_draft:
             cands = next_cands
         else:

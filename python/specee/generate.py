@@ -73,6 +73,17 @@ def decode_one_token(ctx: Context, token: int, sampler: Sampler) -> int:
     return greedy_next if sampler.greedy else sampler.sample(ctx.logits())
 
 
+def why_stop(ctx: Context, token: int, tokens: list, stop: frozenset, max_tokens: int) -> Optional[str]:
+    """Why generation ends after `token` ("eos", "length", "context"), or None."""
+    if token in stop:
+        return "eos"
+    if len(tokens) >= max_tokens:
+        return "length"
+    if ctx.n_past >= ctx.n_ctx:
+        return "context"
+    return None
+
+
 def generate(
     ctx: Context,
     prompt: Sequence[int],
@@ -101,17 +112,8 @@ def generate(
     if on_token:
         on_token(token)
 
-    stop_reason = "length"
     steps = 0
-    while True:
-        if token in stop:
-            stop_reason = "eos"
-            break
-        if len(tokens) >= max_tokens:
-            break
-        if ctx.n_past >= ctx.n_ctx:
-            stop_reason = "context"
-            break
+    while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
         token = decode_one_token(ctx, token, sampler)
         steps += 1
         tokens.append(token)
