@@ -29,11 +29,21 @@ from specee.tokenizer import Tokenizer
 HERE = Path(__file__).parent
 
 
-def tokenize_prompts(model_path: Path) -> list[tuple[str, list[int]]]:
+def prompt_set(name: str, limit: int | None) -> list[tuple[str, str, bool]]:
+    """(name, text, chat) triples: the ten varied bench prompts, or MT-Bench
+    first turns as chat prompts."""
+    if name == "bench":
+        return PROMPTS[:limit]
+    from specee.datasets import load_mtbench
+
+    return [(f"mtbench-{q.question_id}", q.turns[0], True) for q in load_mtbench(limit=limit)]
+
+
+def tokenize_prompts(model_path: Path, prompts=PROMPTS) -> list[tuple[str, list[int]]]:
     tok = Tokenizer.from_gguf(model_path)
     template = None
     out = []
-    for name, text, chat in PROMPTS:
+    for name, text, chat in prompts:
         if chat:
             template = template or read_chat_template(model_path)
             text = render_chat(template, [{"role": "user", "content": text}], add_generation_prompt=True)
@@ -63,8 +73,8 @@ class Worker:
             raise SystemExit(f"worker exited with {self.proc.wait()}")
         return json.loads(line)
 
-    def decode(self, prompt: list[int], n_predict: int) -> dict:
-        return self._send({"prompt": prompt, "n_predict": n_predict})
+    def decode(self, prompt: list[int], n_predict: int, teacher_forced: bool = False) -> dict:
+        return self._send({"prompt": prompt, "n_predict": n_predict, "teacher_forced": teacher_forced})
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -97,11 +107,14 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIBSPECEE",
                     help="also run another libspecee build (e.g. source=build-src/libspecee.so)")
     ap.add_argument("--heads", help="also run specee with early exit using this head file (engine specee-exit)")
+    ap.add_argument("--prompt-set", choices=["bench", "mtbench"], default="bench",
+                    help="bench/prompts.py (default) or MT-Bench first turns")
+    ap.add_argument("--limit", type=int, help="use the first N prompts of the set")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
     model_path = str(fetch_model(args.model))
-    named = tokenize_prompts(Path(model_path))
+    named = tokenize_prompts(Path(model_path), prompt_set(args.prompt_set, args.limit))
     engines = {"specee": ("specee", None, None), "llama_cpp": ("llama_cpp", None, None)}
     for v in args.variant:
         name, _, lib = v.partition("=")
@@ -137,6 +150,11 @@ def main() -> None:
                     paired[name].append(speed[name] / speed["llama_cpp"])
             line = ", ".join(f"{name} {n_tokens[name] / decode_s[name]:.1f} tok/s" for name in engines)
             print(f"after round {r + 1}: {line}", flush=True)
+        if args.heads:
+            # fidelity of early exit, teacher-forced (its own pass: it runs every layer)
+            tf = [workers["specee-exit"].decode(ids, args.n_predict, teacher_forced=True) for _, ids in named]
+            exit_totals["tf_agree"] = sum(t["agree"] for t in tf)
+            exit_totals["tf_steps"] = sum(t["steps"] for t in tf)
     finally:
         for w in workers.values():
             w.close()
@@ -169,11 +187,19 @@ def main() -> None:
         summary["specee_exit"] = {
             "mean_exit_layer": exit_totals["sum_exit_layers"] / steps, "exit_ratio": exit_totals["n_exits"] / steps,
             "false_exit_checks": exit_totals["n_false_fires"], "draft_top1": exit_totals["n_draft_top1"] / steps,
-            "draft_topk": exit_totals["n_draft_topk"] / steps}
+            "draft_topk": exit_totals["n_draft_topk"] / steps,
+            "teacher_forced_agreement": exit_totals["tf_agree"] / max(exit_totals["tf_steps"], 1)}
         x = summary["specee_exit"]
+        vanilla = [first_divergence(a[:n], b[:n]) for a, b in zip(tokens["specee-exit"], tokens["specee"])]
+        x["identical_to_vanilla"] = sum(d >= n for d in vanilla)
         print(f"  specee-exit: mean exit layer {x['mean_exit_layer']:.2f}, exit ratio {x['exit_ratio']:.3f}, "
-              f"draft top-1 {x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}; sequence agreement with llama.cpp "
-              f"above (first divergence); teacher-forced agreement needs the full-depth pass (issue 5)")
+              f"false exit checks {x['false_exit_checks']}, draft top-1 {x['draft_top1']:.3f} / top-k "
+              f"{x['draft_topk']:.3f}; teacher-forced agreement with full depth {x['teacher_forced_agreement']:.4f}; "
+              f"{x['identical_to_vanilla']}/{len(named)} outputs identical to specee vanilla for {n} tokens "
+              f"(first divergence: {' '.join(str(d) if d < n else '=' for d in vanilla)})")
+        summary["specee_exit_vs_vanilla_median_ratio"] = statistics.median(
+            [a / b for a, b in zip(paired["specee-exit"], paired["specee"])])
+        print(f"  specee-exit / specee vanilla: median ratio {summary['specee_exit_vs_vanilla_median_ratio']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

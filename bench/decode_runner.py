@@ -83,6 +83,26 @@ def specee_exit_decoder(model, ctx, heads) -> Decoder:
         out["exit_stats"] = ctx.exit_stats()
         return out
 
+    def teacher_forced(prompt: list, n: int) -> dict:
+        """Fidelity (DESIGN.md sec. 5): at every step of full-depth greedy
+        decoding, does early exit pick the same token for the same prefix?"""
+        ctx.truncate(0)
+        ctx.set_exit_params(full_depth=True)
+        ctx.prefill(prompt)
+        token = ctx.argmax()
+        history = list(prompt) + [token]
+        cands = ctx.draft_sync(token) if heads.has_draft else lookup.candidates(history, heads.n_candidates)
+        agree = 0
+        for _ in range(n - 1):
+            s = ctx.decode_with_candidates(token, cands)
+            agree += s.token == s.full_token
+            token = s.full_token  # the full model's token continues the sequence
+            history.append(token)
+            cands = s.next if heads.has_draft else lookup.candidates(history, heads.n_candidates)
+        ctx.set_exit_params(full_depth=False)
+        return {"agree": agree, "steps": n - 1}
+
+    decode.teacher_forced = teacher_forced
     return decode
 
 
@@ -120,7 +140,8 @@ def main() -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        print(json.dumps(decode(request["prompt"], request["n_predict"])), flush=True)
+        run = decode.teacher_forced if request.get("teacher_forced") else decode
+        print(json.dumps(run(request["prompt"], request["n_predict"])), flush=True)
 
 
 if __name__ == "__main__":
