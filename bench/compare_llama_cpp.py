@@ -57,13 +57,14 @@ class Worker:
     """A decode_runner.py process holding one loaded engine."""
 
     def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None,
-                 heads: str | None = None):
+                 heads: str | None = None, threshold: float | None = None):
         env = dict(os.environ)
         if library:
             env["SPECEE_LIBRARY"] = library  # another build of libspecee
         self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
-        self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads})
+        self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads,
+                    "threshold": threshold})
 
     def _send(self, obj: dict) -> dict:
         self.proc.stdin.write(json.dumps(obj) + "\n")
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIBSPECEE",
                     help="also run another libspecee build (e.g. source=build-src/libspecee.so)")
     ap.add_argument("--heads", help="also run specee with early exit using this head file (engine specee-exit)")
+    ap.add_argument("--threshold", type=float, help="predictor threshold for specee-exit (default: the head file's)")
     ap.add_argument("--prompt-set", choices=["bench", "mtbench"], default="bench",
                     help="bench/prompts.py (default) or MT-Bench first turns")
     ap.add_argument("--limit", type=int, help="use the first N prompts of the set")
@@ -121,7 +123,7 @@ def main() -> None:
         engines[f"specee-{name}"] = ("specee", lib, None)
     if args.heads:
         engines["specee-exit"] = ("specee", None, args.heads)
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads)
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, args.threshold)
                for name, (eng, lib, heads) in engines.items()}
     exit_totals: dict[str, int] = {}
 

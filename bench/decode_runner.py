@@ -38,7 +38,10 @@ def specee_decoder(job: dict) -> Decoder:
     model = Model(job["model"])
     ctx = model.context(n_ctx=job["n_ctx"], n_threads=job["threads"])
     if job.get("heads"):
-        return specee_exit_decoder(model, ctx, Heads(model, job["heads"]))
+        decode = specee_exit_decoder(model, ctx, Heads(model, job["heads"]))
+        if job.get("threshold") is not None:
+            ctx.set_exit_params(threshold=job["threshold"])
+        return decode
 
     def prefill(prompt: list) -> int:
         ctx.truncate(0)
