@@ -57,14 +57,14 @@ class Worker:
     """A decode_runner.py process holding one loaded engine."""
 
     def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None,
-                 heads: str | None = None, threshold: float | None = None):
+                 heads: str | None = None, threshold: float | None = None, fill_kv: bool = False):
         env = dict(os.environ)
         if library:
             env["SPECEE_LIBRARY"] = library  # another build of libspecee
         self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads,
-                    "threshold": threshold})
+                    "threshold": threshold, "fill_kv": fill_kv})
 
     def _send(self, obj: dict) -> dict:
         self.proc.stdin.write(json.dumps(obj) + "\n")
@@ -109,6 +109,8 @@ def main() -> None:
                     help="also run another libspecee build (e.g. source=build-src/libspecee.so)")
     ap.add_argument("--heads", help="also run specee with early exit using this head file (engine specee-exit)")
     ap.add_argument("--threshold", type=float, help="predictor threshold for specee-exit (default: the head file's)")
+    ap.add_argument("--fill-kv", action="store_true",
+                    help="specee-exit fills skipped layers' K/V from the exit hidden state (default: masks them)")
     ap.add_argument("--prompt-set", choices=["bench", "mtbench"], default="bench",
                     help="bench/prompts.py (default) or MT-Bench first turns")
     ap.add_argument("--limit", type=int, help="use the first N prompts of the set")
@@ -123,7 +125,7 @@ def main() -> None:
         engines[f"specee-{name}"] = ("specee", lib, None)
     if args.heads:
         engines["specee-exit"] = ("specee", None, args.heads)
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, args.threshold)
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, args.threshold, args.fill_kv)
                for name, (eng, lib, heads) in engines.items()}
     exit_totals: dict[str, int] = {}
 

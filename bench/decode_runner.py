@@ -41,6 +41,7 @@ def specee_decoder(job: dict) -> Decoder:
         decode = specee_exit_decoder(model, ctx, Heads(model, job["heads"]))
         if job.get("threshold") is not None:
             ctx.set_exit_params(threshold=job["threshold"])
+        ctx.set_exit_params(fill_kv=bool(job.get("fill_kv")))
         return decode
 
     def prefill(prompt: list) -> int:
@@ -90,7 +91,7 @@ def specee_exit_decoder(model, ctx, heads) -> Decoder:
         """Fidelity (DESIGN.md sec. 5): at every step of full-depth greedy
         decoding, does early exit pick the same token for the same prefix?"""
         ctx.truncate(0)
-        ctx.set_exit_params(full_depth=True)
+        ctx.set_exit_params(full_depth=True)  # (every layer computed: fill_kv has nothing to fill)
         ctx.prefill(prompt)
         token = ctx.argmax()
         history = list(prompt) + [token]
