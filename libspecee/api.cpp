@@ -268,27 +268,25 @@ enum specee_status specee_set_heads(struct specee_context * ctx, const struct sp
     return on_context(ctx, [&](specee::context & c) { c.set_heads(heads); });
 }
 
-struct specee_exit_params specee_exit_default_params(void) {
-    const specee::context::exit_params d;
+static specee_exit_params to_c(const specee::context::exit_params & e) {
     specee_exit_params p;
-    p.threshold   = d.threshold;
-    p.use_offline = d.use_offline;
-    p.use_online  = d.use_online;
-    p.full_depth  = d.full_depth;
-    p.fill_kv     = d.fill_kv;
+    p.threshold   = e.threshold;
+    p.use_offline = e.use_offline;
+    p.use_online  = e.use_online;
+    p.full_depth  = e.full_depth;
+    p.fill_kv     = e.fill_kv;
     return p;
+}
+
+struct specee_exit_params specee_exit_default_params(void) {
+    return to_c(specee::context::exit_params());
 }
 
 enum specee_status specee_get_exit_params(const struct specee_context * ctx, struct specee_exit_params * out) {
     if (ctx == nullptr || out == nullptr) {
         return SPECEE_STATUS_INVALID_ARGUMENT;
     }
-    const auto & e = ctx->get_exit_params();
-    out->threshold   = e.threshold;
-    out->use_offline = e.use_offline;
-    out->use_online  = e.use_online;
-    out->full_depth  = e.full_depth;
-    out->fill_kv     = e.fill_kv;
+    *out = to_c(ctx->get_exit_params());
     return SPECEE_STATUS_OK;
 }
 

@@ -145,6 +145,9 @@ private:
     int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
     // checks a step's token and candidates, catches the draft up, clears outputs
     void    begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand);
+    // runs layers [from, to) from the saved state (none if from == to) and
+    // keeps the last token's logits and, with a draft head, its feature
+    void    run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to);
     const heads            * heads_ = nullptr;
     std::set<int32_t>        predictor_layers_;
     exit_params              exit_;

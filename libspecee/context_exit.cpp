@@ -79,6 +79,22 @@ void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t
     next_cands_.clear();
 }
 
+void context::run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to) {
+    plan.layer_begin  = from;
+    plan.layer_end    = to;
+    plan.save_state   = false;
+    plan.n_logits     = 1;
+    plan.n_cand       = 0;
+    plan.hidden_layer = has_draft() ? to : -1;  // the draft head's feature
+    plan.hidden_norm  = true;
+    logits_.clear();
+    hidden_.clear();
+    n_outputs_ = 0;
+    n_hidden_  = 0;
+    run(&token, plan);
+    plan.hidden_layer = -1;
+}
+
 int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
                             int32_t * layer_argmax) {
     const hparams & hp = model_.hp;
@@ -124,7 +140,6 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     }
     begin_candidate_step(token, cands, n_cand);
     const uint32_t pos = kv_.n_past();
-    const int feature_layer_none = -1;
 
     forward_plan plan;
     plan.pos      = pos;
@@ -157,19 +172,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             }
             stats_.n_fires++;
             // the full-vocabulary logits at this layer decide (ref: SpecEE sec. 4.2)
-            plan.layer_begin  = done;
-            plan.layer_end    = done;
-            plan.save_state   = false;
-            plan.n_logits     = 1;
-            plan.n_cand       = 0;
-            plan.hidden_layer = has_draft() ? done : feature_layer_none;  // the draft's feature
-            plan.hidden_norm  = true;
-            logits_.clear();
-            hidden_.clear();
-            n_outputs_ = 0;
-            n_hidden_  = 0;
-            run(&token, plan);
-            plan.hidden_layer = feature_layer_none;
+            run_to_output(token, plan, done, done);
             bool hit = false;
             const int32_t am = logits_argmax_in(cands, n_cand, hit);
             if (hit) {
@@ -181,27 +184,13 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         }
         if (chosen < 0 || exit_.full_depth) {
             // the rest of the layers: the normal path, or the debug reference
-            std::vector<float> exit_logits;
+            std::vector<float> exit_logits, exit_features;
             if (chosen >= 0) {
                 exit_logits.swap(logits_);
-            }
-            std::vector<float> exit_features;
-            if (chosen >= 0) {
                 exit_features.swap(hidden_);
             }
-            plan.layer_begin  = done;
-            plan.layer_end    = hp.n_layer;
-            plan.save_state   = false;
-            plan.n_logits     = 1;
-            plan.n_cand       = 0;
-            plan.hidden_layer = has_draft() ? hp.n_layer : feature_layer_none;
-            plan.hidden_norm  = true;
-            logits_.clear();
-            hidden_.clear();
-            n_outputs_ = 0;
-            n_hidden_  = 0;
-            run(&token, plan);
-            if (chosen >= 0 && has_draft()) {
+            run_to_output(token, plan, done, hp.n_layer);
+            if (chosen >= 0) {
                 hidden_.swap(exit_features);  // the draft follows the token that was chosen
             }
             const int32_t full = argmax(0);

@@ -35,16 +35,8 @@ float exit_predictor::operator()(const float * x) const {
 
 namespace {
 
-// An F32 tensor of the head file with exactly the shape `ne`, as floats.
-std::vector<float> read_f32(ggml_context * data, const std::string & name, std::initializer_list<int64_t> ne) {
-    ggml_tensor * t = ggml_get_tensor(data, name.c_str());
-    if (t == nullptr) {
-        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s is missing", name.c_str());
-    }
-    if (t->type != GGML_TYPE_F32) {
-        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has type %s, expected F32", name.c_str(),
-             ggml_type_name(t->type));
-    }
+// Fails unless `t` has exactly the dimensions `ne` (the rest 1).
+void check_shape(const ggml_tensor * t, const std::string & name, std::initializer_list<int64_t> ne) {
     int d = 0;
     for (int64_t n : ne) {
         if (t->ne[d++] != n) {
@@ -56,6 +48,19 @@ std::vector<float> read_f32(ggml_context * data, const std::string & name, std::
             fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has the wrong shape", name.c_str());
         }
     }
+}
+
+// An F32 tensor of the head file with exactly the shape `ne`, as floats.
+std::vector<float> read_f32(ggml_context * data, const std::string & name, std::initializer_list<int64_t> ne) {
+    ggml_tensor * t = ggml_get_tensor(data, name.c_str());
+    if (t == nullptr) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s is missing", name.c_str());
+    }
+    if (t->type != GGML_TYPE_F32) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head file: tensor %s has type %s, expected F32", name.c_str(),
+             ggml_type_name(t->type));
+    }
+    check_shape(t, name, ne);
     std::vector<float> v(size_t(ggml_nelements(t)));
     std::memcpy(v.data(), t->data, v.size() * sizeof(float));
     for (float f : v) {
@@ -88,17 +93,7 @@ ggml_tensor * draft_tensor(ggml_context * data, const std::string & name, std::i
         }
         return nullptr;
     }
-    int d = 0;
-    for (int64_t n : ne) {
-        if (t->ne[d++] != n) {
-            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has the wrong shape", name.c_str());
-        }
-    }
-    for (; d < GGML_MAX_DIMS; d++) {
-        if (t->ne[d] != 1) {
-            fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has the wrong shape", name.c_str());
-        }
-    }
+    check_shape(t, name, ne);
     const bool vector = ne.size() == 1;
     if (vector ? t->type != GGML_TYPE_F32 : !(t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 ||
                                                t->type == GGML_TYPE_Q8_0)) {
