@@ -73,12 +73,14 @@ def main() -> None:
     ap.add_argument("--draft", action="store_true", help="also run a (random) draft head each step")
     ap.add_argument("--draft-ff", type=int, default=1536, help="the draft layer's FFN width")
     ap.add_argument("--draft-vocab", type=int, default=0, help="reduced draft vocabulary size (0: the full output)")
+    ap.add_argument("--draft-dtype", default="q8_0", choices=["f16", "q8_0", "f32"])
     args = ap.parse_args()
 
     with Model(fetch_model("smollm2-135m")) as m, tempfile.TemporaryDirectory() as tmp:
         layers = sorted({int(x) for x in np.linspace(m.n_layer // 3, m.n_layer - 2, args.checks)})
         draft = random_draft(m, args.draft_ff, args.draft_vocab) if args.draft else None
-        write_heads(Path(tmp) / "h.gguf", m, {l: never_firing() for l in layers}, exit_layers=layers, draft=draft)
+        write_heads(Path(tmp) / "h.gguf", m, {l: never_firing() for l in layers}, exit_layers=layers, draft=draft,
+                    draft_dtype=args.draft_dtype)
         heads = Heads(m, Path(tmp) / "h.gguf")
         # one context (one thread pool) for both, order flipped every round
         ctx = m.context(n_ctx=512, n_threads=args.threads)
@@ -89,7 +91,7 @@ def main() -> None:
                 (s if mode else v).append(per_token_ms(ctx, args.tokens, mode))
         perf = ctx.perf()
         vm, sm = statistics.median(v), statistics.median(s)
-        print(f"checked layers {layers}" + (f"; draft head (F16, n_ff {args.draft_ff}, "
+        print(f"checked layers {layers}" + (f"; draft head ({args.draft_dtype}, n_ff {args.draft_ff}, "
                                               f"{'output rows ' + str(args.draft_vocab) if args.draft_vocab else 'target output matrix'})"
                                               if args.draft else ""))
         print(f"vanilla {vm:.3f} ms/token, early exit never firing {sm:.3f} ms/token: overhead {sm - vm:+.3f} ms "

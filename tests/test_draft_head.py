@@ -1,8 +1,10 @@
 """The draft head inside libspecee against a numpy reference."""
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
+from gguf.quants import dequantize, quantize
 
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidArgumentError, Model
@@ -36,13 +38,18 @@ def tiny6(tiny_model_factory) -> str:
     return tiny_model_factory(n_layer=6, tied=False, seed=3)
 
 
-@pytest.mark.parametrize("reduced, attn_norm", [(None, True), (64, False)])
-def test_draft_candidates_match_reference(tiny6, tmp_path, reduced, attn_norm):
+@pytest.mark.parametrize("reduced, attn_norm, dtype", [(None, True, "f16"), (64, False, "f16"), (None, True, "q8_0")])
+def test_draft_candidates_match_reference(tiny6, tmp_path, reduced, attn_norm, dtype):
     ref = Reference(tiny6)
     draft = random_draft(ref, seed=11, reduced=reduced, attn_norm=attn_norm)
-    dref = DraftReference(ref, draft.tensors())
+    tensors = draft.tensors()
+    if dtype == "q8_0":  # the reference computes with the weights as stored
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        tensors = {k: dequantize(quantize(v, q8), q8) if v.ndim == 2 else v for k, v in tensors.items()}
+    dref = DraftReference(ref, tensors)
     with Model(tiny6) as m:
-        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(5)}, draft=draft)
+        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(5)}, draft=draft,
+                    draft_dtype=dtype)
         with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
             assert heads.has_draft
             ctx.set_heads(heads)
@@ -66,8 +73,11 @@ def test_draft_candidates_match_reference(tiny6, tmp_path, reduced, attn_norm):
                 full_logits, feature = ref.step(token, keep_hidden=6, final_norm=True)
                 assert step.token == int(np.argmax(full_logits))
                 want = dref.top_k(dref.step(step.token, feature), 4)
-                # same top-1 and the same set: near-ties among the rest may swap (float32 vs float64)
-                assert step.next[0] == want[0] and set(step.next) == set(want)
+                # same top-1 and the same set: near-ties among the rest may swap (float32 vs float64);
+                # with Q8_0 weights ggml also rounds the activations to 8 bits, which may swap the
+                # 4th candidate with the 5th
+                assert step.next[0] == want[0]
+                assert len(set(step.next) & set(want)) >= (3 if dtype == "q8_0" else 4)
                 token, cands = step.token, step.next
 
 
@@ -122,7 +132,7 @@ def test_bad_draft_tensors_are_refused(tiny6, tmp_path):
             Heads(m, tmp_path / "bad.gguf")
         draft = random_draft(ref, seed=2)
         draft.layer["attn_q"] = draft.layer["attn_q"][:, :-1]
-        write_heads(tmp_path / "shape.gguf", m, {1: constant_predictor(0.0)}, draft=draft)
+        write_heads(tmp_path / "shape.gguf", m, {1: constant_predictor(0.0)}, draft=draft, draft_dtype="f32")
         with pytest.raises(Exception, match="wrong shape"):
             Heads(m, tmp_path / "shape.gguf")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import gguf
+from gguf.quants import quantize
 import numpy as np
 
 from .engine import Model
@@ -61,13 +62,13 @@ class DraftHead:
 
 def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
                 exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4,
-                draft: DraftHead | None = None, draft_dtype: str = "f16") -> None:
+                draft: DraftHead | None = None, draft_dtype: str = "q8_0") -> None:
     """Writes predictors (by layer index: checked after that layer) and an
     optional draft head for `model`; the draft's matrices are stored as
-    `draft_dtype` ("f16" or "f32"; vectors stay f32): every decode step reads
-    them, so their size is time."""
-    if draft_dtype not in ("f16", "f32"):
-        raise ValueError(f"draft_dtype must be 'f16' or 'f32', not {draft_dtype!r}")
+    `draft_dtype` ("f16", "q8_0" or "f32"; vectors stay f32): every decode
+    step reads them, so their size is time."""
+    if draft_dtype not in ("f16", "q8_0", "f32"):
+        raise ValueError(f"draft_dtype must be 'f16', 'q8_0' or 'f32', not {draft_dtype!r}")
     if not predictors:
         raise ValueError("at least one predictor is needed")
     hidden = {p.w1.shape[0] for p in predictors.values()}
@@ -96,12 +97,14 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
         for name, value in draft.tensors().items():
             value = np.asarray(value)
             if name == "draft.vocab":
-                dtype = np.int32
+                w.add_tensor(name, np.ascontiguousarray(value, dtype=np.int32))
+            elif value.ndim == 2 and draft_dtype == "q8_0":
+                q8 = gguf.GGMLQuantizationType.Q8_0
+                w.add_tensor(name, quantize(np.ascontiguousarray(value, dtype=np.float32), q8), raw_dtype=q8)
             elif value.ndim == 2 and draft_dtype == "f16":
-                dtype = np.float16
+                w.add_tensor(name, np.ascontiguousarray(value, dtype=np.float16))
             else:
-                dtype = np.float32
-            w.add_tensor(name, np.ascontiguousarray(value, dtype=dtype))
+                w.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
