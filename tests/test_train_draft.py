@@ -97,3 +97,17 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
         ctx.set_heads(heads)
         result = generate_specee(ctx, prompts[0], 16, heads.n_candidates)
     assert result.n_generated == 16 and len(result.extra["exit_layers"]) == 15
+
+
+def test_offline_layers_skip_predictors_that_never_fire():
+    from specee.train.predictors import Traces, choose_offline_layers
+
+    # 4 layers, k = 2; first possible exits: layer 0 for 5 tokens, layer 2 for 3, never layer 1
+    label = np.zeros((8, 4), bool)
+    label[:5, 0] = label[5:, 2] = True
+    label[:, 3] = True
+    t = Traces(np.zeros((8, 4, 2), np.float32), label, np.ones((8, 4), bool))
+    assert choose_offline_layers(t, 2) == [0, 2]
+    report = {0: {"fire_rate": 0.0, "precision": 0.0}, 1: {"fire_rate": 0.1, "precision": 0.9},
+              2: {"fire_rate": 0.2, "precision": 0.8}}
+    assert choose_offline_layers(t, 2, report) == [2]  # layer 0 would never fire; layer 1 sees no exits

@@ -140,10 +140,16 @@ def first_exit_layers(t: Traces) -> np.ndarray:
     return ok.argmax(-1)
 
 
-def choose_offline_layers(t: Traces, n: int) -> list[int]:
-    """The n layers (never the last) where the most tokens could first exit."""
+def choose_offline_layers(t: Traces, n: int, report: dict | None = None, min_precision: float = 0.5) -> list[int]:
+    """The n layers (never the last) where the most tokens could first exit,
+    among those whose predictor fires on held-out data with at least
+    `min_precision` (a check whose predictor never fires only costs time)."""
     n_layer = t.label.shape[1]
-    counts = np.bincount(first_exit_layers(t), minlength=n_layer)[: n_layer - 1]
+    counts = np.bincount(first_exit_layers(t), minlength=n_layer)[: n_layer - 1].astype(float)
+    if report is not None:
+        for l, r in report.items():
+            if r["fire_rate"] == 0 or r["precision"] < min_precision:
+                counts[int(l)] = 0
     best = np.argsort(-counts, kind="stable")[:n]
     return sorted(int(l) for l in best if counts[l] > 0) or [n_layer - 2]
 
@@ -159,7 +165,7 @@ def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
         for l in range(n_layer - 1):
             preds[l], report[l] = train_one(x[:, l], t.label[:, l], cfg)
             bar.update(1)
-    offline = choose_offline_layers(t, cfg.n_offline)
+    offline = choose_offline_layers(t, cfg.n_offline, report)
     log.info("offline layers %s", offline)
     return preds, offline, report
 
