@@ -153,6 +153,25 @@ def cmd_train_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, markdown_table
+
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"vanilla", "specee"}
+    if unknown:
+        raise SystemExit(f"specee: unknown modes {sorted(unknown)} (vanilla, specee)")
+    results = evaluate(model_path, [d.strip() for d in args.dataset.split(",")], modes, heads_path=args.heads,
+                       limit=args.limit, n_predict=args.n, threads=args.threads, threshold=args.threshold,
+                       progress=not args.quiet)
+    table = markdown_table(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------
 
 
@@ -209,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--threads", type=int, default=0)
     ta.set_defaults(func=cmd_train_all)
 
+    e = sub.add_parser("eval", help="speed and fidelity of each mode on public data sets")
+    e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument("--heads", help="SpecEE head file (needed by mode specee)")
+    e.add_argument("--dataset", default="mtbench", help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
+    e.add_argument("--modes", default="vanilla,specee", help="comma-separated: vanilla,specee")
+    e.add_argument("--limit", type=int, default=20, help="items per data set (default 20)")
+    e.add_argument("-n", "--n-predict", dest="n", type=int, default=128)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    e.add_argument("--out", help="write the results as JSON here (and a Markdown table next to it)")
+    e.set_defaults(func=cmd_eval)
+
     i = sub.add_parser("info", help="print a model's metadata as JSON")
     i.add_argument("--model", default=DEFAULT_MODEL)
     i.set_defaults(func=cmd_info)
@@ -223,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("specee: -n must be at least 1")
     try:
         return args.func(args)
-    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError) as e:
+    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError) as e:
         print(f"specee: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

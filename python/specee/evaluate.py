@@ -1,0 +1,201 @@
+"""`specee eval`: every mode on the same prompts of public data sets, with
+speed and fidelity side by side (DESIGN.md sec. 5).
+
+Per data set and mode: decode tok/s, speedup over vanilla (same run), and for
+early exit: mean exit layer, exit ratio, teacher-forced agreement with full
+depth, sequence agreement with vanilla's output (exact-match prefix, ROUGE-L);
+plus the task score (CommonsenseQA / ASDiv accuracy, HumanEval pass@1, XSum
+ROUGE-L; MT-Bench and ShareGPT have none).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from .chat import read_chat_template, render_chat
+from .datasets import load_dataset
+from .early_exit import PromptLookup, generate_specee
+from .engine import Heads, Model
+from .generate import generate
+from .metrics import extract_choice, extract_number, numbers_equal, pass_at_1, rouge_l, run_humaneval
+from .progress import Progress
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+# ---- prompts and scoring per data set -------------------------------------------------
+
+
+@dataclass
+class Task:
+    prompt: str                                 # user message (chat) or raw text
+    chat: bool
+    score: Optional[Callable[[str], float]]     # output text -> score, or None
+
+
+def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
+    """Prompts and scorers; answer extraction is documented in metrics.py."""
+    tasks = []
+    for r in records:
+        if name == "mtbench":
+            tasks.append(Task(r.turns[0], True, None))
+        elif name == "sharegpt":
+            first = next((t["content"] for t in r.conversations if t["role"] == "user"), "")
+            tasks.append(Task(first, True, None))
+        elif name == "humaneval":
+            tasks.append(Task(r.prompt, False, lambda out, r=r: float(run_humaneval(r, out))))
+        elif name == "csqa":
+            choices = "\n".join(f"{k}. {v}" for k, v in r.choices.items())
+            prompt = f"{r.question}\n{choices}\nAnswer with the letter of the correct choice."
+            tasks.append(Task(prompt, True, lambda out, r=r: float(extract_choice(out, r.choices) == r.answer)))
+        elif name == "asdiv":
+            prompt = f"{r.question}\nAnswer with a number."
+            tasks.append(Task(prompt, True, lambda out, r=r: float(numbers_equal(extract_number(out), r.answer))))
+        elif name == "xsum":
+            prompt = f"Summarize the following article in one sentence.\n\n{r.document[:3000]}"
+            tasks.append(Task(prompt, True, lambda out, r=r: rouge_l(out, r.summary)))
+        else:
+            raise ValueError(f"no evaluation recipe for data set {name!r}")
+    return tasks
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ModeResult:
+    tokens: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    decode_s: float = 0.0
+    n_decode: int = 0
+    scores: list = field(default_factory=list)
+    exit_layers: list = field(default_factory=list)
+    tf_agree: int = 0
+    tf_steps: int = 0
+
+
+def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
+    """Agreement of early exit with full depth for the same prefix, at every
+    step of full-depth greedy decoding."""
+    ctx.truncate(0)
+    ctx.set_exit_params(full_depth=True)
+    try:
+        ctx.prefill(prompt)
+        token = ctx.argmax()
+        history = list(prompt) + [token]
+        lookup = PromptLookup()
+        cands = ctx.draft_sync(token) if ctx.heads.has_draft else lookup.candidates(history, k)
+        agree = steps = 0
+        for _ in range(n - 1):
+            if ctx.n_past >= ctx.n_ctx:
+                break
+            s = ctx.decode_with_candidates(token, cands)
+            agree += s.token == s.full_token
+            steps += 1
+            token = s.full_token
+            history.append(token)
+            cands = s.next if ctx.heads.has_draft else lookup.candidates(history, k)
+        return agree, steps
+    finally:
+        ctx.set_exit_params(full_depth=False)
+
+
+def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequence[str],
+             heads_path: Optional[str | os.PathLike] = None, limit: Optional[int] = None, n_predict: int = 128,
+             threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, progress: bool = True,
+             dataset_paths: Optional[dict] = None) -> dict:
+    """Runs `modes` ("vanilla", "specee") on each data set; returns a results dict."""
+    if "specee" in modes and heads_path is None:
+        raise ValueError("mode specee needs a head file")
+    tok = Tokenizer.from_gguf(model_path)
+    template = read_chat_template(model_path)
+    specials = {"bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+                "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else ""}
+    out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
+                 "n_predict": n_predict, "limit": limit, "datasets": {}}
+    with Model(model_path) as model:
+        heads = Heads(model, heads_path) if heads_path else None
+        try:
+            for name in datasets:
+                records = load_dataset(name, limit=limit, path=(dataset_paths or {}).get(name), progress=progress)
+                tasks = make_tasks(name, records)
+                prompts = []
+                for t in tasks:
+                    text = render_chat(template, [{"role": "user", "content": t.prompt}], **specials) if t.chat else t.prompt
+                    ids = tok.encode(text, add_bos=None if not t.chat else False, parse_special=t.chat)
+                    prompts.append(ids[-(n_ctx - n_predict - 1):])
+                results = {m: ModeResult() for m in modes}
+                with Progress(len(tasks), desc=name, unit="item", enabled=progress) as bar:
+                    for task, ids in zip(tasks, prompts):
+                        for mode in modes:
+                            r = results[mode]
+                            with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
+                                if mode == "specee":
+                                    ctx.set_heads(heads)
+                                    if threshold is not None:
+                                        ctx.set_exit_params(threshold=threshold)
+                                    g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
+                                    r.exit_layers += g.extra["exit_layers"]
+                                    a, s = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
+                                    r.tf_agree += a
+                                    r.tf_steps += s
+                                else:
+                                    g = generate(ctx, ids, n_predict, stop_ids=tok.eot_ids)
+                            body = [t for t in g.tokens if t not in tok.eot_ids]
+                            text = tok.decode(body, skip_special=True)
+                            r.tokens.append(body)
+                            r.texts.append(text)
+                            r.decode_s += g.decode_s
+                            r.n_decode += g.n_decode_steps
+                            if task.score is not None:
+                                r.scores.append(task.score(text))
+                        bar.update(1)
+                out["datasets"][name] = summarize(results, model.n_layer)
+        finally:
+            if heads is not None:
+                heads.close()
+    return out
+
+
+def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
+    base = results.get("vanilla")
+    summary = {}
+    for mode, r in results.items():
+        tok_s = r.n_decode / r.decode_s if r.decode_s > 0 else 0.0
+        s = {"n_items": len(r.texts), "decode_tok_s": round(tok_s, 2),
+             "task_score": round(statistics.mean(r.scores), 4) if r.scores else None}
+        if base is not None and base.decode_s > 0 and mode != "vanilla":
+            s["speedup"] = round(tok_s / (base.n_decode / base.decode_s), 4)
+        if r.exit_layers:
+            s["mean_exit_layer"] = round(statistics.mean(r.exit_layers), 3)
+            s["exit_ratio"] = round(sum(e < n_layer for e in r.exit_layers) / len(r.exit_layers), 4)
+        if r.tf_steps:
+            s["teacher_forced_agreement"] = round(r.tf_agree / r.tf_steps, 4)
+        if base is not None and mode != "vanilla":
+            s["exact_prefix_tokens"] = round(statistics.mean(_prefix(a, b) for a, b in zip(r.tokens, base.tokens)), 2)
+            s["rouge_l_vs_vanilla"] = round(statistics.mean(rouge_l(a, b) for a, b in zip(r.texts, base.texts)), 4)
+        summary[mode] = s
+    return summary
+
+
+def markdown_table(results: dict) -> str:
+    cols = ["decode_tok_s", "speedup", "mean_exit_layer", "exit_ratio", "teacher_forced_agreement",
+            "exact_prefix_tokens", "rouge_l_vs_vanilla", "task_score"]
+    lines = ["| data set | mode | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, modes in results["datasets"].items():
+        for mode, s in modes.items():
+            lines.append(f"| {name} | {mode} | " + " | ".join("" if s.get(c) is None else str(s[c]) for c in cols) + " |")
+    return "\n".join(lines)
