@@ -67,23 +67,22 @@ class Reference:
             out[:, 1::2] = a * sin + b * cos
         return out
 
-    def _store_kv(self, il: int, h: np.ndarray, pos: int) -> None:
-        """K/V of layer il for its normed input h, kept for the positions this layer saw."""
-        w, p = self.w, f"blk.{il}."
+    def _kv_rows(self, w: dict, p: str, h: np.ndarray, pos: int, ks: list, vs: list) -> None:
+        """K/V of the layer with weights w[p + ...] for its normed input h,
+        appended to ks/vs (the positions that layer saw)."""
         k = w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)
         v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
         k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
-        self.k[il].append(k.astype(np.float16).astype(np.float64))
-        self.v[il].append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
+        ks.append(k.astype(np.float16).astype(np.float64))
+        vs.append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
 
-    def _layer(self, il: int, x: np.ndarray, pos: int) -> np.ndarray:
-        w, p = self.w, f"blk.{il}."
-        h = self._norm(x, w[p + "attn_norm.weight"])
+    def _block(self, w: dict, p: str, x: np.ndarray, pos: int, ks: list, vs: list) -> np.ndarray:
+        """One decoder layer (weights w[p + ...]; attn_norm optional) over its K/V rows."""
+        h = self._norm(x, w[p + "attn_norm.weight"]) if p + "attn_norm.weight" in w else x
         q = w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)
         q = self._rope(q.reshape(self.n_head, self.hd), pos)
-        self._store_kv(il, h, pos)
-        K = np.stack(self.k[il])  # [n_kv, n_head_kv, hd]
-        V = np.stack(self.v[il])
+        self._kv_rows(w, p, h, pos, ks, vs)
+        K, V = np.stack(ks), np.stack(vs)  # [n_kv, n_head_kv, hd]
         group = self.n_head // self.n_head_kv
         out = np.empty((self.n_head, self.hd))
         for hh in range(self.n_head):
@@ -95,6 +94,12 @@ class Reference:
         g = w[p + "ffn_gate.weight"] @ h
         u = w[p + "ffn_up.weight"] @ h
         return x + w[p + "ffn_down.weight"] @ (g / (1.0 + np.exp(-g)) * u)
+
+    def _store_kv(self, il: int, h: np.ndarray, pos: int) -> None:
+        self._kv_rows(self.w, f"blk.{il}.", h, pos, self.k[il], self.v[il])
+
+    def _layer(self, il: int, x: np.ndarray, pos: int) -> np.ndarray:
+        return self._block(self.w, f"blk.{il}.", x, pos, self.k[il], self.v[il])
 
     # ---- public ----
 
@@ -142,27 +147,10 @@ class DraftReference:
         self.k, self.v, self.n_past = [], [], 0
 
     def step(self, token: int, feature: np.ndarray) -> np.ndarray:
-        t, w, p = self.t, self.w, "draft.blk."
-        pos = self.n_past
+        t, w = self.t, self.w
         x = np.concatenate([t.w["token_embd.weight"][token], feature])
         x = w["draft.fc.weight"] @ x + w.get("draft.fc.bias", 0.0)
-        h = t._norm(x, w[p + "attn_norm.weight"]) if p + "attn_norm.weight" in w else x
-        q = t._rope((w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)).reshape(t.n_head, t.hd), pos)
-        k = t._rope((w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)).reshape(t.n_head_kv, t.hd), pos)
-        v = (w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)).reshape(t.n_head_kv, t.hd)
-        self.k.append(k.astype(np.float16).astype(np.float64))
-        self.v.append(v.astype(np.float16).astype(np.float64))
-        K, V = np.stack(self.k), np.stack(self.v)
-        group = t.n_head // t.n_head_kv
-        o = np.empty((t.n_head, t.hd))
-        for hh in range(t.n_head):
-            s = K[:, hh // group, :] @ q[hh] / np.sqrt(t.hd)
-            s = np.exp(s - s.max())
-            o[hh] = (s / s.sum()) @ V[:, hh // group, :]
-        x = x + w[p + "attn_output.weight"] @ o.reshape(-1)
-        h = t._norm(x, w[p + "ffn_norm.weight"])
-        g, u = w[p + "ffn_gate.weight"] @ h, w[p + "ffn_up.weight"] @ h
-        x = x + w[p + "ffn_down.weight"] @ (g / (1.0 + np.exp(-g)) * u)
+        x = t._block(w, "draft.blk.", x, self.n_past, self.k, self.v)
         self.n_past += 1
         return self.out @ x
 

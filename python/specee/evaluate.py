@@ -20,7 +20,7 @@ from .datasets import load_dataset
 from .early_exit import PromptLookup, generate_specee
 from .engine import Heads, Model
 from .generate import generate
-from .metrics import extract_choice, extract_number, numbers_equal, pass_at_1, rouge_l, run_humaneval
+from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
 from .progress import Progress
 from .tokenizer import Tokenizer
 
