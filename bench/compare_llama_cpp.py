@@ -57,14 +57,14 @@ class Worker:
     """A decode_runner.py process holding one loaded engine."""
 
     def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None,
-                 heads: str | None = None, threshold: float | None = None, fill_kv: bool = False):
+                 heads: str | None = None, exit_params: dict | None = None):
         env = dict(os.environ)
         if library:
             env["SPECEE_LIBRARY"] = library  # another build of libspecee
         self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads,
-                    "threshold": threshold, "fill_kv": fill_kv})
+                    "exit_params": exit_params or {}})
 
     def _send(self, obj: dict) -> dict:
         self.proc.stdin.write(json.dumps(obj) + "\n")
@@ -91,6 +91,23 @@ def run_engine(engine: str, job: dict, library: str | None = None) -> list[dict]
         w.close()
 
 
+def parse_exit_config(text: str) -> tuple[str, dict]:
+    """"NAME:threshold=0.8,verify_full=0,fill_kv=1" -> ("specee-NAME", params)."""
+    name, _, rest = text.partition(":")
+    params: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key == "threshold":
+            params[key] = float(value)
+        elif key in ("verify_full", "fill_kv", "use_online", "use_offline"):
+            params[key] = value.lower() in ("1", "true", "yes")
+        else:
+            raise SystemExit(f"--exit-config {text!r}: unknown setting {key!r}")
+    if not name:
+        raise SystemExit(f"--exit-config {text!r}: give a name before ':'")
+    return f"specee-{name}", params
+
+
 def first_divergence(a: list[int], b: list[int]) -> int:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -111,6 +128,9 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, help="predictor threshold for specee-exit (default: the head file's)")
     ap.add_argument("--fill-kv", action="store_true",
                     help="specee-exit fills skipped layers' K/V from the exit hidden state (default: masks them)")
+    ap.add_argument("--exit-config", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="instead of one specee-exit, an early-exit engine per config (with --heads); keys: "
+                         "threshold, verify_full, fill_kv, use_online, use_offline. E.g. cand:verify_full=0")
     ap.add_argument("--prompt-set", choices=["bench", "mtbench"], default="bench",
                     help="bench/prompts.py (default) or MT-Bench first turns")
     ap.add_argument("--limit", type=int, help="use the first N prompts of the set")
@@ -123,11 +143,17 @@ def main() -> None:
     for v in args.variant:
         name, _, lib = v.partition("=")
         engines[f"specee-{name}"] = ("specee", lib, None)
+    exit_params: dict[str, dict] = {}
     if args.heads:
-        engines["specee-exit"] = ("specee", None, args.heads)
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, args.threshold, args.fill_kv)
+        configs = [parse_exit_config(c) for c in args.exit_config] or [("specee-exit", {"fill_kv": args.fill_kv})]
+        for name, params in configs:
+            if args.threshold is not None:
+                params.setdefault("threshold", args.threshold)
+            engines[name] = ("specee", None, args.heads)
+            exit_params[name] = params
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name))
                for name, (eng, lib, heads) in engines.items()}
-    exit_totals: dict[str, int] = {}
+    exit_totals: dict[str, dict[str, int]] = {name: {} for name in exit_params}
 
     decode_s = {name: 0.0 for name in engines}
     n_tokens = {name: 0 for name in engines}
@@ -149,16 +175,16 @@ def main() -> None:
                     if r == 0:
                         tokens[name].append(res["tokens"])
                     for key, value in res.get("exit_stats", {}).items():
-                        exit_totals[key] = exit_totals.get(key, 0) + value
+                        exit_totals[name][key] = exit_totals[name].get(key, 0) + value
                 for name in paired:
                     paired[name].append(speed[name] / speed["llama_cpp"])
             line = ", ".join(f"{name} {n_tokens[name] / decode_s[name]:.1f} tok/s" for name in engines)
             print(f"after round {r + 1}: {line}", flush=True)
-        if args.heads:
+        for name in exit_params:
             # fidelity of early exit, teacher-forced (its own pass: it runs every layer)
-            tf = [workers["specee-exit"].decode(ids, args.n_predict, teacher_forced=True) for _, ids in named]
-            exit_totals["tf_agree"] = sum(t["agree"] for t in tf)
-            exit_totals["tf_steps"] = sum(t["steps"] for t in tf)
+            tf = [workers[name].decode(ids, args.n_predict, teacher_forced=True) for _, ids in named]
+            exit_totals[name]["tf_agree"] = sum(t["agree"] for t in tf)
+            exit_totals[name]["tf_steps"] = sum(t["steps"] for t in tf)
     finally:
         for w in workers.values():
             w.close()
@@ -186,24 +212,25 @@ def main() -> None:
         q = statistics.quantiles(s["paired_ratios"], n=4) if len(s["paired_ratios"]) >= 2 else [0, 0, 0]
         print(f"  {name:14s} {s['tok_s']:.1f} tok/s; ratio to llama.cpp: median {s['median_ratio']:.3f} "
               f"(IQR {q[0]:.3f}-{q[2]:.3f}), aggregate {s['aggregate_ratio']:.3f}")
-    if exit_totals:
-        steps = max(exit_totals["n_steps"], 1)
-        summary["specee_exit"] = {
-            "mean_exit_layer": exit_totals["sum_exit_layers"] / steps, "exit_ratio": exit_totals["n_exits"] / steps,
-            "false_exit_checks": exit_totals["n_false_fires"], "draft_top1": exit_totals["n_draft_top1"] / steps,
-            "draft_topk": exit_totals["n_draft_topk"] / steps,
-            "teacher_forced_agreement": exit_totals["tf_agree"] / max(exit_totals["tf_steps"], 1)}
-        x = summary["specee_exit"]
-        vanilla = [first_divergence(a[:n], b[:n]) for a, b in zip(tokens["specee-exit"], tokens["specee"])]
+    summary["early_exit"] = {}
+    for name, totals in exit_totals.items():
+        steps = max(totals["n_steps"], 1)
+        x = summary["early_exit"][name] = {
+            "exit_params": exit_params[name],
+            "mean_exit_layer": totals["sum_exit_layers"] / steps, "exit_ratio": totals["n_exits"] / steps,
+            "false_exit_checks": totals["n_false_fires"], "draft_top1": totals["n_draft_top1"] / steps,
+            "draft_topk": totals["n_draft_topk"] / steps,
+            "teacher_forced_agreement": totals["tf_agree"] / max(totals["tf_steps"], 1)}
+        vanilla = [first_divergence(a[:n], b[:n]) for a, b in zip(tokens[name], tokens["specee"])]
         x["identical_to_vanilla"] = sum(d >= n for d in vanilla)
-        print(f"  specee-exit: mean exit layer {x['mean_exit_layer']:.2f}, exit ratio {x['exit_ratio']:.3f}, "
-              f"false exit checks {x['false_exit_checks']}, draft top-1 {x['draft_top1']:.3f} / top-k "
-              f"{x['draft_topk']:.3f}; teacher-forced agreement with full depth {x['teacher_forced_agreement']:.4f}; "
-              f"{x['identical_to_vanilla']}/{len(named)} outputs identical to specee vanilla for {n} tokens "
-              f"(first divergence: {' '.join(str(d) if d < n else '=' for d in vanilla)})")
-        summary["specee_exit_vs_vanilla_median_ratio"] = statistics.median(
-            [a / b for a, b in zip(paired["specee-exit"], paired["specee"])])
-        print(f"  specee-exit / specee vanilla: median ratio {summary['specee_exit_vs_vanilla_median_ratio']:.3f}")
+        x["vs_vanilla_median_ratio"] = statistics.median([a / b for a, b in zip(paired[name], paired["specee"])])
+        print(f"  {name} {exit_params[name]}: mean exit layer {x['mean_exit_layer']:.2f}, exit ratio "
+              f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
+              f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}; teacher-forced agreement with full depth "
+              f"{x['teacher_forced_agreement']:.4f}; {x['identical_to_vanilla']}/{len(named)} outputs identical "
+              f"to specee vanilla for {n} tokens (first divergence: "
+              f"{' '.join(str(d) if d < n else '=' for d in vanilla)}); median ratio to specee vanilla "
+              f"{x['vs_vanilla_median_ratio']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

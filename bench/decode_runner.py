@@ -39,9 +39,7 @@ def specee_decoder(job: dict) -> Decoder:
     ctx = model.context(n_ctx=job["n_ctx"], n_threads=job["threads"])
     if job.get("heads"):
         decode = specee_exit_decoder(model, ctx, Heads(model, job["heads"]))
-        if job.get("threshold") is not None:
-            ctx.set_exit_params(threshold=job["threshold"])
-        ctx.set_exit_params(fill_kv=bool(job.get("fill_kv")))
+        ctx.set_exit_params(**job.get("exit_params", {}))
         return decode
 
     def prefill(prompt: list) -> int:

@@ -100,6 +100,9 @@ struct specee_exit_params {
     bool  full_depth;   /* debug: also run every layer and report the full model's token */
     bool  fill_kv;      /* after an exit, give the skipped layers K/V projected from the exit hidden state
                            (instead of masking the position in them) */
+    bool  verify_full;  /* true (default): when a predictor fires, exit only if the layer's full-vocabulary
+                           argmax is a candidate. false: exit with the candidate of highest logit and skip
+                           the full-vocabulary logits (faster, lossier; the step then has no logits) */
 };
 
 /* What one early-exit decode step did. */

@@ -275,6 +275,7 @@ static specee_exit_params to_c(const specee::context::exit_params & e) {
     p.use_online  = e.use_online;
     p.full_depth  = e.full_depth;
     p.fill_kv     = e.fill_kv;
+    p.verify_full = e.verify_full;
     return p;
 }
 
@@ -301,6 +302,7 @@ enum specee_status specee_set_exit_params(struct specee_context * ctx, const str
         e.use_online  = params->use_online;
         e.full_depth  = params->full_depth;
         e.fill_kv     = params->fill_kv;
+        e.verify_full = params->verify_full;
         c.set_exit_params(e);
     });
 }

@@ -49,6 +49,7 @@ public:
         bool  use_online  = true;
         bool  full_depth  = false;  // also run every layer and report the full model's token
         bool  fill_kv     = false;  // give skipped layers K/V projected from the exit hidden state
+        bool  verify_full = true;   // on a fire, the full-vocabulary argmax must be a candidate
     };
     struct exit_stats {
         uint64_t n_steps = 0, n_exits = 0, sum_exit_layers = 0, n_checks = 0, n_fires = 0, n_false_fires = 0;

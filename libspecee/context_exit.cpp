@@ -156,11 +156,14 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         for (size_t c = 0; c < checks.size() && chosen < 0; c++) {
             const int32_t il = checks[c];
             // layers [done, il] then the candidates' logits after layer il
-            plan.layer_begin = done;
-            plan.layer_end   = il + 1;
-            plan.save_state  = true;
-            plan.n_logits    = 0;
-            plan.n_cand      = n_cand;
+            plan.layer_begin  = done;
+            plan.layer_end    = il + 1;
+            plan.save_state   = true;
+            plan.n_logits     = 0;
+            plan.n_cand       = n_cand;
+            // without the full-vocabulary pass, the draft's feature comes from here
+            plan.hidden_layer = has_draft() && !exit_.verify_full ? il + 1 : -1;
+            plan.hidden_norm  = true;
             run(&token, plan, cands);
             done = il + 1;
 
@@ -171,6 +174,13 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 continue;
             }
             stats_.n_fires++;
+            if (!exit_.verify_full) {
+                // the candidates' own logits decide: no lm_head pass, no logits
+                const auto best = std::max_element(cand_logits_.begin(), cand_logits_.begin() + n_cand);
+                chosen      = cands[best - cand_logits_.begin()];
+                exit_layers = done;
+                continue;
+            }
             // the full-vocabulary logits at this layer decide (ref: SpecEE sec. 4.2)
             run_to_output(token, plan, done, done);
             bool hit = false;

@@ -154,3 +154,32 @@ def test_specee_loop_uses_the_draft_head(tiny6, tmp_path):
     assert result.tokens == vanilla  # never-firing predictors: exact
     assert result.extra["draft"] == "draft head"
     assert 0.0 <= result.extra["draft_top1"] <= result.extra["draft_topk"] <= 1.0
+
+
+def test_candidate_only_exit_feeds_the_draft_the_same_feature(tiny6, tmp_path):
+    """With verify_full off, the draft's feature comes from the check segment
+    instead of the full-vocabulary pass: the same exit gives the same next
+    candidates either way."""
+    ref = Reference(tiny6)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "h.gguf", m, {1: constant_predictor(40.0)}, exit_layers=[1],
+                    draft=random_draft(ref, seed=5))
+        with m.context(n_ctx=64) as ctx:
+            ctx.set_hidden_output(2, final_norm=True)
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+            ctx.prefill([first])
+            early = int(np.argmax(ref.out @ ctx.hidden()[-1]))  # the argmax after 2 layers
+        cands = [early] + [t for t in (3, 4, 5, 6) if t != early][:3]
+        steps = {}
+        with Heads(m, tmp_path / "h.gguf") as heads:
+            for verify_full in (True, False):
+                with m.context(n_ctx=64) as ctx:
+                    ctx.set_heads(heads)
+                    ctx.set_exit_params(verify_full=verify_full)
+                    ctx.prefill(PROMPT)
+                    ctx.draft_sync(first)
+                    steps[verify_full] = ctx.decode_with_candidates(first, cands)
+    a, b = steps[True], steps[False]
+    assert (a.token, a.exit_layer) == (b.token, b.exit_layer) == (early, 2)
+    assert len(a.next) == 4 and a.next == b.next

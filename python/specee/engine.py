@@ -314,10 +314,11 @@ class Context(_Handle):
         self._check(lib.specee_get_exit_params(self.ptr, out))
         return {"threshold": float(out.threshold), "use_offline": bool(out.use_offline),
                 "use_online": bool(out.use_online), "full_depth": bool(out.full_depth),
-                "fill_kv": bool(out.fill_kv)}
+                "fill_kv": bool(out.fill_kv), "verify_full": bool(out.verify_full)}
 
     def set_exit_params(self, **changes) -> None:
-        """Change any of threshold, use_offline, use_online, full_depth, fill_kv."""
+        """Change any of threshold, use_offline, use_online, full_depth,
+        fill_kv, verify_full (see struct specee_exit_params)."""
         params = self.exit_params()
         unknown = set(changes) - set(params)
         if unknown:

@@ -18,10 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 from .chat import read_chat_template, render_chat
 from .datasets import load_dataset
 from .early_exit import PromptLookup, generate_specee
-from .engine import Heads, Model
+from .engine import Heads, Model, system_info
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
 from .progress import Progress
+from .shipped_heads import default_heads
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,41 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
         else:
             raise ValueError(f"no evaluation recipe for data set {name!r}")
     return tasks
+
+
+# ---- modes -------------------------------------------------------------------------------------
+
+
+def parse_mode(mode: str) -> tuple[str, Optional[float]]:
+    """"vanilla", "specee" (the head file's threshold, or --threshold) or
+    "specee@T" (early exit at predictor threshold T)."""
+    kind, _, t = mode.partition("@")
+    if kind not in ("vanilla", "specee") or (t and kind != "specee"):
+        raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD)")
+    if not t:
+        return kind, None
+    try:
+        threshold = float(t)
+    except ValueError:
+        raise ValueError(f"mode {mode!r}: the threshold must be a number") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"mode {mode!r}: the threshold must lie in [0, 1]")
+    return kind, threshold
+
+
+def sweep_modes(spec: str) -> list[str]:
+    """"0.3:0.9:0.1" -> ["specee@0.3", ..., "specee@0.9"] (both ends included)."""
+    try:
+        lo, hi, step = (float(x) for x in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"--sweep-threshold wants START:STOP:STEP, got {spec!r}") from None
+    if step <= 0 or lo > hi:
+        raise ValueError(f"--sweep-threshold {spec!r}: need START <= STOP and STEP > 0")
+    n = int(round((hi - lo) / step)) + 1
+    modes = [f"specee@{round(lo + i * step, 4):g}" for i in range(n) if lo + i * step <= hi + 1e-9]
+    for m in modes:
+        parse_mode(m)
+    return modes
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -106,19 +142,25 @@ def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
 
 def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequence[str],
              heads_path: Optional[str | os.PathLike] = None, limit: Optional[int] = None, n_predict: int = 128,
-             threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, progress: bool = True,
-             dataset_paths: Optional[dict] = None) -> dict:
-    """Runs `modes` ("vanilla", "specee") on each data set; returns a results dict."""
-    if "specee" in modes and heads_path is None:
-        raise ValueError("mode specee needs a head file")
+             threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, verify_full: bool = True,
+             progress: bool = True, dataset_paths: Optional[dict] = None) -> dict:
+    """Runs `modes` (see parse_mode) on each data set; returns a results dict."""
+    parsed = {m: parse_mode(m) for m in modes}
+    needs_heads = any(kind == "specee" for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
     specials = {"bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
                 "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else ""}
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
-                 "n_predict": n_predict, "limit": limit, "datasets": {}}
+                 "n_predict": n_predict, "limit": limit, "threads": threads, "verify_full": verify_full,
+                 "system": system_info(), "datasets": {}}
     with Model(model_path) as model:
-        heads = Heads(model, heads_path) if heads_path else None
+        if needs_heads and heads_path is None:
+            heads_path = default_heads(model.fingerprint)
+            if heads_path is None:
+                raise ValueError("mode specee needs a head file (--heads); none ships for this model")
+            out["heads"] = os.fspath(heads_path)
+        heads = Heads(model, heads_path) if needs_heads else None
         try:
             for name in datasets:
                 records = load_dataset(name, limit=limit, path=(dataset_paths or {}).get(name), progress=progress)
@@ -133,11 +175,14 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                     for task, ids in zip(tasks, prompts):
                         for mode in modes:
                             r = results[mode]
+                            kind, mode_threshold = parsed[mode]
                             with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
-                                if mode == "specee":
+                                if kind == "specee":
                                     ctx.set_heads(heads)
-                                    if threshold is not None:
-                                        ctx.set_exit_params(threshold=threshold)
+                                    ctx.set_exit_params(verify_full=verify_full)
+                                    t = mode_threshold if mode_threshold is not None else threshold
+                                    if t is not None:
+                                        ctx.set_exit_params(threshold=t)
                                     g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
                                     r.exit_layers += g.extra["exit_layers"]
                                     a, s = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
@@ -182,6 +227,8 @@ def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
         if r.exit_layers:
             s["mean_exit_layer"] = round(statistics.mean(r.exit_layers), 3)
             s["exit_ratio"] = round(sum(e < n_layer for e in r.exit_layers) / len(r.exit_layers), 4)
+            # steps per exit layer 1..n_layer (layer n_layer: ran to the end)
+            s["exit_layer_histogram"] = [r.exit_layers.count(l) for l in range(1, n_layer + 1)]
         if r.tf_steps:
             s["teacher_forced_agreement"] = round(r.tf_agree / r.tf_steps, 4)
         if base is not None and mode != "vanilla":
