@@ -90,6 +90,11 @@ struct specee_perf {
     uint64_t n_graph_builds;  /* graphs built; the other runs reused the previous graph */
     double   t_compute_ms;    /* inside ggml's graph compute (the model's arithmetic and thread sync) */
     double   t_host_ms;       /* in libspecee around it: graph building, allocation, inputs, outputs */
+    /* early-exit steps, split by stage (each includes its graph runs; the rest is the layers) */
+    double   t_draft_ms;      /* the draft head's steps */
+    double   t_predictor_ms;  /* the exit predictors' MLPs and features, on the host */
+    double   t_verify_ms;     /* full-vocabulary logits at predictor fires (useful or not) */
+    double   t_exit_step_ms;  /* whole specee_decode_with_candidates calls, the above included */
 };
 
 /* Speculative early exit settings of a context. */

@@ -230,6 +230,10 @@ enum specee_status specee_get_perf(const struct specee_context * ctx, struct spe
     out->n_graph_builds = p.n_graph_builds;
     out->t_compute_ms   = double(p.t_compute_us) / 1000.0;
     out->t_host_ms      = double(p.t_run_us - p.t_compute_us) / 1000.0;
+    out->t_draft_ms     = double(p.t_draft_us) / 1000.0;
+    out->t_predictor_ms = double(p.t_predictor_us) / 1000.0;
+    out->t_verify_ms    = double(p.t_verify_us) / 1000.0;
+    out->t_exit_step_ms = double(p.t_exit_step_us) / 1000.0;
     return SPECEE_STATUS_OK;
 }
 

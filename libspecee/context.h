@@ -84,11 +84,24 @@ public:
 
     std::string last_error;
 
+    // adds the time until it goes out of scope to a counter
+    struct scoped_timer {
+        int64_t & total;
+        int64_t   t0;
+        explicit scoped_timer(int64_t & t) : total(t), t0(ggml_time_us()) {}
+        ~scoped_timer() { total += ggml_time_us() - t0; }
+        scoped_timer(const scoped_timer &) = delete;
+        scoped_timer & operator=(const scoped_timer &) = delete;
+    };
     struct perf_counters {
         uint64_t n_graph_runs   = 0;
         uint64_t n_graph_builds = 0;
         int64_t  t_compute_us   = 0;
         int64_t  t_run_us       = 0;  // whole run(), compute included
+        int64_t  t_draft_us     = 0;  // early-exit stages (see struct specee_perf)
+        int64_t  t_predictor_us = 0;
+        int64_t  t_verify_us    = 0;
+        int64_t  t_exit_step_us = 0;
     };
     const perf_counters & perf() const { return perf_; }
     void reset_perf() { perf_ = perf_counters(); }

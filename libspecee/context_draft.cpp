@@ -22,6 +22,7 @@ void context::keep_pending(const int32_t * tokens, uint32_t n) {
 }
 
 std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {
+    scoped_timer timer(perf_.t_draft_us);
     const draft_weights & d = heads_->draft;
     const uint32_t pos = draft_kv_->n_past();
     if (uint64_t(pos) + n > draft_kv_->n_ctx()) {

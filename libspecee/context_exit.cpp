@@ -138,6 +138,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "%d candidates given; the heads were trained for %d", n_cand,
              heads_->n_cand);
     }
+    scoped_timer step_timer(perf_.t_exit_step_us);
     begin_candidate_step(token, cands, n_cand);
     const uint32_t pos = kv_.n_past();
 
@@ -167,8 +168,12 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             run(&token, plan, cands);
             done = il + 1;
 
-            exit_features(cand_logits_.data(), n_cand, p_prev, c == 0, features.data());
-            const float prob = heads_->predictors.at(il)(features.data());
+            float prob = 0.0f;
+            {
+                scoped_timer timer(perf_.t_predictor_us);
+                exit_features(cand_logits_.data(), n_cand, p_prev, c == 0, features.data());
+                prob = heads_->predictors.at(il)(features.data());
+            }
             stats_.n_checks++;
             if (prob <= exit_.threshold) {
                 continue;
@@ -182,6 +187,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 continue;
             }
             // the full-vocabulary logits at this layer decide (ref: SpecEE sec. 4.2)
+            scoped_timer timer(perf_.t_verify_us);
             run_to_output(token, plan, done, done);
             bool hit = false;
             const int32_t am = logits_argmax_in(cands, n_cand, hit);

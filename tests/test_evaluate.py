@@ -94,3 +94,32 @@ def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monke
     res = evaluate(path, ["mtbench"], ["specee"], limit=1, dataset_paths=PATHS, progress=False, n_predict=4,
                    threads=1, n_ctx=512)
     assert res["heads"] == str(shipped / "tiny.gguf")
+
+
+def test_cli_eval_sweep_writes_json_table_and_plots(tiny_with_heads, tmp_path, monkeypatch):
+    """`specee eval --sweep-threshold` end to end: results for every
+    threshold, the Markdown table, and three PNG files that decode."""
+    import json
+    import zlib
+
+    from specee import cli, evaluate as evaluate_module
+
+    path, heads = tiny_with_heads
+    real = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda *a, **k: real(*a, **{**k, "dataset_paths": PATHS, "n_ctx": 512}))
+    out = tmp_path / "res.json"
+    rc = cli.main(["-q", "eval", "--model", str(path), "--heads", str(heads), "--dataset", "mtbench,csqa",
+                   "--limit", "2", "-n", "6", "--threads", "1", "--modes", "vanilla",
+                   "--sweep-threshold", "0.2:0.8:0.3", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert list(res["datasets"]["csqa"]) == ["vanilla", "specee@0.2", "specee@0.5", "specee@0.8"]
+    assert "| csqa | specee@0.8 |" in out.with_suffix(".md").read_text()
+    for name in ("speedup", "exit_layers", "threshold"):
+        png = (tmp_path / f"res.{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        idat = png.index(b"IDAT")
+        size = int.from_bytes(png[idat - 4:idat], "big")
+        assert len(zlib.decompress(png[idat + 4:idat + 4 + size])) == height * (1 + 3 * width)

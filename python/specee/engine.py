@@ -377,11 +377,13 @@ class Context(_Handle):
         lib.specee_reset_exit_stats(self.ptr)
 
     def perf(self) -> dict:
-        """Timing counters: graph runs/builds, ms in ggml compute and in host code."""
+        """Timing counters: graph runs/builds, ms in ggml compute and in host
+        code, and early-exit steps split by stage (struct specee_perf)."""
         out = ffi.new("struct specee_perf *")
         self._check(lib.specee_get_perf(self.ptr, out))
+        ms = ("t_compute_ms", "t_host_ms", "t_draft_ms", "t_predictor_ms", "t_verify_ms", "t_exit_step_ms")
         return {"n_graph_runs": int(out.n_graph_runs), "n_graph_builds": int(out.n_graph_builds),
-                "t_compute_ms": float(out.t_compute_ms), "t_host_ms": float(out.t_host_ms)}
+                **{k: float(getattr(out, k)) for k in ms}}
 
     def reset_perf(self) -> None:
         lib.specee_reset_perf(self.ptr)
