@@ -107,7 +107,8 @@ struct specee_exit_params {
                            (instead of masking the position in them) */
     bool  verify_full;  /* true (default): when a predictor fires, exit only if the layer's full-vocabulary
                            argmax is a candidate. false: exit with the candidate of highest logit and skip
-                           the full-vocabulary logits (faster, lossier; the step then has no logits) */
+                           the full-vocabulary logits (faster, lossier; the step then has no logits).
+                           specee_set_heads sets it from the head file (default true) */
 };
 
 /* What one early-exit decode step did. */

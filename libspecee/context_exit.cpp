@@ -31,7 +31,8 @@ void context::set_heads(const heads * h) {
         for (const auto & kvp : h->predictors) {
             predictor_layers_.insert(kvp.first);
         }
-        exit_.threshold = h->threshold;
+        exit_.threshold   = h->threshold;
+        exit_.verify_full = h->verify_full;
     }
     schedule_.reset();
 }

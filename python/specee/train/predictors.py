@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,21 +36,35 @@ class Traces:
     cand_logits: np.ndarray   # [n_tokens, n_layer, k] float32
     label: np.ndarray         # [n_tokens, n_layer] bool: layer argmax == final token
     in_cands: np.ndarray      # [n_tokens, n_layer] bool: layer argmax is a candidate
+    best_cand_ok: Optional[np.ndarray] = None  # [n_tokens, n_layer] bool: best candidate there == final token
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, cand_logits=self.cand_logits, label=self.label, in_cands=self.in_cands)
+        arrays = {"cand_logits": self.cand_logits, "label": self.label, "in_cands": self.in_cands}
+        if self.best_cand_ok is not None:
+            arrays["best_cand_ok"] = self.best_cand_ok
+        np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "Traces":
         z = np.load(path)
-        return cls(z["cand_logits"], z["label"], z["in_cands"])
+        return cls(z["cand_logits"], z["label"], z["in_cands"], z["best_cand_ok"] if "best_cand_ok" in z else None)
+
+    def exit_ok(self, verify_full: bool) -> np.ndarray:
+        """[n_tokens, n_layer] bool: an exit there gives the final token, with
+        full verification (layer argmax is the final token and a candidate)
+        or with the best candidate alone."""
+        if verify_full:
+            return self.label & self.in_cands
+        if self.best_cand_ok is None:
+            raise ValueError("these traces predate best-candidate labels: collect them again")
+        return self.best_cand_ok.copy()
 
 
 def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike, prompts: Sequence[Sequence[int]],
                    n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True) -> Traces:
     """Greedy continuations of `prompts` (not the evaluation sets!) with the
     draft head of `heads_path` proposing the candidates."""
-    cl, lab, inc = [], [], []
+    cl, lab, inc, best = [], [], [], []
     with Model(model_path) as m, Heads(m, heads_path) as heads, \
             Progress(len(prompts), desc="traces", unit="prompt", enabled=progress) as bar:
         if not heads.has_draft:
@@ -67,9 +81,10 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                     cl.append(logits)
                     lab.append(argmax == step.token)
                     inc.append(np.isin(argmax, cands))
+                    best.append(np.asarray(cands)[logits.argmax(-1)] == step.token)
                     token, cands = step.token, step.next
             bar.update(1)
-    return Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc))
+    return Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best))
 
 
 # ---- features (as libspecee's exit_policy.cpp computes them) ------------------------
@@ -99,6 +114,7 @@ class PredictorConfig:
     threshold: float = 0.5
     n_offline: int = 8         # layers in the offline schedule (ref: 8 of 32 for Llama-2-7B)
     seed: int = 0
+    verify_full: bool = True   # label: full verification (ref) or best candidate alone (verify_full off)
 
 
 def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predictor, dict]:
@@ -132,20 +148,21 @@ def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predi
     return Predictor(w1.copy(), b1.copy(), w2.copy(), b2), metrics
 
 
-def first_exit_layers(t: Traces) -> np.ndarray:
-    """Per token: the first layer whose argmax equals the final token and is
-    a candidate (where an exit could happen), or n_layer - 1."""
-    ok = t.label & t.in_cands
+def first_exit_layers(t: Traces, verify_full: bool = True) -> np.ndarray:
+    """Per token: the first layer where an exit would give the final token
+    (Traces.exit_ok), or n_layer - 1."""
+    ok = t.exit_ok(verify_full)
     ok[:, -1] = True
     return ok.argmax(-1)
 
 
-def choose_offline_layers(t: Traces, n: int, report: dict | None = None, min_precision: float = 0.5) -> list[int]:
+def choose_offline_layers(t: Traces, n: int, report: dict | None = None, min_precision: float = 0.5,
+                          verify_full: bool = True) -> list[int]:
     """The n layers (never the last) where the most tokens could first exit,
     among those whose predictor fires on held-out data with at least
     `min_precision` (a check whose predictor never fires only costs time)."""
     n_layer = t.label.shape[1]
-    counts = np.bincount(first_exit_layers(t), minlength=n_layer)[: n_layer - 1].astype(float)
+    counts = np.bincount(first_exit_layers(t, verify_full), minlength=n_layer)[: n_layer - 1].astype(float)
     if report is not None:
         for l, r in report.items():
             if r["fire_rate"] == 0 or r["precision"] < min_precision:
@@ -159,19 +176,23 @@ def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
     """Predictors for every layer but the last, the offline schedule, and
     per-layer metrics."""
     x = layer_features(t.cand_logits)
+    # full verification: fire where the layer's argmax is the final token (ref);
+    # the lm_head check then rejects non-candidates. Candidates alone: fire
+    # only where the best candidate is the final token
+    labels = t.label if cfg.verify_full else t.exit_ok(False)
     n_layer = x.shape[1]
     preds, report = {}, {}
     with Progress(n_layer - 1, desc="predictors", unit="layer", enabled=progress) as bar:
         for l in range(n_layer - 1):
-            preds[l], report[l] = train_one(x[:, l], t.label[:, l], cfg)
+            preds[l], report[l] = train_one(x[:, l], labels[:, l], cfg)
             bar.update(1)
-    offline = choose_offline_layers(t, cfg.n_offline, report)
+    offline = choose_offline_layers(t, cfg.n_offline, report, verify_full=cfg.verify_full)
     log.info("offline layers %s", offline)
     return preds, offline, report
 
 
-def write_report(path: Path, report: dict, offline: list[int], t: Traces) -> None:
-    fel = first_exit_layers(t)
+def write_report(path: Path, report: dict, offline: list[int], t: Traces, verify_full: bool = True) -> None:
+    fel = first_exit_layers(t, verify_full)
     path.write_text(json.dumps({
         "offline_layers": offline,
         "first_exit_layer_histogram": np.bincount(fel, minlength=t.label.shape[1]).tolist(),
