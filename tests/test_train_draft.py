@@ -108,16 +108,23 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     assert not (t.exit_ok(True) & ~t.exit_ok(False)).any()
     assert t.exit_ok(False)[:, -1].sum() >= t.exit_ok(True)[:, -1].sum()
 
-    # predictors for candidate-only exits: the head file says so
+    # the stages one by one (as `specee train predictors` and `specee pack`):
+    # predictors for candidate-only exits over the same traces, packed with
+    # another default threshold; the head file says both
+    from specee import cli
+    from specee.train.pipeline import train_predictors_stage
+
     (tmp_path / "run" / "heads.gguf").unlink()
-    heads_path = train_all(path, tmp_path / "run", seqs, prompts,
-                           DraftConfig(steps=20, seq_len=32, batch=4, checkpoint_every=10, n_ff=128),
-                           PredictorConfig(hidden=16, epochs=3, n_offline=2, verify_full=False), n_new=16,
-                           progress=False)
+    train_predictors_stage(path, tmp_path / "run", prompts, PredictorConfig(hidden=16, epochs=3, n_offline=2,
+                                                                            verify_full=False), progress=False)
+    assert cli.main(["-q", "pack", "--model", str(path), "--out", str(tmp_path / "run"), "--threshold", "0.7"]) == 0
     with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
         ctx.set_heads(heads)
-        assert ctx.exit_params()["verify_full"] is False
+        params = ctx.exit_params()
+        assert params["verify_full"] is False and params["threshold"] == pytest.approx(0.7)
         assert generate_specee(ctx, prompts[0], 8, heads.n_candidates).n_generated == 8
+    (tmp_path / "run" / "predictors.npz").unlink()
+    assert cli.main(["-q", "pack", "--model", str(path), "--out", str(tmp_path / "run")]) == 1
 
 
 def test_offline_layers_skip_predictors_that_never_fire():

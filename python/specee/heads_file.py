@@ -59,6 +59,17 @@ class DraftHead:
                 out["draft.vocab"] = np.asarray(self.vocab, dtype=np.int32)
         return out
 
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray]) -> "DraftHead":
+        """The inverse of tensors()."""
+        layer = {}
+        for name, value in tensors.items():
+            if name.startswith("draft.blk."):
+                base, kind = name.removeprefix("draft.blk.").rsplit(".", 1)
+                layer[base + ("_bias" if kind == "bias" else "")] = value
+        return cls(fc=tensors["draft.fc.weight"], layer=layer, fc_bias=tensors.get("draft.fc.bias"),
+                   output=tensors.get("draft.output.weight"), vocab=tensors.get("draft.vocab"))
+
 
 def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
                 exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4,

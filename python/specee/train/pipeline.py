@@ -1,13 +1,16 @@
-"""`specee train all`: features -> draft head -> traces -> predictors -> head file.
+"""`specee train draft | predictors`, `specee pack` and `specee train all`:
+features -> draft head -> traces -> predictors -> head file.
 
 Every stage writes into one output directory and is skipped when its output
-is already there, so an interrupted run picks up where it stopped:
+is already there, so an interrupted run picks up where it stopped; each CLI
+stage runs the ones before it that have not run yet:
 
     OUT/features/        target features (features.py)
     OUT/draft/           draft checkpoints and log (draft.py)
     OUT/draft_only.gguf  the draft head with a placeholder predictor (for traces)
     OUT/traces.npz       per-token, per-layer predictor data (predictors.py)
     OUT/predictors.json  per-layer precision/recall, offline schedule
+    OUT/predictors.npz   the trained predictors
     OUT/heads.gguf       the result
     OUT/record.json      what was run: inputs, settings, seeds, metrics
 """
@@ -22,13 +25,82 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..engine import Model
-from ..heads_file import constant_predictor, write_heads
+from ..heads_file import DraftHead, Predictor, constant_predictor, write_heads
 from .draft import DraftConfig, train_draft
-from .features import extract_features
+from .features import FeatureSet, extract_features
 from .predictors import PredictorConfig, Traces, collect_traces, train_predictors, write_report
 
 log = logging.getLogger(__name__)
+
+
+def train_draft_stage(model_path: str | os.PathLike, out: Path, sequences: Sequence[Sequence[int]], cfg: DraftConfig,
+                      n_threads: int = 0, progress: bool = True) -> tuple[FeatureSet, DraftHead, dict]:
+    """Features, then the draft head (OUT/draft), then OUT/draft_only.gguf
+    (the draft with a never-firing placeholder predictor, for traces)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fs = extract_features(model_path, sequences, out / "features", n_threads=n_threads, progress=progress,
+                          total=len(sequences))
+    draft, metrics = train_draft(model_path, fs, out / "draft", cfg, progress=progress)
+    np.savez(out / "draft" / "draft_head.npz", **draft.tensors())
+    with Model(model_path) as m:
+        write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft)
+    return fs, draft, metrics
+
+
+def train_predictors_stage(model_path: str | os.PathLike, out: Path, prompts: Sequence[Sequence[int]],
+                           cfg: PredictorConfig, n_new: int = 128, n_threads: int = 0,
+                           progress: bool = True) -> tuple[Traces, dict, list[int], dict]:
+    """Traces with the draft of OUT/draft_only.gguf, then one predictor per
+    layer and the offline schedule (OUT/predictors.npz, OUT/predictors.json)."""
+    if not (out / "draft_only.gguf").exists():
+        raise FileNotFoundError(f"{out / 'draft_only.gguf'} is missing: train the draft head first")
+    traces_path = out / "traces.npz"
+    if traces_path.exists():
+        traces = Traces.load(traces_path)
+    else:
+        traces = collect_traces(model_path, out / "draft_only.gguf", prompts, n_new=n_new, n_threads=n_threads,
+                                progress=progress)
+        traces.save(traces_path)
+    preds, offline, report = train_predictors(traces, cfg, progress=progress)
+    write_report(out / "predictors.json", report, offline, traces, cfg.verify_full)
+    save_predictors(out / "predictors.npz", preds, offline, cfg)
+    return traces, preds, offline, report
+
+
+def save_predictors(path: Path, preds: dict[int, Predictor], offline: list[int], cfg: PredictorConfig) -> None:
+    arrays = {"offline": np.asarray(offline, np.int32), "threshold": np.float32(cfg.threshold),
+              "verify_full": np.bool_(cfg.verify_full)}
+    for layer, p in preds.items():
+        arrays.update({f"{layer}.{k}": v for k, v in (("w1", p.w1), ("b1", p.b1), ("w2", p.w2),
+                                                      ("b2", np.float32(p.b2)))})
+    np.savez(path, **arrays)
+
+
+def load_predictors(path: Path) -> tuple[dict[int, Predictor], list[int], float, bool]:
+    z = np.load(path)
+    layers = sorted({int(k.split(".")[0]) for k in z.files if k.endswith(".w1")})
+    preds = {i: Predictor(z[f"{i}.w1"], z[f"{i}.b1"], z[f"{i}.w2"], float(z[f"{i}.b2"])) for i in layers}
+    return preds, [int(x) for x in z["offline"]], float(z["threshold"]), bool(z["verify_full"])
+
+
+def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = None) -> Path:
+    """OUT/heads.gguf from the trained draft (OUT/draft) and predictors
+    (OUT/predictors.npz); `threshold` overrides the trained default."""
+    if not (out / "predictors.npz").exists():
+        raise FileNotFoundError(f"{out / 'predictors.npz'} is missing: train the predictors first")
+    if not (out / "draft" / "draft_head.npz").exists():
+        raise FileNotFoundError(f"{out / 'draft' / 'draft_head.npz'} is missing: train the draft head first")
+    with np.load(out / "draft" / "draft_head.npz") as z:
+        draft = DraftHead.from_tensors({k: z[k] for k in z.files})
+    preds, offline, trained_threshold, verify_full = load_predictors(out / "predictors.npz")
+    with Model(model_path) as m:
+        write_heads(out / "heads.gguf", m, preds, exit_layers=offline,
+                    threshold=trained_threshold if threshold is None else threshold, draft=draft,
+                    verify_full=verify_full)
+    return out / "heads.gguf"
 
 
 def train_all(model_path: str | os.PathLike, out: str | os.PathLike, sequences: Sequence[Sequence[int]],
@@ -38,29 +110,13 @@ def train_all(model_path: str | os.PathLike, out: str | os.PathLike, sequences: 
     """Trains heads for `model_path` from `sequences` (draft-head text) and
     `prompts` (continued greedily for predictor traces); returns OUT/heads.gguf."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    fs = extract_features(model_path, sequences, out / "features", n_threads=n_threads, progress=progress,
-                          total=len(sequences))
-    draft, draft_metrics = train_draft(model_path, fs, out / "draft", draft_cfg, progress=progress)
-
+    fs, _, draft_metrics = train_draft_stage(model_path, out, sequences, draft_cfg, n_threads, progress)
+    traces, _, offline, report = train_predictors_stage(model_path, out, prompts, pred_cfg, n_new, n_threads,
+                                                        progress)
+    heads = pack(model_path, out)
     with Model(model_path) as m:
         n_layer = m.n_layer
-        # placeholder predictor that never fires: the traces only need the draft
-        write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft)
-    traces_path = out / "traces.npz"
-    if traces_path.exists():
-        traces = Traces.load(traces_path)
-    else:
-        traces = collect_traces(model_path, out / "draft_only.gguf", prompts, n_new=n_new, n_threads=n_threads,
-                                progress=progress)
-        traces.save(traces_path)
-    preds, offline, report = train_predictors(traces, pred_cfg, progress=progress)
-    write_report(out / "predictors.json", report, offline, traces, pred_cfg.verify_full)
-
-    with Model(model_path) as m:
-        write_heads(out / "heads.gguf", m, preds, exit_layers=offline, threshold=pred_cfg.threshold, draft=draft,
-                    verify_full=pred_cfg.verify_full)
     (out / "record.json").write_text(json.dumps({
         "command": " ".join(sys.argv),
         "model": os.fspath(model_path),
@@ -72,4 +128,4 @@ def train_all(model_path: str | os.PathLike, out: str | os.PathLike, sequences: 
         "predictors": {str(k): v for k, v in report.items()},
         "seconds": round(time.time() - t0, 1),
     }, indent=1))
-    return out / "heads.gguf"
+    return heads
