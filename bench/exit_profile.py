@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--heads", help="head file with a draft head (default: the heads that ship for the model)")
     ap.add_argument("--threshold", type=float)
-    ap.add_argument("--verify", choices=["full", "candidates"], default="full")
+    ap.add_argument("--verify", choices=["full", "candidates"], help="default: what the head file says")
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -67,7 +67,9 @@ def main() -> None:
         vctx = m.context(n_ctx=1024, n_threads=args.threads)
         sctx = m.context(n_ctx=1024, n_threads=args.threads)
         sctx.set_heads(heads)
-        sctx.set_exit_params(verify_full=args.verify == "full")
+        if args.verify is not None:
+            sctx.set_exit_params(verify_full=args.verify == "full")
+        verify = "full" if sctx.exit_params()["verify_full"] else "candidates"
         if args.threshold is not None:
             sctx.set_exit_params(threshold=args.threshold)
         v_ms = s_ms = 0.0
@@ -102,7 +104,7 @@ def main() -> None:
     verify_per_fire = perf["t_verify_ms"] / stats["n_fires"] if perf["t_verify_ms"] > 0 else None
     per_layer = (step_v - verify_per_fire) / n_layer if verify_per_fire else None
     out = {
-        "heads": str(heads_path), "verify": args.verify, "threshold": args.threshold, "prompts": len(prompts),
+        "heads": str(heads_path), "verify": verify, "threshold": args.threshold, "prompts": len(prompts),
         "n_predict": args.n_predict, "threads": args.threads,
         "vanilla_ms_per_token": step_v, "specee_ms_per_token": step_s,
         "specee_vs_vanilla_median_ratio": statistics.median(ratios),
@@ -114,7 +116,7 @@ def main() -> None:
         "verify_ms_per_fire": verify_per_fire, "estimated_ms_per_layer": per_layer,
         "layers_saved_ms_per_step": (n_layer - mean_exit) * per_layer if per_layer else None,
     }
-    print(f"{len(prompts)} MT-Bench prompts x {args.n_predict} tokens, {args.threads} threads, verify {args.verify}")
+    print(f"{len(prompts)} MT-Bench prompts x {args.n_predict} tokens, {args.threads} threads, verify {verify}")
     print(f"vanilla {step_v:.3f} ms/token; early exit {step_s:.3f} ms/token; median ratio (vanilla time / "
           f"early-exit time) {out['specee_vs_vanilla_median_ratio']:.3f}")
     print("early-exit step by stage (ms/token): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
