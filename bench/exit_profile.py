@@ -122,7 +122,8 @@ def main() -> None:
     print("early-exit step by stage (ms/token): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
     print(f"mean exit layer {mean_exit:.2f} of {n_layer}, exit ratio {out['exit_ratio']:.3f}, checks/step "
           f"{out['checks_per_step']:.2f}, fires/step {out['fires_per_step']:.3f} "
-          f"(false {out['false_fires_per_step']:.3f}), draft top-1 {out['draft_top1']:.3f} / top-k {out['draft_topk']:.3f}")
+          f"(false {out['false_fires_per_step']:.3f}), draft top-1 {out['draft_top1']:.3f} / "
+          f"top-k {out['draft_topk']:.3f}")
     if per_layer:
         print(f"one verification pass {verify_per_fire:.3f} ms; about {per_layer:.3f} ms per layer, so the exits "
               f"saved {out['layers_saved_ms_per_step']:.3f} ms of layers per step")
