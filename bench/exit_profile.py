@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 from specee.engine import Heads, Model
@@ -27,8 +28,6 @@ from compare_llama_cpp import prompt_set, tokenize_prompts
 
 def greedy(ctx, prompt: list[int], n: int, specee: bool) -> tuple[float, int]:
     """Decode-only ms and steps of one greedy continuation."""
-    import time
-
     ctx.truncate(0)
     ctx.prefill(prompt)
     tok = ctx.argmax()

@@ -205,15 +205,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, markdown_table, parse_mode, sweep_modes
+    from .evaluate import evaluate, markdown_table, sweep_modes
     from .evaluate_plots import write_plots
 
     model_path = fetch_model(args.model, progress=not args.quiet)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.sweep_threshold:
         modes = [m for m in modes if m == "vanilla"] + sweep_modes(args.sweep_threshold)
-    for m in modes:
-        parse_mode(m)
     results = evaluate(model_path, [d.strip() for d in args.dataset.split(",")], modes, heads_path=args.heads,
                        limit=args.limit, n_predict=args.n, threads=args.threads, threshold=args.threshold,
                        verify_full=None if args.verify is None else args.verify == "full", progress=not args.quiet)

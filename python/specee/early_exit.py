@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from .engine import Context, InvalidArgumentError
-from .generate import GenerationResult, pick, why_stop
+from .generate import GenerationResult, check_request, pick, why_stop
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -93,18 +93,12 @@ def generate_specee(
     if heads is None:
         raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
     use_draft = heads.has_draft and source is None
-    if max_tokens < 1:
-        raise InvalidArgumentError("max_tokens must be at least 1")
-    if len(prompt) == 0:
-        raise InvalidArgumentError("the prompt is empty")
+    check_request(ctx, prompt, max_tokens)
     sampler = sampler or Sampler()
     if not sampler.greedy and not ctx.exit_params()["verify_full"]:
         raise InvalidArgumentError("sampling needs each step's full-vocabulary logits: set verify_full=True")
     source = source or PromptLookup()
     stop = frozenset(stop_ids)
-    if ctx.n_past + len(prompt) >= ctx.n_ctx:
-        raise InvalidArgumentError(
-            f"the prompt ({len(prompt)} tokens) leaves no room in the context (n_ctx = {ctx.n_ctx})")
     ctx.reset_exit_stats()
 
     t0 = time.perf_counter()

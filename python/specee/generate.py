@@ -59,12 +59,16 @@ def pick(ctx: Context, sampler: Sampler) -> int:
     return ctx.argmax() if sampler.greedy else sampler.sample(ctx.logits())
 
 
-def prefill(ctx: Context, prompt: Sequence[int], sampler: Sampler) -> int:
-    """Runs the prompt; returns the first generated token."""
+def check_request(ctx: Context, prompt: Sequence[int], max_tokens: int) -> None:
+    """Refuses what no decode loop can serve: no tokens wanted, an empty
+    prompt, or a prompt that leaves no room in the context."""
+    if max_tokens < 1:
+        raise InvalidArgumentError("max_tokens must be at least 1")
     if len(prompt) == 0:
         raise InvalidArgumentError("the prompt is empty")
-    ctx.prefill(prompt)
-    return pick(ctx, sampler)
+    if ctx.n_past + len(prompt) >= ctx.n_ctx:
+        raise InvalidArgumentError(
+            f"the prompt ({len(prompt)} tokens) leaves no room in the context (n_ctx = {ctx.n_ctx})")
 
 
 def decode_one_token(ctx: Context, token: int, sampler: Sampler) -> int:
@@ -97,16 +101,13 @@ def generate(
     Stops early at a token in `stop_ids` (kept in the output) or when the
     context is full. `on_token` is called with each new id as it appears.
     """
-    if max_tokens < 1:
-        raise InvalidArgumentError("max_tokens must be at least 1")
+    check_request(ctx, prompt, max_tokens)
     sampler = sampler or Sampler()
     stop = frozenset(stop_ids)
-    if ctx.n_past + len(prompt) >= ctx.n_ctx:
-        raise InvalidArgumentError(
-            f"the prompt ({len(prompt)} tokens) leaves no room in the context (n_ctx = {ctx.n_ctx})")
 
     t0 = time.perf_counter()
-    token = prefill(ctx, prompt, sampler)
+    ctx.prefill(prompt)
+    token = pick(ctx, sampler)
     t1 = time.perf_counter()
     tokens = [token]
     if on_token:

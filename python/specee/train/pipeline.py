@@ -115,14 +115,13 @@ def train_all(model_path: str | os.PathLike, out: str | os.PathLike, sequences: 
     traces, _, offline, report = train_predictors_stage(model_path, out, prompts, pred_cfg, n_new, n_threads,
                                                         progress)
     heads = pack(model_path, out)
-    with Model(model_path) as m:
-        n_layer = m.n_layer
     (out / "record.json").write_text(json.dumps({
         "command": " ".join(sys.argv),
         "model": os.fspath(model_path),
         "data": data_note,
         "n_sequences": len(sequences), "n_feature_tokens": int(fs.offsets[-1]),
-        "n_trace_prompts": len(prompts), "n_trace_tokens": int(traces.label.shape[0]), "n_layer": n_layer,
+        "n_trace_prompts": len(prompts), "n_trace_tokens": int(traces.label.shape[0]),
+        "n_layer": int(traces.label.shape[1]),
         "draft_config": asdict(draft_cfg), "predictor_config": asdict(pred_cfg),
         "draft_heldout": draft_metrics, "offline_layers": offline,
         "predictors": {str(k): v for k, v in report.items()},
