@@ -92,12 +92,14 @@ def run_engine(engine: str, job: dict, library: str | None = None) -> list[dict]
 
 
 def parse_exit_config(text: str) -> tuple[str, dict]:
-    """"NAME:threshold=0.8,verify_full=0,fill_kv=1" -> ("specee-NAME", params)."""
+    """"NAME:threshold=0.8,verify_full=0,fill_kv=1,heads=H.gguf" -> ("specee-NAME", params)."""
     name, _, rest = text.partition(":")
     params: dict = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key == "threshold":
+        if key == "heads":
+            params[key] = value
+        elif key == "threshold":
             params[key] = float(value)
         elif key in ("verify_full", "fill_kv", "use_online", "use_offline"):
             params[key] = value.lower() in ("1", "true", "yes")
@@ -129,7 +131,7 @@ def main() -> None:
     ap.add_argument("--fill-kv", action="store_true",
                     help="specee-exit fills skipped layers' K/V from the exit hidden state (default: masks them)")
     ap.add_argument("--exit-config", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                    help="instead of one specee-exit, an early-exit engine per config (with --heads); keys: "
+                    help="instead of one specee-exit, an early-exit engine per config; keys: heads (default: --heads), "
                          "threshold, verify_full, fill_kv, use_online, use_offline. E.g. cand:verify_full=0")
     ap.add_argument("--prompt-set", choices=["bench", "mtbench"], default="bench",
                     help="bench/prompts.py (default) or MT-Bench first turns")
@@ -144,13 +146,18 @@ def main() -> None:
         name, _, lib = v.partition("=")
         engines[f"specee-{name}"] = ("specee", lib, None)
     exit_params: dict[str, dict] = {}
-    if args.heads:
-        configs = [parse_exit_config(c) for c in args.exit_config] or [("specee-exit", {"fill_kv": args.fill_kv})]
-        for name, params in configs:
+    exit_heads: dict[str, str] = {}
+    configs = [parse_exit_config(c) for c in args.exit_config]
+    if args.heads or configs:
+        for name, params in configs or [("specee-exit", {"fill_kv": args.fill_kv})]:
             if args.threshold is not None:
                 params.setdefault("threshold", args.threshold)
-            engines[name] = ("specee", None, args.heads)
+            heads = params.pop("heads", args.heads)
+            if heads is None:
+                raise SystemExit(f"{name}: give --heads or heads= in its --exit-config")
+            engines[name] = ("specee", None, heads)
             exit_params[name] = params
+            exit_heads[name] = heads
     workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name))
                for name, (eng, lib, heads) in engines.items()}
     exit_totals: dict[str, dict[str, int]] = {name: {} for name in exit_params}
@@ -216,7 +223,7 @@ def main() -> None:
     for name, totals in exit_totals.items():
         steps = max(totals["n_steps"], 1)
         x = summary["early_exit"][name] = {
-            "exit_params": exit_params[name],
+            "exit_params": exit_params[name], "heads": exit_heads[name],
             "mean_exit_layer": totals["sum_exit_layers"] / steps, "exit_ratio": totals["n_exits"] / steps,
             "false_exit_checks": totals["n_false_fires"], "draft_top1": totals["n_draft_top1"] / steps,
             "draft_topk": totals["n_draft_topk"] / steps,

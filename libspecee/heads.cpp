@@ -82,8 +82,8 @@ std::vector<int32_t> read_i32(ggml_context * data, const std::string & name, int
     return std::vector<int32_t>(p, p + n);
 }
 
-// A draft tensor with shape `ne`; vectors must be F32, matrices any type
-// ggml multiplies.
+// A draft tensor with shape `ne`; vectors must be F32, matrices F32, F16,
+// Q8_0 or Q4_0 (what write_heads stores).
 ggml_tensor * draft_tensor(ggml_context * data, const std::string & name, std::initializer_list<int64_t> ne,
                            bool required = true) {
     ggml_tensor * t = ggml_get_tensor(data, name.c_str());
@@ -96,7 +96,7 @@ ggml_tensor * draft_tensor(ggml_context * data, const std::string & name, std::i
     check_shape(t, name, ne);
     const bool vector = ne.size() == 1;
     if (vector ? t->type != GGML_TYPE_F32 : !(t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 ||
-                                               t->type == GGML_TYPE_Q8_0)) {
+                                               t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0)) {
         fail(SPECEE_STATUS_INVALID_MODEL, "head file: draft tensor %s has type %s", name.c_str(), ggml_type_name(t->type));
     }
     return t;

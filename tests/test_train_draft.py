@@ -123,6 +123,36 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
         params = ctx.exit_params()
         assert params["verify_full"] is False and params["threshold"] == pytest.approx(0.7)
         assert generate_specee(ctx, prompts[0], 8, heads.n_candidates).n_generated == 8
+
+    # recut: the trained draft over the 64 most frequent tokens, stored as
+    # Q4_0, in a new run that traces, trains predictors and packs on its own
+    cut = tmp_path / "cut"
+    assert cli.main(["-q", "train", "recut", "--model", str(path), "--from", str(tmp_path / "run"), "--out", str(cut),
+                     "--draft-vocab", "64", "--draft-dtype", "q4_0"]) == 0
+    record = json.loads((cut / "draft" / "recut.json").read_text())
+    assert record["draft_vocab"] == 64 and 0 <= record["draft_heldout"]["top4"] <= 1
+    src, dst = np.load(tmp_path / "run" / "draft" / "draft_head.npz"), np.load(cut / "draft" / "draft_head.npz")
+    np.testing.assert_array_equal(src["draft.blk.ffn_down.weight"], dst["draft.blk.ffn_down.weight"])
+    vocab = dst["draft.vocab"]
+    assert len(vocab) == 64 and str(dst["storage_dtype"]) == "q4_0"
+    train_predictors_stage(path, cut, prompts, PredictorConfig(hidden=16, epochs=3, n_offline=2, verify_full=False),
+                           n_new=8, progress=False)
+    assert cli.main(["-q", "pack", "--model", str(path), "--out", str(cut)]) == 0
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    types = {t.name: t.tensor_type for t in GGUFReader(cut / "heads.gguf").tensors}
+    assert types["draft.output.weight"] == types["draft.blk.ffn_down.weight"] == GGMLQuantizationType.Q4_0
+    with Model(path) as m, Heads(m, cut / "heads.gguf") as heads, m.context(n_ctx=128) as ctx:
+        ctx.set_heads(heads)
+        ctx.prefill(prompts[0])
+        token = ctx.argmax()
+        cands = ctx.draft_sync(token)
+        for _ in range(8):
+            assert set(cands) <= set(vocab.tolist())
+            step = ctx.decode_with_candidates(token, cands)
+            token, cands = step.token, step.next
+    assert cli.main(["-q", "train", "recut", "--model", str(path), "--from", str(cut), "--out", str(cut)]) == 1
+
     (tmp_path / "run" / "predictors.npz").unlink()
     assert cli.main(["-q", "pack", "--model", str(path), "--out", str(tmp_path / "run")]) == 1
 

