@@ -117,13 +117,16 @@ class PredictorConfig:
     verify_full: bool = True   # label: full verification (ref) or best candidate alone (verify_full off)
 
 
+def heldout_split(n: int, cfg: PredictorConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) token indices: the same split for every layer."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    n_held = max(1, int(n * cfg.heldout))
+    return perm[:n_held], perm[n_held:]
+
+
 def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predictor, dict]:
     """One layer's MLP; metrics on the held-out part at cfg.threshold."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    n = len(x)
-    perm = torch.randperm(n, generator=g)
-    n_held = max(1, int(n * cfg.heldout))
-    held, train = perm[:n_held], perm[n_held:]
+    held, train = heldout_split(len(x), cfg)
     X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     torch.manual_seed(cfg.seed)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], cfg.hidden), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden, 1))
@@ -140,7 +143,7 @@ def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predi
         prob = torch.sigmoid(net(X[held]).squeeze(-1))
     fire, truth = (prob > cfg.threshold), Y[held] > 0.5
     tp = int((fire & truth).sum())
-    metrics = {"n_train": len(train), "n_heldout": n_held, "positive_rate": round(pos, 4),
+    metrics = {"n_train": len(train), "n_heldout": len(held), "positive_rate": round(pos, 4),
                "precision": round(tp / max(int(fire.sum()), 1), 4), "recall": round(tp / max(int(truth.sum()), 1), 4),
                "fire_rate": round(float(fire.float().mean()), 4)}
     w1, b1 = net[0].weight.detach().numpy(), net[0].bias.detach().numpy()
