@@ -101,7 +101,8 @@ struct specee_perf {
 struct specee_exit_params {
     float threshold;    /* a checked layer may exit when its predictor says more than this; from the head file */
     bool  use_offline;  /* check the head file's layer set */
-    bool  use_online;   /* also check e-2, e, e+2 around the exit layers e of the last 5 exits */
+    bool  use_online;   /* also check e-2, e, e+2 around the exit layers e of the last 5 exits;
+                           specee_set_heads sets it from the head file (default true) */
     bool  full_depth;   /* debug: also run every layer and report the full model's token */
     bool  fill_kv;      /* after an exit, give the skipped layers K/V projected from the exit hidden state
                            (instead of masking the position in them) */

@@ -33,6 +33,8 @@ void context::set_heads(const heads * h) {
         }
         exit_.threshold   = h->threshold;
         exit_.verify_full = h->verify_full;
+        exit_.use_online  = h->use_online;
+        schedule_.use_online = h->use_online;
     }
     schedule_.reset();
 }

@@ -203,6 +203,7 @@ void load_heads(heads & h, const model & m, const char * path) {
     h.n_cand    = int32_t(kv.get_int("specee.draft.k", 1, 8).value_or(4));
     h.threshold = float(kv.get_float("specee.exit.threshold", 0.0, 1.0).value_or(0.5));
     h.verify_full = kv.get_bool("specee.exit.verify_full").value_or(true);
+    h.use_online  = kv.get_bool("specee.exit.use_online").value_or(true);
     const int32_t n_in   = 3 * h.n_cand;
     const int32_t hidden = int32_t(kv.require_int("specee.exit.hidden", 1, 1 << 16));
 

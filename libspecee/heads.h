@@ -41,6 +41,7 @@ struct heads {
     int32_t n_cand    = 4;     // candidates per step (k)
     float   threshold = 0.5f;  // default predictor threshold
     bool    verify_full = true;  // default exit verification (the predictors were trained for it)
+    bool    use_online  = true;  // default: also check layers around recent exits
     std::vector<int32_t>               offline_layers;  // checked layer indices, ascending
     std::map<int32_t, exit_predictor>  predictors;      // by layer index (check after that layer)
     draft_weights                      draft;

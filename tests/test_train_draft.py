@@ -95,7 +95,8 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
         assert heads.has_draft
         ctx.set_heads(heads)
-        assert ctx.exit_params()["verify_full"] is True  # the default the head file records
+        assert ctx.exit_params()["verify_full"] is True  # the defaults the head file records
+        assert ctx.exit_params()["use_online"] is True
         result = generate_specee(ctx, prompts[0], 16, heads.n_candidates)
     assert result.n_generated == 16 and len(result.extra["exit_layers"]) == 15
 
@@ -117,11 +118,14 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     (tmp_path / "run" / "heads.gguf").unlink()
     train_predictors_stage(path, tmp_path / "run", prompts, PredictorConfig(hidden=16, epochs=3, n_offline=2,
                                                                             verify_full=False), progress=False)
-    assert cli.main(["-q", "pack", "--model", str(path), "--out", str(tmp_path / "run"), "--threshold", "0.7"]) == 0
+    assert cli.main(["-q", "pack", "--model", str(path), "--out", str(tmp_path / "run"), "--threshold", "0.7",
+                     "--no-online"]) == 0
     with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
+        assert ctx.exit_params()["use_online"] is True  # the library's default before heads
         ctx.set_heads(heads)
         params = ctx.exit_params()
         assert params["verify_full"] is False and params["threshold"] == pytest.approx(0.7)
+        assert params["use_online"] is False
         assert generate_specee(ctx, prompts[0], 8, heads.n_candidates).n_generated == 8
 
     # recut: the trained draft over the 64 most frequent tokens, stored as

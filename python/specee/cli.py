@@ -211,7 +211,8 @@ def cmd_train_predictors(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
-    print(pipeline.pack(fetch_model(args.model, progress=not args.quiet), Path(args.out), args.threshold))
+    print(pipeline.pack(fetch_model(args.model, progress=not args.quiet), Path(args.out), args.threshold,
+                        use_online=not args.no_online))
     return 0
 
 
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                     ).set_defaults(func=cmd_train_predictors)
     pk = sub.add_parser("pack", parents=[common], help="write OUT/heads.gguf from the trained draft and predictors")
     pk.add_argument("--threshold", type=float, help="default threshold stored in the file (default: the trained one)")
+    pk.add_argument("--no-online", action="store_true",
+                    help="the file's default schedule checks only the offline layers, not also the layers "
+                         "around recent exits (each check costs time; measure which is faster)")
     pk.set_defaults(func=cmd_pack)
 
     e = sub.add_parser("eval", help="speed and fidelity of each mode on public data sets")

@@ -76,12 +76,14 @@ class DraftHead:
 
 def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, Predictor],
                 exit_layers: Sequence[int] | None = None, threshold: float = 0.5, n_candidates: int = 4,
-                draft: DraftHead | None = None, draft_dtype: str = "q8_0", verify_full: bool = True) -> None:
+                draft: DraftHead | None = None, draft_dtype: str = "q8_0", verify_full: bool = True,
+                use_online: bool = True) -> None:
     """Writes predictors (by layer index: checked after that layer) and an
     optional draft head for `model`; the draft's matrices are stored as
     `draft_dtype` (DRAFT_DTYPES; vectors stay f32): every decode step reads
     them, so their size is time. `verify_full` is the exit verification the
-    predictors were trained for (docs/heads.md)."""
+    predictors were trained for, `use_online` whether layers around recent
+    exits are checked too by default (docs/heads.md)."""
     if draft_dtype not in DRAFT_DTYPES:
         raise ValueError(f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)}, not {draft_dtype!r}")
     if not predictors:
@@ -99,6 +101,7 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
     w.add_uint32("specee.draft.k", n_candidates)
     w.add_float32("specee.exit.threshold", threshold)
     w.add_bool("specee.exit.verify_full", verify_full)
+    w.add_bool("specee.exit.use_online", use_online)
     w.add_uint32("specee.exit.hidden", hidden.pop())
     if exit_layers is not None:
         w.add_array("specee.exit.layers", [int(x) for x in exit_layers])

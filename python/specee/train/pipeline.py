@@ -103,9 +103,10 @@ def load_predictors(path: Path) -> tuple[dict[int, Predictor], list[int], float,
     return preds, [int(x) for x in z["offline"]], float(z["threshold"]), bool(z["verify_full"])
 
 
-def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = None) -> Path:
+def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = None, use_online: bool = True) -> Path:
     """OUT/heads.gguf from the trained draft (OUT/draft) and predictors
-    (OUT/predictors.npz); `threshold` overrides the trained default."""
+    (OUT/predictors.npz); `threshold` overrides the trained default;
+    `use_online` is the head file's default online schedule."""
     if not (out / "predictors.npz").exists():
         raise FileNotFoundError(f"{out / 'predictors.npz'} is missing: train the predictors first")
     draft, dtype = load_draft(out)
@@ -113,7 +114,7 @@ def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = Non
     with Model(model_path) as m:
         write_heads(out / "heads.gguf", m, preds, exit_layers=offline,
                     threshold=trained_threshold if threshold is None else threshold, draft=draft,
-                    draft_dtype=dtype, verify_full=verify_full)
+                    draft_dtype=dtype, verify_full=verify_full, use_online=use_online)
     return out / "heads.gguf"
 
 
