@@ -115,7 +115,7 @@ def test_shipped_heads_load_and_exit_with_high_agreement(smollm2):
     path = default_heads(smollm2.fingerprint)
     assert path == HEADS_DIR / "smollm2-135m.gguf" and path.stat().st_size < 20 * 2**20
     record = json.loads(path.with_name("smollm2-135m.record.json").read_text())
-    assert record["reproduce"].startswith("specee train all --model smollm2-135m")
+    assert record["reproduce"].startswith("specee train draft --model smollm2-135m")
     case = GOLDEN["cases"][0]
     with engine.Heads(smollm2, path) as heads, smollm2.context(n_ctx=512, n_threads=2) as ctx:
         assert heads.has_draft and heads.n_candidates == 4
