@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from specee.engine import Heads, Model  # noqa: E402
 from specee.heads_file import constant_predictor, write_heads  # noqa: E402
-from specee.train.draft import DraftConfig, DraftNet, read_target, train_draft  # noqa: E402
+from specee.train.draft import DraftConfig, DraftNet, _batch, _chunks, _losses, read_target, train_draft  # noqa: E402
 from specee.train.features import extract_features, load_features  # noqa: E402
 
 
@@ -42,12 +42,10 @@ def test_features_are_the_final_normed_hidden_states_and_resume(tiny, tmp_path):
 def test_trained_draft_runs_in_libspecee_as_in_torch(tiny, tmp_path):
     seqs = corpus(300, n=30)
     fs = extract_features(tiny, seqs, tmp_path / "f", progress=False)
-    cfg = DraftConfig(steps=30, seq_len=32, batch=4, checkpoint_every=15, draft_vocab=64, n_ff=128)
+    cfg = DraftConfig(steps=80, seq_len=32, batch=4, lr=3e-3, checkpoint_every=40, draft_vocab=64, n_ff=128)
     draft, metrics = train_draft(tiny, fs, tmp_path / "d", cfg, progress=False)
     log = (tmp_path / "d" / "draft_log.jsonl").read_text().splitlines()
     assert len(log) == 2 and 0 <= metrics["top1"] <= metrics["top4"] <= 1
-    first, last = (json.loads(line) for line in (log[0], log[-1]))
-    assert last["loss"] < first["loss"] * 1.5  # it trains (tiny data: no strict bound)
 
     # the same weights in torch and in libspecee give the same candidates
     info, embd, out = read_target(tiny)
@@ -61,6 +59,16 @@ def test_trained_draft_runs_in_libspecee_as_in_torch(tiny, tmp_path):
     for k, v in draft.layer.items():
         sd[names[k]] = torch.from_numpy(v)
     net.load_state_dict(sd)
+
+    # it learned: the training loss over all the data, against a fresh draft's
+    torch.manual_seed(cfg.seed)
+    fresh = DraftNet(info, 128, embd)
+    out_rows = torch.from_numpy(out[draft.vocab])
+    batch = _batch(fs, _chunks(fs, list(range(len(fs))), cfg.seq_len))
+    with torch.no_grad():
+        before, after = (_losses(n, out_rows, batch, cfg.ce_weight)[0].item() for n in (fresh, net))
+    assert after < 0.8 * before, (before, after)  # measured: 0.99 -> 0.59
+
     with Model(tiny) as m:
         write_heads(tmp_path / "h.gguf", m, {0: constant_predictor(-40.0)}, draft=draft, draft_dtype="f32")
         with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
