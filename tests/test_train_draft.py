@@ -186,3 +186,10 @@ def test_offline_layers_skip_predictors_that_never_fire():
     report = {0: {"fire_rate": 0.0, "precision": 0.0}, 1: {"fire_rate": 0.1, "precision": 0.9},
               2: {"fire_rate": 0.2, "precision": 0.8}}
     assert choose_offline_layers(t, 2, report) == [2]  # layer 0 would never fire; layer 1 sees no exits
+
+
+def test_bad_draft_storage_type_is_refused_before_training(tiny, tmp_path):
+    fs = extract_features(tiny, corpus(300, n=4), tmp_path / "f", progress=False)
+    with pytest.raises(ValueError, match="storage type"):
+        train_draft(tiny, fs, tmp_path / "d", DraftConfig(steps=5, dtype="q3_k"), progress=False)
+    assert not (tmp_path / "d" / "draft.pt").exists()

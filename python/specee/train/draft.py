@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from ..heads_file import DraftHead
+from ..heads_file import DRAFT_DTYPES, DraftHead
 from ..progress import Progress
 from .features import FeatureSet
 
@@ -229,6 +229,11 @@ def evaluate(net: DraftNet, fs: FeatureSet, chunks, out_t: torch.Tensor, out_ful
     return {"top1": hit1 / max(n, 1), f"top{k}": hitk / max(n, 1), "n": n}
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DRAFT_DTYPES:
+        raise ValueError(f"draft storage type must be one of {', '.join(DRAFT_DTYPES)}, not {dtype!r}")
+
+
 def heldout_split(fs: FeatureSet, cfg: DraftConfig, rng: np.random.Generator) -> tuple[list, list]:
     """(held-out, training) chunks: whole sequences, cfg.heldout of them held out."""
     order = rng.permutation(len(fs))
@@ -249,6 +254,7 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
                 cfg: DraftConfig = DraftConfig(), progress: bool = True) -> tuple[DraftHead, dict]:
     """Trains (resuming from OUT/draft.pt if present) and returns the draft
     head, ready for write_heads, with its held-out metrics."""
+    check_dtype(cfg.dtype)  # before training, not after
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

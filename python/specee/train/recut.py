@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .draft import choose_draft_vocab, evaluate, heldout_split, load_checkpoint, read_target
+from .draft import check_dtype, choose_draft_vocab, evaluate, heldout_split, load_checkpoint, read_target
 from .features import load_features
 from .pipeline import save_draft
 
@@ -30,6 +30,7 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     """DST/draft/draft_head.npz and DST/draft_only.gguf: SRC's trained draft
     over the `draft_vocab` most frequent tokens (0: all), stored as `dtype`;
     returns the held-out top-1/top-4 of that vocabulary on SRC's held-out split."""
+    check_dtype(dtype)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("recut writes a new run directory: --out must differ from --from")
