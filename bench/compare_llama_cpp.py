@@ -146,7 +146,6 @@ def main() -> None:
         name, _, lib = v.partition("=")
         engines[f"specee-{name}"] = ("specee", lib, None)
     exit_params: dict[str, dict] = {}
-    exit_heads: dict[str, str] = {}
     configs = [parse_exit_config(c) for c in args.exit_config]
     if args.heads or configs:
         for name, params in configs or [("specee-exit", {"fill_kv": args.fill_kv})]:
@@ -157,7 +156,6 @@ def main() -> None:
                 raise SystemExit(f"{name}: give --heads or heads= in its --exit-config")
             engines[name] = ("specee", None, heads)
             exit_params[name] = params
-            exit_heads[name] = heads
     workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name))
                for name, (eng, lib, heads) in engines.items()}
     exit_totals: dict[str, dict[str, int]] = {name: {} for name in exit_params}
@@ -223,7 +221,7 @@ def main() -> None:
     for name, totals in exit_totals.items():
         steps = max(totals["n_steps"], 1)
         x = summary["early_exit"][name] = {
-            "exit_params": exit_params[name], "heads": exit_heads[name],
+            "exit_params": exit_params[name], "heads": engines[name][2],
             "mean_exit_layer": totals["sum_exit_layers"] / steps, "exit_ratio": totals["n_exits"] / steps,
             "false_exit_checks": totals["n_false_fires"], "draft_top1": totals["n_draft_top1"] / steps,
             "draft_topk": totals["n_draft_topk"] / steps,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
-from specee.heads_file import DraftHead, Predictor, write_heads
+from specee.heads_file import DRAFT_DTYPES, DraftHead, Predictor, write_heads
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--draft", action="store_true", help="also run a (random) draft head each step")
     ap.add_argument("--draft-ff", type=int, default=1536, help="the draft layer's FFN width")
     ap.add_argument("--draft-vocab", type=int, default=0, help="reduced draft vocabulary size (0: the full output)")
-    ap.add_argument("--draft-dtype", default="q8_0", choices=["f16", "q8_0", "f32"])
+    ap.add_argument("--draft-dtype", default="q8_0", choices=DRAFT_DTYPES)
     args = ap.parse_args()
 
     with Model(fetch_model("smollm2-135m")) as m, tempfile.TemporaryDirectory() as tmp:

@@ -31,10 +31,11 @@ void context::set_heads(const heads * h) {
         for (const auto & kvp : h->predictors) {
             predictor_layers_.insert(kvp.first);
         }
-        exit_.threshold   = h->threshold;
-        exit_.verify_full = h->verify_full;
-        exit_.use_online  = h->use_online;
-        schedule_.use_online = h->use_online;
+        exit_params p = exit_;  // the head file's defaults; set_exit_params keeps the schedule in step
+        p.threshold   = h->threshold;
+        p.verify_full = h->verify_full;
+        p.use_online  = h->use_online;
+        set_exit_params(p);
     }
     schedule_.reset();
 }

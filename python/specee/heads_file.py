@@ -21,6 +21,11 @@ _QUANTIZED = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizat
 DRAFT_DTYPES = ("f32", "f16", *_QUANTIZED)
 
 
+def check_draft_dtype(dtype: str) -> None:
+    if dtype not in DRAFT_DTYPES:
+        raise ValueError(f"draft storage type must be one of {', '.join(DRAFT_DTYPES)}, not {dtype!r}")
+
+
 @dataclass
 class Predictor:
     """MLP 3k -> hidden (ReLU) -> 1 (sigmoid), numpy float32."""
@@ -84,8 +89,7 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
     them, so their size is time. `verify_full` is the exit verification the
     predictors were trained for, `use_online` whether layers around recent
     exits are checked too by default (docs/heads.md)."""
-    if draft_dtype not in DRAFT_DTYPES:
-        raise ValueError(f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)}, not {draft_dtype!r}")
+    check_draft_dtype(draft_dtype)
     if not predictors:
         raise ValueError("at least one predictor is needed")
     hidden = {p.w1.shape[0] for p in predictors.values()}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from ..heads_file import DRAFT_DTYPES, DraftHead
+from ..heads_file import DraftHead, check_draft_dtype
 from ..progress import Progress
 from .features import FeatureSet
 
@@ -130,7 +130,9 @@ class DraftNet(torch.nn.Module):
         h = self.ffn_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
-    def export(self, out_rows: np.ndarray | None, vocab: np.ndarray | None) -> DraftHead:
+    def export(self, out_rows: np.ndarray, vocab: np.ndarray | None) -> DraftHead:
+        """The weights for write_heads; the output rows go in only for a
+        reduced vocabulary (the full one is the target's own matrix)."""
         def w(lin):
             return lin.weight.detach().numpy().copy()
 
@@ -143,7 +145,7 @@ class DraftNet(torch.nn.Module):
                           "attn_k_bias": self.k.bias.detach().numpy().copy(),
                           "attn_v_bias": self.v.bias.detach().numpy().copy()})
         return DraftHead(fc=w(self.fc), fc_bias=self.fc.bias.detach().numpy().copy(), layer=layer,
-                         output=out_rows, vocab=vocab)
+                         output=out_rows if vocab is not None else None, vocab=vocab)
 
 
 # ---- training ---------------------------------------------------------------------------
@@ -229,9 +231,13 @@ def evaluate(net: DraftNet, fs: FeatureSet, chunks, out_t: torch.Tensor, out_ful
     return {"top1": hit1 / max(n, 1), f"top{k}": hitk / max(n, 1), "n": n}
 
 
-def check_dtype(dtype: str) -> None:
-    if dtype not in DRAFT_DTYPES:
-        raise ValueError(f"draft storage type must be one of {', '.join(DRAFT_DTYPES)}, not {dtype!r}")
+def vocab_rows(fs: FeatureSet, out: np.ndarray, size: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The draft vocabulary of `size` tokens (None: the whole vocabulary) and
+    the target's output rows it scores."""
+    if not 0 < size < out.shape[0]:
+        return None, out
+    vocab = choose_draft_vocab(fs, out, size)
+    return vocab, out[vocab]
 
 
 def heldout_split(fs: FeatureSet, cfg: DraftConfig, rng: np.random.Generator) -> tuple[list, list]:
@@ -254,15 +260,14 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
                 cfg: DraftConfig = DraftConfig(), progress: bool = True) -> tuple[DraftHead, dict]:
     """Trains (resuming from OUT/draft.pt if present) and returns the draft
     head, ready for write_heads, with its held-out metrics."""
-    check_dtype(cfg.dtype)  # before training, not after
+    check_draft_dtype(cfg.dtype)  # before training, not after
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info, embd, out = read_target(model_path)
-    vocab = choose_draft_vocab(fs, out, cfg.draft_vocab) if 0 < cfg.draft_vocab < out.shape[0] else None
-    out_rows = out[vocab] if vocab is not None else out
+    vocab, out_rows = vocab_rows(fs, out, cfg.draft_vocab)
     net = DraftNet(info, cfg.n_ff or 2 * info.n_embd, embd)
     out_t, out_full = torch.from_numpy(out_rows), torch.from_numpy(out)
     vocab_t = torch.from_numpy(vocab.astype(np.int64)) if vocab is not None else None
@@ -305,4 +310,4 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
                             "config": asdict(cfg)}, ckpt)
     metrics = evaluate(net, fs, held, out_t, out_full, vocab_t)
-    return net.export(out_rows if vocab is not None else None, vocab), metrics
+    return net.export(out_rows, vocab), metrics

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .draft import check_dtype, choose_draft_vocab, evaluate, heldout_split, load_checkpoint, read_target
+from ..heads_file import check_draft_dtype
+from .draft import evaluate, heldout_split, load_checkpoint, read_target, vocab_rows
 from .features import load_features
 from .pipeline import save_draft
 
@@ -30,7 +31,7 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     """DST/draft/draft_head.npz and DST/draft_only.gguf: SRC's trained draft
     over the `draft_vocab` most frequent tokens (0: all), stored as `dtype`;
     returns the held-out top-1/top-4 of that vocabulary on SRC's held-out split."""
-    check_dtype(dtype)
+    check_draft_dtype(dtype)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("recut writes a new run directory: --out must differ from --from")
@@ -40,12 +41,11 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     fs = load_features(src / "features")
     info, embd, out = read_target(model_path)
     net, cfg = load_checkpoint(ckpt, info, embd)
-    vocab = choose_draft_vocab(fs, out, draft_vocab) if 0 < draft_vocab < out.shape[0] else None
-    out_rows = out[vocab] if vocab is not None else out
+    vocab, out_rows = vocab_rows(fs, out, draft_vocab)
     held, _ = heldout_split(fs, cfg, np.random.default_rng(cfg.seed))
     metrics = evaluate(net, fs, held, torch.from_numpy(out_rows), torch.from_numpy(out),
                        torch.from_numpy(vocab.astype(np.int64)) if vocab is not None else None)
-    save_draft(model_path, dst, net.export(out_rows if vocab is not None else None, vocab), dtype)
+    save_draft(model_path, dst, net.export(out_rows, vocab), dtype)
     record = {"from": os.fspath(src), "draft_vocab": draft_vocab, "dtype": dtype, "draft_heldout": metrics}
     (dst / "draft" / "recut.json").write_text(json.dumps(record, indent=1))
     return record
