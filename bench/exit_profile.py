@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from specee.early_exit import attach_heads
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
 from specee.shipped_heads import default_heads
@@ -65,12 +66,8 @@ def main() -> None:
             raise SystemExit("the head file has no draft head")
         vctx = m.context(n_ctx=1024, n_threads=args.threads)
         sctx = m.context(n_ctx=1024, n_threads=args.threads)
-        sctx.set_heads(heads)
-        if args.verify is not None:
-            sctx.set_exit_params(verify_full=args.verify == "full")
+        attach_heads(sctx, heads, args.threshold, None if args.verify is None else args.verify == "full")
         verify = "full" if sctx.exit_params()["verify_full"] else "candidates"
-        if args.threshold is not None:
-            sctx.set_exit_params(threshold=args.threshold)
         v_ms = s_ms = 0.0
         v_steps = s_steps = 0
         ratios = []

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from . import engine
 from .chat import ChatTemplateError, read_chat_template, render_chat
 from .fetch import FetchError, fetch_model, known_models
-from .early_exit import generate_specee
+from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
 from .sampling import Sampler
@@ -68,11 +68,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise SystemExit(f"specee: no trained heads ship for {model_path.name}; give --heads PATH "
                                  "(train them with `specee train all`)")
             heads = engine.Heads(model, heads_path)
-            ctx.set_heads(heads)
-            if args.verify is not None:
-                ctx.set_exit_params(verify_full=args.verify == "full")
-            if args.threshold is not None:
-                ctx.set_exit_params(threshold=args.threshold)
+            attach_heads(ctx, heads, args.threshold, None if args.verify is None else args.verify == "full")
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:

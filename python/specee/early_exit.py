@@ -76,6 +76,15 @@ def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> d
     }
 
 
+def attach_heads(ctx: Context, heads, threshold: Optional[float] = None, verify_full: Optional[bool] = None) -> None:
+    """Attaches `heads` to `ctx` (their file's exit defaults come along) and
+    overrides the threshold and the verification where given."""
+    ctx.set_heads(heads)
+    changes = {k: v for k, v in (("threshold", threshold), ("verify_full", verify_full)) if v is not None}
+    if changes:
+        ctx.set_exit_params(**changes)
+
+
 def generate_specee(
     ctx: Context,
     prompt: Sequence[int],

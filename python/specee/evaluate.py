@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .chat import read_chat_template, render_chat
 from .datasets import load_dataset
-from .early_exit import PromptLookup, generate_specee
+from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
@@ -178,13 +178,9 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                             kind, mode_threshold = parsed[mode]
                             with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
                                 if kind == "specee":
-                                    ctx.set_heads(heads)
-                                    if verify_full is not None:
-                                        ctx.set_exit_params(verify_full=verify_full)
+                                    attach_heads(ctx, heads, mode_threshold if mode_threshold is not None
+                                                 else threshold, verify_full)
                                     out["verify_full"] = ctx.exit_params()["verify_full"]
-                                    t = mode_threshold if mode_threshold is not None else threshold
-                                    if t is not None:
-                                        ctx.set_exit_params(threshold=t)
                                     g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
                                     r.exit_layers += g.extra["exit_layers"]
                                     a, s = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
