@@ -39,8 +39,7 @@ def predictor_probs(run: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
     x = layer_features(t.cand_logits[held])
     probs = np.zeros((len(held), x.shape[1] - 1), np.float32)
     for layer, p in preds.items():
-        h = np.maximum(x[:, layer] @ p.w1.T + p.b1, 0.0)
-        probs[:, layer] = 1.0 / (1.0 + np.exp(-(h @ p.w2 + p.b2)))
+        probs[:, layer] = p(x[:, layer])
     return probs, t.exit_ok(False)[held], offline
 
 

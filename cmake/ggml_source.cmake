@@ -1,6 +1,6 @@
 # ggml built from source: the copy inside the llama-cpp-python source
-# distribution on PyPI (ggml 0.25.3, the same code llama.cpp's numbers in
-# DESIGN.md were measured with). Selected with -DSPECEE_GGML=source.
+# distribution on PyPI (ggml 0.25.3, the ggml that llama.cpp 0.3.36 ships and
+# that the project's llama.cpp comparisons are measured against).
 #
 # SPECEE_GGML_SOURCE_DIR may point at an unpacked ggml tree; otherwise the
 # sdist is fetched with pip (checked by sha256) into the build directory.
@@ -42,12 +42,21 @@ set(GGML_OPENMP OFF CACHE BOOL "" FORCE)   # like the wheel: ggml's own thread p
 # is off); it changes how prompt-sized matrix products round, so greedy output
 # matches llama.cpp only with it on.
 set(GGML_LLAMAFILE ON CACHE BOOL "" FORCE)
+# ggml's RPC backend: layers on other machines (specee rpc-server, --rpc)
+set(GGML_RPC ON CACHE BOOL "" FORCE)
+# CUDA: -C cmake.define.SPECEE_CUDA=ON (needs the CUDA toolkit)
+option(SPECEE_CUDA "build ggml's CUDA backend (GPU offload with n_gpu_layers)" OFF)
+set(GGML_CUDA ${SPECEE_CUDA} CACHE BOOL "" FORCE)
 set(BUILD_SHARED_LIBS ON)
 add_subdirectory("${SPECEE_GGML_SOURCE_DIR}" ggml EXCLUDE_FROM_ALL)
 
 # The ggml libraries travel inside the Python package, next to libspecee.so.
-set_target_properties(ggml ggml-base ggml-cpu PROPERTIES INSTALL_RPATH "$ORIGIN")
-install(TARGETS ggml ggml-base ggml-cpu LIBRARY DESTINATION specee)
+set(_specee_ggml_libs ggml ggml-base ggml-cpu ggml-rpc)
+if (SPECEE_CUDA)
+    list(APPEND _specee_ggml_libs ggml-cuda)
+endif()
+set_target_properties(${_specee_ggml_libs} PROPERTIES INSTALL_RPATH "$ORIGIN")
+install(TARGETS ${_specee_ggml_libs} LIBRARY DESTINATION specee)
 
 # the names the wheel's CMake config exports
 foreach (_t ggml-base ggml-cpu)

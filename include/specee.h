@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 1
+#define SPECEE_API_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -71,6 +71,12 @@ struct specee_context;
 struct specee_heads;
 
 #define SPECEE_MAX_CANDIDATES 8
+
+/* The exit predictors' input: 3 values per candidate (see specee_exit_features).
+ * Head files record the version their predictors were trained on; a head
+ * file of another version is refused. */
+#define SPECEE_EXIT_FEATURE_VERSION 2
+#define SPECEE_EXIT_FEATURES_PER_CANDIDATE 3
 
 enum specee_status {
     SPECEE_STATUS_OK               = 0,
@@ -136,6 +142,12 @@ struct specee_exit_stats {
 struct specee_model_params {
     bool check_tensors;  /* scan the weights for NaN/Inf and bad block scales while loading (slower) */
     bool use_repack;     /* put matrices ggml can repack (Q4_0, Q4_K, ...) in its faster CPU layout, as llama.cpp does */
+    int32_t      n_gpu_layers;  /* llama.cpp's -ngl: the last N layers (and, for N > n_layer, the output layer)
+                                   run on the offload devices (RPC servers, then GPUs); 0 (default) = all on the
+                                   CPU. A build without a GPU backend and no rpc_servers refuses N > 0. */
+    const char * rpc_servers;   /* NULL, or "host:port[,host:port...]": ggml RPC servers (specee rpc-server) that
+                                   take offloaded layers. An unreachable server fails the load within 3 s. The
+                                   RPC protocol has no authentication: use it only on networks you trust. */
 };
 
 struct specee_context_params {
@@ -151,6 +163,16 @@ SPECEE_API uint32_t     specee_api_version(void);              /* == SPECEE_API_
 SPECEE_API const char * specee_status_name(enum specee_status status);  /* "SPECEE_STATUS_OK", ... */
 SPECEE_API const char * specee_system_info(void);              /* ggml's CPU features, for logs */
 SPECEE_API const char * specee_ggml_version(void);             /* version of the ggml linked at run time, "0.20.2" */
+
+/* Whether this build has a GPU backend (CUDA) / ggml's RPC backend. */
+SPECEE_API bool specee_has_gpu(void);
+SPECEE_API bool specee_has_rpc(void);
+
+/* Serves this machine's CPU backend to RPC clients on `endpoint`
+ * ("host:port"; bind 127.0.0.1 unless the network is trusted: the protocol has
+ * no authentication) with `n_threads` compute threads. Returns only if the
+ * server cannot start or stops, with the reason in `err`. */
+SPECEE_API enum specee_status specee_rpc_serve(const char * endpoint, int32_t n_threads, char * err, size_t err_size);
 
 /* ---- model ---- */
 
@@ -307,6 +329,28 @@ SPECEE_API enum specee_status specee_trace_step(
         float                 * cand_logits,   /* [n_layer * n_cand] */
         int32_t               * layer_argmax,  /* [n_layer] */
         struct specee_step    * out);
+
+/* The exit predictors' features, the one definition training and inference
+ * share. `cand_logits` holds [n_steps][n_layer][n_cand] candidate logits
+ * after every layer (as specee_trace_step writes them, step after step);
+ * `out` receives [n_steps][n_layer][3 * n_cand]: for layer l, the logits,
+ * their softmax p_l, and p_l - p_(l-1) (zeros at layer 0). A check after
+ * layer l during decoding computes exactly these values. */
+SPECEE_API enum specee_status specee_exit_features(
+        const float * cand_logits,
+        int64_t       n_steps,
+        int32_t       n_layer,
+        int32_t       n_cand,
+        float       * out);
+
+/* What the checks of the last early-exit step saw: writes at most `capacity`
+ * checked layer indices to `layers` and their features ([capacity][3 *
+ * n_cand]) to `features` (either may be NULL); returns how many checks ran. */
+SPECEE_API int32_t specee_get_last_checks(
+        const struct specee_context * ctx,
+        int32_t                     * layers,
+        float                       * features,
+        int32_t                       capacity);
 
 /* Layers computed by the last early-exit step (n_layer = no exit), -1 before any. */
 SPECEE_API int32_t specee_get_exit_layer(const struct specee_context * ctx);

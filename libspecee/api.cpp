@@ -3,6 +3,7 @@
 #include "specee.h"
 
 #include "context.h"
+#include "devices.h"
 #include "error.h"
 #include "ggml_log.h"
 #include "heads.h"
@@ -97,12 +98,32 @@ const char * specee_system_info(void) {
 
 const char * specee_ggml_version(void) { return ggml_version(); }
 
+bool specee_has_gpu(void) { return specee::has_gpu_backend(); }
+bool specee_has_rpc(void) { return specee::has_rpc_backend(); }
+
+enum specee_status specee_rpc_serve(const char * endpoint, int32_t n_threads, char * err, size_t err_size) {
+    std::string message;
+    const specee_status st = guarded(message, [&] {
+        if (endpoint == nullptr || *endpoint == '\0') {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "endpoint must be host:port");
+        }
+        if (n_threads < 1 || n_threads > 512) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "n_threads = %d is outside [1, 512]", n_threads);
+        }
+        specee::serve_rpc(endpoint, n_threads);
+    });
+    copy_message(err, err_size, message);
+    return st;
+}
+
 // ---- model ----
 
 struct specee_model_params specee_model_default_params(void) {
     specee_model_params p;
     p.check_tensors = false;
     p.use_repack    = true;
+    p.n_gpu_layers  = 0;
+    p.rpc_servers   = nullptr;
     return p;
 }
 
@@ -361,6 +382,41 @@ enum specee_status specee_draft_sync(struct specee_context * ctx, specee_token n
             out[i] = cands[size_t(i)];
         }
     });
+}
+
+enum specee_status specee_exit_features(const float * cand_logits, int64_t n_steps, int32_t n_layer, int32_t n_cand,
+                                        float * out) {
+    if (cand_logits == nullptr || out == nullptr || n_steps < 0 || n_layer < 1 || n_cand < 1 ||
+        n_cand > SPECEE_MAX_CANDIDATES) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const int64_t n_feat = int64_t(SPECEE_EXIT_FEATURES_PER_CANDIDATE) * n_cand;
+    for (int64_t i = 0; i < n_steps * n_layer; i++) {
+        const float * logits = cand_logits + i * n_cand;
+        const bool    first  = i % n_layer == 0;
+        specee::exit_features(logits, first ? nullptr : logits - n_cand, n_cand, out + i * n_feat);
+    }
+    return SPECEE_STATUS_OK;
+}
+
+int32_t specee_get_last_checks(const struct specee_context * ctx, int32_t * layers, float * features,
+                               int32_t capacity) {
+    if (ctx == nullptr) {
+        return 0;
+    }
+    const std::vector<int32_t> & ls = ctx->last_check_layers();
+    const std::vector<float> &   fs = ctx->last_check_features();
+    const size_t n_feat = ls.empty() ? 0 : fs.size() / ls.size();
+    for (int32_t i = 0; i < capacity && i < int32_t(ls.size()); i++) {
+        if (layers) {
+            layers[i] = ls[size_t(i)];
+        }
+        if (features) {
+            std::copy(fs.begin() + ptrdiff_t(size_t(i) * n_feat), fs.begin() + ptrdiff_t(size_t(i + 1) * n_feat),
+                      features + size_t(i) * n_feat);
+        }
+    }
+    return int32_t(ls.size());
 }
 
 int32_t specee_get_exit_layer(const struct specee_context * ctx) { return ctx ? ctx->last_exit_layer() : -1; }

@@ -20,6 +20,15 @@ static uint32_t resolve_n_ctx(const model & m, const specee_context_params & p) 
     return p.n_ctx;
 }
 
+// Where each layer's K/V live: where the layer runs.
+static std::vector<ggml_backend_buffer_type_t> layer_bufts(const model & m) {
+    std::vector<ggml_backend_buffer_type_t> out;
+    for (int il = 0; il < m.hp.n_layer; il++) {
+        out.push_back(m.devices.layer_buft(il));
+    }
+    return out;
+}
+
 static int32_t resolve_threads(int32_t n) {
     if (n > 0) {
         return std::min(n, 512);
@@ -30,7 +39,7 @@ static int32_t resolve_threads(int32_t n) {
 
 context::context(const model & m, const specee_context_params & params)
     : model_(m),
-      kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn),
+      kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn, layer_bufts(m)),
       n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
       n_threads_(resolve_threads(params.n_threads)) {
     install_ggml_log();
@@ -53,6 +62,25 @@ context::context(const model & m, const specee_context_params & params)
         ggml_backend_cpu_set_threadpool(backend_, threadpool_);
 
         graph_size_ = std::max(1024, 48 * m.hp.n_layer + 64);
+        if (m.devices.any_offload()) {
+            // layers on other devices: ggml's scheduler splits each graph
+            // between them and the CPU, which runs what they cannot
+            std::vector<ggml_backend_t> all;
+            for (ggml_backend_dev_t dev : m.devices.offload) {
+                ggml_backend_t b = ggml_backend_dev_init(dev, nullptr);
+                if (b == nullptr) {
+                    fail(SPECEE_STATUS_IO_ERROR, "cannot start the %s backend", ggml_backend_dev_name(dev));
+                }
+                offload_backends_.push_back(b);
+                all.push_back(b);
+            }
+            all.push_back(backend_);
+            sched_ = ggml_backend_sched_new(all.data(), nullptr, int(all.size()), size_t(graph_size_) * 2,
+                                            /*parallel=*/false, /*op_offload=*/true);
+            if (sched_ == nullptr) {
+                fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the graph scheduler");
+            }
+        }
 
         ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
         state_ctx_ = ggml_init(ip);
@@ -73,14 +101,30 @@ context::context(const model & m, const specee_context_params & params)
         build_into(*slots_[0], plan);
         slots_[0]->ready = false;  // its inputs were never set
     } catch (...) {
-        slots_.clear();
-        ggml_backend_buffer_free(state_buffer_);
-        ggml_free(state_ctx_);
-        ggml_backend_free(backend_);
-        if (threadpool_) {
-            ggml_threadpool_free(threadpool_);
-        }
+        release();
         throw;
+    }
+}
+
+void context::release() {
+    slots_.clear();
+    if (sched_) {
+        ggml_backend_sched_free(sched_);
+        sched_ = nullptr;
+    }
+    for (ggml_backend_t b : offload_backends_) {
+        ggml_backend_free(b);
+    }
+    offload_backends_.clear();
+    ggml_backend_buffer_free(state_buffer_);
+    state_buffer_ = nullptr;
+    ggml_free(state_ctx_);
+    state_ctx_ = nullptr;
+    ggml_backend_free(backend_);  // before the thread pool it uses
+    backend_ = nullptr;
+    if (threadpool_) {
+        ggml_threadpool_free(threadpool_);
+        threadpool_ = nullptr;
     }
 }
 
@@ -90,11 +134,7 @@ context::graph_slot::~graph_slot() {
 }
 
 context::~context() {
-    slots_.clear();
-    ggml_backend_buffer_free(state_buffer_);
-    ggml_free(state_ctx_);
-    ggml_backend_free(backend_);
-    ggml_threadpool_free(threadpool_);  // after the backend that uses it
+    release();
 }
 
 // Attention reads whole blocks of 256 cells (the masked rest are zeros in
@@ -148,15 +188,20 @@ void context::build_into(graph_slot & slot, const forward_plan & plan, bool draf
     ggml_free(slot.ctx);
     ggml_init_params ip = {slot.meta.size(), slot.meta.data(), true};
     slot.ctx = ggml_init(ip);
-    if (slot.galloc == nullptr) {
+    if (slot.galloc == nullptr && sched_ == nullptr) {
         slot.galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
     }
-    if (slot.ctx == nullptr || slot.galloc == nullptr) {
+    if (slot.ctx == nullptr || (slot.galloc == nullptr && sched_ == nullptr)) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
     }
     slot.g = draft ? build_draft(slot.ctx, model_, heads_->draft, *draft_kv_, plan, graph_size_)
                    : build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
-    if (!ggml_gallocr_alloc_graph(slot.galloc, slot.g.gf)) {
+    // CPU only: each slot keeps its buffer and its graph runs again as it
+    // is. With offload devices the scheduler splits and allocates every
+    // graph anew (its compute buffers are shared), and compute() follows at once.
+    const bool ok = sched_ ? (ggml_backend_sched_reset(sched_), ggml_backend_sched_alloc_graph(sched_, slot.g.gf))
+                           : ggml_gallocr_alloc_graph(slot.galloc, slot.g.gf);
+    if (!ok) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
     }
     slot.plan  = plan;
@@ -250,7 +295,8 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
     }
 
     const int64_t t_compute = ggml_time_us();
-    const ggml_status st = ggml_backend_graph_compute(backend_, g.gf);
+    const ggml_status st = sched_ ? ggml_backend_sched_graph_compute(sched_, g.gf)
+                                  : ggml_backend_graph_compute(backend_, g.gf);
     perf_.t_compute_us += ggml_time_us() - t_compute;
     perf_.n_graph_runs++;
     if (st != GGML_STATUS_SUCCESS) {
@@ -263,7 +309,7 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     const int64_t t_start = ggml_time_us();
     bool reuse = false;
     graph_slot & slot = slot_for(plan, reuse);
-    if (!reuse) {
+    if (!reuse || sched_) {
         build_into(slot, plan);
     }
     slot.last_used = ++n_runs_;
@@ -281,6 +327,10 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     if (g.cand_logits) {
         cand_logits_.clear();
         append_columns(g.cand_logits, cand_logits_);
+        cand_logits_prev_.clear();
+        if (g.cand_logits_prev) {
+            append_columns(g.cand_logits_prev, cand_logits_prev_);
+        }
     }
     if (!g.trace_cand.empty()) {
         cand_logits_.clear();

@@ -79,6 +79,10 @@ public:
     // the draft's candidates after the last early-exit step (empty without a draft)
     const std::vector<int32_t> & next_candidates() const { return next_cands_; }
     std::vector<int32_t> checked_layers() const;
+    // what the last early-exit step's checks saw: layer indices, and
+    // exit_features() of each ([n, 3 n_cand]), in check order
+    const std::vector<int32_t> & last_check_layers() const { return last_check_layers_; }
+    const std::vector<float> &   last_check_features() const { return last_check_features_; }
     const exit_stats & stats() const { return stats_; }
     void reset_stats() { stats_ = exit_stats(); }
 
@@ -136,8 +140,12 @@ private:
     uint32_t      n_batch_;
     int32_t       n_threads_;
 
-    ggml_backend_t     backend_    = nullptr;
+    ggml_backend_t     backend_    = nullptr;   // the CPU
     ggml_threadpool_t  threadpool_ = nullptr;
+    std::vector<ggml_backend_t> offload_backends_;  // one per offload device of the model
+    ggml_backend_sched_t        sched_ = nullptr;   // only with offload devices
+    bool has_offload() const { return sched_ != nullptr; }
+    void release();                                  // frees what the constructor made
     int                graph_size_ = 0;
     std::vector<std::unique_ptr<graph_slot>> slots_;
     uint64_t           n_runs_ = 0;
@@ -150,6 +158,7 @@ private:
     int32_t                  n_outputs_ = 0;
     std::vector<float>       hidden_;       // [n_hidden_tokens, n_embd]
     std::vector<float>       cand_logits_;  // [n_cand] of the last segment that asked for them
+    std::vector<float>       cand_logits_prev_;  // [n_cand] the layer before (empty when it was layer 0)
     int32_t                  n_hidden_  = 0;
     int32_t                  hidden_layer_ = -1;
     bool                     hidden_norm_  = false;
@@ -168,6 +177,8 @@ private:
     exit_schedule            schedule_;
     exit_stats               stats_;
     int32_t                  last_exit_layer_ = -1;
+    std::vector<int32_t>     last_check_layers_;
+    std::vector<float>       last_check_features_;
 
     // draft head: its one-layer cache, the target tokens and features it
     // has not consumed yet ([n_pending, n_embd]), its graphs

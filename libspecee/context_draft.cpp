@@ -37,7 +37,7 @@ std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * fe
         plan.n_kv      = padded_n_kv(plan.pos + chunk);
         plan.layer_end = 1;
         graph_slot & slot = draft_slots_[chunk == 1 ? 1 : 0];
-        if (!(slot.ready && slot.plan.same_shape(plan))) {
+        if (!(slot.ready && slot.plan.same_shape(plan)) || has_offload()) {
             build_into(slot, plan, /*draft=*/true);
         }
         compute(slot.g, plan, *draft_kv_, tokens + done, nullptr, features + size_t(done) * size_t(model_.hp.n_embd));

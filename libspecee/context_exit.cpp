@@ -154,8 +154,9 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
     int32_t chosen      = -1;
     int32_t done        = 0;           // layers computed so far
-    std::vector<float> p_prev;
     std::vector<float> features(static_cast<size_t>(3 * n_cand));
+    last_check_layers_.clear();
+    last_check_features_.clear();
     try {
         const std::vector<int32_t> checks = checked_layers();
         for (size_t c = 0; c < checks.size() && chosen < 0; c++) {
@@ -175,9 +176,12 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             float prob = 0.0f;
             {
                 scoped_timer timer(perf_.t_predictor_us);
-                exit_features(cand_logits_.data(), n_cand, p_prev, c == 0, features.data());
+                exit_features(cand_logits_.data(), cand_logits_prev_.empty() ? nullptr : cand_logits_prev_.data(),
+                              n_cand, features.data());
                 prob = heads_->predictors.at(il)(features.data());
             }
+            last_check_layers_.push_back(il);
+            last_check_features_.insert(last_check_features_.end(), features.begin(), features.end());
             stats_.n_checks++;
             if (prob <= exit_.threshold) {
                 continue;
@@ -204,14 +208,14 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         }
         if (chosen < 0 || exit_.full_depth) {
             // the rest of the layers: the normal path, or the debug reference
-            std::vector<float> exit_logits, exit_features;
+            std::vector<float> exit_logits, exit_hidden;
             if (chosen >= 0) {
                 exit_logits.swap(logits_);
-                exit_features.swap(hidden_);
+                exit_hidden.swap(hidden_);
             }
             run_to_output(token, plan, done, hp.n_layer);
             if (chosen >= 0) {
-                hidden_.swap(exit_features);  // the draft follows the token that was chosen
+                hidden_.swap(exit_hidden);  // the draft follows the token that was chosen
             }
             const int32_t full = argmax(0);
             if (out_full) {

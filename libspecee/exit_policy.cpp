@@ -1,5 +1,7 @@
 #include "exit_policy.h"
 
+#include "specee.h"
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -36,24 +38,37 @@ void exit_schedule::record_exit(int32_t layer) {
     }
 }
 
-void exit_features(const float * logits, int32_t k, std::vector<float> & p_prev, bool first, float * out) {
+namespace {
+
+void softmax(const float * logits, int32_t k, float * p) {
     float mx = logits[0];
     for (int32_t i = 1; i < k; i++) {
         mx = std::max(mx, logits[i]);
     }
     float sum = 0.0f;
-    std::vector<float> p(static_cast<size_t>(k));
     for (int32_t i = 0; i < k; i++) {
-        p[size_t(i)] = std::exp(logits[i] - mx);
-        sum += p[size_t(i)];
+        p[i] = std::exp(logits[i] - mx);
+        sum += p[i];
     }
     for (int32_t i = 0; i < k; i++) {
-        p[size_t(i)] /= sum;
+        p[i] /= sum;
+    }
+}
+
+} // namespace
+
+void exit_features(const float * logits, const float * prev_logits, int32_t k, float * out) {
+    float p[SPECEE_MAX_CANDIDATES];
+    float p_prev[SPECEE_MAX_CANDIDATES];
+    softmax(logits, k, p);
+    if (prev_logits) {
+        softmax(prev_logits, k, p_prev);
+    }
+    for (int32_t i = 0; i < k; i++) {
         out[i]         = logits[i];
-        out[k + i]     = p[size_t(i)];
-        out[2 * k + i] = first ? p[size_t(i)] : p[size_t(i)] - p_prev[size_t(i)];
+        out[k + i]     = p[i];
+        out[2 * k + i] = prev_logits ? p[i] - p_prev[i] : 0.0f;
     }
-    p_prev = std::move(p);
 }
 
 } // namespace specee

@@ -27,10 +27,14 @@ struct exit_schedule {
     void reset() { recent.clear(); }
 };
 
-// The predictor's 3k features from the k candidate logits at this layer:
-// logits, softmax over them, and the change of that softmax since the
-// previous checked layer (the softmax itself at the first one).
-// `p_prev` (k values) is updated to this layer's softmax.
-void exit_features(const float * cand_logits, int32_t k, std::vector<float> & p_prev, bool first, float * out);
+// The exit features of one layer (version SPECEE_EXIT_FEATURE_VERSION, the
+// one definition that training and inference share, docs/heads.md): from
+// the k candidates' logits after layer l and after layer l - 1
+// (`prev_logits`, NULL at layer 0), out[3k] = the logits, their softmax p_l,
+// and p_l - p_(l-1) (zero at layer 0). Depending on the previous *layer*
+// rather than the previous *checked* layer keeps the features the same
+// whatever the schedule checks, so predictors trained on traces of every
+// layer see at inference exactly what they were trained on.
+void exit_features(const float * logits, const float * prev_logits, int32_t k, float * out);
 
 } // namespace specee

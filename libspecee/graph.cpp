@@ -17,6 +17,14 @@ static ggml_tensor * last_column(ggml_context * ctx0, ggml_tensor * t) {
 }
 
 // y = W x (+ b)
+// final_norm(x) . the candidates' lm_head rows: what an exit check sees
+// (ref: SpecEE sec. 4, the predictor's inputs). [n_cand, 1], marked output.
+static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml_tensor * cand_rows, ggml_tensor * x) {
+    ggml_tensor * c = ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
+    ggml_set_output(c);
+    return c;
+}
+
 static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
     ggml_tensor * y = ggml_mul_mat(ctx0, w, x);
     return b ? ggml_add(ctx0, y, b) : y;
@@ -207,6 +215,12 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         if (plan.hidden_layer == il) {
             keep_hidden(x);
         }
+        if (plan.n_cand > 0 && !plan.trace && il == plan.layer_end - 1 && il > 0) {
+            // the exit features' change term: the candidates' logits after layer il - 1
+            g.cand_logits_prev = candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x);
+            ggml_set_name(g.cand_logits_prev, "cand_logits_prev");
+            ggml_build_forward_expand(g.gf, g.cand_logits_prev);
+        }
         const layer_weights & L = m.layers[size_t(il)];
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
@@ -229,8 +243,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         if (plan.trace) {
             // training data for the exit predictors (ref: SpecEE sec. 4.3):
             // what a check after this layer would see, and what it would pick
+            ggml_tensor * c = candidate_logits(ctx0, m, cand_rows, x);       // [n_cand, 1]
             ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);  // [n_embd, 1]
-            ggml_tensor * c = ggml_mul_mat(ctx0, cand_rows, h);              // [n_cand, 1]
             ggml_tensor * a = ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output, h));  // [1] I32
             for (ggml_tensor * t : {c, a}) {
                 ggml_set_output(t);
@@ -251,10 +265,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     if (plan.n_cand > 0 && !plan.trace) {
         // early-exit features: final_norm(h) . lm_head rows of the candidates
         // ref: SpecEE sec. 4 (predictor inputs); only the last token's row
-        ggml_tensor * h = rms_norm(ctx0, n_rows > 1 ? last_column(ctx0, x) : x, m.output_norm, hp.rms_eps);
-        g.cand_logits = ggml_mul_mat(ctx0, cand_rows, h);                 // [n_cand, 1]
+        g.cand_logits = candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x);
         ggml_set_name(g.cand_logits, "cand_logits");
-        ggml_set_output(g.cand_logits);
         ggml_build_forward_expand(g.gf, g.cand_logits);
     }
     if (plan.n_logits > 0) {

@@ -62,7 +62,8 @@ struct forward_graph {
     // outputs
     ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]
     ggml_tensor * hidden = nullptr;             // [n_embd, n_tokens]
-    ggml_tensor * cand_logits = nullptr;        // [n_cand, 1]
+    ggml_tensor * cand_logits = nullptr;        // [n_cand, 1] after layer_end - 1
+    ggml_tensor * cand_logits_prev = nullptr;   // [n_cand, 1] after layer_end - 2 (none if layer_end == 1)
     std::vector<ggml_tensor *> trace_cand;      // per layer: [n_cand, 1] candidate logits after it
     std::vector<ggml_tensor *> trace_argmax;    // per layer: [1] I32 full-vocabulary argmax after it
 };

@@ -17,6 +17,7 @@
 namespace specee {
 
 heads::~heads() {
+    ggml_backend_buffer_free(data_buffer);
     ggml_free(data);
 }
 
@@ -171,6 +172,15 @@ void load_heads(heads & h, const model & m, const char * path) {
     }
     std::unique_ptr<gguf_context, decltype(&gguf_free)> gctx_owner(gctx, gguf_free);
     h.data = data;  // owned by h from here on
+    // The tensors live in the ggml context's own memory; a CPU buffer over it
+    // lets ggml's scheduler (offloaded models) see where they are.
+    h.data_buffer = ggml_backend_cpu_buffer_from_ptr(ggml_get_mem_buffer(data), ggml_get_mem_size(data));
+    if (h.data_buffer == nullptr) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot wrap the head file's tensors");
+    }
+    for (ggml_tensor * t = ggml_get_first_tensor(data); t; t = ggml_get_next_tensor(data, t)) {
+        t->buffer = h.data_buffer;
+    }
     const gguf_meta kv(gctx);
 
     if (kv.get_string("general.architecture").value_or("") != "specee-heads") {
@@ -204,7 +214,15 @@ void load_heads(heads & h, const model & m, const char * path) {
     h.threshold = float(kv.get_float("specee.exit.threshold", 0.0, 1.0).value_or(0.5));
     h.verify_full = kv.get_bool("specee.exit.verify_full").value_or(true);
     h.use_online  = kv.get_bool("specee.exit.use_online").value_or(true);
-    const int32_t n_in   = 3 * h.n_cand;
+    // predictors see the features they were trained on, or none at all
+    const int64_t features = kv.get_int("specee.exit.feature_version", 0, 1 << 20).value_or(1);
+    if (features != SPECEE_EXIT_FEATURE_VERSION) {
+        fail(SPECEE_STATUS_UNSUPPORTED,
+             "head file's predictors were trained on exit features version %lld; this library computes version %d "
+             "(docs/heads.md): train them again (specee train predictors, then specee pack)",
+             (long long) features, SPECEE_EXIT_FEATURE_VERSION);
+    }
+    const int32_t n_in   = SPECEE_EXIT_FEATURES_PER_CANDIDATE * h.n_cand;
     const int32_t hidden = int32_t(kv.require_int("specee.exit.hidden", 1, 1 << 16));
 
     for (int32_t il = 0; il + 1 < hp.n_layer; il++) {  // the last layer is never checked

@@ -47,6 +47,7 @@ struct heads {
     draft_weights                      draft;
 
     ggml_context * data = nullptr;  // the head file's tensors (the draft's weights live here)
+    ggml_backend_buffer_t data_buffer = nullptr;  // a CPU buffer over data's memory (not owning it)
     heads() = default;
     heads(const heads &) = delete;
     heads & operator=(const heads &) = delete;

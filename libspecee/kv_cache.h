@@ -18,7 +18,9 @@ class kv_cache {
 public:
     // v_trans: store V transposed ([n_ctx, n_embd_kv]), the layout the
     // unfused attention multiplies with; the fused kernel wants it as K.
-    kv_cache(const hparams & hp, uint32_t n_ctx, bool v_trans);
+    // layer_buft: where each layer's K/V live (nullptr or missing = CPU memory).
+    kv_cache(const hparams & hp, uint32_t n_ctx, bool v_trans,
+             const std::vector<ggml_backend_buffer_type_t> & layer_buft = {});
     ~kv_cache();
     kv_cache(const kv_cache &) = delete;
     kv_cache & operator=(const kv_cache &) = delete;
@@ -54,8 +56,14 @@ private:
     uint32_t                   n_ctx_;
     uint32_t                   n_past_ = 0;
     bool                       v_trans_;
-    ggml_context             * ctx_    = nullptr;
-    ggml_backend_buffer_t      buffer_ = nullptr;
+    struct store {
+        ggml_backend_buffer_type_t buft   = nullptr;
+        ggml_context             * ctx    = nullptr;
+        ggml_backend_buffer_t      buffer = nullptr;
+    };
+    ggml_context * context_for(ggml_backend_buffer_type_t buft, size_t n_tensors);
+    void           release();
+    std::vector<store>         stores_;
     std::vector<ggml_tensor *> k_, v_;
     std::vector<uint8_t>       valid_;  // [n_layer, n_ctx]
 };

@@ -1,5 +1,5 @@
 // model.cpp — reads a GGUF file, validates every key and tensor we use, and
-// copies the weights into a ggml CPU buffer.
+// copies the weights into the buffers of the devices they run on.
 #include "model.h"
 
 #include "error.h"
@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <map>
 #include <set>
@@ -19,10 +20,10 @@
 namespace specee {
 
 model::~model() {
-    ggml_backend_buffer_free(buf_plain);
-    ggml_backend_buffer_free(buf_repacked);
-    ggml_free(ctx_plain);
-    ggml_free(ctx_repacked);
+    for (weight_store & s : stores) {
+        ggml_backend_buffer_free(s.buf);
+        ggml_free(s.ctx);
+    }
     ggml_free(meta);
 }
 
@@ -243,6 +244,11 @@ static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
     ggml_init_params ip = {ggml_tensor_overhead() * 4, nullptr, true};
     std::unique_ptr<ggml_context, decltype(&ggml_free)> tmp(ggml_init(ip), ggml_free);
     for (ggml_backend_buffer_type_t * buft = get_extra(dev); buft && *buft; buft++) {
+        if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
+            // ggml 0.25.3's AMX matrix kernels crash inside ggml_graph_compute
+            // here (Xeon with AMX, Q4_1 and Q8_0 weights); the AVX repacks are fine
+            continue;
+        }
         ggml_tensor * wt = ggml_dup_tensor(tmp.get(), w);
         ggml_tensor * x  = ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], 512);
         ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, x);
@@ -257,8 +263,41 @@ static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
     return nullptr;
 }
 
-// Decides where each tensor lives, allocates both places, and points the
-// model at the new tensors.
+// The layer a tensor of `m` belongs to, or -1 (embeddings, output).
+static int layer_of(const model & m, const ggml_tensor * t) {
+    for (size_t il = 0; il < m.layers.size(); il++) {
+        const layer_weights & L = m.layers[il];
+        for (const ggml_tensor * w : {L.attn_norm, L.wq, L.wk, L.wv, L.wo, L.bq, L.bk, L.bv, L.ffn_norm, L.ffn_gate,
+                                      L.ffn_up, L.ffn_down}) {
+            if (w == t) {
+                return int(il);
+            }
+        }
+    }
+    return -1;
+}
+
+// The context of the store for `buft`, created on first use.
+static ggml_context * store_ctx(model & m, ggml_backend_buffer_type_t buft, size_t n_tensors) {
+    for (model::weight_store & s : m.stores) {
+        if (s.buft == buft) {
+            return s.ctx;
+        }
+    }
+    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 2), nullptr, true};
+    model::weight_store s;
+    s.buft = buft;
+    s.ctx  = ggml_init(ip);
+    if (s.ctx == nullptr) {
+        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a weight context");
+    }
+    m.stores.push_back(s);
+    return s.ctx;
+}
+
+// Decides where each tensor lives (its layer's device; on the CPU, the
+// repacked layout where ggml has one for it), allocates every store, and
+// points the model at the new tensors.
 static void place_weights(model & m, bool allow_repack) {
     std::set<const ggml_tensor *> matmul_weights;
     for (auto & L : m.layers) {
@@ -273,74 +312,107 @@ static void place_weights(model & m, bool allow_repack) {
     for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
         n_tensors++;
     }
-    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, true};
-    m.ctx_plain    = ggml_init(ip);
-    m.ctx_repacked = ggml_init(ip);
-    if (m.ctx_plain == nullptr || m.ctx_repacked == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the weight contexts");
-    }
+    ggml_backend_buffer_type_t cpu = ggml_backend_cpu_buffer_type();
     ggml_backend_buffer_type_t repack_buft = nullptr;
     std::map<const ggml_tensor *, ggml_tensor *> moved;
+    const bool tied = m.output == m.tok_embd;
     for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
-        ggml_backend_buffer_type_t buft = nullptr;
-        if (allow_repack && matmul_weights.count(t)) {
+        const int il = layer_of(m, t);
+        ggml_backend_buffer_type_t buft = il >= 0 ? m.devices.layer_buft(il) : nullptr;
+        if ((t == m.output && !tied) || t == m.output_norm) {
+            buft = m.devices.output_buft();
+        }
+        if (buft == nullptr && allow_repack && matmul_weights.count(t)) {
             buft = repack_buffer_type(t);
             if (buft && repack_buft && buft != repack_buft) {
                 buft = nullptr;  // one extra buffer type is all we keep
             }
+            if (buft) {
+                repack_buft = buft;
+                m.n_repacked++;
+            }
         }
-        ggml_tensor * copy = ggml_dup_tensor(buft ? m.ctx_repacked : m.ctx_plain, t);
+        ggml_tensor * copy = ggml_dup_tensor(store_ctx(m, buft ? buft : cpu, n_tensors), t);
         ggml_set_name(copy, ggml_get_name(t));
         moved[t] = copy;
-        if (buft) {
-            repack_buft = buft;
-            m.n_repacked++;
-        }
+    }
+    ggml_tensor * output_copy = nullptr;
+    if (tied && m.devices.output_dev) {
+        // the output runs on the device, the embedding lookup on the CPU: two copies
+        output_copy = ggml_dup_tensor(store_ctx(m, m.devices.output_buft(), n_tensors), m.tok_embd);
+        ggml_set_name(output_copy, "output.weight (tied)");
     }
     for (ggml_tensor ** slot : weight_slots(m)) {
         if (*slot) {
             *slot = moved.at(*slot);
         }
     }
-
-    m.buf_plain = ggml_backend_alloc_ctx_tensors_from_buft(m.ctx_plain, ggml_backend_cpu_buffer_type());
-    if (m.buf_plain == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate memory for the weights");
+    if (output_copy) {
+        m.output        = output_copy;
+        m.output_copied = true;
     }
-    ggml_backend_buffer_set_usage(m.buf_plain, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    if (m.n_repacked > 0) {
-        m.buf_repacked = ggml_backend_alloc_ctx_tensors_from_buft(m.ctx_repacked, repack_buft);
-        if (m.buf_repacked == nullptr) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate memory for the repacked weights");
+
+    for (model::weight_store & s : m.stores) {
+        s.buf = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, s.buft);
+        if (s.buf == nullptr) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate %s memory for the weights", ggml_backend_buft_name(s.buft));
         }
-        ggml_backend_buffer_set_usage(m.buf_repacked, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        ggml_backend_buffer_set_usage(s.buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     }
 }
 
 // ---- weight data ------------------------------------------------------------
 
+// Every placed copy of the tensor called `name` (a tied output matrix
+// offloaded has two: the embeddings and the output).
+static std::vector<ggml_tensor *> placed(const model & m, const char * name) {
+    std::vector<ggml_tensor *> out;
+    for (const model::weight_store & s : m.stores) {
+        if (ggml_tensor * t = ggml_get_tensor(s.ctx, name)) {
+            out.push_back(t);
+        }
+    }
+    if (m.output_copied && std::strcmp(name, "token_embd.weight") == 0) {
+        out.push_back(m.output);
+    }
+    return out;
+}
+
+// A cheap identity for head files: FNV-1a 64 over the bytes of three norm
+// vectors (final norm, first and last layer norms), which differ between any
+// two trained models of the same shape. Read from the file's bytes, since
+// the tensors may live on another device.
+static void hash_bytes(uint64_t & h, const uint8_t * p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 1099511628211ull;
+    }
+}
+
 static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file_size, bool check) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
     const int64_t  n_tensors   = gguf_get_n_tensors(gctx);
-    std::vector<uint8_t> staging;  // repacked tensors are converted on the way in
+    const std::string fp_names[3] = {ggml_get_name(m.output_norm), ggml_get_name(m.layers.front().attn_norm),
+                                     ggml_get_name(m.layers.back().ffn_norm)};
+    std::vector<uint8_t> fp_bytes[3];
+    std::vector<uint8_t> staging;  // for buffers that are not plain host memory
     for (int64_t i = 0; i < n_tensors; i++) {
-        const char  * name      = gguf_get_tensor_name(gctx, i);
-        ggml_tensor * t         = ggml_get_tensor(m.ctx_plain, name);
-        const bool    repacked  = t == nullptr;
-        if (repacked) {
-            t = ggml_get_tensor(m.ctx_repacked, name);
-        }
-        if (t == nullptr) {
+        const char * name = gguf_get_tensor_name(gctx, i);
+        const std::vector<ggml_tensor *> copies = placed(m, name);
+        if (copies.empty()) {
             fail(SPECEE_STATUS_INTERNAL, "tensor %s vanished from the weight contexts", name);
         }
+        ggml_tensor * t = copies.front();
         const uint64_t offset = data_offset + gguf_get_tensor_offset(gctx, i);
         const uint64_t nbytes = ggml_nbytes(t);
         if (offset > file_size || nbytes > file_size - offset) {
             fail(SPECEE_STATUS_IO_ERROR, "file is truncated: tensor %s needs bytes up to %llu, the file has %llu",
                  name, (unsigned long long) (offset + nbytes), (unsigned long long) file_size);
         }
+        // plain CPU memory is read into directly; repacked or device memory through ggml
+        const bool direct = copies.size() == 1 && ggml_backend_buffer_is_host(t->buffer) &&
+                            ggml_backend_buffer_get_type(t->buffer) == ggml_backend_cpu_buffer_type();
         void * dst = t->data;
-        if (repacked) {
+        if (!direct) {
             staging.resize(nbytes);
             dst = staging.data();
         }
@@ -350,28 +422,26 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file
         if (check && !ggml_validate_row_data(t->type, dst, nbytes)) {
             fail(SPECEE_STATUS_INVALID_MODEL, "tensor %s holds NaN/Inf or invalid block scales", name);
         }
-        if (repacked) {
-            ggml_backend_tensor_set(t, dst, 0, nbytes);
+        if (!direct) {
+            for (ggml_tensor * c : copies) {
+                ggml_backend_tensor_set(c, dst, 0, nbytes);
+            }
+        }
+        for (int k = 0; k < 3; k++) {
+            if (fp_names[k] == name) {
+                fp_bytes[k].assign(static_cast<const uint8_t *>(dst), static_cast<const uint8_t *>(dst) + nbytes);
+            }
         }
         m.n_params   += uint64_t(ggml_nelements(t));
         m.size_bytes += nbytes;
     }
-}
-
-// A cheap identity for head files: FNV-1a 64 over the bytes of three norm
-// vectors (final norm, first and last layer norms), which differ between any
-// two trained models of the same shape.
-static std::string fingerprint_of(const model & m) {
     uint64_t h = 1469598103934665603ull;
-    for (const ggml_tensor * t : {m.output_norm, m.layers.front().attn_norm, m.layers.back().ffn_norm}) {
-        const auto * p = static_cast<const uint8_t *>(t->data);
-        for (size_t i = 0; i < ggml_nbytes(t); i++) {
-            h = (h ^ p[i]) * 1099511628211ull;
-        }
+    for (const auto & bytes : fp_bytes) {
+        hash_bytes(h, bytes.data(), bytes.size());
     }
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long) h);
-    return buf;
+    m.fingerprint = buf;
 }
 
 void load_model(model & m, const char * path, const specee_model_params & params) {
@@ -403,9 +473,12 @@ void load_model(model & m, const char * path, const specee_model_params & params
     if (!f) {
         fail(SPECEE_STATUS_IO_ERROR, "cannot open %s", path);
     }
-    place_weights(m, params.use_repack);
+    m.devices = plan_devices(m.hp.n_layer, params.n_gpu_layers, params.rpc_servers);
+    // ggml's repacked CPU layouts (AMX among them) crash under the scheduler
+    // when part of the model is offloaded (seen with AMX, ggml 0.25.3): the
+    // CPU layers of an offloaded model stay in the plain layout
+    place_weights(m, params.use_repack && !m.devices.any_offload());
     read_weights(m, gctx, f.get(), uint64_t(st.st_size), params.check_tensors);
-    m.fingerprint = fingerprint_of(m);
 }
 
 } // namespace specee

@@ -6,6 +6,8 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include "devices.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -59,14 +61,20 @@ struct model {
 
     ggml_context             * meta   = nullptr;  // tensor metadata from gguf (shapes only)
 
-    // The weights live in one of two places: plain CPU memory, or ggml's
-    // CPU "extra" buffer type (repacked into the layouts its faster matrix
-    // kernels read, as llama.cpp does) for the matrices it supports.
-    ggml_context             * ctx_plain    = nullptr;
-    ggml_context             * ctx_repacked = nullptr;
-    ggml_backend_buffer_t      buf_plain    = nullptr;
-    ggml_backend_buffer_t      buf_repacked = nullptr;
-    int                        n_repacked   = 0;  // tensors in buf_repacked
+    // Where the layers run (CPU, or offload devices: devices.h), and the
+    // weights' storage: one ggml context and buffer per buffer type, as
+    // llama.cpp's loader keeps them (plain CPU memory; ggml's CPU "extra"
+    // type that repacks matrices into the layouts its faster kernels read;
+    // each offload device's memory).
+    device_map devices;
+    struct weight_store {
+        ggml_backend_buffer_type_t buft = nullptr;
+        ggml_context             * ctx  = nullptr;
+        ggml_backend_buffer_t      buf  = nullptr;
+    };
+    std::vector<weight_store>  stores;
+    int                        n_repacked   = 0;  // tensors in the CPU's repacked layout
+    bool                       output_copied = false;  // tied output offloaded: a second copy of tok_embd
     std::string                fingerprint;       // 16 hex digits, see fingerprint_of()
     uint64_t                   n_params   = 0;
     uint64_t                   size_bytes = 0;

@@ -13,12 +13,12 @@ pytestmark = pytest.mark.real_model
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_smollm2_llama_cpp.json").read_text())
 
 
-def same_ggml_as_llama_cpp() -> bool:
-    """Built against the ggml inside llama-cpp-python 0.3.36 (SPECEE_GGML=source)
-    with llamafile's sgemm, as llama.cpp builds it: then every kernel rounds
-    the same way and greedy output must match token for token."""
-    info = engine.system_info()
-    return engine.ggml_version() == "0.25.3" and "LLAMAFILE = 1" in info
+def test_built_with_llama_cpps_ggml():
+    """libspecee runs the ggml inside llama-cpp-python 0.3.36 with llamafile's
+    sgemm, as llama.cpp builds it: every kernel rounds the same way, so
+    greedy output must match llama.cpp's token for token (below)."""
+    assert engine.ggml_version() == "0.25.3"
+    assert "LLAMAFILE = 1" in engine.system_info()
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,15 @@ def smollm2(real_model_path):
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["name"])
 def test_teacher_forced_agreement_with_llama_cpp(smollm2, case):
-    """Fed llama.cpp's own greedy tokens one at a time, our argmax must pick
-    the same next token. The prebuilt ggml wheel (an older ggml, without
-    llamafile's sgemm) rounds a little differently, which flips near-ties."""
+    """Fed llama.cpp's own greedy tokens one at a time, our argmax picks the
+    same next token every time."""
     golden = case["tokens"]
     with smollm2.context(n_ctx=256, n_threads=2) as ctx:
         ctx.prefill(case["prompt"])
         picks = [ctx.argmax()]
         for token in golden[:-1]:
             picks.append(ctx.decode(token))
-    agree = sum(a == b for a, b in zip(picks, golden)) / len(golden)
-    assert picks[0] == golden[0]
-    # measured with the wheel: 60-62 of 64 on these four prompts
-    assert agree == 1.0 if same_ggml_as_llama_cpp() else agree >= 0.90
+    assert picks == golden
 
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["name"])
@@ -52,11 +48,7 @@ def test_free_running_greedy_matches_llama_cpp(smollm2, case):
         out = [ctx.argmax()]
         while len(out) < len(golden):
             out.append(ctx.decode(out[-1]))
-    if same_ggml_as_llama_cpp():
-        assert out == golden
-    else:
-        # near-tie flips make the sequences part after a while; the start agrees
-        assert out[:4] == golden[:4]
+    assert out == golden
 
 
 def test_cli_generate_json(real_model_path, capsys):

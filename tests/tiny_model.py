@@ -1,7 +1,7 @@
 """Tiny random Llama / Qwen2 GGUF models for unit tests, written with `gguf`.
 
-Weights are quantized by ggml itself (`ggml_quantize_chunk` from the
-libggml-python wheel, through cffi), so every quant type the engine runs can
+Weights are quantized by ggml itself (`ggml_quantize_chunk` from the ggml
+that libspecee is built with, through cffi), so every quant type the engine runs can
 be tested; the numpy reference (reference.py) dequantizes them with the
 `gguf` package's own, independent code.
 """
@@ -53,12 +53,13 @@ _ggml = None
 def _ggml_lib():
     global _ggml
     if _ggml is None:
-        import libggml
+        from specee._ffi import LIBRARY_PATH
 
-        root = Path(libggml.__file__).parent
-        candidates = sorted(root.glob("lib*/libggml-base.so*"))
+        # installed: next to libspecee.so; a CMake build tree: under ggml/src
+        root = LIBRARY_PATH.parent
+        candidates = sorted(root.glob("libggml-base.so*")) or sorted(root.glob("ggml/src/libggml-base.so*"))
         if not candidates:
-            raise RuntimeError(f"libggml-base.so not found under {root}")
+            raise RuntimeError(f"libggml-base.so not found next to {LIBRARY_PATH}")
         _ggml = _ffi.dlopen(os.fspath(candidates[0]))
     return _ggml
 

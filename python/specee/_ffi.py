@@ -44,7 +44,7 @@ def _cdef_from_header(text: str) -> str:
 ffi = cffi.FFI()
 ffi.cdef(_cdef_from_header(_header_path().read_text()))
 
-_lib_path = _library_path()
-if not _lib_path.exists():
-    raise ImportError(f"libspecee not found at {_lib_path}; was the package built (pip install .)?")
-lib = ffi.dlopen(str(_lib_path))
+LIBRARY_PATH = _library_path()
+if not LIBRARY_PATH.exists():
+    raise ImportError(f"libspecee not found at {LIBRARY_PATH}; was the package built (pip install .)?")
+lib = ffi.dlopen(str(LIBRARY_PATH))

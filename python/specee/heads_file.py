@@ -13,7 +13,8 @@ import gguf
 from gguf.quants import quantize
 import numpy as np
 
-from .engine import Model
+from .engine import EXIT_FEATURE_VERSION, Model
+from ._ffi import lib
 
 FORMAT_VERSION = 1
 # storage types for the draft's matrices, as libspecee's heads.cpp accepts them
@@ -35,9 +36,11 @@ class Predictor:
     w2: np.ndarray  # [hidden]
     b2: float
 
-    def __call__(self, features: np.ndarray) -> float:
-        h = np.maximum(self.w1 @ features + self.b1, 0.0)
-        return float(1.0 / (1.0 + np.exp(-(self.w2 @ h + self.b2))))
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Exit probabilities for features [..., 3k] -> [...] (a 0-d array
+        for one feature vector): the numpy reference of heads.cpp's MLP."""
+        h = np.maximum(np.asarray(features, np.float32) @ self.w1.T + self.b1, 0.0)
+        return 1.0 / (1.0 + np.exp(-(h @ self.w2 + self.b2)))
 
 
 @dataclass
@@ -106,12 +109,14 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
     w.add_float32("specee.exit.threshold", threshold)
     w.add_bool("specee.exit.verify_full", verify_full)
     w.add_bool("specee.exit.use_online", use_online)
+    w.add_uint32("specee.exit.feature_version", EXIT_FEATURE_VERSION)
     w.add_uint32("specee.exit.hidden", hidden.pop())
     if exit_layers is not None:
         w.add_array("specee.exit.layers", [int(x) for x in exit_layers])
     for layer, p in sorted(predictors.items()):
-        if p.w1.shape[1] != 3 * n_candidates:
-            raise ValueError(f"predictor {layer} takes {p.w1.shape[1]} features, expected {3 * n_candidates}")
+        n_features = lib.SPECEE_EXIT_FEATURES_PER_CANDIDATE * n_candidates
+        if p.w1.shape[1] != n_features:
+            raise ValueError(f"predictor {layer} takes {p.w1.shape[1]} features, expected {n_features}")
         w.add_tensor(f"exit.{layer}.fc1.weight", np.ascontiguousarray(p.w1, dtype=np.float32))
         w.add_tensor(f"exit.{layer}.fc1.bias", np.asarray(p.b1, dtype=np.float32))
         w.add_tensor(f"exit.{layer}.fc2.weight", np.asarray(p.w2, dtype=np.float32))

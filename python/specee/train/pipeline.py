@@ -25,7 +25,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import gguf
 import numpy as np
+from gguf.quants import dequantize
 
 from ..engine import Model
 from ..heads_file import DraftHead, Predictor, constant_predictor, write_heads
@@ -55,6 +57,34 @@ def save_draft(model_path: str | os.PathLike, out: Path, draft: DraftHead, dtype
     np.savez(out / "draft" / "draft_head.npz", **draft.tensors(), storage_dtype=np.str_(dtype))
     with Model(model_path) as m:
         write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft, draft_dtype=dtype)
+
+
+def import_draft(model_path: str | os.PathLike, heads_path: str | os.PathLike, out: Path) -> str:
+    """OUT/draft/draft_head.npz and OUT/draft_only.gguf from the draft head
+    inside an existing head file (shipped or packed), so its predictors can
+    be trained again (for instance after a change of the exit features)
+    without training the draft. Quantized matrices are dequantized and stored
+    again in the same type (Q8_0/Q4_0 blocks round-trip exactly). Returns the
+    storage type."""
+    reader = gguf.GGUFReader(os.fspath(heads_path))
+    tensors, dtype = {}, "f32"
+    names = {qtype: name for name, qtype in ((n, getattr(gguf.GGMLQuantizationType, n.upper()))
+                                             for n in ("f16", "q8_0", "q4_0"))}
+    for t in reader.tensors:
+        if not t.name.startswith("draft."):
+            continue
+        shape = tuple(int(x) for x in reversed(t.shape))
+        if t.name == "draft.vocab":
+            tensors[t.name] = np.asarray(t.data, dtype=np.int32).reshape(shape)
+            continue
+        if t.tensor_type in names and len(shape) == 2:
+            dtype = names[t.tensor_type]
+        values = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        tensors[t.name] = values.reshape(shape)
+    if "draft.fc.weight" not in tensors:
+        raise ValueError(f"{heads_path} holds no draft head")
+    save_draft(model_path, Path(out), DraftHead.from_tensors(tensors), dtype)
+    return dtype
 
 
 def load_draft(out: Path) -> tuple[DraftHead, str]:

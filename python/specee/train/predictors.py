@@ -5,7 +5,7 @@
    whether that layer's full-vocabulary argmax already equals the final token.
 2. One MLP per layer (3k -> hidden -> 1, BCE, Adam) on the 3k features the
    library computes at inference (candidate logits, their softmax, its change
-   since the previous checked layer; in training every layer counts as checked).
+   since the layer before: docs/heads.md), computed by the library itself.
 3. The offline schedule: the layers where the distribution of "first layer
    whose argmax is the final token" puts its mass.
 """
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..engine import Heads, Model
+from ..engine import Heads, Model, exit_features
 from ..heads_file import Predictor
 from ..progress import Progress
 
@@ -87,18 +87,14 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
     return Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best))
 
 
-# ---- features (as libspecee's exit_policy.cpp computes them) ------------------------
+# ---- features -----------------------------------------------------------------------
 
 
 def layer_features(cand_logits: np.ndarray) -> np.ndarray:
     """[n, n_layer, k] candidate logits -> [n, n_layer, 3k] predictor inputs,
-    every layer counted as checked (the previous checked layer = l - 1)."""
-    z = cand_logits - cand_logits.max(-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(-1, keepdims=True)
-    dp = p.copy()
-    dp[:, 1:] = p[:, 1:] - p[:, :-1]
-    return np.concatenate([cand_logits, p, dp], axis=-1).astype(np.float32)
+    computed by libspecee's own feature code (engine.exit_features): what a
+    check after each layer sees during decoding, whatever the schedule."""
+    return exit_features(cand_logits)
 
 
 # ---- MLPs ----------------------------------------------------------------------------------
