@@ -15,13 +15,14 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from tqdm import tqdm
+
 from .chat import read_chat_template, render_chat
 from .datasets import load_dataset
 from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
-from .progress import Progress
 from .shipped_heads import default_heads
 from .tokenizer import Tokenizer
 
@@ -171,7 +172,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                     ids = tok.encode(text, add_bos=None if not t.chat else False, parse_special=t.chat)
                     prompts.append(ids[-(n_ctx - n_predict - 1):])
                 results = {m: ModeResult() for m in modes}
-                with Progress(len(tasks), desc=name, unit="item", enabled=progress) as bar:
+                with tqdm(total=len(tasks), desc=name, unit="item", disable=not progress) as bar:
                     for task, ids in zip(tasks, prompts):
                         for mode in modes:
                             r = results[mode]

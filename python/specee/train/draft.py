@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from gguf import GGUFReader
 from gguf.quants import dequantize
+from tqdm import tqdm
 
 from ..heads_file import DraftHead, check_draft_dtype
-from ..progress import Progress
 from .features import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
         1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)), last_epoch=step - 1)
     log_path = out_dir / "draft_log.jsonl"
     t0 = time.time()
-    with Progress(cfg.steps, desc="draft", unit="step", enabled=progress, initial=step) as bar:
+    with tqdm(total=cfg.steps, desc="draft", unit="step", disable=not progress, initial=step) as bar:
         while step < cfg.steps:
             pick = rng.choice(len(train), min(cfg.batch, len(train)), replace=False)
             loss, reg, ce, _, _ = _losses(net, out_t, _batch(fs, [train[i] for i in pick]), cfg.ce_weight)

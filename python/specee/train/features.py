@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from ..engine import Model
-from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def extract_features(model_path: str | os.PathLike, sequences: Iterable[Sequence
             log.info("resuming: %d sequences already extracted", done)
         with model.context(n_ctx=max_len, n_threads=n_threads) as ctx, \
                 open(out / "tokens.i32", "ab") as ftok, open(out / "features.f16", "ab") as ffeat, \
-                Progress(total, desc="features", unit="seq", enabled=progress, initial=done) as bar:
+                tqdm(total=total, desc="features", unit="seq", disable=not progress, initial=done) as bar:
             # Keep the files consistent with the index: cut any tail a crash left.
             ftok.truncate(index["offsets"][-1] * 4)
             ffeat.truncate(index["offsets"][-1] * model.n_embd * 2)

@@ -20,10 +20,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..engine import Heads, Model
 from ..heads_file import Predictor
-from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
     draft head of `heads_path` proposing the candidates."""
     cl, lab, inc, best = [], [], [], []
     with Model(model_path) as m, Heads(m, heads_path) as heads, \
-            Progress(len(prompts), desc="traces", unit="prompt", enabled=progress) as bar:
+            tqdm(total=len(prompts), desc="traces", unit="prompt", disable=not progress) as bar:
         if not heads.has_draft:
             raise ValueError(f"{heads_path} has no draft head to propose candidates")
         for prompt in prompts:
@@ -185,7 +185,7 @@ def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
     labels = t.label if cfg.verify_full else t.exit_ok(False)
     n_layer = x.shape[1]
     preds, report = {}, {}
-    with Progress(n_layer - 1, desc="predictors", unit="layer", enabled=progress) as bar:
+    with tqdm(total=n_layer - 1, desc="predictors", unit="layer", disable=not progress) as bar:
         for l in range(n_layer - 1):
             preds[l], report[l] = train_one(x[:, l], labels[:, l], cfg)
             bar.update(1)
