@@ -214,8 +214,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, markdown_table, sweep_modes
-    from .evaluate_plots import write_plots
+    from .evaluate_plots import INSTALL_HINT, plots_available, write_plots
 
+    plots = bool(args.out) and not args.no_plots
+    if plots and not plots_available():
+        print(f"specee: the PNG plots need matplotlib ({INSTALL_HINT}); writing JSON and Markdown only",
+              file=sys.stderr)
+        plots = False
     model_path = fetch_model(args.model, progress=not args.quiet)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.sweep_threshold:
@@ -229,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.write_text(json.dumps(results, indent=1))
         out.with_suffix(".md").write_text(table + "\n")
-        if not args.no_plots:
+        if plots:
             for png in write_plots(results, out.with_suffix("")):
                 print(f"wrote {png}", file=sys.stderr)
     return 0
