@@ -121,6 +121,7 @@ def test_cli_eval_sweep_writes_json_table_and_plots(tiny_with_heads, tmp_path, m
                         "0.2:0.8:0.3") == 0
     res = json.loads(out.read_text())
     assert list(res["datasets"]["csqa"]) == ["vanilla", "specee@0.2", "specee@0.5", "specee@0.8"]
+    assert res["complete"] is True
     assert "| csqa | specee@0.8 |" in out.with_suffix(".md").read_text()
     for name in ("speedup", "exit_layers", "threshold"):
         png = tmp_path / f"res.{name}.png"
@@ -141,3 +142,28 @@ def test_cli_eval_without_matplotlib_writes_json_and_says_so(tiny_with_heads, tm
     assert not list(tmp_path.glob("*.png"))
     hint = [line for line in capsys.readouterr().err.splitlines() if "matplotlib" in line]
     assert hint == ['specee: the PNG plots need matplotlib (pip install ".[eval]"); writing JSON and Markdown only']
+
+
+def test_cli_eval_keeps_the_data_sets_done_when_a_later_one_fails(tiny_with_heads, tmp_path, monkeypatch, capsys):
+    """Results are written after each data set: a failure in the second
+    leaves the first on disk, marked incomplete."""
+    import json
+
+    from specee import evaluate as evaluate_module
+    from specee.datasets import DatasetError
+
+    real_load = evaluate_module.load_dataset
+
+    def load(name, **kwargs):
+        if name == "csqa":
+            raise DatasetError("csqa: simulated failure")
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "load_dataset", load)
+    out = tmp_path / "new_folder" / "res.json"
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 1
+    assert "simulated failure" in capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert list(res["datasets"]) == ["mtbench"] and res["complete"] is False
+    assert res["datasets"]["mtbench"]["specee"]["n_items"] == 2
+    assert "| mtbench | specee |" in out.with_suffix(".md").read_text()

@@ -26,6 +26,8 @@ from gguf.quants import dequantize
 from tqdm import tqdm
 
 from ..heads_file import DraftHead, check_draft_dtype
+from ..ranges import (COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, SEQUENCE_LENGTH, WEIGHT, ZERO_OR_MORE,
+                      check_fields)
 from .features import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,12 @@ class DraftConfig:
     checkpoint_every: int = 200
     threads: int = 0
     dtype: str = "q8_0"           # storage of the draft's matrices in the head file (heads_file.DRAFT_DTYPES)
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"n_ff": ZERO_OR_MORE, "draft_vocab": ZERO_OR_MORE, "steps": COUNT,
+                            "seq_len": SEQUENCE_LENGTH, "batch": COUNT, "lr": LEARNING_RATE, "ce_weight": WEIGHT,
+                            "heldout": HELD_OUT_SHARE, "seed": SEED, "checkpoint_every": COUNT,
+                            "threads": ZERO_OR_MORE})
 
 
 def choose_draft_vocab(fs: FeatureSet, out: np.ndarray, size: int, sample: int = 20000) -> np.ndarray:

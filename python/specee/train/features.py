@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import Model
+from ..ranges import SEQUENCE_LENGTH, ZERO_OR_MORE
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def extract_features(model_path: str | os.PathLike, sequences: Iterable[Sequence
                      total: int | None = None) -> FeatureSet:
     """Appends the features of `sequences` (skipping the ones an earlier,
     interrupted run already stored) and returns the whole set."""
+    SEQUENCE_LENGTH.check("max_len", max_len)
+    ZERO_OR_MORE.check("n_threads", n_threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with Model(model_path) as model:

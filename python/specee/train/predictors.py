@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..engine import Heads, Model
 from ..heads_file import Predictor
+from ..ranges import COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, THRESHOLD, ZERO_OR_MORE, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                    n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True) -> Traces:
     """Greedy continuations of `prompts` (not the evaluation sets!) with the
     draft head of `heads_path` proposing the candidates."""
+    COUNT.check("n_new", n_new)
+    ZERO_OR_MORE.check("n_threads", n_threads)
+    if not (isinstance(n_ctx, int) and n_ctx > n_new + 1):
+        raise ValueError(f"n_ctx must exceed n_new + 1 = {n_new + 1} (room for a prompt), got {n_ctx!r}")
+    if not prompts:
+        raise ValueError("no prompts to collect traces from")
     cl, lab, inc, best = [], [], [], []
     with Model(model_path) as m, Heads(m, heads_path) as heads, \
             tqdm(total=len(prompts), desc="traces", unit="prompt", disable=not progress) as bar:
@@ -115,6 +122,10 @@ class PredictorConfig:
     n_offline: int = 8         # layers in the offline schedule (ref: 8 of 32 for Llama-2-7B)
     seed: int = 0
     verify_full: bool = True   # label: full verification (ref) or best candidate alone (verify_full off)
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"hidden": COUNT, "epochs": COUNT, "batch": COUNT, "lr": LEARNING_RATE,
+                            "heldout": HELD_OUT_SHARE, "threshold": THRESHOLD, "n_offline": COUNT, "seed": SEED})
 
 
 def heldout_split(n: int, cfg: PredictorConfig) -> tuple[torch.Tensor, torch.Tensor]:
