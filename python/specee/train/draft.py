@@ -4,7 +4,7 @@ The draft sees (feature f_i, token x_{i+1}) and predicts f_{i+1}, the target's
 final-normed hidden state at the next position; its candidates are the top-k
 of f_{i+1}'s logits over the draft vocabulary (the target's output rows,
 frozen). Loss: SmoothL1(feature) + 0.1 x cross-entropy against the target's
-own next-token distribution (ref: EAGLE, Li et al. 2024; DESIGN.md sec. 2).
+own next-token distribution (ref: EAGLE, Li et al. 2024; docs/design.md#training).
 The numerics mirror libspecee's draft graph (graph.cpp build_draft), so the
 weights load there unchanged.
 """

@@ -2,7 +2,7 @@
 
 For each token sequence: one batched prefill that keeps the final-normed
 hidden state after the last layer of every token (the feature the draft head
-learns to predict, DESIGN.md sec. 2). Stored on disk as memory-mapped numpy
+learns to predict, docs/design.md#training). Stored on disk as memory-mapped numpy
 arrays, appended sequence by sequence, resumable:
 
     OUT/tokens.i32     all tokens, concatenated

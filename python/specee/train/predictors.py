@@ -1,4 +1,4 @@
-"""Exit-predictor training (ref: SpecEE sec. 4.3; DESIGN.md sec. 2).
+"""Exit-predictor training (ref: SpecEE sec. 4.3; docs/design.md#training).
 
 1. Traces: full-depth greedy decoding driven by the trained draft head
    (specee_trace_step): per token and layer, the candidates' logits there and

@@ -6,7 +6,7 @@ trained layer serves any reduced vocabulary: cutting to the N tokens the
 target predicts most often (choose_draft_vocab) only changes which rows are
 scored. A smaller vocabulary or a smaller storage type makes every decode
 step read less, at the price of candidate hit rate; which wins is a question
-of end-to-end speed, so this makes the variants to measure (DESIGN.md sec. 2):
+of end-to-end speed, so this makes the variants to measure (docs/design.md#candidates):
 
     specee train recut --from RUN --out RUN-4k --draft-vocab 4096 --draft-dtype q4_0
     specee train predictors --out RUN-4k ...   # traces with this draft
