@@ -211,3 +211,11 @@ def test_predictor_config_ranges(field, value):
 
     with pytest.raises(ValueError, match=f"^{field} must be"):
         PredictorConfig(**{field: value})
+
+
+def test_recut_refuses_a_negative_vocabulary(tmp_path):
+    pytest.importorskip("torch")
+    from specee.train.recut import recut_draft
+
+    with pytest.raises(ValueError, match="draft_vocab must be an integer >= 0, got -5"):
+        recut_draft("unused.gguf", tmp_path / "a", tmp_path / "b", -5, "q8_0")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..heads_file import check_draft_dtype
+from ..ranges import ZERO_OR_MORE
 from .draft import evaluate, heldout_split, load_checkpoint, read_target, vocab_rows
 from .features import load_features
 from .pipeline import save_draft
@@ -32,6 +33,7 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     over the `draft_vocab` most frequent tokens (0: all), stored as `dtype`;
     returns the held-out top-1/top-4 of that vocabulary on SRC's held-out split."""
     check_draft_dtype(dtype)
+    ZERO_OR_MORE.check("draft_vocab", draft_vocab)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("recut writes a new run directory: --out must differ from --from")
