@@ -87,7 +87,7 @@ def specee_exit_decoder(model, ctx, heads) -> Decoder:
         return out
 
     def teacher_forced(prompt: list, n: int) -> dict:
-        """Fidelity (DESIGN.md sec. 5): at every step of full-depth greedy
+        """Fidelity (docs/design.md#fidelity): at every step of full-depth greedy
         decoding, does early exit pick the same token for the same prefix?"""
         agree, steps = evaluate.teacher_forced(ctx, prompt, n, heads.n_candidates)
         return {"agree": agree, "steps": steps}

@@ -39,3 +39,12 @@ def real_model_path() -> str:
     from specee.fetch import fetch_model
 
     return os.fspath(fetch_model("smollm2-135m", progress=False))
+
+
+@pytest.fixture
+def hide_matplotlib(monkeypatch) -> None:
+    """Makes `import matplotlib...` fail as if it were not installed."""
+    import sys
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)

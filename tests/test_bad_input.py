@@ -168,6 +168,9 @@ def test_bad_context_arguments(tiny_llama):
     with Model(tiny_llama) as m:
         with pytest.raises(InvalidArgumentError, match="n_ctx"):
             m.context(n_ctx=1 << 30)
+        for name in ("n_ctx", "n_batch", "n_threads"):
+            with pytest.raises(InvalidArgumentError, match=f"{name} must be an integer >= 0"):
+                m.context(**{name: -1})
         with m.context(n_ctx=8) as ctx:
             with pytest.raises(InvalidArgumentError, match="hidden layer"):
                 ctx.set_hidden_output(m.n_layer + 1)

@@ -158,7 +158,10 @@ def test_malformed_jsonl(tmp_path: Path, loader, text: str, message: str) -> Non
     [
         ("", "empty file"),
         ('{"id": "a"}', r"expected a JSON array"),
-        ('[{"id": "a", "conversations": []} {"id": "b"}]', "expected ',' or ']'"),
+        ('[{"id": "a", "conversations": []} {"id": "b"}]', "invalid JSON after record 1: .*expect ',' or ']'"),
+        # bad bytes at the very end are corruption, not a cut
+        ('[{"id": "a", "conversations": []}, x', "invalid JSON after record 1"),
+        ('[{"id": "a", "conversations": []}] 5', "text after the end of the JSON array"),
         ('[{"id": "a", "conversations": [] ]' + " " * 100 + "]", "invalid JSON"),
         ('[{"id": 5, "conversations": []}]', "'id' should be str"),
         ('[{"id": "a", "conversations": [{"from": "human"}]}]', "turn 0 needs"),
@@ -223,7 +226,7 @@ def test_sharegpt_truncated_sample(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="specee.datasets"):
         convs = load_sharegpt("all", path=DATA / "sharegpt_truncated.json")
     assert [c.id for c in convs] == ["conv001_0", "conv001_4", "conv007_0"]
-    assert "cut off inside record 4" in caplog.text
+    assert "cut off after record 3" in caplog.text
 
 
 def test_iter_json_array_every_cut_point() -> None:

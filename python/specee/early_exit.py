@@ -3,7 +3,7 @@
 Each step feeds the last token with k candidates for the next one; the
 library runs the layers in segments, asks the exit predictors at the checked
 layers, and stops early when one fires and that layer's argmax is a
-candidate (DESIGN.md sec. 2). Candidates come from the heads' EAGLE-style
+candidate (docs/design.md#exit-verification). Candidates come from the heads' EAGLE-style
 draft head when they have one (it runs inside the library, after each step),
 else from a `CandidateSource` such as prompt lookup, which proposes what
 followed the same tokens earlier in the text.
@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from .engine import Context, InvalidArgumentError
 from .generate import GenerationResult, check_request, pick, why_stop
+from .ranges import COUNT, THRESHOLD
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ class PromptLookup:
     tokens of the text. Costs microseconds; no model."""
 
     def __init__(self, max_ngram: int = 3, window: int = 1024):
-        self.max_ngram = max_ngram
-        self.window = window
+        self.max_ngram = COUNT.check("max_ngram", max_ngram)
+        self.window = COUNT.check("window", window)
 
     def candidates(self, tokens: Sequence[int], k: int) -> list[int]:
         seq = list(tokens[-self.window:])
@@ -61,7 +62,7 @@ class PromptLookup:
 
 
 def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> dict:
-    """The JSON-facing statistics of an early-exit run (DESIGN.md sec. 5)."""
+    """The JSON-facing statistics of an early-exit run (docs/design.md#fidelity)."""
     steps = max(raw["n_steps"], 1)
     return {
         "mean_exit_layer": round(raw["sum_exit_layers"] / steps, 3),
@@ -79,6 +80,7 @@ def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> d
 def attach_heads(ctx: Context, heads, threshold: Optional[float] = None, verify_full: Optional[bool] = None) -> None:
     """Attaches `heads` to `ctx` (their file's exit defaults come along) and
     overrides the threshold and the verification where given."""
+    THRESHOLD.check_optional("threshold", threshold)
     ctx.set_heads(heads)
     changes = {k: v for k, v in (("threshold", threshold), ("verify_full", verify_full)) if v is not None}
     if changes:
@@ -102,6 +104,7 @@ def generate_specee(
     if heads is None:
         raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
     use_draft = heads.has_draft and source is None
+    COUNT.check("k (candidates per step)", k)
     check_request(ctx, prompt, max_tokens)
     sampler = sampler or Sampler()
     if not sampler.greedy and not ctx.exit_params()["verify_full"]:

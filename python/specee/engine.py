@@ -208,8 +208,9 @@ class Context(_Handle):
 
     def __init__(self, model: Model, n_ctx: int = 0, n_batch: int = 512, n_threads: int = 0,
                  flash_attn: bool = False):
-        if n_ctx < 0 or n_batch < 0:
-            raise InvalidArgumentError("n_ctx and n_batch must not be negative")
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
+            if not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"{name} must be an integer >= 0 (0: the default), got {value!r}")
         self.model = model
         params = ffi.new("struct specee_context_params *", lib.specee_context_default_params())
         params.n_ctx = n_ctx

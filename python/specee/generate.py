@@ -1,7 +1,7 @@
 """The vanilla (full-depth) decode loop in small functions that return stats.
 
 `prefill` runs the prompt, `decode_one_token` runs one step, `generate`
-strings them together. Timing follows DESIGN.md sec. 5: decode speed counts
+strings them together. Timing follows docs/design.md#speed: decode speed counts
 the tokens produced by decode steps over the wall time of those steps; prompt
 processing is timed separately.
 """

@@ -1,11 +1,20 @@
 """Fast reader for the key/value metadata at the start of a GGUF file.
 
 ``gguf.GGUFReader`` builds a numpy view per array element and parses every
-tensor header; on a 49k-token vocabulary that takes ~2 s and on Qwen's 152k
-tokens + 152k merges several seconds. Tokenizer and chat-template loading only
-need the KV section, so this module walks just that part (GGUF v2/v3,
-little-endian) with :mod:`struct` over an mmap, using the ``gguf`` package's
-constants. Tests check it against ``GGUFReader`` on the same files.
+tensor header. Tokenizer and chat-template loading only need the KV section,
+so this module walks just that part (GGUF v2/v3, little-endian) with
+:mod:`struct` over an mmap, using the ``gguf`` package's constants. Tests
+check it against ``GGUFReader`` on the same files.
+
+Why it is kept although the ``gguf`` package can read the same keys:
+measured on SmolLM2-135M-Instruct Q4_1 (98 MB, 49k-token vocabulary),
+gguf 0.19.0, 5 alternated runs each, median (min):
+
+- ``read_gguf_metadata(path)`` (every key): 0.083 s (0.075 s)
+- ``GGUFReader(path)`` alone: 3.48 s (3.05 s)
+- ``GGUFReader(path)`` plus ``contents()`` of every field: 3.74 s (3.26 s)
+
+i.e. about 40x faster, and it runs on every ``Tokenizer.from_gguf``.
 """
 
 from __future__ import annotations

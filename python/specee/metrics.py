@@ -4,7 +4,7 @@ All functions are pure Python with no dependencies beyond the standard
 library, so evaluation results do not depend on a scoring package's version.
 
 - :func:`rouge_l` scores XSum summaries and the sequence agreement of
-  early-exit output against full-depth output (DESIGN.md section 5).
+  early-exit output against full-depth output (docs/design.md#fidelity).
 - :func:`extract_choice` reads a CommonsenseQA answer letter out of free text.
 - :func:`extract_number` / :func:`numbers_equal` score ASDiv answers.
 - :func:`run_humaneval` / :func:`pass_at_1` score HumanEval completions.

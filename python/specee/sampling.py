@@ -3,8 +3,8 @@
 Order of operations (as in Hugging Face ``generate``): divide by the
 temperature, keep the ``top_k`` largest, softmax, keep the smallest set of
 most likely tokens whose probability mass reaches ``top_p``, then draw with a
-seeded :class:`numpy.random.Generator`. ``temperature <= 0`` is greedy
-(argmax; the lowest id wins ties). Top-k uses ``argpartition`` (O(n)), so a
+seeded :class:`numpy.random.Generator`. ``temperature == 0`` is greedy
+(argmax; the lowest id wins ties); a negative temperature is refused. Top-k uses ``argpartition`` (O(n)), so a
 49k- or 152k-entry row costs well under a millisecond plus the top-p sort of
 the survivors.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .ranges import SEED, TEMPERATURE, TOP_P, ZERO_OR_MORE
 
 __all__ = ["Sampler", "sample"]
 
@@ -33,9 +35,10 @@ def sample(
     row = np.asarray(logits)
     if row.ndim != 1 or row.size == 0:
         raise ValueError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
-    if not top_p > 0.0:
-        raise ValueError(f"top_p must be > 0, got {top_p}")
-    if temperature <= 0.0 or top_k == 1:
+    if temperature not in TEMPERATURE or top_p not in TOP_P:
+        TEMPERATURE.check("temperature", temperature)
+        TOP_P.check("top_p", top_p)
+    if temperature == 0.0 or top_k == 1:
         token = int(np.argmax(row))
         if not np.isfinite(row[token]):
             _check_finite(row)
@@ -106,21 +109,21 @@ class Sampler:
     rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        TEMPERATURE.check("temperature", self.temperature)
+        ZERO_OR_MORE.check("top_k", self.top_k)
+        TOP_P.check("top_p", self.top_p)
+        SEED.check_optional("seed", self.seed)
         self.reset()
 
     @property
     def greedy(self) -> bool:
         """True when every call returns the argmax."""
-        return self.temperature <= 0.0 or self.top_k == 1
+        return self.temperature == 0.0 or self.top_k == 1
 
     def reset(self, seed: int | None = None) -> None:
         """Restart the random stream (from ``seed`` if given, else ``self.seed``)."""
         if seed is not None:
-            self.seed = seed
+            self.seed = SEED.check("seed", seed)
         self.rng = np.random.default_rng(self.seed)
 
     def sample(self, logits: np.ndarray, rng: np.random.Generator | None = None) -> int:

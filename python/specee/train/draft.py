@@ -4,7 +4,7 @@ The draft sees (feature f_i, token x_{i+1}) and predicts f_{i+1}, the target's
 final-normed hidden state at the next position; its candidates are the top-k
 of f_{i+1}'s logits over the draft vocabulary (the target's output rows,
 frozen). Loss: SmoothL1(feature) + 0.1 x cross-entropy against the target's
-own next-token distribution (ref: EAGLE, Li et al. 2024; DESIGN.md sec. 2).
+own next-token distribution (ref: EAGLE, Li et al. 2024; docs/design.md#training).
 The numerics mirror libspecee's draft graph (graph.cpp build_draft), so the
 weights load there unchanged.
 """
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from gguf import GGUFReader
 from gguf.quants import dequantize
+from tqdm import tqdm
 
 from ..heads_file import DraftHead, check_draft_dtype
-from ..progress import Progress
+from ..ranges import (COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, SEQUENCE_LENGTH, WEIGHT, ZERO_OR_MORE,
+                      check_fields)
 from .features import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,12 @@ class DraftConfig:
     threads: int = 0
     dtype: str = "q8_0"           # storage of the draft's matrices in the head file (heads_file.DRAFT_DTYPES)
 
+    def __post_init__(self) -> None:
+        check_fields(self, {"n_ff": ZERO_OR_MORE, "draft_vocab": ZERO_OR_MORE, "steps": COUNT,
+                            "seq_len": SEQUENCE_LENGTH, "batch": COUNT, "lr": LEARNING_RATE, "ce_weight": WEIGHT,
+                            "heldout": HELD_OUT_SHARE, "seed": SEED, "checkpoint_every": COUNT,
+                            "threads": ZERO_OR_MORE})
+
 
 def choose_draft_vocab(fs: FeatureSet, out: np.ndarray, size: int, sample: int = 20000) -> np.ndarray:
     """The `size` token ids the target predicts most often on this data."""
@@ -289,7 +297,7 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
         1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)), last_epoch=step - 1)
     log_path = out_dir / "draft_log.jsonl"
     t0 = time.time()
-    with Progress(cfg.steps, desc="draft", unit="step", enabled=progress, initial=step) as bar:
+    with tqdm(total=cfg.steps, desc="draft", unit="step", disable=not progress, initial=step) as bar:
         while step < cfg.steps:
             pick = rng.choice(len(train), min(cfg.batch, len(train)), replace=False)
             loss, reg, ce, _, _ = _losses(net, out_t, _batch(fs, [train[i] for i in pick]), cfg.ce_weight)

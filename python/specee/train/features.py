@@ -2,7 +2,7 @@
 
 For each token sequence: one batched prefill that keeps the final-normed
 hidden state after the last layer of every token (the feature the draft head
-learns to predict, DESIGN.md sec. 2). Stored on disk as memory-mapped numpy
+learns to predict, docs/design.md#training). Stored on disk as memory-mapped numpy
 arrays, appended sequence by sequence, resumable:
 
     OUT/tokens.i32     all tokens, concatenated
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from ..engine import Model
-from ..progress import Progress
+from ..ranges import SEQUENCE_LENGTH, ZERO_OR_MORE
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def extract_features(model_path: str | os.PathLike, sequences: Iterable[Sequence
                      total: int | None = None) -> FeatureSet:
     """Appends the features of `sequences` (skipping the ones an earlier,
     interrupted run already stored) and returns the whole set."""
+    SEQUENCE_LENGTH.check("max_len", max_len)
+    ZERO_OR_MORE.check("n_threads", n_threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with Model(model_path) as model:
@@ -73,7 +76,7 @@ def extract_features(model_path: str | os.PathLike, sequences: Iterable[Sequence
             log.info("resuming: %d sequences already extracted", done)
         with model.context(n_ctx=max_len, n_threads=n_threads) as ctx, \
                 open(out / "tokens.i32", "ab") as ftok, open(out / "features.f16", "ab") as ffeat, \
-                Progress(total, desc="features", unit="seq", enabled=progress, initial=done) as bar:
+                tqdm(total=total, desc="features", unit="seq", disable=not progress, initial=done) as bar:
             # Keep the files consistent with the index: cut any tail a crash left.
             ftok.truncate(index["offsets"][-1] * 4)
             ffeat.truncate(index["offsets"][-1] * model.n_embd * 2)

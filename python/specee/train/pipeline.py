@@ -31,6 +31,7 @@ from gguf.quants import dequantize
 
 from ..engine import Model
 from ..heads_file import DraftHead, Predictor, constant_predictor, write_heads
+from ..ranges import THRESHOLD
 from .draft import DraftConfig, train_draft
 from .features import FeatureSet, extract_features
 from .predictors import PredictorConfig, Traces, collect_traces, train_predictors, write_report
@@ -137,6 +138,7 @@ def pack(model_path: str | os.PathLike, out: Path, threshold: float | None = Non
     """OUT/heads.gguf from the trained draft (OUT/draft) and predictors
     (OUT/predictors.npz); `threshold` overrides the trained default;
     `use_online` is the head file's default online schedule."""
+    THRESHOLD.check_optional("threshold", threshold)
     if not (out / "predictors.npz").exists():
         raise FileNotFoundError(f"{out / 'predictors.npz'} is missing: train the predictors first")
     draft, dtype = load_draft(out)

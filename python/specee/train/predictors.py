@@ -1,4 +1,4 @@
-"""Exit-predictor training (ref: SpecEE sec. 4.3; DESIGN.md sec. 2).
+"""Exit-predictor training (ref: SpecEE sec. 4.3; docs/design.md#training).
 
 1. Traces: full-depth greedy decoding driven by the trained draft head
    (specee_trace_step): per token and layer, the candidates' logits there and
@@ -20,10 +20,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..engine import Heads, Model, exit_features
 from ..heads_file import Predictor
-from ..progress import Progress
+from ..ranges import COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, THRESHOLD, ZERO_OR_MORE, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,15 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                    n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True) -> Traces:
     """Greedy continuations of `prompts` (not the evaluation sets!) with the
     draft head of `heads_path` proposing the candidates."""
+    COUNT.check("n_new", n_new)
+    ZERO_OR_MORE.check("n_threads", n_threads)
+    if not (isinstance(n_ctx, int) and n_ctx > n_new + 1):
+        raise ValueError(f"n_ctx must exceed n_new + 1 = {n_new + 1} (room for a prompt), got {n_ctx!r}")
+    if not prompts:
+        raise ValueError("no prompts to collect traces from")
     cl, lab, inc, best = [], [], [], []
     with Model(model_path) as m, Heads(m, heads_path) as heads, \
-            Progress(len(prompts), desc="traces", unit="prompt", enabled=progress) as bar:
+            tqdm(total=len(prompts), desc="traces", unit="prompt", disable=not progress) as bar:
         if not heads.has_draft:
             raise ValueError(f"{heads_path} has no draft head to propose candidates")
         for prompt in prompts:
@@ -111,6 +118,10 @@ class PredictorConfig:
     n_offline: int = 8         # layers in the offline schedule (ref: 8 of 32 for Llama-2-7B)
     seed: int = 0
     verify_full: bool = True   # label: full verification (ref) or best candidate alone (verify_full off)
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"hidden": COUNT, "epochs": COUNT, "batch": COUNT, "lr": LEARNING_RATE,
+                            "heldout": HELD_OUT_SHARE, "threshold": THRESHOLD, "n_offline": COUNT, "seed": SEED})
 
 
 def heldout_split(n: int, cfg: PredictorConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +192,7 @@ def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
     labels = t.label if cfg.verify_full else t.exit_ok(False)
     n_layer = x.shape[1]
     preds, report = {}, {}
-    with Progress(n_layer - 1, desc="predictors", unit="layer", enabled=progress) as bar:
+    with tqdm(total=n_layer - 1, desc="predictors", unit="layer", disable=not progress) as bar:
         for l in range(n_layer - 1):
             preds[l], report[l] = train_one(x[:, l], labels[:, l], cfg)
             bar.update(1)

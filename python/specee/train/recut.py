@@ -6,7 +6,7 @@ trained layer serves any reduced vocabulary: cutting to the N tokens the
 target predicts most often (choose_draft_vocab) only changes which rows are
 scored. A smaller vocabulary or a smaller storage type makes every decode
 step read less, at the price of candidate hit rate; which wins is a question
-of end-to-end speed, so this makes the variants to measure (DESIGN.md sec. 2):
+of end-to-end speed, so this makes the variants to measure (docs/design.md#candidates):
 
     specee train recut --from RUN --out RUN-4k --draft-vocab 4096 --draft-dtype q4_0
     specee train predictors --out RUN-4k ...   # traces with this draft
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..heads_file import check_draft_dtype
+from ..ranges import ZERO_OR_MORE
 from .draft import evaluate, heldout_split, load_checkpoint, read_target, vocab_rows
 from .features import load_features
 from .pipeline import save_draft
@@ -32,6 +33,7 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     over the `draft_vocab` most frequent tokens (0: all), stored as `dtype`;
     returns the held-out top-1/top-4 of that vocabulary on SRC's held-out split."""
     check_draft_dtype(dtype)
+    ZERO_OR_MORE.check("draft_vocab", draft_vocab)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("recut writes a new run directory: --out must differ from --from")
