@@ -1,6 +1,6 @@
 // context_draft.cpp — the draft head inside a context: its own one-layer KV
 // cache, fed pairs (target feature at position i, token at i + 1), giving
-// the top-k candidates for the token after. ref: EAGLE; DESIGN.md sec. 2.
+// the top-k candidates for the token after. ref: EAGLE; docs/design.md#candidates.
 #include "context.h"
 
 #include "error.h"

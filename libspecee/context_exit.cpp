@@ -1,6 +1,6 @@
 // context_exit.cpp — the SpecEE decode step: layers in segments between
 // checked layers, a predictor at each, exit when it fires and the layer's
-// argmax is a candidate. ref: SpecEE sec. 4; DESIGN.md sec. 2.
+// argmax is a candidate. ref: SpecEE sec. 4; docs/design.md#exit-verification.
 #include "context.h"
 
 #include "error.h"

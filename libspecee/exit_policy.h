@@ -1,6 +1,6 @@
 // exit_policy.h — which layers to check, and the predictor's features.
 // ref: SpecEE (ISCA 2025) sec. 4 (features), sec. 5 (two-level scheduling);
-// DESIGN.md sec. 2.
+// docs/design.md#predictor-features, #schedule.
 #pragma once
 
 #include <cstddef>

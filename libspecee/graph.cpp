@@ -204,7 +204,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     // ---- layers ----
     if (plan.fill_kv) {
         // K/V for layers an early exit skipped, from the exit hidden state
-        // (DESIGN.md sec. 2 step 4, the alternative to masking)
+        // (docs/design.md#skipped-layers-kv-cache, the alternative to masking)
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
             const layer_weights & L = m.layers[size_t(il)];
             store_kv(ctx0, g.gf, hp, L, kv, il, g, n, rms_norm(ctx0, x, L.attn_norm, hp.rms_eps));

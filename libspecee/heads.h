@@ -26,7 +26,7 @@ struct exit_predictor {
 
 // EAGLE-style draft head: fc over [embed(token), feature] (2d -> d), one
 // decoder layer with its own KV cache, then an output matrix (the target's,
-// or a reduced vocabulary's rows). ref: EAGLE (Li et al. 2024); DESIGN.md sec. 2.
+// or a reduced vocabulary's rows). ref: EAGLE (Li et al. 2024); docs/design.md#candidates.
 struct draft_weights {
     bool                 present = false;
     ggml_tensor        * fc      = nullptr;  // [2 n_embd, n_embd]

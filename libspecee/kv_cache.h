@@ -4,7 +4,7 @@
 // Cell i holds position i. Early exit leaves the layers after the exit
 // without K/V for that token, so every layer keeps its own record of which
 // cells it computed, and builds its own attention mask from it
-// (ref: SpecEE's llama.cpp version, DESIGN.md sec. 2 step 4).
+// (ref: SpecEE's llama.cpp version; docs/design.md#skipped-layers-kv-cache).
 #pragma once
 
 #include "model.h"
