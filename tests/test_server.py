@@ -296,7 +296,7 @@ BAD = [
     (CHAT, {"messages": HELLO, "model": 5}, "model"),
     (CHAT, {"messages": HELLO, "specee": {"mode": "turbo"}}, "specee.mode"),
     (CHAT, {"messages": HELLO, "specee": {"speed": 1}}, "specee.speed"),
-    (CHAT, {"messages": HELLO, "specee": {"mode": "specee", "threshold": 2}}, "threshold"),
+    (CHAT, {"messages": HELLO, "specee": {"mode": "specee", "threshold": 2}}, "specee.threshold"),
     (CHAT, {"messages": [{"role": "user", "content": "word " * CTX}]}, "messages"),
     (COMPLETIONS, {"prompt": ""}, "prompt"),
     (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),
@@ -444,3 +444,29 @@ def test_serve_refuses_bad_flags(tiny, capsys):
 def test_serve_exits_when_the_model_cannot_serve_the_mode(tiny):
     # no heads ship for the tiny model: --mode specee fails at load time and the server exits
     assert cli.main(["serve", "--model", tiny, "--mode", "specee", "--port", "0", "--threads", "1"]) == 1
+
+
+@pytest.mark.real_model
+def test_real_model_early_exit_with_the_draft_head_matches_the_library(real_model_path):
+    """The shipped SmolLM2 heads (with a draft head): the server's stepwise
+    early exit gives the tokens generate_specee gives."""
+    from specee.early_exit import attach_heads, generate_specee
+    from specee.engine import Heads
+    from specee.shipped_heads import default_heads
+
+    messages = [{"role": "user", "content": "Name three colours."}]
+    tok = Tokenizer.from_gguf(real_model_path)
+    ids = chat_prompt_ids(tok, read_chat_template(real_model_path), messages)
+    with Model(real_model_path) as m, Heads(m, default_heads(m.fingerprint)) as heads, \
+            m.context(n_ctx=512, n_threads=1) as ctx:
+        attach_heads(ctx, heads)
+        result = generate_specee(ctx, ids, 12, heads.n_candidates, stop_ids=tok.eot_ids)
+    want = tok.decode([t for t in result.tokens if t not in tok.eot_ids], skip_special=True)
+    cfg = ServerConfig(model_path=Path(real_model_path), model_id="smollm2-135m", parallel=1, queue=0,
+                       ctx_size=512, threads=1, max_tokens_limit=64, mode="specee")
+    with running(cfg) as srv:
+        r = srv.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=12,
+                                                 temperature=0)
+    assert r.choices[0].message.content == want
+    x = r.model_extra["specee"]
+    assert x["mode"] == "specee" and x["mean_exit_layer"] == result.extra["mean_exit_layer"]

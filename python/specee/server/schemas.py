@@ -107,13 +107,15 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
-def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False,
+            param: Optional[str] = None) -> float:
     v = body.get(name)
     if v is None:
         return default
     if not _is_number(v) or v > hi or (v <= lo if lo_open else v < lo):
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise bad_request(name, f"'{name}' must be a number in {interval}, got {json.dumps(v)}")
+        param = param or name
+        raise bad_request(param, f"'{param}' must be a number in {interval}, got {json.dumps(v)}")
     return float(v)
 
 
@@ -184,7 +186,7 @@ def _extension(body: dict, config: ServerConfig) -> tuple[str, Optional[float], 
         raise bad_request("specee.verify", f"'specee.verify' must be full or candidates, got {json.dumps(verify)}")
     threshold = config.threshold
     if ext.get("threshold") is not None:
-        threshold = _number(ext, "threshold", 0.0, 0.0, 1.0)
+        threshold = _number(ext, "threshold", 0.0, 0.0, 1.0, param="specee.threshold")
     return mode, threshold, verify
 
 
