@@ -1,6 +1,6 @@
-"""Aggregate decode throughput of `specee serve` with 1 stream and with N
-concurrent streams, and how many cores the server process keeps busy while
-it decodes them (CPU time over wall time, from /proc).
+"""Aggregate decode throughput of `specee serve`: the same N requests one
+after another (1 stream) and all at once (N streams), and how many cores the
+server process keeps busy meanwhile (CPU time over wall time, from /proc).
 
 Starts `specee serve` as a child process on 127.0.0.1 and talks to it with
 the openai client. Until the library can decode several sequences in one
@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
-PROMPTS = ["Write a short story about a lighthouse.", "Explain how a bicycle works.",
-           "List some uses of copper.", "Describe a rainy day in a city.", "What makes bread rise?",
-           "Give advice for a first job interview.", "Why is the sky blue?", "How do bees make honey?"]
+PROMPTS = ["Once upon a time, in a small village by the sea,", "The history of the bicycle begins",
+           "Copper is a metal that", "It was raining in the city, and", "Bread rises because",
+           "Before a job interview, you should", "The sky looks blue because", "Bees make honey by"]
 
 
 def free_port() -> int:
@@ -43,18 +43,20 @@ def os_threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def burst(client: openai.OpenAI, n: int, tokens: int, pid: int) -> dict:
+def burst(client: openai.OpenAI, n: int, concurrent: int, tokens: int, pid: int) -> dict:
+    """n completions of `tokens` tokens, `concurrent` at a time."""
     def one(i: int) -> int:
         r = client.completions.create(model="m", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=tokens,
                                       temperature=0)
         return r.usage.completion_tokens
 
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    with ThreadPoolExecutor(n) as pool:
+    with ThreadPoolExecutor(concurrent) as pool:
         generated = sum(pool.map(one, range(n)))
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    return {"streams": n, "tokens": generated, "wall_s": round(wall, 3), "tok_s": round(generated / wall, 1),
-            "server_cpu_s": round(cpu, 3), "cores_busy": round(cpu / wall, 2), "server_os_threads": os_threads(pid)}
+    return {"streams": concurrent, "requests": n, "tokens": generated, "wall_s": round(wall, 3),
+            "tok_s": round(generated / wall, 1), "server_cpu_s": round(cpu, 3), "cores_busy": round(cpu / wall, 2),
+            "server_os_threads": os_threads(pid)}
 
 
 def main() -> int:
@@ -78,8 +80,9 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
-        burst(client, 1, 8, proc.pid)  # warm-up
-        results = [burst(client, 1, args.tokens, proc.pid), burst(client, args.streams, args.tokens, proc.pid)]
+        burst(client, 1, 1, 8, proc.pid)  # warm-up
+        n = args.streams
+        results = [burst(client, n, 1, args.tokens, proc.pid), burst(client, n, n, args.tokens, proc.pid)]
         results.append({"speedup": round(results[1]["tok_s"] / results[0]["tok_s"], 2)})
         print(json.dumps({"model": args.model, "threads": args.threads, "cores": os.cpu_count(),
                           "results": results}, indent=1))
