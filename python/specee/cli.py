@@ -116,6 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
         threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit)
     config.check()
+    if args.threads > engine.default_threads():
+        log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
+                    args.threads, engine.default_threads())
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who reaches this address can use the model", args.host)
     return serve(config, args.host, args.port, log_level="info" if args.verbose else "warning")
