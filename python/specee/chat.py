@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
 from jinja2.ext import loopcontrols
@@ -22,7 +22,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .gguf_meta import read_gguf_metadata
 
-__all__ = ["ChatTemplateError", "render_chat", "read_chat_template", "CHAT_TEMPLATE_KEY"]
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+__all__ = ["ChatTemplateError", "render_chat", "read_chat_template", "chat_prompt_ids", "CHAT_TEMPLATE_KEY"]
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -98,3 +101,13 @@ def read_chat_template(path: str | os.PathLike[str]) -> str:
             f"{path} has no {CHAT_TEMPLATE_KEY}; pass a raw prompt instead of chat messages"
         )
     return template
+
+
+def chat_prompt_ids(tok: "Tokenizer", template: str, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Token ids of ``messages`` rendered with ``template``, ending with the
+    header of the assistant's turn."""
+    bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+    eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+    text = render_chat(template, messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    # the template writes any BOS itself
+    return tok.encode(text, add_bos=False, parse_special=True)

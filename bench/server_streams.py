@@ -1,0 +1,96 @@
+"""Aggregate decode throughput of `specee serve`: the same N requests one
+after another (1 stream) and all at once (N streams), and how many cores the
+server process keeps busy meanwhile (CPU time over wall time, from /proc).
+
+Starts `specee serve` as a child process on 127.0.0.1 and talks to it with
+the openai client. Until the library can decode several sequences in one
+batched call, N streams share one stream's throughput.
+
+    python bench/server_streams.py --streams 4 --tokens 64 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+PROMPTS = ["Once upon a time, in a small village by the sea,", "The history of the bicycle begins",
+           "Copper is a metal that", "It was raining in the city, and", "Bread rises because",
+           "Before a job interview, you should", "The sky looks blue because", "Bees make honey by"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, every thread included."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def os_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def burst(client: openai.OpenAI, n: int, concurrent: int, tokens: int, pid: int) -> dict:
+    """n completions of `tokens` tokens, `concurrent` at a time."""
+    def one(i: int) -> int:
+        r = client.completions.create(model="m", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=tokens,
+                                      temperature=0)
+        return r.usage.completion_tokens
+
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as pool:
+        generated = sum(pool.map(one, range(n)))
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    return {"streams": concurrent, "requests": n, "tokens": generated, "wall_s": round(wall, 3),
+            "tok_s": round(generated / wall, 1), "server_cpu_s": round(cpu, 3), "cores_busy": round(cpu / wall, 2),
+            "server_os_threads": os_threads(pid)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
+    ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: all cores)")
+    args = ap.parse_args()
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "specee.cli", "-q", "serve", "--model", args.model, "--port", str(port),
+           "--parallel", str(args.streams), "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(base + "/health").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+        burst(client, 1, 1, 8, proc.pid)  # warm-up
+        n = args.streams
+        results = [burst(client, n, 1, args.tokens, proc.pid), burst(client, n, n, args.tokens, proc.pid)]
+        results.append({"speedup": round(results[1]["tok_s"] / results[0]["tok_s"], 2)})
+        print(json.dumps({"model": args.model, "threads": args.threads, "cores": os.cpu_count(),
+                          "results": results}, indent=1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

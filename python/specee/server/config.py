@@ -1,0 +1,46 @@
+"""The server's settings, from `specee serve` flags or set by hand in tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class ServerConfig:
+    model_path: Path
+    model_id: str                      # the name /v1/models reports and responses echo
+    parallel: int = 4                  # slots: requests decoded at the same time
+    queue: int = 32                    # requests that may wait for a slot; more get 503
+    ctx_size: int = 2048               # tokens per slot (prompt + answer)
+    threads: int = 0                   # compute threads (0: the cores this process may use)
+    api_key: Optional[str] = None      # when set, every endpoint but /health and / needs it
+    mode: str = "vanilla"              # default decoding: "vanilla" or "specee"
+    heads: Optional[Path] = None       # head file (default: the heads that ship for the model)
+    threshold: Optional[float] = None  # predictor threshold (default: the head file's)
+    verify: Optional[str] = None       # "full" or "candidates" (default: the head file's)
+    max_tokens_limit: int = 1024       # the most tokens one request may ask for
+    max_body_bytes: int = 1 << 20      # larger request bodies get 413
+
+    def check(self) -> None:
+        """Refuses settings no server can run with, naming the flag."""
+        if self.parallel < 1:
+            raise ValueError(f"--parallel must be at least 1, got {self.parallel}")
+        if self.queue < 0:
+            raise ValueError(f"--queue must not be negative, got {self.queue}")
+        if self.ctx_size < 8:
+            raise ValueError(f"--ctx-size must be at least 8, got {self.ctx_size}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must not be negative, got {self.threads}")
+        if self.mode not in ("vanilla", "specee"):
+            raise ValueError(f"--mode must be vanilla or specee, got {self.mode!r}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.verify not in (None, "full", "candidates"):
+            raise ValueError(f"--verify must be full or candidates, got {self.verify!r}")
+        if self.max_tokens_limit < 1:
+            raise ValueError(f"--max-tokens-limit must be at least 1, got {self.max_tokens_limit}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("--api-key must not be empty")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"the body size limit must be at least 1024 bytes, got {self.max_body_bytes}")

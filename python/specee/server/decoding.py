@@ -1,0 +1,223 @@
+"""One request's decoding, one token at a time, on whichever slot's context
+the scheduler lends it.
+
+`generate.generate` and `early_exit.generate_specee` run a whole request in
+one loop; a server must interleave requests, so the same steps are cut into
+`first` (prefill and the first token) and `next` (one decode step) here.
+Everything runs on the scheduler's compute thread; results leave through
+`Job.emit`, which the web side makes thread-safe.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+from ..early_exit import PromptLookup, exit_stats_summary
+from ..engine import Context, Heads
+from ..generate import decode_one_token, pick, why_stop
+from ..sampling import Sampler
+from ..tokenizer import Tokenizer
+from .schemas import DecodeOptions
+from .stop_text import StopText
+
+_FINISH = {"eos": "stop", "length": "length", "context": "length"}  # generate.why_stop -> OpenAI finish_reason
+_ids = itertools.count(1)
+
+
+class Stepper(Protocol):
+    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
+        """Prefill the prompt; return the first new token."""
+
+    def next(self, ctx: Context, token: int) -> int:
+        """Feed `token`; return the one after it."""
+
+    def stats(self, ctx: Context) -> dict:
+        """What the response reports about the decoding (early-exit statistics)."""
+
+
+class VanillaStepper:
+    """Full-depth decoding, as generate.generate."""
+
+    mode = "vanilla"
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+
+    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
+        ctx.prefill(prompt)
+        return pick(ctx, self.sampler)
+
+    def next(self, ctx: Context, token: int) -> int:
+        return decode_one_token(ctx, token, self.sampler)
+
+    def stats(self, ctx: Context) -> dict:
+        return {}
+
+
+class SpeceeStepper:
+    """Early-exit decoding, as early_exit.generate_specee: candidates from the
+    heads' draft head when they have one, else from prompt lookup."""
+
+    mode = "specee"
+
+    def __init__(self, sampler: Sampler, heads: Heads):
+        self.sampler = sampler
+        self.use_draft = heads.has_draft
+        self.k = heads.n_candidates
+        self.lookup = PromptLookup()
+        self.history: list[int] = []
+        self.exit_layers: list[int] = []
+        self.next_cands: Optional[list[int]] = None
+
+    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
+        ctx.reset_exit_stats()
+        ctx.prefill(prompt)
+        token = pick(ctx, self.sampler)
+        self.history = list(prompt) + [token]
+        return token
+
+    def next(self, ctx: Context, token: int) -> int:
+        if self.use_draft:
+            # the draft head catches up on the prompt lazily, at the first step
+            cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
+        else:
+            cands = self.lookup.candidates(self.history, self.k)
+        step = ctx.decode_with_candidates(token, cands)
+        self.next_cands = step.next
+        nxt = step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())
+        self.exit_layers.append(step.exit_layer)
+        self.history.append(nxt)
+        return nxt
+
+    def stats(self, ctx: Context) -> dict:
+        raw = ctx.exit_stats()
+        summary = exit_stats_summary(raw, ctx.model.n_layer, self.exit_layers)
+        del summary["exit_layers"]  # one entry per token: too long for a response
+        return {**summary, **{k: raw[k] for k in ("n_steps", "n_exits", "sum_exit_layers")}}
+
+
+@dataclass
+class ServedHeads:
+    """Heads the server decodes with, and the exit parameters their file
+    sets, so that one request's overrides never leak into the next."""
+    heads: Heads
+    defaults: dict
+
+    @classmethod
+    def attach_once(cls, heads: Heads, ctx: Context) -> "ServedHeads":
+        """Reads the file's exit parameters by attaching `heads` to the empty `ctx`."""
+        ctx.truncate(0)
+        ctx.set_heads(heads)
+        defaults = ctx.exit_params()
+        ctx.set_heads(None)
+        return cls(heads, {"threshold": defaults["threshold"], "verify_full": defaults["verify_full"]})
+
+
+def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions) -> Stepper:
+    """Empties the slot's context and sets it up for `options`' mode; returns
+    the stepper that decodes with it."""
+    sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed)
+    ctx.truncate(0)
+    if options.mode == "vanilla":
+        if ctx.heads is not None:
+            ctx.set_heads(None)
+        return VanillaStepper(sampler)
+    if served is None:
+        raise ValueError("early exit was asked for but the server has no heads")  # schemas/app refuse it first
+    if ctx.heads is not served.heads:
+        ctx.set_heads(served.heads)  # on an empty cache, as a draft head needs
+    params = dict(served.defaults)
+    if options.threshold is not None:
+        params["threshold"] = options.threshold
+    if options.verify is not None:
+        params["verify_full"] = options.verify == "full"
+    if not sampler.greedy:
+        params["verify_full"] = True  # sampling draws from each step's full-vocabulary logits
+    ctx.set_exit_params(**params)
+    return SpeceeStepper(sampler, served.heads)
+
+
+class Job:
+    """A request: its prompt and options, the tokens so far, and where its
+    text goes. `emit` receives ("text", str), then ("done", summary) or
+    ("error", message)."""
+
+    def __init__(self, prompt: Sequence[int], options: DecodeOptions, tokenizer: Tokenizer,
+                 emit: Callable[[tuple], None]):
+        self.id = next(_ids)
+        self.prompt = list(prompt)
+        self.options = options
+        self.tokenizer = tokenizer
+        self.emit = emit
+        self.cancelled = threading.Event()
+        self.tokens: list[int] = []
+        self.n_steps = 0
+        self.finish_reason: Optional[str] = None
+        self.summary: dict = {}
+        self._stepper: Optional[Stepper] = None
+        self._text = tokenizer.stream_decoder(skip_special=True)
+        self._stop = StopText(options.stop)
+        self._t_start = self._t_first = 0.0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def begin(self, ctx: Context, heads: Optional[ServedHeads]) -> None:
+        """Sets up the slot, runs the prompt and takes the first token."""
+        self._t_start = time.perf_counter()
+        self._stepper = prepare(ctx, heads, self.options)
+        token = self._stepper.first(ctx, self.prompt)
+        self._t_first = time.perf_counter()
+        self._accept(ctx, token)
+
+    def step(self, ctx: Context) -> None:
+        """One decode step (only while not done)."""
+        token = self._stepper.next(ctx, self.tokens[-1])
+        self.n_steps += 1
+        self._accept(ctx, token)
+
+    def _accept(self, ctx: Context, token: int) -> None:
+        self.tokens.append(token)
+        if token not in self.tokenizer.eot_ids:
+            text = self._stop.feed(self._text.feed(token))
+            if text:
+                self.emit(("text", text))
+        reason = "stop" if self._stop.stopped else None
+        if reason is None:
+            why = why_stop(ctx, token, self.tokens, self.tokenizer.eot_ids, self.options.max_tokens)
+            reason = _FINISH[why] if why else None
+        if reason is not None:
+            self._finish(ctx, reason)
+
+    def _finish(self, ctx: Context, reason: str) -> None:
+        rest = self._stop.feed(self._text.flush()) + self._stop.flush()
+        if rest:
+            self.emit(("text", rest))
+        t_end = time.perf_counter()
+        prefill_s, decode_s = self._t_first - self._t_start, t_end - self._t_first
+        self.finish_reason = reason
+        self.summary = {
+            "finish_reason": reason,
+            "usage": {"prompt_tokens": len(self.prompt), "completion_tokens": len(self.tokens),
+                      "total_tokens": len(self.prompt) + len(self.tokens)},
+            # llama.cpp's names; decode speed counts decode steps over their wall time,
+            # which includes the other slots' steps run in between
+            "timings": {"prompt_n": len(self.prompt), "prompt_ms": round(prefill_s * 1e3, 3),
+                        "prompt_per_second": round(len(self.prompt) / prefill_s, 2) if prefill_s > 0 else 0.0,
+                        "predicted_n": len(self.tokens), "predicted_ms": round(decode_s * 1e3, 3),
+                        "predicted_per_second": round(self.n_steps / decode_s, 2) if decode_s > 0 else 0.0},
+            "specee": {"mode": self.options.mode, **self._stepper.stats(ctx)},
+        }
+        self.emit(("done", self.summary))
+
+    def fail(self, message: str) -> None:
+        """Ends the job with an error the client sees (no traceback)."""
+        self.finish_reason = "error"
+        self.emit(("error", message))

@@ -1,0 +1,97 @@
+"""What a running server holds: the model, its tokenizer and chat template,
+the heads, one context per slot, and the scheduler over them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..chat import ChatTemplateError, chat_prompt_ids, read_chat_template
+from ..engine import Heads, Model
+from ..shipped_heads import default_heads
+from ..tokenizer import Tokenizer
+from .config import ServerConfig
+from .decoding import ServedHeads
+from .metrics import ServerMetrics
+from .scheduler import Scheduler
+from .schemas import bad_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    model: Model
+    tokenizer: Tokenizer
+    chat_template: Optional[str]
+    heads: Optional[ServedHeads]
+    scheduler: Scheduler
+    n_ctx: int
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        if self.chat_template is None:
+            raise bad_request("messages", "the model has no chat template; use /v1/completions with a prompt")
+        try:
+            return chat_prompt_ids(self.tokenizer, self.chat_template, messages)
+        except ChatTemplateError as e:
+            raise bad_request("messages", str(e)) from None
+
+    def prompt_ids(self, prompt: Union[str, list[int]]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, parse_special=False)
+        n_vocab = self.model.n_vocab
+        bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise bad_request("prompt", f"token id {bad} is outside the vocabulary [0, {n_vocab})")
+        return list(prompt)
+
+    def check_fits(self, ids: list[int], param: str) -> None:
+        """A prompt must leave room for at least one generated token."""
+        if not ids:
+            raise bad_request(param, "the prompt is empty after tokenization")
+        if len(ids) >= self.n_ctx:
+            raise bad_request(param, f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx} "
+                                     "(--ctx-size) and needs room for the answer", code="context_length_exceeded")
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        if self.heads is not None:
+            for slot in self.scheduler.slots:
+                slot.ctx.set_heads(None)
+            self.heads.heads.close()
+        self.model.close()  # frees the contexts too
+
+
+def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
+    """Loads everything and starts the compute thread (takes seconds on a real model)."""
+    model = Model(config.model_path)
+    try:
+        tokenizer = Tokenizer.from_gguf(config.model_path)
+        try:
+            template = read_chat_template(config.model_path)
+        except ChatTemplateError:
+            template = None
+            log.warning("%s has no chat template: /v1/chat/completions will refuse requests", config.model_path)
+        contexts = [model.context(n_ctx=config.ctx_size, n_threads=config.threads) for _ in range(config.parallel)]
+        heads = _load_heads(config, model)
+        served = ServedHeads.attach_once(heads, contexts[0]) if heads is not None else None
+    except BaseException:
+        model.close()
+        raise
+    scheduler = Scheduler(contexts, served, config.queue, metrics)
+    scheduler.start()
+    log.info("serving %s: %d slots of %d tokens, %d threads, heads %s", config.model_path.name, config.parallel,
+             contexts[0].n_ctx, contexts[0].n_threads, heads.path if heads else "none")
+    return Runtime(model, tokenizer, template, served, scheduler, contexts[0].n_ctx)
+
+
+def _load_heads(config: ServerConfig, model: Model) -> Optional[Heads]:
+    """--heads, else the shipped heads for the model (so that requests may ask
+    for early exit even when --mode is vanilla), else none."""
+    path = config.heads or default_heads(model.fingerprint)
+    if path is None:
+        if config.mode == "specee":
+            raise ValueError(f"--mode specee: no trained heads ship for {config.model_path.name}; give --heads PATH "
+                             "(train them with `specee train all`)")
+        return None
+    return Heads(model, path)
