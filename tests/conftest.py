@@ -39,3 +39,22 @@ def real_model_path() -> str:
     from specee.fetch import fetch_model
 
     return os.fspath(fetch_model("smollm2-135m", progress=False))
+
+
+# Lines tests want shown after the run (e.g. a pass count over many vectors).
+_SUMMARY = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SUMMARY] = []
+
+
+@pytest.fixture(scope="session")
+def summary_lines(pytestconfig: pytest.Config) -> list:
+    """Append strings here to print them in pytest's final summary."""
+    return pytestconfig.stash[_SUMMARY]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    for line in config.stash.get(_SUMMARY, []):
+        terminalreporter.write_line(line)

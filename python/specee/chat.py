@@ -5,6 +5,11 @@ model's Hugging Face ``tokenizer_config.json``). Rendering happens in a
 sandboxed Jinja environment set up the way such templates expect: blocks
 trimmed, ``loopcontrols`` enabled, a ``raise_exception`` helper, a
 ``strftime_now`` helper and a ``tojson`` filter that keeps non-ASCII text.
+
+:func:`chat_prompt_ids` turns messages into prompt token ids the way
+llama.cpp does: the template gets the vocabulary's BOS/EOS texts, and when the
+model adds BOS itself (``tokenizer.ggml.add_bos_token``) a BOS the template
+already wrote is dropped, so the prompt starts with exactly one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
 from jinja2.ext import loopcontrols
@@ -22,7 +27,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .gguf_meta import read_gguf_metadata
 
-__all__ = ["ChatTemplateError", "render_chat", "read_chat_template", "CHAT_TEMPLATE_KEY"]
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+__all__ = [
+    "ChatTemplateError",
+    "render_chat",
+    "read_chat_template",
+    "special_texts",
+    "chat_prompt_ids",
+    "CHAT_TEMPLATE_KEY",
+]
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -98,3 +113,35 @@ def read_chat_template(path: str | os.PathLike[str]) -> str:
             f"{path} has no {CHAT_TEMPLATE_KEY}; pass a raw prompt instead of chat messages"
         )
     return template
+
+
+def special_texts(tok: Tokenizer) -> dict[str, str]:
+    """``bos_token`` / ``eos_token`` template variables: the vocabulary's texts ("" if none)."""
+    return {
+        "bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+        "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+    }
+
+
+def chat_prompt_ids(
+    tok: Tokenizer,
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> list[int]:
+    """Token ids of ``messages`` rendered with ``template``, as llama.cpp builds a chat prompt.
+
+    Special tokens in the rendered text are parsed. The model's own BOS/EOS
+    rules apply (:attr:`Tokenizer.add_bos`/``add_eos``); a BOS (EOS) text the
+    template already put at the start (end) is removed first when the
+    tokenizer adds that token, so it is never doubled.
+    """
+    specials = special_texts(tok)
+    text = render_chat(template, messages, add_generation_prompt, **specials, **extra)
+    bos, eos = specials["bos_token"], specials["eos_token"]
+    if tok.add_bos and bos and text.startswith(bos):
+        text = text[len(bos) :]
+    if tok.add_eos and eos and text.endswith(eos):
+        text = text[: -len(eos)]
+    return tok.encode(text, parse_special=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import engine
-from .chat import ChatTemplateError, read_chat_template, render_chat
+from .chat import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
@@ -42,13 +42,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def _prompt_ids(args: argparse.Namespace, model_path: Path, tok: Tokenizer, text: str) -> list[int]:
     if args.chat:
-        template = read_chat_template(model_path)
-        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(template, [{"role": "user", "content": text}], add_generation_prompt=True,
-                           bos_token=bos, eos_token=eos)
-        # the template writes any BOS itself
-        return tok.encode(text, add_bos=False, parse_special=True)
+        return chat_prompt_ids(tok, read_chat_template(model_path), [{"role": "user", "content": text}])
     return tok.encode(text, parse_special=False)
 
 
