@@ -60,7 +60,7 @@ __all__ = [
     "SdistSpec",
     "LLAMA_CPP_SDIST",
     "fetch_sdist_files",
-    "fetch_llama_cpp_vocab_tests",
+    "fetch_llama_cpp_test_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,15 +168,18 @@ class SdistSpec:
     build_backend: str
 
 
-# llama.cpp ships inside this sdist; its tokenizer test vectors come from here
+# llama.cpp ships inside this sdist; its tokenizer test vectors and chat templates come from here
 LLAMA_CPP_SDIST = SdistSpec(
     "llama-cpp-python",
     "0.3.36",
     "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
     build_backend="scikit_build_core",
 )
-# llama.cpp's tokenizer tests: ggml-vocab-<family>.gguf with .gguf.inp / .gguf.out
-_VOCAB_TEST_MEMBER = r"[^/]+/vendor/llama\.cpp/models/(ggml-vocab-[A-Za-z0-9._-]+)"
+# llama.cpp's tokenizer tests (ggml-vocab-<family>.gguf with .gguf.inp / .gguf.out)
+# and the models' chat templates it tests against (templates/<model>.jinja)
+_LLAMA_CPP_TEST_MEMBERS = (
+    r"[^/]+/vendor/llama\.cpp/models/(ggml-vocab-[A-Za-z0-9._-]+|templates/[A-Za-z0-9._-]+\.jinja)"
+)
 
 
 def known_models() -> list[str]:
@@ -524,18 +527,20 @@ def fetch_sdist_files(
 ) -> Path:
     """Extract the files of sdist ``spec`` whose archive path matches ``member_pattern``.
 
-    The pattern's first group is the file name they get in
-    ``data/<package>-<version>/<subdir>/`` under :func:`cache_dir`, the
-    directory returned. The archive is checked against ``spec.sha256`` and
-    deleted after extraction; a ``.complete`` marker in the directory
-    (written last) lets later calls skip the download.
+    The file name of the pattern's first group (its last path part) is the
+    name they get in ``data/<package>-<version>/<subdir>/`` under
+    :func:`cache_dir`, the directory returned. The archive is checked against
+    ``spec.sha256`` and deleted after extraction; a ``.complete`` marker
+    (written last, naming the archive hash and the pattern) lets later calls
+    skip the download.
     """
     dest = cache_dir() / "data" / f"{spec.package}-{spec.version}" / subdir
     marker = dest / ".complete"
+    stamp = f"{spec.sha256}\n{member_pattern}\n"
     try:
-        if marker.read_text().split()[0] == spec.sha256:
+        if marker.read_text() == stamp:
             return dest
-    except (OSError, IndexError):
+    except OSError:
         pass
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".specee-fetch-", dir=dest.parent) as tmp:
@@ -550,7 +555,7 @@ def fetch_sdist_files(
         names = _extract_matching(archive, member_pattern, staging)
         if not names:
             raise FetchError(f"{archive.name} has no member matching {member_pattern!r}")
-        (staging / ".complete").write_text(f"{digest} {len(names)}\n")
+        (staging / ".complete").write_text(stamp)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(staging, dest)
     logger.info("extracted %d files from %s==%s into %s", len(names), spec.package, spec.version, dest)
@@ -578,10 +583,11 @@ def _extract_matching(archive: Path, member_pattern: str, out_dir: Path) -> list
     return names
 
 
-def fetch_llama_cpp_vocab_tests(progress: bool = True) -> Path:
+def fetch_llama_cpp_test_files(progress: bool = True) -> Path:
     """Directory of llama.cpp's tokenizer test files from the pinned llama-cpp-python sdist.
 
     For each vocabulary family it holds ``ggml-vocab-<family>.gguf`` and,
-    for most, ``.gguf.inp`` (test strings) and ``.gguf.out`` (expected ids).
+    for most, ``.gguf.inp`` (test strings) and ``.gguf.out`` (expected ids);
+    ``<model>.jinja`` files are chat templates of well-known models.
     """
-    return fetch_sdist_files(LLAMA_CPP_SDIST, _VOCAB_TEST_MEMBER, "llama.cpp-vocab", progress)
+    return fetch_sdist_files(LLAMA_CPP_SDIST, _LLAMA_CPP_TEST_MEMBERS, "llama.cpp-tests", progress)
