@@ -12,11 +12,15 @@ added, special tokens not parsed.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
+from spm_reference import reference_spm_encode
 
+from specee.gguf_meta import read_gguf_metadata
 from specee.tokenizer import Tokenizer
+from specee.tokenizer_spm import escape_spaces
 
 # family -> (tokenizer.ggml.model, tokenizer.ggml.pre) of its vocabulary file
 FAMILIES = {
@@ -101,3 +105,22 @@ def test_family_vectors(family: str, vocab_dir: Path, tally: dict[str, tuple[int
         assert tok.decode(ids) == want, text
         stream = tok.stream_decoder()
         assert "".join(stream.feed(i) for i in ids) + stream.flush() == want, text
+
+
+_CHUNKS = ["Hello", "world", " ", "  ", "\n", "\t", "é", "ü", "🦙", "什么", "123", "'s", "(", "ab", "ing"]
+
+
+@pytest.mark.parametrize("family", ["llama-spm", "phi-3"])
+def test_spm_matches_reference_on_random_text(family: str, vocab_dir: Path) -> None:
+    """Beyond the fixed vectors: random mixes of words, long space runs (whose
+    tokens all share one score), byte-fallback characters and newlines."""
+    path = vocab_dir / f"ggml-vocab-{family}.gguf"
+    tok = Tokenizer.from_gguf(path)
+    meta = read_gguf_metadata(path, ["tokenizer.ggml.tokens", "tokenizer.ggml.scores"])
+    tokens, scores = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"].tolist()
+    rng = random.Random(family)
+    for _ in range(150):
+        parts = [rng.choice(_CHUNKS) if rng.random() < 0.8 else " " * rng.randint(3, 40) for _ in range(rng.randint(1, 8))]
+        text = "".join(parts)
+        want = reference_spm_encode(escape_spaces(text, tok.add_space_prefix), tokens, scores)
+        assert tok.encode(text, add_bos=False, parse_special=False) == want, repr(text)
