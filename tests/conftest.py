@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny generated models (cached per session) and the real
-default model (fetched from PyPI on first use)."""
+"""Shared fixtures: tiny generated models (cached per session), the real
+default model and llama.cpp's test files (both fetched from PyPI on first use)."""
 from __future__ import annotations
 
 import os
@@ -39,6 +39,17 @@ def real_model_path() -> str:
     from specee.fetch import fetch_model
 
     return os.fspath(fetch_model("smollm2-135m", progress=False))
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_files():
+    """Directory of llama.cpp's vocabulary test files and chat templates,
+    extracted from the pinned llama-cpp-python sdist (skipped with SPECEE_OFFLINE=1)."""
+    if os.environ.get("SPECEE_OFFLINE") == "1":
+        pytest.skip("SPECEE_OFFLINE=1: llama.cpp's test files are not fetched")
+    from specee.fetch import fetch_llama_cpp_test_files
+
+    return fetch_llama_cpp_test_files(progress=False)
 
 
 # Lines tests want shown after the run (e.g. a pass count over many vectors).

@@ -2,16 +2,14 @@
 
 llama.cpp tests each vocabulary family with ``models/ggml-vocab-<family>.gguf``
 plus ``.gguf.inp`` (test strings) and ``.gguf.out`` (expected ids). They come
-from the pinned llama-cpp-python sdist through
-:func:`specee.fetch.fetch_llama_cpp_test_files` (downloaded on first use;
-skipped with SPECEE_OFFLINE=1). The files are read the way
+from the pinned llama-cpp-python sdist through conftest's ``llama_cpp_files``
+(downloaded on first use; skipped with SPECEE_OFFLINE=1). The files are read the way
 ``tests/test-tokenizer-0.cpp`` reads them and encoded as it does: no BOS/EOS
 added, special tokens not parsed.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -62,12 +60,8 @@ def read_vocab_tests(gguf_path: Path) -> list[tuple[str, list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def vocab_dir() -> Path:
-    if os.environ.get("SPECEE_OFFLINE") == "1":
-        pytest.skip("SPECEE_OFFLINE=1: llama.cpp's vocabulary test files are not fetched")
-    from specee.fetch import fetch_llama_cpp_test_files
-
-    return fetch_llama_cpp_test_files(progress=False)
+def vocab_dir(llama_cpp_files: Path) -> Path:
+    return llama_cpp_files
 
 
 @pytest.fixture(scope="module")
