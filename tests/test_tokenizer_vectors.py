@@ -17,7 +17,7 @@ import pytest
 from spm_reference import reference_spm_encode
 
 from specee.gguf_meta import read_gguf_metadata
-from specee.tokenizer import Tokenizer
+from specee.tokenizer import Tokenizer, TokenizerError
 from specee.tokenizer_spm import escape_spaces
 
 # family -> (tokenizer.ggml.model, tokenizer.ggml.pre) of its vocabulary file
@@ -118,3 +118,9 @@ def test_spm_matches_reference_on_random_text(family: str, vocab_dir: Path) -> N
         text = "".join(parts)
         want = reference_spm_encode(escape_spaces(text, tok.add_space_prefix), tokens, scores)
         assert tok.encode(text, add_bos=False, parse_special=False) == want, repr(text)
+
+
+@pytest.mark.parametrize(("family", "model"), [("bert-bge", "bert"), ("nomic-bert-moe", "t5"), ("gemma-4", "gemma4")])
+def test_unsupported_vocabularies_refused(family: str, model: str, vocab_dir: Path) -> None:
+    with pytest.raises(TokenizerError, match=rf"tokenizer model '{model}' .*supported: 'gpt2' .*'llama'"):
+        Tokenizer.from_gguf(vocab_dir / f"ggml-vocab-{family}.gguf")

@@ -133,7 +133,9 @@ class Tokenizer:
         self._tokens: list[str] = list(tokens)
         self.token_types = self._read_types(metadata)
 
-        self.pre: str = metadata.get("tokenizer.ggml.pre", "default") or "default"
+        self.pre: str = metadata.get("tokenizer.ggml.pre") or "default"
+        if model == "gpt2" and not metadata.get("tokenizer.ggml.pre"):
+            logger.warning("%s: no tokenizer.ggml.pre; using llama.cpp's 'default' pre-tokenizer", source)
         spm = model == "llama"
         self._hf: HFTokenizer = self._build_spm(metadata) if spm else self._build_bpe(metadata)
         add_bos_default = True if spm else PRE_TOKENIZERS[self.pre].add_bos
