@@ -61,16 +61,14 @@ def partition(text: str, specials: Sequence[SpecialToken], parse_special: bool) 
     return fragments
 
 
-def strip_flags(model_name: str, text: str, is_special: bool) -> tuple[bool, bool]:
-    """(lstrip, rstrip) for a token, by llama.cpp's per-model rules.
+def strip_flags(model_name: str, text: str) -> tuple[bool, bool]:
+    """(lstrip, rstrip) for a special token, by llama.cpp's per-model rules.
 
     Phi-3 models (``general.name`` containing "phi-3" or "phi3") strip the
     whitespace after every special token except ``<unk>``, ``<s>`` and
-    ``<|endoftext|>``; ``</s>`` strips it too.
+    ``<|endoftext|>``.
     """
     name = model_name.lower()
-    if "phi-3" in name or "phi3" in name:
-        if text in ("<unk>", "<s>", "<|endoftext|>"):
-            return False, False
-        return False, is_special or text == "</s>"
+    if ("phi-3" in name or "phi3" in name) and text not in ("<unk>", "<s>", "<|endoftext|>"):
+        return False, True
     return False, False

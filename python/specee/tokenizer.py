@@ -216,7 +216,7 @@ class Tokenizer:
             text = self._tokens[i]
             if not text:
                 continue
-            lstrip, rstrip = strip_flags(model_name, text, is_special=True)
+            lstrip, rstrip = strip_flags(model_name, text)
             out.append(SpecialToken(i, text, control=bool(self._special[i]), lstrip=lstrip, rstrip=rstrip))
         out.sort(key=lambda t: -len(t.text.encode("utf-8")))
         return out
