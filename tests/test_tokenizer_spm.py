@@ -158,3 +158,7 @@ def test_partition_longest_token_first() -> None:
     user = SpecialToken(12, "<u>", control=False)
     assert partition("<u>x<a>", [long, short, user], parse_special=False) == [12, "x<a>"]
     assert partition("", [short], parse_special=True) == []
+    # whitespace eaten before (lstrip) or after (rstrip) a token
+    eats_left = SpecialToken(13, "<m>", control=False, lstrip=True)
+    eats_right = SpecialToken(14, "<n>", control=False, rstrip=True)
+    assert partition("a \t<m> b<n>\n c", [eats_left, eats_right], parse_special=False) == ["a", 13, " b", 14, "c"]
