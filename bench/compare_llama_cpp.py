@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prompts import PROMPTS
 
-from specee.chat import read_chat_template, render_chat
+from specee.chat import chat_prompt_ids, read_chat_template
 from specee.fetch import fetch_model
 from specee.tokenizer import Tokenizer
 
@@ -46,8 +46,7 @@ def tokenize_prompts(model_path: Path, prompts=PROMPTS) -> list[tuple[str, list[
     for name, text, chat in prompts:
         if chat:
             template = template or read_chat_template(model_path)
-            text = render_chat(template, [{"role": "user", "content": text}], add_generation_prompt=True)
-            out.append((name, tok.encode(text, add_bos=False, parse_special=True)))
+            out.append((name, chat_prompt_ids(tok, template, [{"role": "user", "content": text}])))
         else:
             out.append((name, tok.encode(text, parse_special=False)))
     return out

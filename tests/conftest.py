@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny generated models (cached per session) and the real
-default model (fetched from PyPI on first use)."""
+"""Shared fixtures: tiny generated models (cached per session), the real
+default model and llama.cpp's test files (both fetched from PyPI on first use)."""
 from __future__ import annotations
 
 import os
@@ -48,3 +48,33 @@ def hide_matplotlib(monkeypatch) -> None:
 
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_files():
+    """Directory of llama.cpp's vocabulary test files and chat templates,
+    extracted from the pinned llama-cpp-python sdist (skipped with SPECEE_OFFLINE=1)."""
+    if os.environ.get("SPECEE_OFFLINE") == "1":
+        pytest.skip("SPECEE_OFFLINE=1: llama.cpp's test files are not fetched")
+    from specee.fetch import fetch_llama_cpp_test_files
+
+    return fetch_llama_cpp_test_files(progress=False)
+
+
+# Lines tests want shown after the run (e.g. a pass count over many vectors).
+_SUMMARY = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SUMMARY] = []
+
+
+@pytest.fixture(scope="session")
+def summary_lines(pytestconfig: pytest.Config) -> list:
+    """Append strings here to print them in pytest's final summary."""
+    return pytestconfig.stash[_SUMMARY]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    for line in config.stash.get(_SUMMARY, []):
+        terminalreporter.write_line(line)

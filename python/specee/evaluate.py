@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
-from .chat import read_chat_template, render_chat
+from .chat import chat_prompt_ids, read_chat_template
 from .datasets import known_datasets, load_dataset
 from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
@@ -174,8 +174,6 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
     needs_heads = any(kind == "specee" for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
-    specials = {"bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
-                "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else ""}
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
                  "n_predict": n_predict, "limit": limit, "threads": threads, "verify_full": verify_full,
                  "system": system_info(), "complete": False, "datasets": {}}
@@ -192,8 +190,8 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                 tasks = make_tasks(name, records)
                 prompts = []
                 for t in tasks:
-                    text = render_chat(template, [{"role": "user", "content": t.prompt}], **specials) if t.chat else t.prompt
-                    ids = tok.encode(text, add_bos=None if not t.chat else False, parse_special=t.chat)
+                    ids = (chat_prompt_ids(tok, template, [{"role": "user", "content": t.prompt}]) if t.chat
+                           else tok.encode(t.prompt, parse_special=False))
                     prompts.append(ids[-(n_ctx - n_predict - 1):])
                 results = {m: ModeResult() for m in modes}
                 with tqdm(total=len(tasks), desc=name, unit="item", disable=not progress) as bar:

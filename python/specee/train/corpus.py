@@ -7,17 +7,12 @@ import logging
 import os
 from typing import Iterable, Mapping, Sequence
 
-from ..chat import read_chat_template, render_chat
+from ..chat import chat_prompt_ids, read_chat_template
 from ..tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 Conversation = Sequence[Mapping[str, str]]  # [{"role": "user"|"assistant", "content": str}, ...]
-
-
-def _specials(tok: Tokenizer) -> dict:
-    return {"bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
-            "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else ""}
 
 
 def conversation_sequences(model_path: str | os.PathLike, conversations: Iterable[Conversation],
@@ -26,8 +21,7 @@ def conversation_sequences(model_path: str | os.PathLike, conversations: Iterabl
     tok, template = Tokenizer.from_gguf(model_path), read_chat_template(model_path)
     out = []
     for conv in conversations:
-        text = render_chat(template, list(conv), add_generation_prompt=False, **_specials(tok))
-        ids = tok.encode(text, add_bos=False, parse_special=True)[:max_len]
+        ids = chat_prompt_ids(tok, template, list(conv), add_generation_prompt=False)[:max_len]
         if len(ids) >= 8:
             out.append(ids)
     log.info("%d training sequences, %d tokens", len(out), sum(map(len, out)))
@@ -44,8 +38,7 @@ def conversation_prompts(model_path: str | os.PathLike, conversations: Iterable[
         first = next((t for t in conv if t["role"] == "user" and t["content"].strip()), None)
         if first is None:
             continue
-        text = render_chat(template, [first], add_generation_prompt=True, **_specials(tok))
-        ids = tok.encode(text, add_bos=False, parse_special=True)
+        ids = chat_prompt_ids(tok, template, [first])
         if len(ids) <= max_len:
             out.append(ids)
     return out
