@@ -319,7 +319,7 @@ static void place_weights(model & m, bool allow_repack) {
 
 // ---- weight data ------------------------------------------------------------
 
-static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file_size, bool check) {
+static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
     const int64_t  n_tensors   = gguf_get_n_tensors(gctx);
     std::vector<uint8_t> staging;  // repacked tensors are converted on the way in
@@ -334,11 +334,7 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file
             fail(SPECEE_STATUS_INTERNAL, "tensor %s vanished from the weight contexts", name);
         }
         const uint64_t offset = data_offset + gguf_get_tensor_offset(gctx, i);
-        const uint64_t nbytes = ggml_nbytes(t);
-        if (offset > file_size || nbytes > file_size - offset) {
-            fail(SPECEE_STATUS_IO_ERROR, "file is truncated: tensor %s needs bytes up to %llu, the file has %llu",
-                 name, (unsigned long long) (offset + nbytes), (unsigned long long) file_size);
-        }
+        const uint64_t nbytes = ggml_nbytes(t);  // inside the file: check_tensor_extents
         void * dst = t->data;
         if (repacked) {
             staging.resize(nbytes);
@@ -403,8 +399,9 @@ void load_model(model & m, const char * path, const specee_model_params & params
     if (!f) {
         fail(SPECEE_STATUS_IO_ERROR, "cannot open %s", path);
     }
+    check_tensor_extents(gctx, uint64_t(st.st_size));  // before allocating what they declare
     place_weights(m, params.use_repack);
-    read_weights(m, gctx, f.get(), uint64_t(st.st_size), params.check_tensors);
+    read_weights(m, gctx, f.get(), params.check_tensors);
     m.fingerprint = fingerprint_of(m);
 }
 

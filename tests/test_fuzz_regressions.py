@@ -57,5 +57,5 @@ def test_heads_inputs_fail_cleanly(tmp_path):
     lines = replay("heads", str(model), *map(str, files))
     check_outcomes(lines, files)
     # the head file whose declared tensor size made ggml abort: refused as truncated
-    assert f"{DATA / 'heads' / 'huge_tensor_aborts_in_ggml_init.gguf'}: InvalidModelError: head file is truncated" in \
+    assert f"{DATA / 'heads' / 'huge_tensor_aborts_in_ggml_init.gguf'}: ModelIOError: file is truncated" in \
         "\n".join(lines)
