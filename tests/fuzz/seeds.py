@@ -69,3 +69,20 @@ def write_heads_seeds(model_path: Path, out_dir: Path) -> list[Path]:
         write_heads(paths[2], model, {1: constant_predictor(0.0, n_features=6)}, n_candidates=2,
                     draft=_draft(cfg, rng, 16), draft_dtype="f32", use_online=False)
     return paths
+
+
+def main(argv: list[str]) -> int:
+    """python tests/fuzz/seeds.py OUT: writes OUT/model/ and OUT/heads/ (the
+    heads are for OUT/model/SEED_MODEL, the model fuzz_heads_load wants)."""
+    if len(argv) != 1:
+        print("usage: seeds.py OUT_DIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    models = write_models(out / "model")
+    write_heads_seeds(models[SEED_MODEL], out / "heads")
+    print(f"seeds in {out}/model and {out}/heads; SPECEE_FUZZ_MODEL={models[SEED_MODEL]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
