@@ -19,7 +19,7 @@ from tiny_model import TinyConfig, write_tiny_model  # noqa: E402
 
 # small enough that a load takes well under a millisecond; n_embd 32 keeps
 # the rows a whole number of Q8_0 / Q4_0 blocks
-SMALL = dict(n_embd=32, n_ff=64, n_head=2, n_head_kv=1, n_layer=2, n_ctx_train=64)
+SMALL = dict(n_embd=32, n_ff=64, n_head=2, n_head_kv=1, n_layer=3, n_ctx_train=64)
 SEED_MODEL = "llama_f32.gguf"
 MODELS = {
     SEED_MODEL: TinyConfig(**SMALL),
@@ -54,8 +54,9 @@ def _draft(cfg: TinyConfig, rng: np.random.Generator, n_rows: int):
 
 
 def write_heads_seeds(model_path: Path, out_dir: Path) -> list[Path]:
-    """Head files for the model at `model_path` (needs libspecee)."""
-    from specee.engine import Model
+    """Head files for the model at `model_path` (needs libspecee); each one
+    loads, so that fuzzing starts past the loader's checks."""
+    from specee.engine import Heads, Model
     from specee.heads_file import constant_predictor, write_heads
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,8 @@ def write_heads_seeds(model_path: Path, out_dir: Path) -> list[Path]:
                     threshold=0.7, draft=_draft(cfg, rng, 32), draft_dtype="q8_0", verify_full=False)
         write_heads(paths[2], model, {1: constant_predictor(0.0, n_features=6)}, n_candidates=2,
                     draft=_draft(cfg, rng, 16), draft_dtype="f32", use_online=False)
+        for path in paths:
+            Heads(model, path).close()
     return paths
 
 
