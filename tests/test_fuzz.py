@@ -29,6 +29,9 @@ import seeds  # noqa: E402
 
 SECONDS = int(os.environ.get("SPECEE_FUZZ_SECONDS", "25"))
 SEED = int(os.environ.get("SPECEE_FUZZ_SEED", "1"))
+# clang links its own sanitizer runtimes into the fuzz targets: a run of this
+# suite under GCC's ASan (docs/hardening.md) must not pass its settings on
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
 
 
 def libfuzzer_missing(tmp: Path) -> str | None:
@@ -40,7 +43,7 @@ def libfuzzer_missing(tmp: Path) -> str | None:
     probe.write_text("#include <stddef.h>\n#include <stdint.h>\n"
                      "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { return 0; }\n")
     run = subprocess.run(["clang", "-fsanitize=fuzzer,address,undefined", str(probe), "-o", str(tmp / "probe")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=CLEAN_ENV)
     if run.returncode != 0:
         return f"clang cannot link libFuzzer (its compiler-rt runtime is missing): {run.stderr.strip()[-300:]}"
     return None
@@ -55,7 +58,7 @@ def fuzz_build(tmp_path_factory) -> Path:
                  "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DCMAKE_C_COMPILER=clang", "-DCMAKE_CXX_COMPILER=clang++",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     for cmd in (configure, ["cmake", "--build", str(BUILD), "-j2"]):
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV)
         assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return BUILD
 
@@ -76,7 +79,7 @@ def fuzz(build: Path, target: str, kind: str, seed_root: Path, work: Path, env: 
     cmd = [str(build / target), f"-max_total_time={SECONDS}", f"-seed={SEED}", "-timeout=20",
            "-print_final_stats=1", f"-artifact_prefix={artifacts}/", str(corpus), str(seed_root / kind),
            *([str(regressions)] if regressions.is_dir() else [])]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=SECONDS + 120)
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**CLEAN_ENV, **env}, timeout=SECONDS + 120)
     found = sorted(artifacts.iterdir())
     assert run.returncode == 0 and not found, (
         f"{target} found a bug (status {run.returncode}); input(s): {[str(p) for p in found]}. "
