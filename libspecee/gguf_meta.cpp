@@ -109,4 +109,16 @@ std::optional<size_t> gguf_meta::array_size(const std::string & key) const {
     return gguf_get_arr_n(ctx_, id);
 }
 
+void check_tensor_extents(const gguf_context * ctx, uint64_t file_size) {
+    const uint64_t data_offset = gguf_get_data_offset(ctx);
+    for (int64_t i = 0; i < gguf_get_n_tensors(ctx); i++) {
+        const uint64_t offset = data_offset + gguf_get_tensor_offset(ctx, i);
+        const uint64_t nbytes = gguf_get_tensor_size(ctx, i);
+        if (offset > file_size || nbytes > file_size - offset) {
+            fail(SPECEE_STATUS_IO_ERROR, "file is truncated: tensor %s needs bytes up to %llu, the file has %llu",
+                 gguf_get_tensor_name(ctx, i), (unsigned long long) (offset + nbytes), (unsigned long long) file_size);
+        }
+    }
+}
+
 } // namespace specee

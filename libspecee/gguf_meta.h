@@ -37,4 +37,9 @@ private:
     const gguf_context * ctx_;
 };
 
+// Fails (SPECEE_STATUS_IO_ERROR, "file is truncated") unless every tensor's
+// data lies inside a file of `file_size` bytes. Run it before allocating
+// what the tensor shapes declare: a few bytes of header can declare terabytes.
+void check_tensor_extents(const gguf_context * ctx, uint64_t file_size);
+
 } // namespace specee

@@ -160,14 +160,20 @@ void load_heads(heads & h, const model & m, const char * path) {
     }
     ggml_context * data = nullptr;
     gguf_context * gctx = nullptr;
-    {
+    // Loading with the data allocates what the tensor shapes declare, and
+    // ggml aborts the process when that fails: read the metadata alone first.
+    for (const bool no_alloc : {true, false}) {
         log_capture log;
-        gguf_init_params gp = {/*no_alloc=*/false, /*ctx=*/&data};
+        gguf_init_params gp = {no_alloc, /*ctx=*/no_alloc ? nullptr : &data};
         gctx = gguf_init_from_file(path, gp);
         if (gctx == nullptr) {
             const std::string why = log.text();
             fail(SPECEE_STATUS_INVALID_MODEL, "%s is not a valid GGUF head file%s%s", path, why.empty() ? "" : ": ",
                  why.c_str());
+        }
+        if (no_alloc) {
+            std::unique_ptr<gguf_context, decltype(&gguf_free)> meta(gctx, gguf_free);
+            check_tensor_extents(meta.get(), uint64_t(st.st_size));
         }
     }
     std::unique_ptr<gguf_context, decltype(&gguf_free)> gctx_owner(gctx, gguf_free);

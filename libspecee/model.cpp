@@ -388,7 +388,7 @@ static void hash_bytes(uint64_t & h, const uint8_t * p, size_t n) {
     }
 }
 
-static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file_size, bool check) {
+static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
     const int64_t  n_tensors   = gguf_get_n_tensors(gctx);
     const std::string fp_names[3] = {ggml_get_name(m.output_norm), ggml_get_name(m.layers.front().attn_norm),
@@ -403,11 +403,7 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, uint64_t file
         }
         ggml_tensor * t = copies.front();
         const uint64_t offset = data_offset + gguf_get_tensor_offset(gctx, i);
-        const uint64_t nbytes = ggml_nbytes(t);
-        if (offset > file_size || nbytes > file_size - offset) {
-            fail(SPECEE_STATUS_IO_ERROR, "file is truncated: tensor %s needs bytes up to %llu, the file has %llu",
-                 name, (unsigned long long) (offset + nbytes), (unsigned long long) file_size);
-        }
+        const uint64_t nbytes = ggml_nbytes(t);  // inside the file: check_tensor_extents
         // plain CPU memory is read into directly; repacked or device memory through ggml
         const bool direct = copies.size() == 1 && ggml_backend_buffer_is_host(t->buffer) &&
                             ggml_backend_buffer_get_type(t->buffer) == ggml_backend_cpu_buffer_type();
@@ -473,12 +469,13 @@ void load_model(model & m, const char * path, const specee_model_params & params
     if (!f) {
         fail(SPECEE_STATUS_IO_ERROR, "cannot open %s", path);
     }
+    check_tensor_extents(gctx, uint64_t(st.st_size));  // before allocating what they declare
     m.devices = plan_devices(m.hp.n_layer, params.n_gpu_layers, params.rpc_servers);
-    // ggml's repacked CPU layouts (AMX among them) crash under the scheduler
-    // when part of the model is offloaded (seen with AMX, ggml 0.25.3): the
-    // CPU layers of an offloaded model stay in the plain layout
+    // The CPU layers of a partly offloaded model stay in the plain layout:
+    // ggml's repacked layouts are not exercised under its scheduler here
+    // (the AMX one crashed there before it was excluded everywhere).
     place_weights(m, params.use_repack && !m.devices.any_offload());
-    read_weights(m, gctx, f.get(), uint64_t(st.st_size), params.check_tensors);
+    read_weights(m, gctx, f.get(), params.check_tensors);
 }
 
 } // namespace specee

@@ -5,6 +5,7 @@ import random
 import struct
 
 import gguf
+import numpy as np
 import pytest
 
 from specee.engine import (
@@ -55,6 +56,34 @@ def test_truncated_tensor_data_names_the_tensor(tiny_llama, tmp_path):
     p.write_bytes(data[:-1000])
     with pytest.raises(ModelIOError, match="truncated: tensor"):
         Model(p)
+
+
+def test_tensors_declared_past_the_end_are_refused_before_allocating(tmp_path):
+    # A 7 KB file whose tensor infos declare 51 GB of F32 weights and hold none:
+    # refused as truncated, before allocating them (it was OutOfMemoryError).
+    n_embd, n_ff, n_vocab = 8192, 262144, 332
+    w = gguf.GGUFWriter(tmp_path / "huge.gguf", "llama")
+    for key, value in (("block_count", 2), ("embedding_length", n_embd), ("feed_forward_length", n_ff),
+                       ("attention.head_count", 64)):
+        w.add_key_value(f"llama.{key}", value, U32)
+    shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    for il in range(2):
+        for name in ("attn_norm", "ffn_norm"):
+            shapes[f"blk.{il}.{name}.weight"] = (n_embd,)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            shapes[f"blk.{il}.{name}.weight"] = (n_embd, n_embd)
+        shapes.update({f"blk.{il}.ffn_gate.weight": (n_ff, n_embd), f"blk.{il}.ffn_up.weight": (n_ff, n_embd),
+                       f"blk.{il}.ffn_down.weight": (n_embd, n_ff)})
+    for name, shape in shapes.items():
+        w.add_tensor_info(name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(tmp_path / "huge.gguf", "ab") as f:
+        f.write(bytes(64))  # the data section starts, and ends at once
+    with pytest.raises(ModelIOError, match="truncated: tensor token_embd.weight"):
+        Model(tmp_path / "huge.gguf")
 
 
 def test_malicious_header_counts(tmp_path):
