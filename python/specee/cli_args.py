@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .datasets import known_datasets
 from .evaluate import parse_mode, sweep_modes
+from .speculative.choice import parse_draft
 
 
 def existing_file(text: str) -> str:
@@ -55,6 +56,15 @@ def mode_list(text: str) -> list[str]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return modes
+
+
+def draft_spec(text: str) -> str:
+    """A drafter: lookup, model:NAME_OR_PATH or auto."""
+    try:
+        parse_draft(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def threshold_sweep(text: str) -> list[str]:

@@ -26,14 +26,17 @@ from .verify import verify_greedy, verify_sampled
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DRAFT_MAX = 8
+
 
 def draft_sampler(sampler: Sampler) -> Optional[Sampler]:
     """The drafter's own sampler: the target's settings, a separate stream
     (so drafting never shifts the target's draws). None when greedy."""
     if sampler.greedy:
         return None
-    seed = None if sampler.seed is None else sampler.seed + 1
-    return Sampler(sampler.temperature, sampler.top_k, sampler.top_p, seed=seed)
+    drafts = Sampler(sampler.temperature, sampler.top_k, sampler.top_p)
+    drafts.rng = sampler.rng.spawn(1)[0]  # a child stream: reproducible from the target's seed
+    return drafts
 
 
 def generate_speculative(
@@ -44,18 +47,21 @@ def generate_speculative(
     sampler: Optional[Sampler] = None,
     stop_ids: Iterable[int] = (),
     on_token: Optional[Callable[[int], None]] = None,
-    draft_max: int = 8,
+    draft_max: int = DEFAULT_DRAFT_MAX,
     curve: Optional[CostCurve] = None,
+    policy: Optional[DraftPolicy] = None,
 ) -> GenerationResult:
     """Like generate.generate, with drafts from `drafter` verified by the
     target. `curve`: the batch cost curve (default: cached per model and
-    thread count, measured on first use)."""
+    thread count, measured on first use); `policy`: decides the draft
+    lengths (default: a DraftPolicy on that curve)."""
     DRAFT_MAX.check("draft_max", draft_max)
     check_request(ctx, prompt, max_tokens)
     sampler = sampler or Sampler()
     stop = frozenset(stop_ids)
     t0 = time.perf_counter()
-    policy = DraftPolicy(curve or cost.for_context(ctx, prompt, draft_max + 1), drafter.kinds)
+    if policy is None:
+        policy = DraftPolicy(curve or cost.for_context(ctx, prompt, draft_max + 1), drafter.kinds)
     d_sampler = draft_sampler(sampler)
     t_calibrate = time.perf_counter() - t0
 
