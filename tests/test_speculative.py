@@ -345,7 +345,21 @@ def test_adaptive_policy_with_measured_curve_stays_exact(untied, tmp_path, monke
     assert x["verify_steps"] + x["plain_steps"] >= 1 and x["calibrate_s"] > 0
 
 
-# ---- command line ----
+# ---- command line and evaluation ----
+
+
+def test_eval_speculative_mode_reproduces_vanilla(untied, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from specee.evaluate import evaluate, parse_mode
+
+    monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
+    assert parse_mode("speculative") == ("speculative", None)
+    data = Path(__file__).parent / "data" / "datasets"
+    res = evaluate(untied, ["humaneval"], ["vanilla", "speculative"], limit=2, n_predict=16, threads=1, n_ctx=512,
+                   progress=False, dataset_paths={"humaneval": data / "humaneval.jsonl"})
+    s = res["datasets"]["humaneval"]["speculative"]
+    assert s["n_items"] == 2 and s["rouge_l_vs_vanilla"] == 1.0 and s["exact_prefix_tokens"] > 0
 
 
 def test_cli_speculative_json(untied, tmp_path, monkeypatch, capsys):

@@ -46,10 +46,10 @@ def dataset_list(text: str) -> list[str]:
 
 
 def mode_list(text: str) -> list[str]:
-    """Comma-separated evaluation modes (vanilla, specee, specee@THRESHOLD)."""
+    """Comma-separated evaluation modes (vanilla, specee, specee@THRESHOLD, speculative)."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes:
-        raise argparse.ArgumentTypeError("give at least one mode: vanilla, specee, specee@THRESHOLD")
+        raise argparse.ArgumentTypeError("give at least one mode: vanilla, specee, specee@THRESHOLD, speculative")
     try:
         for m in modes:
             parse_mode(m)

@@ -73,10 +73,9 @@ class AutoDrafter:
     free), else the draft model if there is one, else lookup's best guess
     (verified only if the decode loop finds it worth it)."""
 
-    name = "auto"
-
     def __init__(self, lookup: LookupDrafter, model: Optional[ModelDrafter]):
         self.lookup, self.model = lookup, model
+        self.name = "auto: lookup" + (f" + model:{Path(model.path).name}" if model else "")
         self.kinds = {**lookup.kinds, **(model.kinds if model else {})}
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
