@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import engine
-from .cli_args import (dataset_list, existing_dir, existing_file, mode_list, output_dir, output_file, prompt_file,
-                       threshold_sweep)
+from .cli_args import (dataset_list, draft_spec, existing_dir, existing_file, mode_list, output_dir, output_file,
+                       prompt_file, threshold_sweep)
 from .chat import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
@@ -20,6 +20,8 @@ from .heads_file import DRAFT_DTYPES
 from .ranges import COUNT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE
 from .sampling import Sampler
 from .shipped_heads import default_heads
+from .speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
+from .speculative.loop import DEFAULT_DRAFT_MAX
 from .tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger("specee")
@@ -81,8 +83,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.mode == "specee" and args.temp > 0 and args.verify == "candidates":
         raise ValueError("--temp > 0 samples from each step's full-vocabulary logits, which --verify candidates "
                          "skips: use --verify full or --temp 0")
+    if args.mode != "speculative" and (args.draft is not None or args.draft_max is not None):
+        raise SystemExit("specee: --draft and --draft-max go with --mode speculative")
     text = _read_prompt(args)
     model_path = fetch_model(args.model, progress=not args.quiet)
+    draft_path = None
+    if args.mode == "speculative":  # fetch and check a draft model before the target loads
+        draft_path = resolve_draft_model(args.draft or "auto", model_path, progress=not args.quiet)
     tok = Tokenizer.from_gguf(model_path)
     ids = _prompt_ids(args, model_path, tok, text)
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -97,6 +104,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  "(train them with `specee train all`)")
             heads = engine.Heads(model, heads_path)
             attach_heads(ctx, heads, args.threshold, None if args.verify is None else args.verify == "full")
+        drafter = None
+        if args.mode == "speculative":
+            drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -108,6 +118,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if heads is not None:
             result = generate_specee(ctx, ids, args.n, heads.n_candidates, sampler=sampler, stop_ids=tok.eot_ids,
                                      on_token=echo)
+        elif drafter is not None:
+            try:
+                result = generate_speculative(ctx, ids, args.n, drafter, sampler, stop_ids=tok.eot_ids,
+                                              on_token=echo, draft_max=args.draft_max or DEFAULT_DRAFT_MAX)
+            finally:
+                drafter.close()
         else:
             result = generate(ctx, ids, args.n, sampler, stop_ids=tok.eot_ids, on_token=echo)
         n_threads = ctx.n_threads
@@ -131,6 +147,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
                   f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
                   f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}", file=sys.stderr)
+        if args.mode == "speculative":
+            x = result.extra
+            print(f"speculative ({x['draft_source']}): {x['verify_steps']} verifications, {x['accepted']} of "
+                  f"{x['drafted']} drafted tokens accepted, {x['tokens_per_verify']:.2f} tokens per verification, "
+                  f"{x['plain_steps']} plain steps", file=sys.stderr)
     return 0
 
 
@@ -340,8 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
                         "has no authentication, so use trusted networks only")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    g.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
-                   help="full depth (vanilla, default) or speculative early exit (specee)")
+    g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
+                   help="full depth (vanilla, default), speculative early exit (specee), or lossless "
+                        "speculative decoding (speculative: drafts verified by the model, same output)")
+    g.add_argument("--draft", type=draft_spec,
+                   help=f"with --mode speculative: the drafter, {DRAFT_HELP} (default auto)")
+    g.add_argument("--draft-max", type=DRAFT_MAX.arg,
+                   help=f"with --mode speculative: most drafted tokens per verification, in [1, 16] "
+                        f"(default {DEFAULT_DRAFT_MAX})")
     g.add_argument("--heads", type=existing_file,
                    help="SpecEE head file trained for this model (default: the heads that ship for it)")
     g.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
@@ -447,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", type=dataset_list, default="mtbench",
                    help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
     e.add_argument("--modes", type=mode_list, default="vanilla,specee",
-                   help="comma-separated: vanilla, specee, specee@THRESHOLD (default vanilla,specee)")
+                   help="comma-separated: vanilla, specee, specee@THRESHOLD, speculative (lossless speculative "
+                        "decoding, drafter auto) (default vanilla,specee)")
     e.add_argument("--sweep-threshold", type=threshold_sweep, metavar="START:STOP:STEP",
                    help="early exit at each threshold in the range (e.g. 0.3:0.9:0.1), with vanilla if asked")
     e.add_argument("--limit", type=COUNT.arg, default=20, help="items per data set, >= 1 (default 20)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .datasets import known_datasets
 from .evaluate import parse_mode, sweep_modes
+from .speculative.choice import parse_draft
 
 
 def existing_file(text: str) -> str:
@@ -45,16 +46,25 @@ def dataset_list(text: str) -> list[str]:
 
 
 def mode_list(text: str) -> list[str]:
-    """Comma-separated evaluation modes (vanilla, specee, specee@THRESHOLD)."""
+    """Comma-separated evaluation modes (vanilla, specee, specee@THRESHOLD, speculative)."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes:
-        raise argparse.ArgumentTypeError("give at least one mode: vanilla, specee, specee@THRESHOLD")
+        raise argparse.ArgumentTypeError("give at least one mode: vanilla, specee, specee@THRESHOLD, speculative")
     try:
         for m in modes:
             parse_mode(m)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return modes
+
+
+def draft_spec(text: str) -> str:
+    """A drafter: lookup, model:NAME_OR_PATH or auto."""
+    try:
+        parse_draft(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def threshold_sweep(text: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from .engine import Context, InvalidArgumentError
 from .generate import GenerationResult, check_request, pick, why_stop
+from .ngram_index import NgramIndex
 from .ranges import COUNT, THRESHOLD
 from .sampling import Sampler
 
@@ -36,13 +37,16 @@ class PromptLookup:
     def __init__(self, max_ngram: int = 3, window: int = 1024):
         self.max_ngram = COUNT.check("max_ngram", max_ngram)
         self.window = COUNT.check("window", window)
+        self._index = NgramIndex(self.max_ngram)
 
     def candidates(self, tokens: Sequence[int], k: int) -> list[int]:
-        seq = list(tokens[-self.window:])
+        self._index.sync(tokens)
+        text = self._index.tokens
+        since = max(0, len(text) - self.window)
+        seq = text[since:]
         out: list[int] = []
         for n in range(min(self.max_ngram, len(seq) - 1), 0, -1):
-            key = seq[-n:]
-            followers = Counter(seq[i + n] for i in range(len(seq) - n) if seq[i:i + n] == key)
+            followers = Counter(text[i + n] for i in self._index.earlier_matches(n, since))
             for tok, _ in followers.most_common():
                 if tok not in out:
                     out.append(tok)

@@ -25,6 +25,7 @@ from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
 from .ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
 from .shipped_heads import default_heads
+from .speculative import generate_speculative, open_drafter
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,12 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
 
 
 def parse_mode(mode: str) -> tuple[str, Optional[float]]:
-    """"vanilla", "specee" (the head file's threshold, or --threshold) or
-    "specee@T" (early exit at predictor threshold T)."""
+    """"vanilla", "specee" (the head file's threshold, or --threshold),
+    "specee@T" (early exit at predictor threshold T) or "speculative"
+    (lossless speculative decoding, drafter auto)."""
     kind, _, t = mode.partition("@")
-    if kind not in ("vanilla", "specee") or (t and kind != "specee"):
-        raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD)")
+    if kind not in ("vanilla", "specee", "speculative") or (t and kind != "specee"):
+        raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD, speculative)")
     if not t:
         return kind, None
     try:
@@ -114,6 +116,8 @@ class ModeResult:
     exit_layers: list = field(default_factory=list)
     tf_agree: int = 0
     tf_steps: int = 0
+    drafted: int = 0      # speculative: drafted tokens verified
+    accepted: int = 0     # and accepted
 
 
 def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
@@ -151,7 +155,7 @@ def check_evaluation(datasets: Sequence[str], modes: Sequence[str], limit: Optio
     if unknown or not datasets:
         raise ValueError(f"unknown data set(s) {unknown or datasets!r}; known: {', '.join(known_datasets())}")
     if not modes:
-        raise ValueError("no modes given (vanilla, specee, specee@THRESHOLD)")
+        raise ValueError("no modes given (vanilla, specee, specee@THRESHOLD, speculative)")
     COUNT.check_optional("limit", limit)
     COUNT.check("n_ctx", n_ctx)
     # the context holds the generated tokens and at least one prompt token
@@ -184,6 +188,8 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                 raise ValueError("mode specee needs a head file (--heads); none ships for this model")
             out["heads"] = os.fspath(heads_path)
         heads = Heads(model, heads_path) if needs_heads else None
+        needs_drafter = any(kind == "speculative" for kind, _ in parsed.values())
+        drafter = open_drafter("auto", model, n_ctx, threads) if needs_drafter else None
         try:
             for i, name in enumerate(datasets):
                 records = load_dataset(name, limit=limit, path=(dataset_paths or {}).get(name), progress=progress)
@@ -209,6 +215,10 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                                     a, s = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
                                     r.tf_agree += a
                                     r.tf_steps += s
+                                elif kind == "speculative":
+                                    g = generate_speculative(ctx, ids, n_predict, drafter, stop_ids=tok.eot_ids)
+                                    r.drafted += g.extra["drafted"]
+                                    r.accepted += g.extra["accepted"]
                                 else:
                                     g = generate(ctx, ids, n_predict, stop_ids=tok.eot_ids)
                             body = [t for t in g.tokens if t not in tok.eot_ids]
@@ -227,6 +237,8 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
         finally:
             if heads is not None:
                 heads.close()
+            if drafter is not None:
+                drafter.close()
     return out
 
 
@@ -253,6 +265,8 @@ def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
             s["exit_ratio"] = round(sum(e < n_layer for e in r.exit_layers) / len(r.exit_layers), 4)
             # steps per exit layer 1..n_layer (layer n_layer: ran to the end)
             s["exit_layer_histogram"] = [r.exit_layers.count(l) for l in range(1, n_layer + 1)]
+        if r.drafted:
+            s["acceptance_rate"] = round(r.accepted / r.drafted, 4)
         if r.tf_steps:
             s["teacher_forced_agreement"] = round(r.tf_agree / r.tf_steps, 4)
         if base is not None and mode != "vanilla":

@@ -17,7 +17,7 @@ import numpy as np
 
 from .ranges import SEED, TEMPERATURE, TOP_P, ZERO_OR_MORE
 
-__all__ = ["Sampler", "sample"]
+__all__ = ["Sampler", "sample", "probabilities"]
 
 
 def sample(
@@ -45,7 +45,37 @@ def sample(
         return token
     if rng is None:
         raise ValueError("sampling with temperature > 0 needs a numpy Generator (rng)")
+    ids, probs = _kept(row, temperature, top_k, top_p)
+    cum = np.cumsum(probs)
+    j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    j = min(j, cum.size - 1)  # guard against rounding at the top end
+    return int(j if ids is None else ids[j])
 
+
+def probabilities(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """The distribution `sample` draws from, as a dense float64 row over the
+    whole vocabulary (zero outside the kept tokens). Speculative sampling
+    compares these rows of the target and the draft. Greedy: a point mass."""
+    row = np.asarray(logits)
+    if row.ndim != 1 or row.size == 0:
+        raise ValueError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
+    TEMPERATURE.check("temperature", temperature)
+    TOP_P.check("top_p", top_p)
+    dense = np.zeros(row.size, dtype=np.float64)
+    if temperature == 0.0 or top_k == 1:
+        dense[sample(row)] = 1.0
+        return dense
+    ids, probs = _kept(row, temperature, top_k, top_p)
+    if ids is None:
+        dense[:] = probs / probs.sum()
+    else:
+        dense[ids] = probs / probs.sum()
+    return dense
+
+
+def _kept(row: np.ndarray, temperature: float, top_k: int, top_p: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """The tokens sampling may pick (None: every id, in id order) and their
+    unnormalised probabilities, after temperature, top-k and top-p."""
     # candidates: all ids, or the top_k largest (unordered) via argpartition
     if 0 < top_k < row.size:
         ids = np.argpartition(row, row.size - top_k)[row.size - top_k :]
@@ -67,11 +97,7 @@ def sample(
         order = order[:keep]
         probs = sorted_p[:keep]
         ids = order if ids is None else ids[order]
-
-    cum = np.cumsum(probs)
-    j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-    j = min(j, cum.size - 1)  # guard against rounding at the top end
-    return int(j if ids is None else ids[j])
+    return ids, probs
 
 
 def _descending_order(probs: np.ndarray, mass: float, first: int = 1024) -> np.ndarray:

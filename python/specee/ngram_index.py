@@ -1,0 +1,54 @@
+"""An incremental index of the n-grams of a growing token sequence.
+
+Prompt lookup (early-exit candidates, speculative drafts) asks at every step
+where the last n tokens occurred before. Scanning the whole text each step
+costs O(length) Python work; this index costs O(max_n) per new token and
+answers from a dict. It follows one growing sequence: `sync` extends it when
+the new sequence starts with the indexed one and rebuilds it otherwise.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from .ranges import COUNT
+
+
+class NgramIndex:
+    def __init__(self, max_n: int = 3):
+        self.max_n = COUNT.check("max_n", max_n)
+        self.tokens: list[int] = []
+        self._starts: dict[tuple, list[int]] = defaultdict(list)  # n-gram -> start positions, ascending
+
+    def sync(self, tokens: Sequence[int]) -> None:
+        """Makes the index cover exactly `tokens`."""
+        n_old = len(self.tokens)
+        if len(tokens) < n_old or list(tokens[:n_old]) != self.tokens:
+            self.tokens, self._starts = [], defaultdict(list)
+            n_old = 0
+        for tok in tokens[n_old:]:
+            self.tokens.append(int(tok))
+            end = len(self.tokens)
+            for n in range(1, min(self.max_n, end) + 1):
+                self._starts[tuple(self.tokens[end - n:])].append(end - n)
+
+    def earlier_matches(self, n: int, since: int = 0) -> list[int]:
+        """Start positions >= `since` of the earlier occurrences of the last
+        `n` tokens that have at least one token after them, ascending."""
+        if not 1 <= n <= min(self.max_n, len(self.tokens)):
+            return []
+        starts = self._starts.get(tuple(self.tokens[-n:]), [])
+        last = len(self.tokens) - n  # the suffix itself
+        return [i for i in starts if since <= i < last]
+
+    def most_recent_continuation(self, n: int, max_len: int) -> list[int]:
+        """Up to `max_len` tokens that followed the most recent earlier
+        occurrence of the last `n` tokens ([] if there is none)."""
+        if not 1 <= n <= min(self.max_n, len(self.tokens)):
+            return []
+        starts = self._starts.get(tuple(self.tokens[-n:]), [])
+        last = len(self.tokens) - n
+        for i in reversed(starts):  # the suffix itself comes last
+            if i < last:
+                return self.tokens[i + n:i + n + max_len]
+        return []

@@ -1,0 +1,121 @@
+"""The batch cost curve: what verifying n tokens in one pass costs,
+relative to one plain decode step (cost(1) = 1).
+
+Measured once per model and thread count with a short calibration (a few
+passes of each size, median of each, timed against single-token decodes)
+and cached as JSON under the specee cache dir (speculative/), so later runs
+start at once. Sizes in between the measured ones are interpolated; sizes
+beyond the last are extrapolated along the last segment.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..engine import Context, system_info
+from ..fetch import cache_dir
+
+log = logging.getLogger(__name__)
+
+CURVE_VERSION = 1
+
+
+class CostCurve:
+    """cost(n) / cost(1) for a batch of n tokens with every row's logits."""
+
+    def __init__(self, points: Mapping[int, float]):
+        pts = {int(n): float(c) for n, c in points.items()}
+        if pts.get(1) != 1.0 or any(n < 1 or not c > 0 for n, c in pts.items()):
+            raise ValueError(f"a cost curve needs cost(1) = 1 and positive costs at sizes >= 1, got {pts}")
+        self.points = dict(sorted(pts.items()))
+        self._n = np.array(list(self.points), dtype=np.float64)
+        self._c = np.array(list(self.points.values()), dtype=np.float64)
+
+    @property
+    def max_measured(self) -> int:
+        return int(self._n[-1])
+
+    def __call__(self, n: int) -> float:
+        if n <= self._n[-1] or len(self._n) == 1:
+            return float(np.interp(n, self._n, self._c)) if len(self._n) > 1 else float(n)
+        slope = (self._c[-1] - self._c[-2]) / (self._n[-1] - self._n[-2])
+        return float(self._c[-1] + slope * (n - self._n[-1]))
+
+
+def calibration_sizes(max_n: int) -> list[int]:
+    return sorted({n for n in (1, 2, 3, 4, 6, 8, 12, 16) if n <= max_n} | {max_n})
+
+
+def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> CostCurve:
+    """Times passes of 1..max_n tokens after the context's cached ones (the
+    cache is left as it was). `tokens`: any ids to feed (repeated if short)."""
+    base = ctx.n_past
+    max_n = max(1, min(max_n, ctx.n_ctx - base))
+    feed = (list(tokens) * (max_n // max(len(tokens), 1) + 1))[:max_n]
+    ctx.prefill(feed, logits_all=True)  # warm-up: first runs build graphs and fault in weights
+    ctx.truncate(base)
+    median_s = {}
+    for n in calibration_sizes(max_n):
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            if n == 1:
+                ctx.decode(feed[0])  # what a plain step runs
+            else:
+                ctx.prefill(feed[:n], logits_all=True)
+            times.append(time.perf_counter() - t0)
+            ctx.truncate(base)
+        median_s[n] = statistics.median(times)
+    one = median_s[1]
+    # a batch never costs less than one token: clamp measurement noise
+    return CostCurve({n: 1.0 if n == 1 else max(s / one, 1.0) for n, s in median_s.items()})
+
+
+def cache_path(fingerprint: str, n_threads: int) -> Path:
+    return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}.json"
+
+
+def load(fingerprint: str, n_threads: int, max_n: int) -> Optional[CostCurve]:
+    """The cached curve if there is one that reaches max_n."""
+    path = cache_path(fingerprint, n_threads)
+    try:
+        record = json.loads(path.read_text())
+        if record.get("version") != CURVE_VERSION:
+            return None
+        curve = CostCurve({int(n): c for n, c in record["points"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return curve if curve.max_measured >= max_n else None
+
+
+def save(curve: CostCurve, fingerprint: str, n_threads: int) -> None:
+    path = cache_path(fingerprint, n_threads)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": CURVE_VERSION, "model": fingerprint, "threads": n_threads,
+                                   "system": system_info(), "points": curve.points}, indent=1))
+        tmp.replace(path)
+    except OSError as e:  # a read-only cache only costs the next run a calibration
+        log.warning("cannot cache the batch cost curve at %s: %s", path, e)
+
+
+def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
+    """The cached curve for this model and thread count, else a fresh
+    measurement (cached for next time)."""
+    fingerprint, threads = ctx.model.fingerprint, ctx.n_threads
+    curve = load(fingerprint, threads, max_n)
+    if curve is None:
+        t0 = time.perf_counter()
+        curve = measure(ctx, tokens, max_n)
+        log.info("batch cost curve measured in %.2f s: %s", time.perf_counter() - t0,
+                 {n: round(c, 2) for n, c in curve.points.items()})
+        if curve.max_measured >= max_n:  # not cut short by a small context
+            save(curve, fingerprint, threads)
+    return curve

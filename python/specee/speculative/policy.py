@@ -1,0 +1,121 @@
+"""How many drafted tokens to verify: the draft length that gives the most
+expected tokens per unit of cost, or none when plain decoding does better.
+
+With per-token acceptance chances a_1..a_k (each given the ones before were
+accepted), verifying k drafted tokens yields on average
+    E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
+tokens (the accepted prefix plus the target's own next token) for
+    cost(k + 1) + k * draft cost per token
+plain steps. A plain step yields 1 token for 1. Drafting happens only when
+E(k) / cost beats 1 by a margin.
+
+The chances come from the draft's confidences, rescaled per draft kind by
+the acceptance observed so far (recent verifications weigh more). A kind
+that is never drafted is still scored: free drafts (lookup) by comparing
+them with the tokens plain decoding produces, costly ones (a draft model)
+by a short probe every `probe_interval` plain steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ..ranges import COUNT, Range
+from .cost import CostCurve
+from .drafters import Draft, Kind
+
+DRAFT_MAX = Range(int, 1, 16)  # drafted tokens per verification
+MAX_CHANCE = 0.98              # no draft is ever a sure thing
+
+
+@dataclass
+class KindStats:
+    """Decayed counts of one kind's verified draft tokens."""
+
+    prior: float
+    weight: float = 2.0          # how many observations the prior is worth
+    decay: float = 0.95          # per verification: older outcomes fade
+    reached: float = 0.0         # tokens whose predecessors were all accepted
+    reached_conf: float = 0.0    # their summed confidences
+    accepted: float = 0.0
+    since_verify: int = 0        # plain steps since this kind was last verified
+
+    def record(self, confidence: Sequence[float], n_accepted: int) -> None:
+        """`confidence` of the tokens verified; the first n_accepted matched."""
+        reached = confidence[:n_accepted + 1]
+        self.reached = self.reached * self.decay + len(reached)
+        self.reached_conf = self.reached_conf * self.decay + sum(reached)
+        self.accepted = self.accepted * self.decay + n_accepted
+
+    def rate(self) -> float:
+        """Acceptance per token, the prior blended with what was seen."""
+        return (self.accepted + self.weight * self.prior) / (self.reached + self.weight)
+
+    def scale(self) -> float:
+        """Observed acceptance over what the confidences promised."""
+        return (self.accepted + self.weight) / (self.reached_conf + self.weight)
+
+
+class DraftPolicy:
+    def __init__(self, curve: CostCurve, kinds: Mapping[str, Kind], margin: float = 0.05,
+                 probe_interval: int = 48, probe_len: int = 2):
+        self.curve = curve
+        self.kinds = dict(kinds)
+        self.margin = Range(float, lo=0.0).check("margin", margin)
+        self.probe_interval = COUNT.check("probe_interval", probe_interval)
+        self.probe_len = COUNT.check("probe_len", probe_len)
+        self.stats = {name: KindStats(kind.prior) for name, kind in self.kinds.items()}
+
+    # ---- the decision ----
+
+    def best_length(self, chances: Sequence[float], cost_per_token: float) -> int:
+        """The k in 0..len(chances) with the most expected tokens per cost
+        (0 unless it beats plain decoding by the margin)."""
+        best_k, best_value = 0, 1.0 + self.margin
+        expected, run = 1.0, 1.0
+        for k, a in enumerate(chances, start=1):
+            run *= a
+            expected += run
+            value = expected / (self.curve(k + 1) + cost_per_token * k)
+            if value > best_value:
+                best_k, best_value = k, value
+        return best_k
+
+    def limits(self, cap: int) -> dict[str, int]:
+        """Per kind, the most tokens worth drafting now (at most `cap`),
+        judged on its running acceptance before any draft exists."""
+        out = {}
+        for name, kind in self.kinds.items():
+            stats = self.stats[name]
+            k = self.best_length([min(stats.rate(), MAX_CHANCE)] * cap, kind.cost_per_token)
+            if k == 0 and kind.cost_per_token > 0 and stats.since_verify >= self.probe_interval:
+                k = min(self.probe_len, cap)  # look again: the text may have changed
+            out[name] = k
+        return out
+
+    def choose(self, draft: Draft, cap: int) -> int:
+        """How many of the draft's tokens to verify (its cost is already paid)."""
+        if len(draft) == 0 or draft.kind not in self.stats:
+            return 0
+        stats = self.stats[draft.kind]
+        scale = stats.scale()
+        chances = [min(c * scale, MAX_CHANCE) for c in draft.confidence[:cap]]
+        k = self.best_length(chances, 0.0)
+        if k == 0 and self.kinds[draft.kind].cost_per_token > 0 and stats.since_verify >= self.probe_interval:
+            k = min(self.probe_len, len(chances))  # a probe was drafted: verify it
+        return k
+
+    # ---- what happened ----
+
+    def verified(self, draft: Draft, n_accepted: int) -> None:
+        stats = self.stats[draft.kind]
+        stats.record(draft.confidence, n_accepted)
+        stats.since_verify = 0
+
+    def plain_step(self, draft: Draft, produced: int) -> None:
+        """A plain step produced `produced`; `draft` (possibly empty) was not
+        verified. A free draft is scored on its first token."""
+        for stats in self.stats.values():
+            stats.since_verify += 1
+        if len(draft) and draft.kind in self.stats and self.kinds[draft.kind].cost_per_token == 0:
+            self.stats[draft.kind].record(draft.confidence[:1], int(draft.tokens[0] == produced))
