@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 
-from reference import Reference
+from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidModelError, Model, UnsupportedModelError
 from specee.heads_file import constant_predictor, write_heads
 from tiny_model import TinyConfig, write_tiny_model
@@ -127,6 +127,31 @@ def test_early_exit_matches_reference(tiny_model_factory, tmp_path, name, fill_k
             ctx.decode(step.token)  # full depth
             want, _ = ref.step(step.token)
             np.testing.assert_allclose(ctx.logits(), want, rtol=0, atol=2e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["llama3", "phi3-partial"])
+def test_draft_head_keeps_plain_rope(tiny_model_factory, tmp_path, name):
+    """The draft layer is trained with plain RoPE over whole heads
+    (train/draft.py), whatever scaling the target uses: its candidates in
+    libspecee match the numpy draft doing the same."""
+    from test_draft_head import random_draft
+
+    path = tiny_model_factory(tied=False, **CONFIGS[name])
+    ref = Reference(path, n_ctx=64)
+    draft = random_draft(ref, seed=11)
+    dref = DraftReference(ref, draft.tensors())
+    with Model(path) as m:
+        write_heads(tmp_path / "h.gguf", m, {l: constant_predictor(-40.0) for l in range(m.n_layer - 1)},
+                    draft=draft, draft_dtype="f32")
+        with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            cands = ctx.draft_sync(ctx.argmax())
+            features = [ref.step(t, keep_hidden=m.n_layer, final_norm=True)[1] for t in PROMPT]
+            for tok, f in zip(PROMPT[1:] + [ctx.argmax()], features):
+                logits = dref.step(tok, f)
+    assert cands[0] == dref.top_k(logits, 4)[0]
+    assert set(cands) == set(dref.top_k(logits, 4))
 
 
 def test_same_tokens_as_llama_cpp(tiny_model_factory):
