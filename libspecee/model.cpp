@@ -134,17 +134,18 @@ static void read_rope(hparams & hp, const gguf_meta & kv, const std::string & a)
     hp.n_ctx_orig = int32_t(kv.get_int(a + "rope.scaling.original_context_length", 1, 1 << 24).value_or(hp.n_ctx_train));
     hp.rope_attn_factor = float(kv.get_float(a + "rope.scaling.attn_factor", 1e-6, 1e6).value_or(1.0));
 
-    // Scaling: "none", "linear" (positions divided by the factor) and
-    // "longrope" (factor tensors, bound in bind_tensors) run; YaRN does not.
-    // Without a type, llama.cpp reads the factor as linear.
+    // Scaling: "none", "linear" and "longrope" (factor tensors, bound in
+    // bind_tensors) run; YaRN does not. As in llama.cpp, a factor divides the
+    // positions under any type but "none", and no type means linear.
     const std::string type = kv.get_string(a + "rope.scaling.type").value_or("linear");
     auto factor = kv.get_float(a + "rope.scaling.factor", 0.0, 1e6);
     if (!factor) {
         factor = kv.get_float(a + "rope.scale_linear", 0.0, 1e6);  // the older key
     }
-    if (type == "linear") {
-        hp.rope_freq_scale = (factor && *factor != 0.0) ? float(1.0 / *factor) : 1.0f;
-    } else if (type != "none" && type != "longrope") {
+    if (type != "none" && factor && *factor != 0.0) {
+        hp.rope_freq_scale = float(1.0 / *factor);
+    }
+    if (type != "none" && type != "linear" && type != "longrope") {
         fail(SPECEE_STATUS_UNSUPPORTED, "%srope.scaling.type '%s' is not supported (none, linear, longrope are)",
              a.c_str(), type.c_str());
     }

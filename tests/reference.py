@@ -36,7 +36,7 @@ class Reference:
         self.neox = self.arch != "llama"  # llama pairs (2i, 2i + 1), the others (i, i + n_rot/2)
         scaling = meta(f"{a}.rope.scaling.type", "linear")
         factor = float(meta(f"{a}.rope.scaling.factor", 0.0))
-        self.freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
+        self.freq_scale = 1.0 / factor if scaling != "none" and factor else 1.0
         self.attn_factor = float(meta(f"{a}.rope.scaling.attn_factor", 1.0))
         self.w = {}
         for t in r.tensors:

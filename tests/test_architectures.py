@@ -6,7 +6,7 @@ What each configuration exercises:
   llama-linear linear RoPE scaling (positions divided by rope.scaling.factor)
   qwen3        per-head Q/K RMSNorm before RoPE, heads wider than n_embd / n_head
   phi3         fused Q/K/V and gate/up matrices, NEOX RoPE
-  phi3-partial phi3 rotating half of each head, longrope factors and attn_factor
+  phi3-partial phi3 rotating half of each head, longrope factors, a scaling factor and attn_factor
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ CONFIGS = {
     "llama-linear": dict(arch="llama", rope_scaling="linear", rope_factor=4.0),
     "qwen3": dict(arch="qwen3", head_dim=96, rope_base=1000000.0),
     "phi3": dict(arch="phi3"),
-    "phi3-partial": dict(arch="phi3", rope_dim=32, rope_scaling="longrope", rope_orig_ctx=64,
+    "phi3-partial": dict(arch="phi3", rope_dim=32, rope_scaling="longrope", rope_factor=2.0, rope_orig_ctx=64,
                          rope_attn_factor=1.2),
 }
 # matches the bounds of test_forward: a wrong graph is off by O(1)
@@ -98,6 +98,20 @@ def test_longrope_switches_factors_with_the_context_size(tiny_model_factory):
             logits[n_ctx] = ctx.all_logits()
         assert rel_err(logits[n_ctx], want) < 2e-3
     assert rel_err(logits[64], logits[128]) > 1e-2  # the two factor sets differ
+
+
+def test_scaling_type_none_ignores_the_factor(tiny_model_factory, tmp_path):
+    """llama.cpp's rule: a factor divides positions under every scaling type but "none"."""
+    fields = dict(n_layer=2, rope_scaling="none", rope_factor=4.0)
+    path = write_tiny_model(tmp_path / "none.gguf", TinyConfig(**fields))
+    plain = tiny_model_factory(n_layer=2)  # the same weights, no scaling keys
+    results = []
+    for p in (path, plain):
+        with Model(p) as m, m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT, logits_all=True)
+            results.append(ctx.all_logits())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert rel_err(results[0], Reference(path).forward(PROMPT)) < 2e-3
 
 
 @pytest.mark.parametrize("fill_kv", [False, True])
