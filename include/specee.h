@@ -1,7 +1,7 @@
 /*
  * specee.h — the public C API of libspecee.
  *
- * libspecee runs a Llama-family GGUF model (architectures `llama`, `qwen2`) on
+ * libspecee runs a Llama-family GGUF model (architectures `llama`, `qwen2`, `qwen3`, `phi3`) on
  * ggml, one sequence per context, and is built so that speculative early exit
  * (SpecEE) can stop the forward pass after any layer.
  *
@@ -198,7 +198,7 @@ SPECEE_API int32_t      specee_model_n_head_kv  (const struct specee_model * mod
 SPECEE_API int32_t      specee_model_n_ctx_train(const struct specee_model * model);
 SPECEE_API specee_token specee_model_bos        (const struct specee_model * model);  /* -1 if none */
 SPECEE_API specee_token specee_model_eos        (const struct specee_model * model);  /* -1 if none */
-SPECEE_API const char * specee_model_arch       (const struct specee_model * model);  /* "llama", "qwen2" */
+SPECEE_API const char * specee_model_arch       (const struct specee_model * model);  /* "llama", "qwen2", "qwen3", "phi3" */
 SPECEE_API uint64_t     specee_model_n_params   (const struct specee_model * model);
 SPECEE_API uint64_t     specee_model_size_bytes (const struct specee_model * model);  /* weight bytes */
 SPECEE_API int32_t      specee_model_n_repacked (const struct specee_model * model);  /* matrices in ggml's repacked CPU layout */

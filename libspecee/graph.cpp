@@ -1,5 +1,6 @@
-// graph.cpp — the Llama / Qwen2 decoder as a ggml graph.
-// ref: llama.cpp src/models/llama.cpp (graph shape), Qwen2 adds Q/K/V biases.
+// graph.cpp — the Llama-family decoder as a ggml graph: llama, qwen2 (Q/K/V
+// biases), qwen3 (per-head Q/K RMSNorm), phi3 (fused QKV and gate/up).
+// ref: llama.cpp src/models/{llama,qwen2,qwen3,phi3}.cpp (graph shapes).
 #include "graph.h"
 
 #include <cmath>
@@ -30,48 +31,106 @@ static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * 
     return b ? ggml_add(ctx0, y, b) : y;
 }
 
-// K and V of layer il for `cur` (the layer's normed input), written to this
-// batch's cells; expanded now so the writes come before any reads of the
-// cache in graph order. Indices are inputs, so the graph does not depend on
-// the position.
-static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
-                     const kv_cache & kv, int il, const forward_graph & g, int64_t n,
-                     ggml_tensor * cur /* [n_embd, n] */) {
-    const int64_t n_kv_embd  = hp.n_embd_kv();
+// How a graph rotates Q and K: the model's RoPE (its rotary dimensions,
+// scaling and frequency factors), or the draft head's plain one.
+struct rope_params {
+    int           n_dims      = 0;
+    int           mode        = 0;
+    int           n_ctx_orig  = 0;
+    float         base        = 10000.0f;
+    float         freq_scale  = 1.0f;
+    float         attn_factor = 1.0f;
+    ggml_tensor * factors     = nullptr;  // [n_dims / 2] or null
+};
 
-    ggml_tensor * k = linear(ctx0, L.wk, L.bk, cur);                 // [n_embd_kv, n]
-    ggml_tensor * v = linear(ctx0, L.wv, L.bv, cur);                 // [n_embd_kv, n]
-    k = ggml_reshape_3d(ctx0, k, hp.n_embd_head, hp.n_head_kv, n);   // [hd, n_head_kv, n]
-    k = ggml_rope_ext(ctx0, k, g.positions, nullptr, hp.n_embd_head, hp.rope_mode, hp.n_ctx_train,
-                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
+static rope_params model_rope(const model & m, const kv_cache & kv) {
+    const hparams & hp = m.hp;
+    return {hp.n_rot, hp.rope_mode, hp.n_ctx_orig, hp.rope_base, hp.rope_freq_scale, hp.rope_attn_factor,
+            m.rope_factors(kv.n_ctx())};
+}
 
+// The draft head is trained with plain RoPE over whole heads (train/draft.py).
+static rope_params draft_rope(const hparams & hp) {
+    return {hp.n_embd_head, hp.rope_mode, hp.n_ctx_train, hp.rope_base, 1.0f, 1.0f, nullptr};
+}
+
+// x: [head size, heads, n]; ext_factor 0 (no YaRN), beta values unused then.
+static ggml_tensor * rope(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * positions, const rope_params & r) {
+    return ggml_rope_ext(ctx0, x, positions, r.factors, r.n_dims, r.mode, r.n_ctx_orig, r.base, r.freq_scale,
+                         0.0f, r.attn_factor, 32.0f, 1.0f);
+}
+
+// A layer's Q, K (per head, normed where the layer has Q/K norms, rotated)
+// and V ([n_embd_kv, n], contiguous) for its normed input `cur`.
+struct qkv_heads {
+    ggml_tensor * q = nullptr;  // [hd, n_head, n]; null unless asked for
+    ggml_tensor * k = nullptr;  // [hd, n_head_kv, n]
+    ggml_tensor * v = nullptr;  // [n_embd_kv, n]
+};
+
+static qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+                             const forward_graph & g, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q) {
+    const int64_t hd = hp.n_embd_head, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
+    qkv_heads out;
+    ggml_tensor * q = nullptr;
+    ggml_tensor * k;
+    if (L.wqkv) {
+        // one product, then views of its row ranges: Q, K, V (phi3)
+        ggml_tensor * qkv = ggml_mul_mat(ctx0, L.wqkv, cur);          // [Q + 2 KV, n]
+        const size_t  es  = ggml_element_size(qkv);
+        q      = ggml_view_3d(ctx0, qkv, hd, hp.n_head,    n, hd * es, qkv->nb[1], 0);
+        k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
+        out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
+    } else {
+        if (want_q) {
+            q = ggml_reshape_3d(ctx0, linear(ctx0, L.wq, L.bq, cur), hd, hp.n_head, n);
+        }
+        k     = ggml_reshape_3d(ctx0, linear(ctx0, L.wk, L.bk, cur), hd, hp.n_head_kv, n);
+        out.v = linear(ctx0, L.wv, L.bv, cur);
+    }
+    if (L.k_norm) {  // qwen3: RMSNorm over each head, before RoPE
+        k = rms_norm(ctx0, k, L.k_norm, hp.rms_eps);
+    }
+    out.k = rope(ctx0, k, g.positions, r);
+    if (want_q) {
+        if (L.q_norm) {
+            q = rms_norm(ctx0, q, L.q_norm, hp.rms_eps);
+        }
+        out.q = rope(ctx0, q, g.positions, r);
+    }
+    return out;
+}
+
+// This batch's K and V of layer il written to their cells; expanded now so
+// the writes come before any reads of the cache in graph order. Indices are
+// inputs, so the graph does not depend on the position.
+static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+                     const forward_graph & g, int64_t n, const qkv_heads & h) {
+    const int64_t n_kv_embd = hp.n_embd_kv();
     ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
     ggml_tensor * v_cache = kv.v(il);
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, k, n_kv_embd, n), g.k_idx));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, h.k, n_kv_embd, n), g.k_idx));
     if (kv.v_trans()) {
         // v_cache is [n_ctx, n_embd_kv]: write element by element, one
         // "row" of 1 value each, at d * n_ctx + cell (see v_idx)
         ggml_tensor * dst = ggml_reshape_2d(ctx0, v_cache, 1, ggml_nelements(v_cache));
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, v, 1, n_kv_embd * n), g.v_idx));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, h.v, 1, n_kv_embd * n), g.v_idx));
     } else {                                                         // v_cache: [n_embd_kv, n_ctx]
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, v, g.v_idx));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, h.v, g.v_idx));
     }
 }
 
 // Self-attention with weights L over layer il of the cache; writes this
 // batch's K/V first.
 static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
-                               const kv_cache & kv, int il, const forward_plan & plan, const forward_graph & g,
-                               ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+                               const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
+                               const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
     const int64_t n  = plan.n_tokens;
     const int64_t hd = hp.n_embd_head;
 
-    store_kv(ctx0, gf, hp, L, kv, il, g, n, cur);
-
-    ggml_tensor * q = linear(ctx0, L.wq, L.bq, cur);                 // [n_embd_q, n]
-    q = ggml_reshape_3d(ctx0, q, hd, hp.n_head, n);                  // [hd, n_head, n]
-    q = ggml_rope_ext(ctx0, q, g.positions, nullptr, int(hd), hp.rope_mode, hp.n_ctx_train,
-                      hp.rope_base, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f);
+    const qkv_heads h = project_qkv(ctx0, hp, L, r, g, n, cur, /*want_q=*/true);
+    store_kv(ctx0, gf, hp, kv, il, g, n, h);
+    ggml_tensor * q = h.q;                                           // [hd, n_head, n]
 
     ggml_tensor * k_cache = kv.k(il);
     ggml_tensor * v_cache = kv.v(il);
@@ -101,6 +160,11 @@ static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hpar
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
 static ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur) {
+    if (L.ffn_gate == nullptr) {
+        // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
+        ggml_tensor * gate_up = ggml_mul_mat(ctx0, L.ffn_up, cur);   // [2 n_ff, n]
+        return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu(ctx0, gate_up));  // [n_embd, n]
+    }
     ggml_tensor * gate = ggml_mul_mat(ctx0, L.ffn_gate, cur);        // [n_ff, n]
     ggml_tensor * up   = ggml_mul_mat(ctx0, L.ffn_up,   cur);        // [n_ff, n]
     return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
@@ -147,6 +211,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     const int64_t   n  = plan.n_tokens;
     forward_graph   g;
     g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
+
+    const rope_params r = model_rope(m, kv);
 
     // ---- inputs ----
     add_position_inputs(ctx0, hp, kv, n, g);
@@ -207,7 +273,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         // (docs/design.md#skipped-layers-kv-cache, the alternative to masking)
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
             const layer_weights & L = m.layers[size_t(il)];
-            store_kv(ctx0, g.gf, hp, L, kv, il, g, n, rms_norm(ctx0, x, L.attn_norm, hp.rms_eps));
+            ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
+            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g, n, cur, /*want_q=*/false));
         }
         return g;
     }
@@ -225,7 +292,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, hp, L, kv, il, plan, g, mask, cur);
+        cur = attention(ctx0, g.gf, hp, L, r, kv, il, plan, g, mask, cur);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
@@ -314,7 +381,7 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     // ---- one decoder layer ----
     const layer_weights & L = d.layer;
     ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
-    cur = attention(ctx0, g.gf, hp, L, kv, 0, plan, g, mask, cur);
+    cur = attention(ctx0, g.gf, hp, L, draft_rope(hp), kv, 0, plan, g, mask, cur);
     x   = ggml_add(ctx0, x, cur);
     cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
     x   = ggml_add(ctx0, x, cur);

@@ -96,6 +96,61 @@ struct tensor_finder {
 
 // ---- hyper-parameters -------------------------------------------------------
 
+// The architectures read_hparams accepts, for the message that refuses the others.
+static const char * const k_supported_archs = "llama, qwen2, qwen3, phi3";
+
+// Head size, rotary dimensions and RoPE scaling, from the keys llama.cpp
+// reads (see docs/architectures.md).
+static void read_rope(hparams & hp, const gguf_meta & kv, const std::string & a) {
+    // Head size: attention.key_length where given (qwen3 heads are wider than
+    // n_embd / n_head), else n_embd / n_head.
+    const auto key_length = kv.get_int(a + "attention.key_length", 1, 1 << 16);
+    if (!key_length && hp.n_embd % hp.n_head != 0) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "embedding_length %d is not a multiple of head_count %d", hp.n_embd, hp.n_head);
+    }
+    hp.n_embd_head = key_length ? int32_t(*key_length) : hp.n_embd / hp.n_head;
+    const auto value_length = kv.get_int(a + "attention.value_length", 1, 1 << 16);
+    if (value_length && *value_length != hp.n_embd_head) {
+        fail(SPECEE_STATUS_UNSUPPORTED, "%sattention.value_length = %lld differs from key_length %d; libspecee "
+             "needs equal K and V head sizes", a.c_str(), (long long) *value_length, hp.n_embd_head);
+    }
+    if (int64_t(hp.n_embd_head) * hp.n_head > (1 << 18)) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "head size %d times head_count %d is too large", hp.n_embd_head, hp.n_head);
+    }
+
+    // Rotary dimensions: llama and qwen3 rotate whole heads (llama.cpp
+    // refuses less for llama); phi3 may rotate a leading part.
+    hp.n_rot = int32_t(kv.get_int(a + "rope.dimension_count", 1, 1 << 16).value_or(hp.n_embd_head));
+    const bool partial_ok = hp.architecture == arch::phi3;
+    if (hp.n_rot > hp.n_embd_head || (!partial_ok && hp.n_rot != hp.n_embd_head)) {
+        fail(SPECEE_STATUS_UNSUPPORTED, "%srope.dimension_count = %d with head size %d: %s", a.c_str(), hp.n_rot,
+             hp.n_embd_head, partial_ok ? "cannot rotate more than a head" : "this architecture rotates whole heads");
+    }
+    if (hp.n_rot % 2 != 0) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "%srope.dimension_count = %d is odd; RoPE needs pairs", a.c_str(), hp.n_rot);
+    }
+
+    hp.rope_base  = float(kv.get_float(a + "rope.freq_base", 1e-3, 1e12).value_or(10000.0));
+    hp.n_ctx_orig = int32_t(kv.get_int(a + "rope.scaling.original_context_length", 1, 1 << 24).value_or(hp.n_ctx_train));
+    hp.rope_attn_factor = float(kv.get_float(a + "rope.scaling.attn_factor", 1e-6, 1e6).value_or(1.0));
+
+    // Scaling: "none", "linear" and "longrope" (factor tensors, bound in
+    // bind_tensors) run; YaRN does not. As in llama.cpp, a factor divides the
+    // positions under any type but "none", and no type means linear.
+    const std::string type = kv.get_string(a + "rope.scaling.type").value_or("linear");
+    auto factor = kv.get_float(a + "rope.scaling.factor", 0.0, 1e6);
+    if (!factor) {
+        factor = kv.get_float(a + "rope.scale_linear", 0.0, 1e6);  // the older key
+    }
+    if (type != "none" && factor && *factor != 0.0) {
+        hp.rope_freq_scale = float(1.0 / *factor);
+    }
+    if (type != "none" && type != "linear" && type != "longrope") {
+        fail(SPECEE_STATUS_UNSUPPORTED, "%srope.scaling.type '%s' is not supported (none, linear, longrope are)",
+             a.c_str(), type.c_str());
+    }
+}
+
 static void read_hparams(model & m, const gguf_meta & kv) {
     const auto arch_name = kv.get_string("general.architecture");
     if (!arch_name) {
@@ -103,14 +158,23 @@ static void read_hparams(model & m, const gguf_meta & kv) {
     }
     hparams & hp = m.hp;
     m.arch_name = *arch_name;
+    // RoPE pairing: llama GGUFs store Q/K permuted for (2i, 2i + 1) pairs,
+    // the others rotate (i, i + n_rot/2) (ref: llama.cpp llama_model_rope_type()).
     if (m.arch_name == "llama") {
         hp.architecture = arch::llama;
-        hp.rope_mode    = GGML_ROPE_TYPE_NORMAL;  // llama GGUFs store Q/K permuted for normal RoPE
+        hp.rope_mode    = GGML_ROPE_TYPE_NORMAL;
     } else if (m.arch_name == "qwen2") {
         hp.architecture = arch::qwen2;
-        hp.rope_mode    = GGML_ROPE_TYPE_NEOX;    // ref: llama.cpp llama_model_rope_type()
+        hp.rope_mode    = GGML_ROPE_TYPE_NEOX;
+    } else if (m.arch_name == "qwen3") {
+        hp.architecture = arch::qwen3;
+        hp.rope_mode    = GGML_ROPE_TYPE_NEOX;
+    } else if (m.arch_name == "phi3") {
+        hp.architecture = arch::phi3;
+        hp.rope_mode    = GGML_ROPE_TYPE_NEOX;
     } else {
-        fail(SPECEE_STATUS_UNSUPPORTED, "architecture '%s' is not supported (llama, qwen2 are)", m.arch_name.c_str());
+        fail(SPECEE_STATUS_UNSUPPORTED, "architecture '%s' is not supported (%s are)", m.arch_name.c_str(),
+             k_supported_archs);
     }
     const std::string a = m.arch_name + ".";
 
@@ -121,32 +185,11 @@ static void read_hparams(model & m, const gguf_meta & kv) {
     hp.n_head_kv   = int32_t(kv.get_int(a + "attention.head_count_kv",      1, 1024).value_or(hp.n_head));
     hp.n_ctx_train = int32_t(kv.get_int(a + "context_length",               1, 1 << 24).value_or(2048));
     hp.rms_eps     = float(kv.get_float(a + "attention.layer_norm_rms_epsilon", 1e-12, 1.0).value_or(1e-5));
-    hp.rope_base   = float(kv.get_float(a + "rope.freq_base", 1e-3, 1e12).value_or(10000.0));
 
-    if (hp.n_embd % hp.n_head != 0) {
-        fail(SPECEE_STATUS_INVALID_MODEL, "embedding_length %d is not a multiple of head_count %d", hp.n_embd, hp.n_head);
-    }
     if (hp.n_head % hp.n_head_kv != 0) {
         fail(SPECEE_STATUS_INVALID_MODEL, "head_count %d is not a multiple of head_count_kv %d", hp.n_head, hp.n_head_kv);
     }
-    hp.n_embd_head = hp.n_embd / hp.n_head;
-    if (hp.n_embd_head % 2 != 0) {
-        fail(SPECEE_STATUS_INVALID_MODEL, "head size %d is odd; RoPE needs pairs", hp.n_embd_head);
-    }
-    for (const char * key : {"attention.key_length", "attention.value_length", "rope.dimension_count"}) {
-        const auto v = kv.get_int(a + key, 1, 1 << 16);
-        if (v && *v != hp.n_embd_head) {
-            fail(SPECEE_STATUS_UNSUPPORTED, "%s%s = %lld differs from the head size %d", a.c_str(), key,
-                 (long long) *v, hp.n_embd_head);
-        }
-    }
-    const auto scaling = kv.get_string(a + "rope.scaling.type");
-    if (scaling && *scaling != "none") {
-        const auto factor = kv.get_float(a + "rope.scaling.factor", 0.0, 1e6);
-        if (factor && *factor != 0.0 && *factor != 1.0) {
-            fail(SPECEE_STATUS_UNSUPPORTED, "RoPE scaling '%s' is not supported", scaling->c_str());
-        }
-    }
+    read_rope(hp, kv, a);
 
     const auto n_tokens = kv.array_size("tokenizer.ggml.tokens");
     hp.n_vocab = int32_t(kv.get_int(a + "vocab_size", 1, 1 << 24).value_or(n_tokens ? int64_t(*n_tokens) : 0));
@@ -174,37 +217,57 @@ static void bind_tensors(model & m) {
     if (hp.bos >= hp.n_vocab || hp.eos >= hp.n_vocab) {
         fail(SPECEE_STATUS_INVALID_MODEL, "bos/eos token id (%d/%d) outside the vocabulary of %d", hp.bos, hp.eos, hp.n_vocab);
     }
-    if (ggml_get_tensor(m.meta, "rope_freqs.weight") != nullptr) {
-        fail(SPECEE_STATUS_UNSUPPORTED, "per-dimension RoPE frequencies (rope_freqs) are not supported");
-    }
 
     const int64_t E = hp.n_embd, Q = hp.n_embd_q(), KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
+    const int64_t HD = hp.n_embd_head, ROT2 = hp.n_rot / 2;
     m.tok_embd    = tf.get("token_embd.weight", {E, V});
     m.output_norm = tf.get("output_norm.weight", {E});
     m.output      = tf.get("output.weight", {E, V}, /*required=*/false);
     if (m.output == nullptr) {
         m.output = m.tok_embd;  // tied embeddings (SmolLM2, small Qwen2.5)
     }
+    // RoPE frequency factors: Llama 3.1+ write rope_freqs, longrope models
+    // (phi3 128k) a long and a short set; llama.cpp's names, one copy for all layers.
+    m.rope_freqs = tf.get("rope_freqs.weight", {ROT2}, false);
+    m.rope_long  = tf.get("rope_factors_long.weight", {ROT2}, false);
+    m.rope_short = tf.get("rope_factors_short.weight", {ROT2}, false);
+    if ((m.rope_long == nullptr) != (m.rope_short == nullptr) || (m.rope_freqs && m.rope_long)) {
+        fail(SPECEE_STATUS_INVALID_MODEL, "RoPE factors must be rope_freqs.weight alone or both "
+             "rope_factors_long.weight and rope_factors_short.weight");
+    }
 
-    const bool has_bias = hp.architecture == arch::qwen2;
+    const bool biases  = hp.architecture == arch::qwen2;
+    const bool qk_norm = hp.architecture == arch::qwen3;
+    const bool phi3    = hp.architecture == arch::phi3;
     m.layers.resize(size_t(hp.n_layer));
     for (int il = 0; il < hp.n_layer; il++) {
         layer_weights & L = m.layers[size_t(il)];
         const std::string p = "blk." + std::to_string(il) + ".";
         L.attn_norm = tf.get(p + "attn_norm.weight",   {E});
-        L.wq        = tf.get(p + "attn_q.weight",      {E, Q});
-        L.wk        = tf.get(p + "attn_k.weight",      {E, KV});
-        L.wv        = tf.get(p + "attn_v.weight",      {E, KV});
+        // phi3 GGUFs fuse Q, K and V into one matrix (llama.cpp also accepts them apart)
+        L.wqkv      = phi3 ? tf.get(p + "attn_qkv.weight", {E, Q + 2 * KV}, false) : nullptr;
+        if (L.wqkv == nullptr) {
+            L.wq    = tf.get(p + "attn_q.weight",      {E, Q});
+            L.wk    = tf.get(p + "attn_k.weight",      {E, KV});
+            L.wv    = tf.get(p + "attn_v.weight",      {E, KV});
+        }
         L.wo        = tf.get(p + "attn_output.weight", {Q, E});
-        L.bq        = tf.get(p + "attn_q.bias",        {Q},  has_bias);
-        L.bk        = tf.get(p + "attn_k.bias",        {KV}, has_bias);
-        L.bv        = tf.get(p + "attn_v.bias",        {KV}, has_bias);
+        L.bq        = tf.get(p + "attn_q.bias",        {Q},  biases);
+        L.bk        = tf.get(p + "attn_k.bias",        {KV}, biases);
+        L.bv        = tf.get(p + "attn_v.bias",        {KV}, biases);
+        L.q_norm    = tf.get(p + "attn_q_norm.weight", {HD}, qk_norm);
+        L.k_norm    = tf.get(p + "attn_k_norm.weight", {HD}, qk_norm);
         L.ffn_norm  = tf.get(p + "ffn_norm.weight",    {E});
-        L.ffn_gate  = tf.get(p + "ffn_gate.weight",    {E, F});
-        L.ffn_up    = tf.get(p + "ffn_up.weight",      {E, F});
+        L.ffn_gate  = phi3 ? nullptr : tf.get(p + "ffn_gate.weight", {E, F});
+        L.ffn_up    = tf.get(p + "ffn_up.weight",      {E, phi3 ? 2 * F : F});  // phi3: gate rows, then up rows
         L.ffn_down  = tf.get(p + "ffn_down.weight",    {F, E});
-        if (!has_bias && (L.bq || L.bk || L.bv)) {
-            fail(SPECEE_STATUS_INVALID_MODEL, "layer %d has attention biases, which architecture llama has not", il);
+        if (!biases && (L.bq || L.bk || L.bv)) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "layer %d has attention biases, which architecture %s has not", il,
+                 m.arch_name.c_str());
+        }
+        if (!qk_norm && (L.q_norm || L.k_norm)) {
+            fail(SPECEE_STATUS_INVALID_MODEL, "layer %d has Q/K norms, which architecture %s has not", il,
+                 m.arch_name.c_str());
         }
     }
     // Layers beyond block_count would mean the metadata lies about the depth.
@@ -212,16 +275,25 @@ static void bind_tensors(model & m) {
     if (ggml_get_tensor(m.meta, next.c_str()) != nullptr) {
         fail(SPECEE_STATUS_INVALID_MODEL, "the file holds more layers than block_count = %d", hp.n_layer);
     }
+    // A tensor we do not bind is a part of the model we would silently skip
+    // (a bias, a MoE router, a norm another architecture adds): refuse it.
+    for (ggml_tensor * t = ggml_get_first_tensor(m.meta); t; t = ggml_get_next_tensor(m.meta, t)) {
+        if (tf.used.count(ggml_get_name(t)) == 0) {
+            fail(SPECEE_STATUS_UNSUPPORTED, "tensor %s is not part of architecture %s as libspecee runs it",
+                 ggml_get_name(t), m.arch_name.c_str());
+        }
+    }
 }
 
 // ---- weight placement -------------------------------------------------------
 
 // Every tensor pointer of the model, for remapping.
 static std::vector<ggml_tensor **> weight_slots(model & m) {
-    std::vector<ggml_tensor **> v = {&m.tok_embd, &m.output_norm, &m.output};
+    std::vector<ggml_tensor **> v = {&m.tok_embd, &m.output_norm, &m.output, &m.rope_freqs, &m.rope_long,
+                                     &m.rope_short};
     for (auto & L : m.layers) {
-        for (ggml_tensor ** t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv,
-                                 &L.ffn_norm, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) {
+        for (ggml_tensor ** t : {&L.attn_norm, &L.wqkv, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv,
+                                 &L.q_norm, &L.k_norm, &L.ffn_norm, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) {
             v.push_back(t);
         }
     }
@@ -267,9 +339,9 @@ static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
 static int layer_of(const model & m, const ggml_tensor * t) {
     for (size_t il = 0; il < m.layers.size(); il++) {
         const layer_weights & L = m.layers[il];
-        for (const ggml_tensor * w : {L.attn_norm, L.wq, L.wk, L.wv, L.wo, L.bq, L.bk, L.bv, L.ffn_norm, L.ffn_gate,
-                                      L.ffn_up, L.ffn_down}) {
-            if (w == t) {
+        for (const ggml_tensor * w : {L.attn_norm, L.wqkv, L.wq, L.wk, L.wv, L.wo, L.bq, L.bk, L.bv, L.q_norm,
+                                      L.k_norm, L.ffn_norm, L.ffn_gate, L.ffn_up, L.ffn_down}) {
+            if (w != nullptr && w == t) {
                 return int(il);
             }
         }
@@ -301,8 +373,10 @@ static ggml_context * store_ctx(model & m, ggml_backend_buffer_type_t buft, size
 static void place_weights(model & m, bool allow_repack) {
     std::set<const ggml_tensor *> matmul_weights;
     for (auto & L : m.layers) {
-        for (const ggml_tensor * t : {L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down}) {
-            matmul_weights.insert(t);
+        for (const ggml_tensor * t : {L.wqkv, L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down}) {
+            if (t != nullptr) {
+                matmul_weights.insert(t);
+            }
         }
     }
     // The output matrix stays plain: early exit reads candidate rows of it

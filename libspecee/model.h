@@ -14,7 +14,13 @@
 
 namespace specee {
 
-enum class arch { llama, qwen2 };
+// The architectures libspecee runs (docs/architectures.md):
+//   llama  Llama 1/2/3.x, Mistral, TinyLlama, SmolLM2: RoPE on (2i, 2i + 1) pairs,
+//          Llama 3.1+ scales RoPE frequencies with rope_freqs.weight
+//   qwen2  adds Q/K/V biases, NEOX RoPE
+//   qwen3  no biases, RMSNorm of every Q and K head before RoPE, NEOX RoPE
+//   phi3   Q/K/V fused in one matrix, gate and up fused in one, NEOX RoPE
+enum class arch { llama, qwen2, qwen3, phi3 };
 
 struct hparams {
     arch     architecture = arch::llama;
@@ -23,12 +29,16 @@ struct hparams {
     int32_t  n_ff         = 0;
     int32_t  n_head       = 0;
     int32_t  n_head_kv    = 0;
-    int32_t  n_embd_head  = 0;   // n_embd / n_head
+    int32_t  n_embd_head  = 0;   // attention.key_length, else n_embd / n_head
+    int32_t  n_rot        = 0;   // rotated dimensions of a head (rope.dimension_count), <= n_embd_head
     int32_t  n_vocab      = 0;
     int32_t  n_ctx_train  = 0;
     float    rms_eps      = 1e-5f;
     float    rope_base    = 10000.0f;
-    int      rope_mode    = 0;   // GGML_ROPE_TYPE_NORMAL (llama) or _NEOX (qwen2)
+    float    rope_freq_scale  = 1.0f;  // 1 / rope.scaling.factor for linear scaling
+    float    rope_attn_factor = 1.0f;  // rope.scaling.attn_factor: scales cos and sin (longrope)
+    int32_t  n_ctx_orig   = 0;   // rope.scaling.original_context_length: longrope switches factors past it
+    int      rope_mode    = 0;   // GGML_ROPE_TYPE_NORMAL (llama) or _NEOX (qwen2, qwen3, phi3)
     int32_t  bos          = -1;
     int32_t  eos          = -1;
 
@@ -38,6 +48,7 @@ struct hparams {
 
 struct layer_weights {
     ggml_tensor * attn_norm = nullptr;  // [n_embd]
+    ggml_tensor * wqkv      = nullptr;  // [n_embd, n_embd_q + 2 n_embd_kv] (phi3: Q, K, V fused; wq/wk/wv null)
     ggml_tensor * wq        = nullptr;  // [n_embd, n_embd_q]
     ggml_tensor * wk        = nullptr;  // [n_embd, n_embd_kv]
     ggml_tensor * wv        = nullptr;  // [n_embd, n_embd_kv]
@@ -45,9 +56,11 @@ struct layer_weights {
     ggml_tensor * bq        = nullptr;  // [n_embd_q]  (qwen2 only)
     ggml_tensor * bk        = nullptr;  // [n_embd_kv] (qwen2 only)
     ggml_tensor * bv        = nullptr;  // [n_embd_kv] (qwen2 only)
+    ggml_tensor * q_norm    = nullptr;  // [n_embd_head] RMSNorm of each Q head (qwen3 only)
+    ggml_tensor * k_norm    = nullptr;  // [n_embd_head] RMSNorm of each K head (qwen3 only)
     ggml_tensor * ffn_norm  = nullptr;  // [n_embd]
-    ggml_tensor * ffn_gate  = nullptr;  // [n_embd, n_ff]
-    ggml_tensor * ffn_up    = nullptr;  // [n_embd, n_ff]
+    ggml_tensor * ffn_gate  = nullptr;  // [n_embd, n_ff]; null in phi3, whose ffn_up holds gate then up
+    ggml_tensor * ffn_up    = nullptr;  // [n_embd, n_ff], phi3: [n_embd, 2 n_ff]
     ggml_tensor * ffn_down  = nullptr;  // [n_ff, n_embd]
 };
 
@@ -58,6 +71,19 @@ struct model {
     ggml_tensor              * output_norm = nullptr;  // [n_embd]
     ggml_tensor              * output      = nullptr;  // [n_embd, n_vocab]; == tok_embd when tied
     std::vector<layer_weights> layers;
+    // RoPE frequency factors [n_rot / 2], one for all layers: each rotation
+    // frequency is divided by its factor (ggml_rope_ext's freq_factors).
+    ggml_tensor              * rope_freqs  = nullptr;  // Llama 3.1+ (rope_freqs.weight)
+    ggml_tensor              * rope_long   = nullptr;  // longrope (phi3): contexts past n_ctx_orig
+    ggml_tensor              * rope_short  = nullptr;  // longrope: contexts up to n_ctx_orig
+
+    // The frequency factors a context of n_ctx cells runs with (or null).
+    ggml_tensor * rope_factors(uint32_t n_ctx) const {
+        if (rope_freqs != nullptr) {
+            return rope_freqs;
+        }
+        return n_ctx > uint32_t(hp.n_ctx_orig) ? rope_long : rope_short;
+    }
 
     ggml_context             * meta   = nullptr;  // tensor metadata from gguf (shapes only)
 

@@ -1,4 +1,4 @@
-"""A numpy reference forward pass for Llama / Qwen2 GGUF models.
+"""A numpy reference forward pass for Llama / Qwen2 / Qwen3 / Phi-3 GGUF models.
 
 Written from the model definition, not from the engine: weights are
 dequantized with the `gguf` package, math in float64, K/V rounded to float16
@@ -14,7 +14,9 @@ from gguf.quants import dequantize
 
 
 class Reference:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None):
+        """`n_ctx`: the context size the engine runs with; longrope models
+        rotate with their long factors past rope.scaling.original_context_length."""
         r = GGUFReader(os.fspath(path))
 
         def meta(key, default=None):
@@ -29,12 +31,37 @@ class Reference:
         self.n_head_kv = int(meta(f"{a}.attention.head_count_kv", self.n_head))
         self.rope_base = float(meta(f"{a}.rope.freq_base", 10000.0))
         self.eps = float(meta(f"{a}.attention.layer_norm_rms_epsilon", 1e-5))
-        self.hd = self.n_embd // self.n_head
+        self.hd = int(meta(f"{a}.attention.key_length", self.n_embd // self.n_head))
+        self.n_rot = int(meta(f"{a}.rope.dimension_count", self.hd))
+        self.neox = self.arch != "llama"  # llama pairs (2i, 2i + 1), the others (i, i + n_rot/2)
+        scaling = meta(f"{a}.rope.scaling.type", "linear")
+        factor = float(meta(f"{a}.rope.scaling.factor", 0.0))
+        self.freq_scale = 1.0 / factor if scaling != "none" and factor else 1.0
+        self.attn_factor = float(meta(f"{a}.rope.scaling.attn_factor", 1.0))
         self.w = {}
         for t in r.tensors:
             # numpy shape is ggml's ne reversed: [out, in] for matrices
             self.w[t.name] = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(
                 tuple(int(x) for x in reversed(t.shape)))
+        # frequency divisors: Llama 3.1's rope_freqs, or longrope's set for this context size
+        n_ctx_orig = int(meta(f"{a}.rope.scaling.original_context_length", meta(f"{a}.context_length", 2048)))
+        long = n_ctx is not None and n_ctx > n_ctx_orig
+        self.rope_factors = self.w.get("rope_freqs.weight",
+                                       self.w.get("rope_factors_long.weight" if long else "rope_factors_short.weight",
+                                                  np.ones(self.n_rot // 2)))
+        # phi3 fuses Q, K, V and gate, up: split them so every layer reads alike
+        q_dim, kv_dim = self.n_head * self.hd, self.n_head_kv * self.hd
+        for il in range(self.n_layer):
+            p = f"blk.{il}."
+            qkv = self.w.pop(p + "attn_qkv.weight", None)
+            if qkv is not None:
+                self.w[p + "attn_q.weight"] = qkv[:q_dim]
+                self.w[p + "attn_k.weight"] = qkv[q_dim:q_dim + kv_dim]
+                self.w[p + "attn_v.weight"] = qkv[q_dim + kv_dim:]
+            if p + "ffn_gate.weight" not in self.w:
+                gate_up = self.w[p + "ffn_up.weight"]
+                half = gate_up.shape[0] // 2
+                self.w[p + "ffn_gate.weight"], self.w[p + "ffn_up.weight"] = gate_up[:half], gate_up[half:]
         self.out = self.w.get("output.weight", self.w["token_embd.weight"])
         self.n_vocab = self.out.shape[0]
         self.reset()
@@ -51,37 +78,53 @@ class Reference:
     def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
-    def _rope(self, x: np.ndarray, pos: int) -> np.ndarray:
-        """x: [n_heads, hd] at position `pos`."""
-        hd = self.hd
-        theta = pos * self.rope_base ** (-np.arange(0, hd, 2) / hd)  # [hd/2]
-        cos, sin = np.cos(theta), np.sin(theta)
+    def _rope(self, x: np.ndarray, pos: int, plain: bool = False) -> np.ndarray:
+        """x: [n_heads, hd] at position `pos`: the first n_rot values of each
+        head rotate, pair i by pos * freq_scale * base^(-2i/n_rot) / factor_i,
+        cos and sin scaled by attn_factor. `plain`: whole heads, no scaling
+        (the draft head's RoPE)."""
+        r = self.hd if plain else self.n_rot
+        inv_freq = self.rope_base ** (-np.arange(0, r, 2) / r)  # [r/2]
+        mscale = 1.0
+        if not plain:
+            inv_freq = inv_freq * self.freq_scale / self.rope_factors
+            mscale = self.attn_factor
+        theta = pos * inv_freq
+        cos, sin = np.cos(theta) * mscale, np.sin(theta) * mscale
         out = x.copy()
-        if self.arch == "qwen2":  # NEOX: pairs (i, i + hd/2)
-            a, b = x[:, : hd // 2], x[:, hd // 2:]
-            out[:, : hd // 2] = a * cos - b * sin
-            out[:, hd // 2:] = a * sin + b * cos
-        else:  # normal: pairs (2i, 2i + 1)
-            a, b = x[:, 0::2], x[:, 1::2]
-            out[:, 0::2] = a * cos - b * sin
-            out[:, 1::2] = a * sin + b * cos
+        if self.neox:  # pairs (i, i + r/2)
+            a, b = x[:, : r // 2], x[:, r // 2: r]
+            out[:, : r // 2] = a * cos - b * sin
+            out[:, r // 2: r] = a * sin + b * cos
+        else:  # pairs (2i, 2i + 1)
+            a, b = x[:, 0:r:2], x[:, 1:r:2]
+            out[:, 0:r:2] = a * cos - b * sin
+            out[:, 1:r:2] = a * sin + b * cos
         return out
 
-    def _kv_rows(self, w: dict, p: str, h: np.ndarray, pos: int, ks: list, vs: list) -> None:
+    def _head_norm(self, w: dict, name: str, x: np.ndarray) -> np.ndarray:
+        """qwen3's RMSNorm of every head ([n_heads, hd]) when the layer has it."""
+        return self._norm(x, w[name]) if name in w else x
+
+    def _kv_rows(self, w: dict, p: str, h: np.ndarray, pos: int, ks: list, vs: list, plain: bool = False) -> None:
         """K/V of the layer with weights w[p + ...] for its normed input h,
         appended to ks/vs (the positions that layer saw)."""
         k = w[p + "attn_k.weight"] @ h + w.get(p + "attn_k.bias", 0.0)
         v = w[p + "attn_v.weight"] @ h + w.get(p + "attn_v.bias", 0.0)
-        k = self._rope(k.reshape(self.n_head_kv, self.hd), pos)
+        k = self._head_norm(w, p + "attn_k_norm.weight", k.reshape(self.n_head_kv, self.hd))
+        k = self._rope(k, pos, plain)
         ks.append(k.astype(np.float16).astype(np.float64))
         vs.append(v.reshape(self.n_head_kv, self.hd).astype(np.float16).astype(np.float64))
 
-    def _block(self, w: dict, p: str, x: np.ndarray, pos: int, ks: list, vs: list) -> np.ndarray:
-        """One decoder layer (weights w[p + ...]; attn_norm optional) over its K/V rows."""
+    def _block(self, w: dict, p: str, x: np.ndarray, pos: int, ks: list, vs: list,
+               plain: bool = False) -> np.ndarray:
+        """One decoder layer (weights w[p + ...]; attn_norm optional) over its
+        K/V rows; `plain`: the draft head's RoPE."""
         h = self._norm(x, w[p + "attn_norm.weight"]) if p + "attn_norm.weight" in w else x
         q = w[p + "attn_q.weight"] @ h + w.get(p + "attn_q.bias", 0.0)
-        q = self._rope(q.reshape(self.n_head, self.hd), pos)
-        self._kv_rows(w, p, h, pos, ks, vs)
+        q = self._head_norm(w, p + "attn_q_norm.weight", q.reshape(self.n_head, self.hd))
+        q = self._rope(q, pos, plain)
+        self._kv_rows(w, p, h, pos, ks, vs, plain)
         K, V = np.stack(ks), np.stack(vs)  # [n_kv, n_head_kv, hd]
         group = self.n_head // self.n_head_kv
         out = np.empty((self.n_head, self.hd))
@@ -150,7 +193,7 @@ class DraftReference:
         t, w = self.t, self.w
         x = np.concatenate([t.w["token_embd.weight"][token], feature])
         x = w["draft.fc.weight"] @ x + w.get("draft.fc.bias", 0.0)
-        x = t._block(w, "draft.blk.", x, self.n_past, self.k, self.v)
+        x = t._block(w, "draft.blk.", x, self.n_past, self.k, self.v, plain=True)
         self.n_past += 1
         return self.out @ x
 

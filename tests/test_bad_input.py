@@ -136,7 +136,11 @@ def broken(tmp_path, name, **kwargs):
         ({"llama.embedding_length": (128, U32)}, InvalidModelError, "has shape"),
         ({"llama.block_count": (1, U32)}, InvalidModelError, "more layers than block_count"),
         ({"llama.block_count": (3, U32)}, InvalidModelError, "blk.2.attn_norm.weight is missing"),
-        ({"llama.attention.key_length": (32, U32)}, UnsupportedModelError, "head size"),
+        # key_length is the head size: 32 makes attn_q [256, 128], which the file's is not
+        ({"llama.attention.key_length": (32, U32)}, InvalidModelError, "attn_q.weight has shape"),
+        ({"llama.attention.value_length": (32, U32)}, UnsupportedModelError, "value_length = 32 differs"),
+        ({"llama.rope.dimension_count": (32, U32)}, UnsupportedModelError, "rotates whole heads"),
+        ({"llama.rope.scaling.type": ("yarn", STR)}, UnsupportedModelError, "'yarn' is not supported"),
         ({"llama.rope.freq_base": (float("nan"), gguf.GGUFValueType.FLOAT32)}, InvalidModelError, "outside"),
         ({"tokenizer.ggml.bos_token_id": (100000, U32)}, InvalidModelError, "outside the vocabulary"),
     ],

@@ -193,3 +193,14 @@ def test_bad_draft_storage_type_is_refused_before_training(tiny, tmp_path):
     with pytest.raises(ValueError, match="storage type"):
         train_draft(tiny, fs, tmp_path / "d", DraftConfig(steps=5, dtype="q3_k"), progress=False)
     assert not (tmp_path / "d" / "draft.pt").exists()
+
+
+def test_read_target_pairs_and_head_size(tiny_model_factory):
+    """qwen3 and phi3 rotate NEOX pairs like qwen2; a target whose heads are
+    wider than n_embd / n_head (many qwen3) cannot carry a draft head."""
+    info, _, _ = read_target(tiny_model_factory(arch="phi3", n_layer=1))
+    assert info.neox and not info.has_qkv_bias
+    info, _, _ = read_target(tiny_model_factory(arch="qwen3", n_layer=1))
+    assert info.neox and not info.has_qkv_bias
+    with pytest.raises(ValueError, match="heads of embedding_length / head_count"):
+        read_target(tiny_model_factory(arch="qwen3", n_layer=1, head_dim=96))

@@ -1,4 +1,4 @@
-"""Tiny random Llama / Qwen2 GGUF models for unit tests, written with `gguf`.
+"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 GGUF models for unit tests, written with `gguf`.
 
 Weights are quantized by ggml itself (`ggml_quantize_chunk` from the ggml
 that libspecee is built with, through cffi), so every quant type the engine runs can
@@ -21,7 +21,7 @@ from tiny_vocab import add_tiny_vocab, tiny_vocab
 
 @dataclass(frozen=True)
 class TinyConfig:
-    arch: str = "llama"          # "llama" or "qwen2"
+    arch: str = "llama"          # "llama", "qwen2", "qwen3" or "phi3"
     qtype: str = "F32"           # type of the weight matrices
     tied: bool = True            # output matrix shared with the embeddings
     n_layer: int = 3
@@ -33,10 +33,26 @@ class TinyConfig:
     rope_base: float = 10000.0
     rms_eps: float = 1e-5
     seed: int = 0
+    # Written only when set (the defaults leave the older configs' files as they were):
+    head_dim: int | None = None      # attention.key_length/value_length (qwen3: wider than n_embd / n_head)
+    rope_dim: int | None = None      # rope.dimension_count (phi3 may rotate part of a head)
+    rope_freqs: bool = False         # Llama 3.1-style rope_freqs.weight frequency factors
+    rope_scaling: str | None = None  # rope.scaling.type: "linear" (with rope_factor) or "longrope"
+    rope_factor: float = 1.0         # rope.scaling.factor
+    rope_orig_ctx: int | None = None  # rope.scaling.original_context_length (longrope switches past it)
+    rope_attn_factor: float | None = None  # rope.scaling.attn_factor
 
     @property
     def n_vocab(self) -> int:
         return len(tiny_vocab()[0])
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def n_rot(self) -> int:
+        return self.rope_dim or self.hd
 
 
 # ---- quantization through ggml ---------------------------------------------
@@ -93,7 +109,7 @@ def _add_matrix(writer: gguf.GGUFWriter, name: str, w: np.ndarray, qtype: QT) ->
 def random_weights(cfg: TinyConfig) -> dict[str, np.ndarray]:
     """Float32 weights, numpy shape [out, in] for matrices (ggml ne = [in, out])."""
     rng = np.random.default_rng(cfg.seed)
-    hd = cfg.n_embd // cfg.n_head
+    hd = cfg.hd
     q_dim, kv_dim = hd * cfg.n_head, hd * cfg.n_head_kv
 
     def mat(out_dim: int, in_dim: int) -> np.ndarray:
@@ -108,20 +124,38 @@ def random_weights(cfg: TinyConfig) -> dict[str, np.ndarray]:
     }
     if not cfg.tied:
         w["output.weight"] = mat(cfg.n_vocab, cfg.n_embd)
+
+    def factors() -> np.ndarray:
+        # per rotation frequency divisors, like Llama 3.1's (1 for fast pairs up to 8 for slow ones)
+        return np.linspace(1.0, 8.0, cfg.n_rot // 2).astype(np.float32) * (1.0 + 0.1 * rng.random(cfg.n_rot // 2)).astype(np.float32)
+
+    if cfg.rope_freqs:
+        w["rope_freqs.weight"] = factors()
+    if cfg.rope_scaling == "longrope":
+        w["rope_factors_long.weight"] = 2.0 * factors()  # long contexts stretch slow pairs further
+        w["rope_factors_short.weight"] = factors()
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
         w[p + "attn_norm.weight"] = norm(cfg.n_embd)
-        w[p + "attn_q.weight"] = mat(q_dim, cfg.n_embd)
-        w[p + "attn_k.weight"] = mat(kv_dim, cfg.n_embd)
-        w[p + "attn_v.weight"] = mat(kv_dim, cfg.n_embd)
+        q, k, v = mat(q_dim, cfg.n_embd), mat(kv_dim, cfg.n_embd), mat(kv_dim, cfg.n_embd)
+        if cfg.arch == "phi3":  # one matrix: Q rows, then K, then V
+            w[p + "attn_qkv.weight"] = np.concatenate([q, k, v])
+        else:
+            w[p + "attn_q.weight"], w[p + "attn_k.weight"], w[p + "attn_v.weight"] = q, k, v
         w[p + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
         if cfg.arch == "qwen2":
             w[p + "attn_q.bias"] = (0.1 * rng.standard_normal(q_dim)).astype(np.float32)
             w[p + "attn_k.bias"] = (0.1 * rng.standard_normal(kv_dim)).astype(np.float32)
             w[p + "attn_v.bias"] = (0.1 * rng.standard_normal(kv_dim)).astype(np.float32)
+        if cfg.arch == "qwen3":
+            w[p + "attn_q_norm.weight"] = norm(hd)
+            w[p + "attn_k_norm.weight"] = norm(hd)
         w[p + "ffn_norm.weight"] = norm(cfg.n_embd)
-        w[p + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
-        w[p + "ffn_up.weight"] = mat(cfg.n_ff, cfg.n_embd)
+        gate, up = mat(cfg.n_ff, cfg.n_embd), mat(cfg.n_ff, cfg.n_embd)
+        if cfg.arch == "phi3":  # one matrix: gate rows, then up rows
+            w[p + "ffn_up.weight"] = np.concatenate([gate, up])
+        else:
+            w[p + "ffn_gate.weight"], w[p + "ffn_up.weight"] = gate, up
         w[p + "ffn_down.weight"] = mat(cfg.n_embd, cfg.n_ff)
     return w
 
@@ -152,6 +186,18 @@ def write_tiny_model(path: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
     put(f"{a}.attention.head_count_kv", cfg.n_head_kv, U32)
     put(f"{a}.rope.freq_base", cfg.rope_base, F32)
     put(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps, F32)
+    if cfg.head_dim is not None:
+        put(f"{a}.attention.key_length", cfg.head_dim, U32)
+        put(f"{a}.attention.value_length", cfg.head_dim, U32)
+    if cfg.rope_dim is not None:
+        put(f"{a}.rope.dimension_count", cfg.rope_dim, U32)
+    if cfg.rope_scaling is not None:
+        put(f"{a}.rope.scaling.type", cfg.rope_scaling, gguf.GGUFValueType.STRING)
+        put(f"{a}.rope.scaling.factor", cfg.rope_factor, F32)
+    if cfg.rope_orig_ctx is not None:
+        put(f"{a}.rope.scaling.original_context_length", cfg.rope_orig_ctx, U32)
+    if cfg.rope_attn_factor is not None:
+        put(f"{a}.rope.scaling.attn_factor", cfg.rope_attn_factor, F32)
     add_tiny_vocab(writer)
     for key, (value, vtype) in overrides.items():  # the rest, tokenizer keys included
         writer.add_key_value(key, value, vtype)

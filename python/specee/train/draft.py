@@ -44,7 +44,7 @@ class TargetInfo:
     n_head_kv: int
     rope_base: float
     rms_eps: float
-    neox: bool              # qwen2 rotates (i, i + d/2) pairs, llama (2i, 2i + 1)
+    neox: bool              # qwen2/qwen3/phi3 rotate (i, i + d/2) pairs, llama (2i, 2i + 1)
     has_qkv_bias: bool
 
 
@@ -59,9 +59,17 @@ def read_target(model_path: str | os.PathLike) -> tuple[TargetInfo, np.ndarray, 
 
     arch = meta("general.architecture")
     n_embd, n_head = int(meta(f"{arch}.embedding_length")), int(meta(f"{arch}.attention.head_count"))
+    # The draft layer's heads are n_embd / n_head wide, as libspecee's draft
+    # graph reads them with the target's head size: targets whose heads are
+    # wider (many qwen3) cannot carry one.
+    head_dim = int(meta(f"{arch}.attention.key_length", n_embd // n_head))
+    if head_dim * n_head != n_embd:
+        raise ValueError(f"{model_path}: a draft head needs heads of embedding_length / head_count "
+                         f"({n_embd} / {n_head}); this {arch} model's are {head_dim} wide")
     info = TargetInfo(arch, n_embd, n_head, int(meta(f"{arch}.attention.head_count_kv", n_head)),
                       float(meta(f"{arch}.rope.freq_base", 10000.0)),
-                      float(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)), arch == "qwen2", arch == "qwen2")
+                      float(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+                      arch in ("qwen2", "qwen3", "phi3"), arch == "qwen2")
     tensors = {t.name: t for t in r.tensors if t.name in ("token_embd.weight", "output.weight")}
 
     def load(t) -> np.ndarray:
