@@ -17,7 +17,7 @@ from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
-from .ranges import COUNT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE
+from .ranges import COUNT, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE
 from .sampling import Sampler
 from .shipped_heads import default_heads
 from .speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
@@ -50,23 +50,6 @@ def _prompt_ids(args: argparse.Namespace, model_path: Path, tok: Tokenizer, text
     if args.chat:
         return chat_prompt_ids(tok, read_chat_template(model_path), [{"role": "user", "content": text}])
     return tok.encode(text, parse_special=False)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: it must be >= 0")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port {value} is outside [1, 65535]")
-    return value
 
 
 def cmd_rpc_server(args: argparse.Namespace) -> int:
@@ -354,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute threads (default 0: the available cores)")
     g.add_argument("--ctx-size", type=COUNT.arg, default=2048, help="context size in tokens (default 2048)")
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
-    g.add_argument("-ngl", "--n-gpu-layers", type=_non_negative_int, default=0,
+    g.add_argument("-ngl", "--n-gpu-layers", type=ZERO_OR_MORE.arg, default=0,
                    help="layers on the offload devices (--rpc servers, then GPUs): the last N, and the output "
                         "layer for N > the model's layers (as llama.cpp's -ngl); default 0, all on the CPU")
     g.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
@@ -382,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "who can reach the port can use this machine's CPU and memory. It binds "
                                    "127.0.0.1 by default; bind another address only on a network you trust.")
     r.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    r.add_argument("--port", type=_port, default=50052, help="TCP port (default 50052)")
-    r.add_argument("--threads", type=_non_negative_int, default=0, help="compute threads (default: the cores)")
+    r.add_argument("--port", type=PORT.arg, default=50052, help="TCP port (default 50052)")
+    r.add_argument("--threads", type=ZERO_OR_MORE.arg, default=0, help="compute threads (default: the cores)")
     r.set_defaults(func=cmd_rpc_server)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a chat page at /")
