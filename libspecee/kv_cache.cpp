@@ -78,7 +78,8 @@ void kv_cache::commit(uint32_t pos, uint32_t n, int n_layers_done) {
 
 void kv_cache::truncate(uint32_t n_past) {
     for (int il = 0; il < n_layer_; il++) {
-        std::memset(&valid_[index(il, n_past)], 0, n_ctx_ - n_past);
+        // data() + index: at n_past == n_ctx this is one past a layer's row (valid, 0 bytes)
+        std::memset(valid_.data() + index(il, n_past), 0, n_ctx_ - n_past);
     }
     n_past_ = n_past;
 }
