@@ -37,12 +37,22 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise RuntimeError("rpc-server did not start listening")
 
 
+def die_with_parent() -> None:
+    """Runs in the server's process before exec: SIGTERM when the test
+    process dies, so a crashed run leaves no server behind (Linux prctl)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="module")
 def rpc_server():
     """One `specee rpc-server` on a free loopback port for the module."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "specee.cli", "rpc-server", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            preexec_fn=die_with_parent)
     try:
         wait_for_port(port, proc)
         yield f"127.0.0.1:{port}"
