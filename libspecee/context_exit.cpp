@@ -154,7 +154,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
     int32_t chosen      = -1;
     int32_t done        = 0;           // layers computed so far
-    std::vector<float> features(static_cast<size_t>(3 * n_cand));
+    std::vector<float> features(static_cast<size_t>(SPECEE_EXIT_FEATURES_PER_CANDIDATE * n_cand));
     last_check_layers_.clear();
     last_check_features_.clear();
     try {

@@ -12,61 +12,23 @@ namespace specee {
 kv_cache::kv_cache(const hparams & hp, uint32_t n_ctx, bool v_trans,
                    const std::vector<ggml_backend_buffer_type_t> & layer_buft)
     : n_layer_(hp.n_layer), n_ctx_(n_ctx), v_trans_(v_trans) {
-    try {
-        for (int il = 0; il < hp.n_layer; il++) {
-            // each layer's K/V live where the layer runs; one context and buffer per place
-            ggml_backend_buffer_type_t buft = size_t(il) < layer_buft.size() && layer_buft[size_t(il)]
-                                                  ? layer_buft[size_t(il)] : ggml_backend_cpu_buffer_type();
-            ggml_context * ctx = context_for(buft, size_t(2 * hp.n_layer));
-            k_.push_back(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, hp.n_embd_kv(), n_ctx));
-            v_.push_back(v_trans ? ggml_new_tensor_2d(ctx, GGML_TYPE_F16, n_ctx, hp.n_embd_kv())
-                                 : ggml_new_tensor_2d(ctx, GGML_TYPE_F16, hp.n_embd_kv(), n_ctx));
-            ggml_format_name(k_.back(), "cache_k_l%d", il);
-            ggml_format_name(v_.back(), "cache_v_l%d", il);
-        }
-        for (store & s : stores_) {
-            s.buffer = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, s.buft);
-            if (s.buffer == nullptr) {
-                fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the KV cache (%u cells) in %s memory", n_ctx,
-                     ggml_backend_buft_name(s.buft));
-            }
-            // Zeroed so that masked cells never hold NaN bit patterns (0 * NaN = NaN).
-            ggml_backend_buffer_clear(s.buffer, 0);
-        }
-    } catch (...) {
-        release();
-        throw;
+    for (int il = 0; il < hp.n_layer; il++) {
+        // each layer's K/V live where the layer runs
+        ggml_backend_buffer_type_t buft = size_t(il) < layer_buft.size() && layer_buft[size_t(il)]
+                                              ? layer_buft[size_t(il)] : ggml_backend_cpu_buffer_type();
+        ggml_context * ctx = stores_.context_for(buft, size_t(2 * hp.n_layer));
+        k_.push_back(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, hp.n_embd_kv(), n_ctx));
+        v_.push_back(v_trans ? ggml_new_tensor_2d(ctx, GGML_TYPE_F16, n_ctx, hp.n_embd_kv())
+                             : ggml_new_tensor_2d(ctx, GGML_TYPE_F16, hp.n_embd_kv(), n_ctx));
+        ggml_format_name(k_.back(), "cache_k_l%d", il);
+        ggml_format_name(v_.back(), "cache_v_l%d", il);
+    }
+    stores_.allocate("the KV cache", GGML_BACKEND_BUFFER_USAGE_ANY);
+    for (const tensor_stores::store & s : stores_.all()) {
+        // Zeroed so that masked cells never hold NaN bit patterns (0 * NaN = NaN).
+        ggml_backend_buffer_clear(s.buffer, 0);
     }
     valid_.assign(size_t(n_layer_) * n_ctx_, 0);
-}
-
-ggml_context * kv_cache::context_for(ggml_backend_buffer_type_t buft, size_t n_tensors) {
-    for (store & s : stores_) {
-        if (s.buft == buft) {
-            return s.ctx;
-        }
-    }
-    ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, /*no_alloc=*/true};
-    store s;
-    s.buft = buft;
-    s.ctx  = ggml_init(ip);
-    if (s.ctx == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the KV cache context");
-    }
-    stores_.push_back(s);
-    return s.ctx;
-}
-
-void kv_cache::release() {
-    for (store & s : stores_) {
-        ggml_backend_buffer_free(s.buffer);
-        ggml_free(s.ctx);
-    }
-    stores_.clear();
-}
-
-kv_cache::~kv_cache() {
-    release();
 }
 
 void kv_cache::commit(uint32_t pos, uint32_t n, int n_layers_done) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "model.h"
+#include "tensor_stores.h"
 
 #include <cstdint>
 #include <vector>
@@ -21,7 +22,7 @@ public:
     // layer_buft: where each layer's K/V live (nullptr or missing = CPU memory).
     kv_cache(const hparams & hp, uint32_t n_ctx, bool v_trans,
              const std::vector<ggml_backend_buffer_type_t> & layer_buft = {});
-    ~kv_cache();
+    ~kv_cache() = default;
     kv_cache(const kv_cache &) = delete;
     kv_cache & operator=(const kv_cache &) = delete;
 
@@ -56,14 +57,7 @@ private:
     uint32_t                   n_ctx_;
     uint32_t                   n_past_ = 0;
     bool                       v_trans_;
-    struct store {
-        ggml_backend_buffer_type_t buft   = nullptr;
-        ggml_context             * ctx    = nullptr;
-        ggml_backend_buffer_t      buffer = nullptr;
-    };
-    ggml_context * context_for(ggml_backend_buffer_type_t buft, size_t n_tensors);
-    void           release();
-    std::vector<store>         stores_;
+    tensor_stores              stores_;  // K/V tensors by where they live
     std::vector<ggml_tensor *> k_, v_;
     std::vector<uint8_t>       valid_;  // [n_layer, n_ctx]
 };

@@ -20,10 +20,6 @@
 namespace specee {
 
 model::~model() {
-    for (weight_store & s : stores) {
-        ggml_backend_buffer_free(s.buf);
-        ggml_free(s.ctx);
-    }
     ggml_free(meta);
 }
 
@@ -349,24 +345,6 @@ static int layer_of(const model & m, const ggml_tensor * t) {
     return -1;
 }
 
-// The context of the store for `buft`, created on first use.
-static ggml_context * store_ctx(model & m, ggml_backend_buffer_type_t buft, size_t n_tensors) {
-    for (model::weight_store & s : m.stores) {
-        if (s.buft == buft) {
-            return s.ctx;
-        }
-    }
-    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 2), nullptr, true};
-    model::weight_store s;
-    s.buft = buft;
-    s.ctx  = ggml_init(ip);
-    if (s.ctx == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a weight context");
-    }
-    m.stores.push_back(s);
-    return s.ctx;
-}
-
 // Decides where each tensor lives (its layer's device; on the CPU, the
 // repacked layout where ggml has one for it), allocates every store, and
 // points the model at the new tensors.
@@ -406,14 +384,14 @@ static void place_weights(model & m, bool allow_repack) {
                 m.n_repacked++;
             }
         }
-        ggml_tensor * copy = ggml_dup_tensor(store_ctx(m, buft ? buft : cpu, n_tensors), t);
+        ggml_tensor * copy = ggml_dup_tensor(m.weights.context_for(buft ? buft : cpu, n_tensors + 2), t);
         ggml_set_name(copy, ggml_get_name(t));
         moved[t] = copy;
     }
     ggml_tensor * output_copy = nullptr;
     if (tied && m.devices.output_dev) {
         // the output runs on the device, the embedding lookup on the CPU: two copies
-        output_copy = ggml_dup_tensor(store_ctx(m, m.devices.output_buft(), n_tensors), m.tok_embd);
+        output_copy = ggml_dup_tensor(m.weights.context_for(m.devices.output_buft(), n_tensors + 2), m.tok_embd);
         ggml_set_name(output_copy, "output.weight (tied)");
     }
     for (ggml_tensor ** slot : weight_slots(m)) {
@@ -426,13 +404,7 @@ static void place_weights(model & m, bool allow_repack) {
         m.output_copied = true;
     }
 
-    for (model::weight_store & s : m.stores) {
-        s.buf = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, s.buft);
-        if (s.buf == nullptr) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate %s memory for the weights", ggml_backend_buft_name(s.buft));
-        }
-        ggml_backend_buffer_set_usage(s.buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    }
+    m.weights.allocate("the weights", GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
 }
 
 // ---- weight data ------------------------------------------------------------
@@ -441,7 +413,7 @@ static void place_weights(model & m, bool allow_repack) {
 // offloaded has two: the embeddings and the output).
 static std::vector<ggml_tensor *> placed(const model & m, const char * name) {
     std::vector<ggml_tensor *> out;
-    for (const model::weight_store & s : m.stores) {
+    for (const tensor_stores::store & s : m.weights.all()) {
         if (ggml_tensor * t = ggml_get_tensor(s.ctx, name)) {
             out.push_back(t);
         }

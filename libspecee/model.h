@@ -7,6 +7,7 @@
 #include "ggml-backend.h"
 
 #include "devices.h"
+#include "tensor_stores.h"
 
 #include <cstdint>
 #include <string>
@@ -93,12 +94,7 @@ struct model {
     // type that repacks matrices into the layouts its faster kernels read;
     // each offload device's memory).
     device_map devices;
-    struct weight_store {
-        ggml_backend_buffer_type_t buft = nullptr;
-        ggml_context             * ctx  = nullptr;
-        ggml_backend_buffer_t      buf  = nullptr;
-    };
-    std::vector<weight_store>  stores;
+    tensor_stores              weights;
     int                        n_repacked   = 0;  // tensors in the CPU's repacked layout
     bool                       output_copied = false;  // tied output offloaded: a second copy of tok_embd
     std::string                fingerprint;       // 16 hex digits, see fingerprint_of()
