@@ -184,3 +184,22 @@ def test_candidate_only_exit_feeds_the_draft_the_same_feature(tiny6, tmp_path):
     a, b = steps[True], steps[False]
     assert (a.token, a.exit_layer) == (b.token, b.exit_layer) == (early, 2)
     assert len(a.next) == 4 and a.next == b.next
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0", "q4_0"])
+def test_import_draft_round_trips_a_head_files_draft(tiny6, tmp_path, dtype):
+    """`specee train predictors --draft-from`: the draft taken out of a head
+    file and written again is the same tensors, byte for byte, in the same type."""
+    from specee.train.pipeline import import_draft
+
+    draft = random_draft(Reference(tiny6), seed=5, reduced=64)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "src.gguf", m, {2: constant_predictor(-40.0)}, draft=draft, draft_dtype=dtype)
+    assert import_draft(tiny6, tmp_path / "src.gguf", tmp_path / "run") == dtype
+
+    def draft_tensors(path):
+        return {t.name: (t.tensor_type, np.asarray(t.data).tobytes())
+                for t in gguf.GGUFReader(path).tensors if t.name.startswith("draft.")}
+
+    want = draft_tensors(tmp_path / "src.gguf")
+    assert "draft.output.weight" in want and want == draft_tensors(tmp_path / "run" / "draft_only.gguf")

@@ -18,8 +18,8 @@ from ._ffi import lib
 
 FORMAT_VERSION = 1
 # storage types for the draft's matrices, as libspecee's heads.cpp accepts them
-_QUANTIZED = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
-DRAFT_DTYPES = ("f32", "f16", *_QUANTIZED)
+QUANTIZED_DRAFT_TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+DRAFT_DTYPES = ("f32", "f16", *QUANTIZED_DRAFT_TYPES)
 
 
 def check_draft_dtype(dtype: str) -> None:
@@ -126,8 +126,8 @@ def write_heads(path: str | os.PathLike, model: Model, predictors: Mapping[int, 
             value = np.asarray(value)
             if name == "draft.vocab":
                 w.add_tensor(name, np.ascontiguousarray(value, dtype=np.int32))
-            elif value.ndim == 2 and draft_dtype in _QUANTIZED:
-                qtype = _QUANTIZED[draft_dtype]
+            elif value.ndim == 2 and draft_dtype in QUANTIZED_DRAFT_TYPES:
+                qtype = QUANTIZED_DRAFT_TYPES[draft_dtype]
                 w.add_tensor(name, quantize(np.ascontiguousarray(value, dtype=np.float32), qtype), raw_dtype=qtype)
             elif value.ndim == 2 and draft_dtype == "f16":
                 w.add_tensor(name, np.ascontiguousarray(value, dtype=np.float16))

@@ -30,7 +30,7 @@ import numpy as np
 from gguf.quants import dequantize
 
 from ..engine import Model
-from ..heads_file import DraftHead, Predictor, constant_predictor, write_heads
+from ..heads_file import QUANTIZED_DRAFT_TYPES, DraftHead, Predictor, constant_predictor, write_heads
 from ..ranges import THRESHOLD
 from .draft import DraftConfig, train_draft
 from .features import FeatureSet, extract_features
@@ -69,8 +69,9 @@ def import_draft(model_path: str | os.PathLike, heads_path: str | os.PathLike, o
     storage type."""
     reader = gguf.GGUFReader(os.fspath(heads_path))
     tensors, dtype = {}, "f32"
-    names = {qtype: name for name, qtype in ((n, getattr(gguf.GGMLQuantizationType, n.upper()))
-                                             for n in ("f16", "q8_0", "q4_0"))}
+    # the storage type write_heads used, read back from the matrices' ggml type
+    names = {qtype: name for name, qtype in QUANTIZED_DRAFT_TYPES.items()}
+    names[gguf.GGMLQuantizationType.F16] = "f16"
     for t in reader.tensors:
         if not t.name.startswith("draft."):
             continue
