@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 2
+#define SPECEE_API_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -261,6 +261,53 @@ SPECEE_API const float * specee_get_hidden(struct specee_context * ctx, int32_t 
 /* Forgets every token at position >= n_past (rollback); n_past may not exceed
  * the current one. */
 SPECEE_API enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_past);
+
+/* ---- token trees: many drafted continuations verified in one pass ---- */
+
+/* Decodes a tree of n_tokens drafted tokens after the n_past cached ones, in
+ * one full-depth pass. parents[i] is the index of token i's parent in this
+ * call (it must come earlier, < i), or -1 for a token that directly follows
+ * the cache; parents NULL means a chain (parents[i] = i - 1). Token i sits at
+ * position n_past + depth(i) and attends to the cache and to its ancestors
+ * and itself only. Every token gets logits: specee_get_logits(ctx, i),
+ * specee_argmax(ctx, i) (row i: the distribution after token i). n_tokens
+ * may not exceed n_batch.
+ *
+ * The tree then stays pending: specee_tree_accept keeps one path of it (or
+ * none), and until then every call that adds tokens fails, and
+ * specee_kv_truncate may only go back to the cache before the tree. On
+ * failure nothing changes. */
+SPECEE_API enum specee_status specee_decode_tree(
+        struct specee_context * ctx,
+        const specee_token    * tokens,
+        const int32_t         * parents,
+        int32_t                 n_tokens);
+
+/* Keeps the path rows[0..n) of the pending tree: rows[0] a token with parent
+ * -1, rows[k]'s parent rows[k - 1]. Its tokens end up at the positions after
+ * the cache, in order (their K/V moved into place, as if decoded one by one),
+ * the tree's other tokens are forgotten, and the draft head (if any) is given
+ * the path's features. n == 0 forgets the whole tree. Logits stay as
+ * specee_decode_tree left them. */
+SPECEE_API enum specee_status specee_tree_accept(
+        struct specee_context * ctx,
+        const int32_t         * rows,
+        int32_t                 n);
+
+/* ---- several sequences in one pass (continuous batching) ---- */
+
+/* One full-depth decode step for each of n contexts in a single pass:
+ * contexts[i] gets tokens[i] at its own n_past and its logits (row 0), as
+ * specee_decode would leave them; out_argmax (may be NULL) receives each
+ * one's greedy next token. The weights are read once for all of them. The
+ * contexts must be distinct, share one model and n_ctx, and run on the CPU
+ * only; the pass runs on contexts[0]'s threads, and an error is reported
+ * there (specee_context_error(contexts[0])). On failure no context changes. */
+SPECEE_API enum specee_status specee_decode_batch(
+        struct specee_context * const * contexts,
+        const specee_token            * tokens,
+        int32_t                         n,
+        specee_token                  * out_argmax);
 
 /* 1 if layer `layer` holds K/V for the cell at position `pos`, 0 if not, -1 on
  * a bad argument. Early exit leaves deeper layers without some positions. */

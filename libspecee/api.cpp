@@ -15,6 +15,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
 using specee::fail;
 
@@ -233,6 +234,29 @@ const float * specee_get_hidden(struct specee_context * ctx, int32_t * out_n_tok
 
 enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_past) {
     return on_context(ctx, [&](specee::context & c) { c.truncate(n_past); });
+}
+
+enum specee_status specee_decode_tree(struct specee_context * ctx, const specee_token * tokens,
+                                      const int32_t * parents, int32_t n_tokens) {
+    return on_context(ctx, [&](specee::context & c) { c.decode_tree(tokens, parents, n_tokens); });
+}
+
+enum specee_status specee_tree_accept(struct specee_context * ctx, const int32_t * rows, int32_t n) {
+    return on_context(ctx, [&](specee::context & c) { c.tree_accept(rows, n); });
+}
+
+enum specee_status specee_decode_batch(struct specee_context * const * contexts, const specee_token * tokens,
+                                       int32_t n, specee_token * out_argmax) {
+    if (contexts == nullptr || n < 1 || contexts[0] == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    return on_context(contexts[0], [&](specee::context &) {
+        std::vector<specee::context *> all(contexts, contexts + n);  // specee_context derives from specee::context
+        specee::context::decode_batch(all.data(), tokens, n);
+        for (int32_t i = 0; out_argmax && i < n; i++) {
+            out_argmax[i] = all[size_t(i)]->argmax(0);
+        }
+    });
 }
 
 int32_t specee_kv_cell_valid(const struct specee_context * ctx, int32_t layer, uint32_t pos) {

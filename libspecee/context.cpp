@@ -147,6 +147,7 @@ uint32_t context::padded_n_kv(uint32_t n_used) const {
 }
 
 void context::check_tokens(const int32_t * tokens, int32_t n) const {
+    require_no_tree();
     if (tokens == nullptr || n <= 0) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "empty input: at least one token is needed");
     }
@@ -257,8 +258,9 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
     pos_buf_.resize(n);
     k_idx_buf_.resize(n);
     for (uint32_t i = 0; i < n; i++) {
-        pos_buf_[i]   = int32_t(plan.pos + i);
-        k_idx_buf_[i] = int64_t(plan.pos + i);  // cell i holds position i
+        // cell i holds position i; a tree's tokens sit at their depth
+        pos_buf_[i]   = int32_t(plan.pos + (laying_out_ ? uint32_t(laying_out_->depth[i]) : i));
+        k_idx_buf_[i] = int64_t(plan.pos + i);
     }
     set_input(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
     set_input(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
@@ -284,7 +286,11 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
     }
     mask_buf_.resize(size_t(plan.n_kv) * n);
     for (size_t u = 0; u < g.masks.size(); u++) {
-        kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
+        if (laying_out_) {
+            kv.build_tree_mask(g.mask_layer[u], plan.pos, n, laying_out_->ancestor, plan.n_kv, mask_buf_.data());
+        } else {
+            kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
+        }
         if (g.masks[u]->type == GGML_TYPE_F16) {
             mask_f16_.resize(mask_buf_.size());
             ggml_fp32_to_fp16_row(mask_buf_.data(), mask_f16_.data(), int64_t(mask_buf_.size()));
@@ -385,6 +391,11 @@ void context::decode(int32_t token) {
 }
 
 void context::truncate(uint32_t n_past) {
+    if (tree_pending() && n_past > tree_.base) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT,
+             "a token tree is pending: keep a path of it (specee_tree_accept) or truncate to at most %u", tree_.base);
+    }
+    tree_ = token_tree();
     if (n_past > kv_.n_past()) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
     }

@@ -86,6 +86,17 @@ public:
     const exit_stats & stats() const { return stats_; }
     void reset_stats() { stats_ = exit_stats(); }
 
+    // ---- token trees (context_tree.cpp) ----
+    // One pass over a token tree after the cache (see specee_decode_tree).
+    void decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n);
+    // Keeps one path of the pending tree, compacted into place (see specee_tree_accept).
+    void tree_accept(const int32_t * rows, int32_t n);
+    bool tree_pending() const { return tree_.n > 0; }
+
+    // ---- several contexts in one pass (batch_decode.cpp) ----
+    // One full-depth token for each context (see specee_decode_batch).
+    static void decode_batch(context * const * contexts, const int32_t * tokens, int32_t n);
+
     std::string last_error;
 
     // adds the time until it goes out of scope to a counter
@@ -125,6 +136,21 @@ private:
         ~graph_slot();
     };
 
+    // A tree decode_tree ran, until tree_accept keeps a path of it: where
+    // it starts, each token's parent and depth, who is whose ancestor, and
+    // the draft head's features of its tokens.
+    struct token_tree {
+        uint32_t             base = 0;
+        uint32_t             n    = 0;
+        std::vector<int32_t> tokens, parents, depth;
+        std::vector<uint8_t> ancestor;  // [n, n]: 1 where j is i or an ancestor of i
+        std::vector<float>   features;  // [n, n_embd], with a draft head only
+    };
+    static token_tree make_tree(const int32_t * tokens, const int32_t * parents, int32_t n, uint32_t base);
+    token_tree         tree_;
+    const token_tree * laying_out_ = nullptr;  // during decode_tree's pass: compute() takes positions and masks from it
+    void require_no_tree() const;
+
     // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
     void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr);
     // Fills a built graph's inputs and computes it.
@@ -148,6 +174,7 @@ private:
     void release();                                  // frees what the constructor made
     int                graph_size_ = 0;
     std::vector<std::unique_ptr<graph_slot>> slots_;
+    graph_slot         batch_slot_;  // decode_batch's graph, when this context leads one
     uint64_t           n_runs_ = 0;
 
     ggml_context          * state_ctx_    = nullptr;
@@ -184,6 +211,7 @@ private:
     // has not consumed yet ([n_pending, n_embd]), its graphs
     std::vector<int32_t> draft_run(const int32_t * tokens, const float * features, uint32_t n);
     void                 keep_pending(const int32_t * tokens, uint32_t n);
+    void                 keep_pending(const int32_t * tokens, const float * features, uint32_t n);
     std::unique_ptr<kv_cache>  draft_kv_;
     std::vector<int32_t>       pending_tokens_;
     std::vector<float>         pending_features_;

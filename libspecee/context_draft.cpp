@@ -16,9 +16,12 @@ void context::keep_pending(const int32_t * tokens, uint32_t n) {
     if (size_t(n_hidden_) < n) {
         fail(SPECEE_STATUS_INTERNAL, "the pass kept no features for the draft head");
     }
+    keep_pending(tokens, hidden_.data() + (size_t(n_hidden_) - n) * n_embd, n);
+}
+
+void context::keep_pending(const int32_t * tokens, const float * features, uint32_t n) {
     pending_tokens_.insert(pending_tokens_.end(), tokens, tokens + n);
-    const float * rows = hidden_.data() + (size_t(n_hidden_) - n) * n_embd;
-    pending_features_.insert(pending_features_.end(), rows, rows + size_t(n) * n_embd);
+    pending_features_.insert(pending_features_.end(), features, features + size_t(n) * size_t(model_.hp.n_embd));
 }
 
 std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {

@@ -2,13 +2,14 @@
 // biases), qwen3 (per-head Q/K RMSNorm), phi3 (fused QKV and gate/up).
 // ref: llama.cpp src/models/{llama,qwen2,qwen3,phi3}.cpp (graph shapes).
 #include "graph.h"
+#include "graph_parts.h"
 
 #include <cmath>
 
 namespace specee {
 
 // RMSNorm with a learned scale: x / rms(x) * w
-static ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps) {
+ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps) {
     return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
 }
 
@@ -26,24 +27,12 @@ static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml
     return c;
 }
 
-static ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
+ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
     ggml_tensor * y = ggml_mul_mat(ctx0, w, x);
     return b ? ggml_add(ctx0, y, b) : y;
 }
 
-// How a graph rotates Q and K: the model's RoPE (its rotary dimensions,
-// scaling and frequency factors), or the draft head's plain one.
-struct rope_params {
-    int           n_dims      = 0;
-    int           mode        = 0;
-    int           n_ctx_orig  = 0;
-    float         base        = 10000.0f;
-    float         freq_scale  = 1.0f;
-    float         attn_factor = 1.0f;
-    ggml_tensor * factors     = nullptr;  // [n_dims / 2] or null
-};
-
-static rope_params model_rope(const model & m, const kv_cache & kv) {
+rope_params model_rope(const model & m, const kv_cache & kv) {
     const hparams & hp = m.hp;
     return {hp.n_rot, hp.rope_mode, hp.n_ctx_orig, hp.rope_base, hp.rope_freq_scale, hp.rope_attn_factor,
             m.rope_factors(kv.n_ctx())};
@@ -60,16 +49,8 @@ static ggml_tensor * rope(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * po
                          0.0f, r.attn_factor, 32.0f, 1.0f);
 }
 
-// A layer's Q, K (per head, normed where the layer has Q/K norms, rotated)
-// and V ([n_embd_kv, n], contiguous) for its normed input `cur`.
-struct qkv_heads {
-    ggml_tensor * q = nullptr;  // [hd, n_head, n]; null unless asked for
-    ggml_tensor * k = nullptr;  // [hd, n_head_kv, n]
-    ggml_tensor * v = nullptr;  // [n_embd_kv, n]
-};
-
-static qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
-                             const forward_graph & g, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q) {
+qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+                      ggml_tensor * positions, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q) {
     const int64_t hd = hp.n_embd_head, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
     qkv_heads out;
     ggml_tensor * q = nullptr;
@@ -91,33 +72,67 @@ static qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const laye
     if (L.k_norm) {  // qwen3: RMSNorm over each head, before RoPE
         k = rms_norm(ctx0, k, L.k_norm, hp.rms_eps);
     }
-    out.k = rope(ctx0, k, g.positions, r);
+    out.k = rope(ctx0, k, positions, r);
     if (want_q) {
         if (L.q_norm) {
             q = rms_norm(ctx0, q, L.q_norm, hp.rms_eps);
         }
-        out.q = rope(ctx0, q, g.positions, r);
+        out.q = rope(ctx0, q, positions, r);
     }
     return out;
 }
 
-// This batch's K and V of layer il written to their cells; expanded now so
-// the writes come before any reads of the cache in graph order. Indices are
-// inputs, so the graph does not depend on the position.
-static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
-                     const forward_graph & g, int64_t n, const qkv_heads & h) {
+// This batch's K ([n_embd_kv, n]) and V ([n_embd_kv, n]) of layer il
+// written to the cells k_idx / v_idx name; expanded now so the writes come
+// before any reads of the cache in graph order. Indices are inputs, so the
+// graph does not depend on the position.
+void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+              ggml_tensor * k_idx, ggml_tensor * v_idx, int64_t n, ggml_tensor * k, ggml_tensor * v) {
     const int64_t n_kv_embd = hp.n_embd_kv();
     ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
     ggml_tensor * v_cache = kv.v(il);
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, h.k, n_kv_embd, n), g.k_idx));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, k, n_kv_embd, n), k_idx));
     if (kv.v_trans()) {
         // v_cache is [n_ctx, n_embd_kv]: write element by element, one
         // "row" of 1 value each, at d * n_ctx + cell (see v_idx)
         ggml_tensor * dst = ggml_reshape_2d(ctx0, v_cache, 1, ggml_nelements(v_cache));
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, h.v, 1, n_kv_embd * n), g.v_idx));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, v, 1, n_kv_embd * n), v_idx));
     } else {                                                         // v_cache: [n_embd_kv, n_ctx]
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, h.v, g.v_idx));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, v, v_idx));
     }
+}
+
+static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+                     const forward_graph & g, int64_t n, const qkv_heads & h) {
+    store_kv(ctx0, gf, hp, kv, il, g.k_idx, g.v_idx, n, h.k, h.v);
+}
+
+// Attention of queries q ([hd, n_head, n], rotated) over cells [0, n_kv) of
+// layer il of the cache under `kq_mask` ([n_kv, n]): [n_embd_q, n], before
+// the output projection.
+ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
+                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n) {
+    const int64_t hd = hp.n_embd_head;
+    ggml_tensor * k_cache = kv.k(il);
+    ggml_tensor * v_cache = kv.v(il);
+    const float   scale = 1.0f / std::sqrt(float(hd));
+    const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
+    ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+    ggml_tensor * qp = ggml_permute(ctx0, q, 0, 2, 1, 3);            // [hd, n, n_head]
+    if (kv.v_trans()) {
+        // unfused: softmax(K^T q * scale + mask), then V^T times it; the
+        // graph llama.cpp builds when flash attention is off (its default)
+        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
+        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
+        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, n_kv, hd, hp.n_head_kv,
+                                        v_cache->nb[1], v_cache->nb[1] * hd, 0);  // [n_kv, hd, n_head_kv]
+        ggml_tensor * kqv = ggml_mul_mat(ctx0, vs, kq);              // [hd, n, n_head]
+        return ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hp.n_embd_q(), n);  // [n_embd_q, n]
+    }
+    ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, hd, n_kv, hp.n_head_kv, v_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+    ggml_tensor * o = ggml_flash_attn_ext(ctx0, qp, ks, vs, kq_mask, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);                  // [hd, n_head, n]
+    return ggml_reshape_2d(ctx0, o, hp.n_embd_q(), n);               // [n_embd_q, n]
 }
 
 // Self-attention with weights L over layer il of the cache; writes this
@@ -125,41 +140,14 @@ static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, 
 static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
                                const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
                                const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
-    const int64_t n  = plan.n_tokens;
-    const int64_t hd = hp.n_embd_head;
-
-    const qkv_heads h = project_qkv(ctx0, hp, L, r, g, n, cur, /*want_q=*/true);
+    const int64_t   n = plan.n_tokens;
+    const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true);
     store_kv(ctx0, gf, hp, kv, il, g, n, h);
-    ggml_tensor * q = h.q;                                           // [hd, n_head, n]
-
-    ggml_tensor * k_cache = kv.k(il);
-    ggml_tensor * v_cache = kv.v(il);
-    const float   scale = 1.0f / std::sqrt(float(hd));
-    const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
-    ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, plan.n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
-    ggml_tensor * qp = ggml_permute(ctx0, q, 0, 2, 1, 3);            // [hd, n, n_head]
-    ggml_tensor * o;
-    if (kv.v_trans()) {
-        // unfused: softmax(K^T q * scale + mask), then V^T times it; the
-        // graph llama.cpp builds when flash attention is off (its default)
-        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
-        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
-        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, plan.n_kv, hd, hp.n_head_kv,
-                                        v_cache->nb[1], v_cache->nb[1] * hd, 0);  // [n_kv, hd, n_head_kv]
-        ggml_tensor * kqv = ggml_mul_mat(ctx0, vs, kq);              // [hd, n, n_head]
-        o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hp.n_embd_q(), n);  // [n_embd_q, n]
-    } else {
-        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, hd, plan.n_kv, hp.n_head_kv, v_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
-        o = ggml_flash_attn_ext(ctx0, qp, ks, vs, kq_mask, scale, 0.0f, 0.0f);
-        ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);              // [hd, n_head, n]
-        o = ggml_reshape_2d(ctx0, o, hp.n_embd_q(), n);              // [n_embd_q, n]
-    }
-
-    return ggml_mul_mat(ctx0, L.wo, o);                              // [n_embd, n]
+    return ggml_mul_mat(ctx0, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n));  // [n_embd, n]
 }
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
-static ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur) {
+ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur) {
     if (L.ffn_gate == nullptr) {
         // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
         ggml_tensor * gate_up = ggml_mul_mat(ctx0, L.ffn_up, cur);   // [2 n_ff, n]
@@ -274,7 +262,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
             const layer_weights & L = m.layers[size_t(il)];
             ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g, n, cur, /*want_q=*/false));
+            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/false));
         }
         return g;
     }

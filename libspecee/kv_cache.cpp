@@ -2,6 +2,7 @@
 
 #include "error.h"
 
+#include "ggml-backend.h"
 #include "ggml-cpu.h"
 
 #include <cmath>
@@ -54,6 +55,48 @@ void kv_cache::build_mask(int il, uint32_t pos, uint32_t n, uint32_t n_kv, float
         for (uint32_t j = 0; j < n_kv; j++) {
             const bool visible = j <= qpos && (j >= pos || valid[j]);
             row[j] = visible ? 0.0f : -INFINITY;
+        }
+    }
+}
+
+void kv_cache::build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor,
+                               uint32_t n_kv, float * out) const {
+    const uint8_t * valid = &valid_[index(il, 0)];
+    for (uint32_t i = 0; i < n; i++) {
+        float * row = out + size_t(i) * n_kv;
+        for (uint32_t j = 0; j < n_kv; j++) {
+            const bool visible = j < pos ? valid[j] != 0 : (j < pos + n && ancestor[size_t(i) * n + (j - pos)]);
+            row[j] = visible ? 0.0f : -INFINITY;
+        }
+    }
+}
+
+// Copies `bytes` at byte offset src to offset dst within t, on any backend.
+static void copy_within(ggml_tensor * t, size_t src, size_t dst, size_t bytes, std::vector<uint8_t> & tmp) {
+    if (ggml_backend_buffer_is_host(t->buffer)) {
+        std::memcpy(static_cast<uint8_t *>(t->data) + dst, static_cast<const uint8_t *>(t->data) + src, bytes);
+        return;
+    }
+    tmp.resize(bytes);
+    ggml_backend_tensor_get(t, tmp.data(), src, bytes);
+    ggml_backend_tensor_set(t, tmp.data(), dst, bytes);
+}
+
+void kv_cache::move_cells(const std::vector<std::pair<uint32_t, uint32_t>> & moves) {
+    std::vector<uint8_t> tmp;
+    for (int il = 0; il < n_layer_; il++) {
+        ggml_tensor * k = k_[size_t(il)];
+        ggml_tensor * v = v_[size_t(il)];
+        for (const auto & [src, dst] : moves) {
+            copy_within(k, src * k->nb[1], dst * k->nb[1], k->nb[1], tmp);  // a cell is a row of K
+            if (!v_trans_) {
+                copy_within(v, src * v->nb[1], dst * v->nb[1], v->nb[1], tmp);
+            } else {
+                for (int64_t d = 0; d < v->ne[1]; d++) {  // a cell is a column of transposed V
+                    copy_within(v, d * v->nb[1] + src * v->nb[0], d * v->nb[1] + dst * v->nb[0], v->nb[0], tmp);
+                }
+            }
+            valid_[index(il, dst)] = valid_[index(il, src)];
         }
     }
 }

@@ -11,6 +11,7 @@
 #include "tensor_stores.h"
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace specee {
@@ -46,6 +47,16 @@ public:
     // cells [0, n_kv) into `out` ([n_kv, n] row-major: 0 or -inf).
     // The queries' own cells count as valid: the layer writes them now.
     void build_mask(int il, uint32_t pos, uint32_t n, uint32_t n_kv, float * out) const;
+
+    // The same for a token tree at cells [pos, pos + n): query i sees the
+    // cache below pos (as build_mask) and, of the tree, only its ancestors
+    // and itself (`ancestor`: [n, n] row-major, 1 where j is i or above it).
+    void build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor, uint32_t n_kv,
+                         float * out) const;
+
+    // Copies every layer's K/V of cell src to cell dst for each (src, dst)
+    // pair, in order; a pair's src must not be an earlier pair's dst.
+    void move_cells(const std::vector<std::pair<uint32_t, uint32_t>> & moves);
 
     // True if layers a and b see the same cells below `n_kv`.
     bool same_validity(int a, int b, uint32_t n_kv) const;

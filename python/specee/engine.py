@@ -308,6 +308,30 @@ class Context(_Handle):
             raise InvalidArgumentError("n_past must not be negative")
         self._check(lib.specee_kv_truncate(self.ptr, n_past))
 
+    # ---- token trees ----
+
+    def decode_tree(self, tokens: Sequence[int], parents: Optional[Sequence[int]] = None) -> None:
+        """One pass over a tree of drafted tokens after the cache: parents[i]
+        is the index of token i's parent (< i) or -1 for a token that follows
+        the cache; None means a chain. Row i of all_logits() is then the
+        distribution after token i. The tree stays pending until
+        tree_accept() keeps one path of it."""
+        arr = _token_array(tokens)
+        par = ffi.NULL
+        if parents is not None:
+            p = _token_array(parents)
+            if len(p) != len(arr):
+                raise InvalidArgumentError(f"{len(p)} parents for {len(arr)} tree tokens")
+            par = ffi.from_buffer("int32_t[]", p)
+        self._check(lib.specee_decode_tree(self.ptr, ffi.from_buffer("int32_t[]", arr), par, len(arr)))
+
+    def tree_accept(self, rows: Sequence[int]) -> None:
+        """Keeps the path `rows` (a root, then each row's child) of the pending
+        tree as the next cached tokens; [] forgets the whole tree."""
+        arr = _token_array(rows)
+        self._check(lib.specee_tree_accept(self.ptr, ffi.from_buffer("int32_t[]", arr) if len(arr) else ffi.NULL,
+                                           len(arr)))
+
     # ---- speculative early exit ----
 
     @property
@@ -436,6 +460,19 @@ def exit_features(cand_logits: np.ndarray) -> np.ndarray:
     if status != lib.SPECEE_STATUS_OK:
         raise InvalidArgumentError(f"exit features: {k} candidates (1 to {lib.SPECEE_MAX_CANDIDATES} allowed)")
     return out
+
+
+def decode_batch(contexts: Sequence["Context"], tokens: Sequence[int]) -> list[int]:
+    """One full-depth step for each context (of one model) in a single pass:
+    contexts[i] gets tokens[i]; returns each one's greedy next token. The pass
+    runs on contexts[0]'s threads."""
+    if len(contexts) != len(tokens) or not contexts:
+        raise InvalidArgumentError(f"{len(contexts)} contexts for {len(tokens)} tokens (one each, at least one)")
+    arr = _token_array(tokens)
+    ptrs = ffi.new("struct specee_context *[]", [c.ptr for c in contexts])
+    out = ffi.new("specee_token[]", len(contexts))
+    contexts[0]._check(lib.specee_decode_batch(ptrs, ffi.from_buffer("int32_t[]", arr), len(arr), out))
+    return [int(t) for t in out]
 
 
 def has_gpu() -> bool:

@@ -1,0 +1,54 @@
+// graph_parts.h — the pieces of a decoder layer that graph.cpp's builders and
+// batch_graph.cpp's multi-sequence builder share.
+#pragma once
+
+#include "kv_cache.h"
+#include "model.h"
+
+#include <cstdint>
+
+namespace specee {
+
+// RMSNorm with a learned scale: x / rms(x) * w
+ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps);
+
+// y = W x (+ b)
+ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x);
+
+// How a graph rotates Q and K: the model's RoPE (its rotary dimensions,
+// scaling and frequency factors), or the draft head's plain one.
+struct rope_params {
+    int           n_dims      = 0;
+    int           mode        = 0;
+    int           n_ctx_orig  = 0;
+    float         base        = 10000.0f;
+    float         freq_scale  = 1.0f;
+    float         attn_factor = 1.0f;
+    ggml_tensor * factors     = nullptr;  // [n_dims / 2] or null
+};
+rope_params model_rope(const model & m, const kv_cache & kv);
+
+// A layer's Q, K (per head, normed where the layer has Q/K norms, rotated)
+// and V ([n_embd_kv, n], contiguous) for its normed input `cur`.
+struct qkv_heads {
+    ggml_tensor * q = nullptr;  // [hd, n_head, n]; null unless asked for
+    ggml_tensor * k = nullptr;  // [hd, n_head_kv, n]
+    ggml_tensor * v = nullptr;  // [n_embd_kv, n]
+};
+qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+                      ggml_tensor * positions, int64_t n, ggml_tensor * cur, bool want_q);
+
+// Writes K and V of n tokens ([n_embd_kv, n] each, contiguous) into layer
+// il's cells (k_idx: [n] I64; v_idx: the element indices if V is transposed).
+void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+              ggml_tensor * k_idx, ggml_tensor * v_idx, int64_t n, ggml_tensor * k, ggml_tensor * v);
+
+// Attention of q ([hd, n_head, n]) over cells [0, n_kv) of layer il under
+// kq_mask ([n_kv, n]): [n_embd_q, n], before the output projection.
+ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
+                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n);
+
+// SwiGLU feed-forward: down(silu(gate x) * up x)
+ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur);
+
+} // namespace specee
