@@ -3,10 +3,11 @@ after another (1 stream) and all at once (N streams), and how many cores the
 server process keeps busy meanwhile (CPU time over wall time, from /proc).
 
 Starts `specee serve` as a child process on 127.0.0.1 and talks to it with
-the openai client. Until the library can decode several sequences in one
-batched call, N streams share one stream's throughput.
+the openai client. With batching (the default) the N streams' full-depth
+steps run as one batched pass per round; --no-batching steps them one by
+one, for comparison.
 
-    python bench/server_streams.py --streams 4 --tokens 64 --threads 2
+    python bench/server_streams.py --streams 4 --tokens 64 --threads 2 [--no-batching]
 """
 from __future__ import annotations
 
@@ -65,11 +66,12 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: all cores)")
+    ap.add_argument("--no-batching", action="store_true", help="pass --no-batching to the server")
     args = ap.parse_args()
 
     port = free_port()
     cmd = [sys.executable, "-m", "specee.cli", "-q", "serve", "--model", args.model, "--port", str(port),
-           "--parallel", str(args.streams), "--threads", str(args.threads)]
+           "--parallel", str(args.streams), "--threads", str(args.threads)] + (["--no-batching"] if args.no_batching else [])
     proc = subprocess.Popen(cmd)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -84,7 +86,8 @@ def main() -> int:
         n = args.streams
         results = [burst(client, n, 1, args.tokens, proc.pid), burst(client, n, n, args.tokens, proc.pid)]
         results.append({"speedup": round(results[1]["tok_s"] / results[0]["tok_s"], 2)})
-        print(json.dumps({"model": args.model, "threads": args.threads, "cores": os.cpu_count(),
+        print(json.dumps({"model": args.model, "threads": args.threads, "batching": not args.no_batching,
+                          "cores": os.cpu_count(),
                           "results": results}, indent=1))
     finally:
         proc.terminate()

@@ -138,13 +138,12 @@ def single(tiny):
 @pytest.fixture
 def slow_steps(monkeypatch):
     """Each decode step takes 20 ms more, so a request outlives its client."""
-    step = Job.step
+    for name in ("step", "step_batched"):  # alone, and after a batched pass
+        def slow(self, ctx, step=getattr(Job, name)):
+            time.sleep(0.02)
+            step(self, ctx)
 
-    def slow(self, ctx):
-        time.sleep(0.02)
-        step(self, ctx)
-
-    monkeypatch.setattr(Job, "step", slow)
+        monkeypatch.setattr(Job, name, slow)
 
 
 def reference(model: str, ids: list[int], max_tokens: int, sampler: Sampler | None = None) -> str:
@@ -396,6 +395,22 @@ def test_a_client_that_disconnects_frees_its_slot(single, slow_steps, stream):
     assert after[("specee_generated_tokens_total",)] == before[("specee_generated_tokens_total",)]
     r = single.client().completions.create(model="tiny", prompt="again", max_tokens=2, temperature=0)
     assert r.choices[0].finish_reason == "length"
+
+
+def test_concurrent_greedy_requests_share_batched_passes_and_match_the_library(server, tiny):
+    """Four requests on two slots: full-depth slots decode in one batched
+    pass per round (continuous batching), and each answer is what the
+    library alone generates for it."""
+    tok = Tokenizer.from_gguf(tiny)
+    prompts = [tok.encode(f"the story number {i}", parse_special=False) for i in range(4)]
+    before = server.metrics()
+    client = server.client()
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda ids: client.completions.create(model="tiny", prompt=ids, max_tokens=40,
+                                                                   temperature=0).choices[0].text, prompts))
+    assert texts == [reference(tiny, ids, 40) for ids in prompts]
+    batched = server.metrics()[("specee_batched_steps_total",)] - before.get(("specee_batched_steps_total",), 0)
+    assert batched > 0
 
 
 def test_load_200_requests_8_at_once(server):

@@ -152,7 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_path=model_path, model_id=args.model if args.model in known_models() else model_path.stem,
         parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
-        threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit)
+        threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit,
+        batching=not args.no_batching)
     config.check()
     if args.threads > engine.default_threads():
         log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=32,
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
+    s.add_argument("--no-batching", action="store_true",
+                   help="step every slot alone instead of decoding the full-depth slots in one batched pass")
     s.add_argument("--threads", type=int, default=0,
                    help="compute threads of the one compute worker (default: the available cores)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health and /")

@@ -21,6 +21,7 @@ class ServerConfig:
     verify: Optional[str] = None       # "full" or "candidates" (default: the head file's)
     max_tokens_limit: int = 1024       # the most tokens one request may ask for
     max_body_bytes: int = 1 << 20      # larger request bodies get 413
+    batching: bool = True              # full-depth slots decode in one batched pass per step
 
     def check(self) -> None:
         """Refuses settings no server can run with, naming the flag."""

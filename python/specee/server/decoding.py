@@ -39,9 +39,12 @@ class Stepper(Protocol):
 
 
 class VanillaStepper:
-    """Full-depth decoding, as generate.generate."""
+    """Full-depth decoding, as generate.generate. Batchable: the scheduler
+    may feed several slots' tokens in one engine.decode_batch call and then
+    let each pick its next token from its own logits (`pick_next`)."""
 
     mode = "vanilla"
+    batchable = True
 
     def __init__(self, sampler: Sampler):
         self.sampler = sampler
@@ -53,6 +56,10 @@ class VanillaStepper:
     def next(self, ctx: Context, token: int) -> int:
         return decode_one_token(ctx, token, self.sampler)
 
+    def pick_next(self, ctx: Context) -> int:
+        """The next token after a batched step fed this slot's last one."""
+        return pick(ctx, self.sampler)
+
     def stats(self, ctx: Context) -> dict:
         return {}
 
@@ -62,6 +69,7 @@ class SpeceeStepper:
     heads' draft head when they have one, else from prompt lookup."""
 
     mode = "specee"
+    batchable = False
 
     def __init__(self, sampler: Sampler, heads: Heads):
         self.sampler = sampler
@@ -180,6 +188,18 @@ class Job:
     def step(self, ctx: Context) -> None:
         """One decode step (only while not done)."""
         token = self._stepper.next(ctx, self.tokens[-1])
+        self.n_steps += 1
+        self._accept(ctx, token)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether the next step may run inside a batched call."""
+        return self._stepper is not None and self._stepper.batchable
+
+    def step_batched(self, ctx: Context) -> None:
+        """Finishes a step whose decoding a batched call already did (it fed
+        `tokens[-1]`): picks the next token from the slot's logits."""
+        token = self._stepper.pick_next(ctx)
         self.n_steps += 1
         self._accept(ctx, token)
 

@@ -17,6 +17,8 @@ class ServerMetrics:
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "prompt tokens processed", registry=r)
         self.generated_tokens = Counter(PREFIX + "generated_tokens", "tokens generated", registry=r)
         self.decode_steps = Counter(PREFIX + "decode_steps", "decode steps run (every slot)", registry=r)
+        self.batched_steps = Counter(PREFIX + "batched_steps",
+                                     "rounds in which several slots decoded in one batched pass", registry=r)
         self.decode_seconds = Counter(PREFIX + "decode_seconds",
                                       "wall time of the compute thread's decode rounds; decode_steps over it is "
                                       "the server's decode throughput", registry=r)

@@ -78,7 +78,7 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
     except BaseException:
         model.close()
         raise
-    scheduler = Scheduler(contexts, served, config.queue, metrics)
+    scheduler = Scheduler(contexts, served, config.queue, metrics, batching=config.batching)
     scheduler.start()
     log.info("serving %s: %d slots of %d tokens, %d threads, heads %s", config.model_path.name, config.parallel,
              contexts[0].n_ctx, contexts[0].n_threads, heads.path if heads else "none")

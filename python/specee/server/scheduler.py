@@ -7,10 +7,11 @@ calls `step_all`, one decode step for every active slot, round after round:
 ggml already spreads one step over --threads cores, so a second compute
 thread would only make the two fight for the same cores.
 
-`step_all` is the seam for batched decoding: the C library has no batched
-multi-sequence decode call yet, so it loops over the slots one by one, and
-several streams share one stream's throughput between them. A batched call
-would replace that loop and nothing around it.
+`step_all` batches: the slots that decode at full depth (vanilla mode) go
+through one engine.decode_batch call, which reads the weights once for all
+of them (continuous batching: a slot joins the batch from the round after
+its prefill and leaves it when it finishes); slots in other modes (early
+exit) step one by one.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from ..engine import Context, SpeceeError
+from ..engine import Context, SpeceeError, decode_batch
 from .decoding import Job, ServedHeads
 from .metrics import ServerMetrics
 
@@ -41,8 +42,9 @@ class Slot:
 
 class Scheduler:
     def __init__(self, contexts: Sequence[Context], heads: Optional[ServedHeads], queue_limit: int,
-                 metrics: ServerMetrics):
+                 metrics: ServerMetrics, batching: bool = True):
         self.slots = [Slot(i, ctx) for i, ctx in enumerate(contexts)]
+        self.batching = batching  # off: every slot steps alone (for comparison)
         self.heads = heads
         self.queue_limit = queue_limit
         self.metrics = metrics
@@ -112,10 +114,26 @@ class Scheduler:
                 self.step_all(active)
 
     def step_all(self, slots: Sequence[Slot]) -> None:
-        """One decode step for each slot: a loop of single-sequence steps until
-        the library can decode several sequences in one batched call."""
+        """One decode step for each slot: one batched call for the batchable
+        ones (two or more), single steps for the rest."""
         t0 = time.perf_counter()
-        for slot in slots:
+        batched = [s for s in slots if s.job.batchable] if self.batching else []
+        if len(batched) < 2:
+            batched = []
+        alone = [s for s in slots if s not in batched]
+        if batched:
+            try:
+                decode_batch([s.ctx for s in batched], [s.job.tokens[-1] for s in batched])
+            except SpeceeError as e:
+                # one slot's bad state must not fail the others: step them alone
+                log.warning("batched step failed (%s); stepping %d slots one by one", e, len(batched))
+                alone += batched
+                batched = []
+            else:
+                self.metrics.batched_steps.inc()
+        for slot in batched:
+            self._guarded(slot, lambda s: s.job.step_batched(s.ctx))
+        for slot in alone:
             self._guarded(slot, lambda s: s.job.step(s.ctx))
         self.metrics.decode_steps.inc(len(slots))
         self.metrics.decode_seconds.inc(time.perf_counter() - t0)
