@@ -183,7 +183,10 @@ def test_draft_model_with_another_vocabulary_is_refused(tiny_llama, tmp_path):
     ("ngram", "unknown drafter 'ngram'"),
     ("model:", "unknown drafter"),
     ("model:/no/such.gguf", "neither a known model"),
-    ("lookup:3", "unknown drafter"),
+    ("lookup:0", "unknown drafter"),
+    ("lookup:99", "unknown drafter"),
+    ("lookup+auto", "parts of A\\+B"),
+    ("model:a+model:b", "neither a known model"),
 ])
 def test_bad_drafter_names(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -293,12 +296,12 @@ def test_policy_learns_acceptance_per_kind():
     good = Draft([1] * 7, [0.6] * 7, "lookup/3")
     assert policy.choose(good, 7) == 0 and policy.limits(7) == {"lookup/3": 0, "lookup/1": 0}
     for _ in range(20):
-        policy.verified(good, 7)  # every draft accepted
+        policy.verified(good, range(7))  # every draft accepted
     assert policy.choose(good, 7) == 7 and policy.limits(7)["lookup/3"] == 7
     # one draft token never pays here (2 tokens at most, for 2.3); lookup/1 learned nothing
     assert policy.limits(7)["lookup/1"] == 0 and policy.choose(good.cut(1), 1) == 0
     for _ in range(20):
-        policy.verified(good, 0)  # the text moved on: all rejected
+        policy.verified(good, [])  # the text moved on: all rejected
     assert policy.choose(good, 7) == 0
     # free drafts are scored while not verified
     for _ in range(60):
@@ -314,7 +317,7 @@ def test_policy_probes_a_costly_drafter_now_and_then():
     assert policy.limits(8) == {"model": 2}
     probe = Draft([3, 4], [0.2, 0.2], "model")
     assert policy.choose(probe, 8) == 2
-    policy.verified(probe, 0)
+    policy.verified(probe, [])
     assert policy.limits(8) == {"model": 0}
 
 

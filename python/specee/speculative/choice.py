@@ -2,7 +2,10 @@
 loads, and the drafters they open.
 
     lookup                 prompt lookup
+    lookup:N               prompt lookup with up to N branches (a token tree)
     model:NAME_OR_PATH     a draft model (a known model name or a GGUF path)
+    A+B                    several of the above, their drafts merged into one
+                           token tree and verified in one pass (SpecInfer)
     auto                   prompt lookup, plus a draft model when one is at
                            hand: a known model already in the cache, smaller
                            than the target, with the target's vocabulary
@@ -17,17 +20,30 @@ from ..engine import Model
 from ..fetch import MODELS, fetch_model, is_cached, known_models, model_cache_path
 from ..sampling import Sampler
 from .draft_model import ModelDrafter, VocabularyMismatchError, check_same_vocabulary
-from .drafters import Draft, Drafter, LookupDrafter
+from .drafters import Draft, Drafter, Kind, LookupDrafter, empty_draft
+from .tree import merge_drafts
 
-DRAFT_HELP = "lookup, model:NAME_OR_PATH (a smaller model with the same vocabulary) or auto"
+DRAFT_HELP = ("lookup, lookup:BRANCHES, model:NAME_OR_PATH (a smaller model with the same vocabulary), "
+              "several joined by + (one merged token tree), or auto")
+MAX_LOOKUP_BRANCHES = 8
 
 
 def parse_draft(spec: str) -> tuple[str, Optional[str]]:
-    """("lookup" | "auto", None) or ("model", NAME_OR_PATH); ValueError
-    naming what is allowed otherwise."""
+    """("lookup" | "auto", None), ("lookup", BRANCHES), ("model",
+    NAME_OR_PATH) or ("merge", SPEC) (its parts checked the same way);
+    ValueError naming what is allowed otherwise."""
+    if "+" in spec:
+        parts = spec.split("+")
+        if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model") for p in parts):
+            raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N] or model:X")
+        if sum(parse_draft(p)[0] == "model" for p in parts) > 1:
+            raise ValueError(f"drafter {spec!r}: at most one draft model")
+        return "merge", spec
     kind, sep, target = spec.partition(":")
     if kind in ("lookup", "auto") and not sep:
         return kind, None
+    if kind == "lookup" and target.isdigit() and 1 <= int(target) <= MAX_LOOKUP_BRANCHES:
+        return kind, target
     if kind == "model" and target:
         if target not in known_models() and not Path(target).is_file():
             raise ValueError(f"draft model {target!r} is neither a known model ({', '.join(known_models())}) "
@@ -41,6 +57,9 @@ def resolve_draft_model(spec: str, target_path: str | os.PathLike, progress: boo
     checked against the target's; None for drafters without a model. For
     auto: a cached known model that fits, or None."""
     kind, name = parse_draft(spec)
+    if kind == "merge":
+        models = [p for p in spec.split("+") if p.startswith("model:")]
+        return resolve_draft_model(models[0], target_path, progress) if models else None
     if kind == "model":
         path = fetch_model(name, progress=progress)
         check_same_vocabulary(target_path, path)
@@ -66,6 +85,31 @@ def _cached_draft_model(target_path: str | os.PathLike) -> Optional[Path]:
             continue
         fits.append((size, path))
     return max(fits)[1] if fits else None
+
+
+class MergedDrafter:
+    """Several drafters at once; their drafts merged into one token tree
+    (ref: SpecInfer's merge of several speculators' trees), verified in one
+    pass. The tree's own acceptance is kept under one kind, "merged"."""
+
+    KIND = "merged"
+
+    def __init__(self, drafters: Sequence[Drafter]):
+        self.drafters = list(drafters)
+        self.name = "+".join(d.name for d in self.drafters)
+        parts = [k for d in self.drafters for k in d.kinds.values()]
+        self.kinds = {self.KIND: Kind(sum(k.cost_per_token for k in parts), max(k.prior for k in parts))}
+
+    def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
+                limits: Optional[Mapping[str, int]] = None) -> Draft:
+        if limits is not None and limits.get(self.KIND, 0) == 0:
+            return empty_draft()
+        drafts = [d.propose(tokens, max_len, sampler, None) for d in self.drafters]
+        return merge_drafts(drafts, self.KIND).cut(max_len)
+
+    def close(self) -> None:
+        for d in self.drafters:
+            d.close()
 
 
 class AutoDrafter:
@@ -97,9 +141,20 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
                  draft_path: Optional[str | os.PathLike] = None) -> Drafter:
     """The drafter `spec` names, for contexts of `target`. `draft_path`: the
     draft model resolve_draft_model found (looked up here if not given)."""
-    kind, _ = parse_draft(spec)
+    kind, arg = parse_draft(spec)
     if kind == "lookup":
-        return LookupDrafter()
+        return LookupDrafter(branches=int(arg or 1))
+    if kind == "merge":
+        drafters: list[Drafter] = []
+        try:
+            for part in spec.split("+"):
+                drafters.append(open_drafter(part, target, n_ctx, n_threads,
+                                             draft_path if part.startswith("model:") else None))
+        except Exception:
+            for d in drafters:
+                d.close()
+            raise
+        return MergedDrafter(drafters)
     path = draft_path if draft_path is not None else resolve_draft_model(spec, target.path)
     model = ModelDrafter(path, target, n_ctx, n_threads) if path is not None else None
     return model if kind == "model" else AutoDrafter(LookupDrafter(), model)

@@ -4,7 +4,10 @@ A drafter answers `propose(tokens, max_len, sampler)` with a `Draft`: up to
 `max_len` tokens meant to follow `tokens` (the prompt and the text so far),
 a prior per-token confidence (the chance that each token is accepted once
 the ones before it were) and, when it sampled them, the distributions it
-drew from. Any source fits behind this: prompt lookup (here), a draft model
+drew from. A draft is a chain, or a token tree (`parents`: each token's
+parent in the draft, -1 for a token that follows the text directly; every
+parent comes before its children) whose branches the target verifies in one
+pass (ref: SpecInfer; tree.py). Any source fits behind this: prompt lookup (here), a draft model
 (draft_model.py), or a draft head that runs inside the target (EAGLE-style,
 not written yet: it would propose from the target's hidden state the same way).
 
@@ -20,37 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Protocol, Sequence
 
-import numpy as np
-
 from ..ngram_index import NgramIndex
 from ..ranges import COUNT
 from ..sampling import Sampler
-
-
-@dataclass
-class Draft:
-    tokens: list[int]
-    confidence: list[float]                 # per token, in (0, 1]
-    kind: str                               # running acceptance is kept per kind
-    q: Optional[list[np.ndarray]] = None    # draw distributions (sampling); None: the tokens were picked outright
-
-    def __post_init__(self) -> None:
-        if len(self.confidence) != len(self.tokens) or (self.q is not None and len(self.q) != len(self.tokens)):
-            raise ValueError("a draft needs one confidence (and one distribution, if any) per token")
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def cut(self, k: int) -> "Draft":
-        """The first k tokens."""
-        return Draft(self.tokens[:k], self.confidence[:k], self.kind, None if self.q is None else self.q[:k])
-
-
-EMPTY_KIND = "none"
-
-
-def empty_draft() -> Draft:
-    return Draft([], [], EMPTY_KIND)
+from .draft import EMPTY_KIND, Draft, empty_draft  # noqa: F401 (re-exported)
+from .tree import merge_drafts
 
 
 @dataclass(frozen=True)
@@ -77,12 +54,15 @@ class LookupDrafter:
     """Prompt lookup: the tokens that followed the most recent earlier
     occurrence of the last n tokens (n = max_ngram, ..., 1) in the prompt and
     the text so far. No model; copy-heavy text (code edits, quotes,
-    summaries that reuse phrases) is where it is right."""
+    summaries that reuse phrases) is where it is right. With branches > 1,
+    the continuations of up to that many earlier occurrences, merged into
+    one token tree (each branch's confidence scaled by its share of them)."""
 
     name = "lookup"
 
-    def __init__(self, max_ngram: int = 3):
+    def __init__(self, max_ngram: int = 3, branches: int = 1):
         self.max_ngram = COUNT.check("max_ngram", max_ngram)
+        self.branches = COUNT.check("branches", branches)
         self._index = NgramIndex(self.max_ngram)
         # a guess that longer matches copy better; the decode loop replaces it
         # with the acceptance it observes per match length
@@ -92,10 +72,14 @@ class LookupDrafter:
                 limits: Optional[Mapping[str, int]] = None) -> Draft:
         self._index.sync(tokens)
         for n in range(self.max_ngram, 0, -1):
-            follow = self._index.most_recent_continuation(n, max_len)
-            if follow:
+            found = self._index.recent_continuations(n, max_len, self.branches)
+            if found:
                 kind = f"lookup/{n}"
-                return Draft(follow, [self.kinds[kind].prior] * len(follow), kind)
+                prior = self.kinds[kind].prior
+                if len(found) == 1:
+                    return Draft(found[0], [prior] * len(found[0]), kind)
+                tree = merge_drafts([Draft(f, [prior] * len(f), kind) for f in found], kind, by_support=True)
+                return tree.cut(max_len)
         return empty_draft()
 
     def close(self) -> None:

@@ -93,11 +93,11 @@ def generate_speculative(
             plain_steps += 1
         else:
             chosen = draft.cut(k)
-            new, n_ok = (verify_greedy(ctx, token, chosen) if sampler.greedy
+            new, path = (verify_greedy(ctx, token, chosen) if sampler.greedy
                          else verify_sampled(ctx, token, chosen, sampler))
-            policy.verified(chosen, n_ok)
+            policy.verified(chosen, path)
             drafted += k
-            accepted += n_ok
+            accepted += len(path)
             verify_steps += 1
         for token in new:
             tokens.append(token)

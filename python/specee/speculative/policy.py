@@ -7,7 +7,10 @@ accepted), verifying k drafted tokens yields on average
 tokens (the accepted prefix plus the target's own next token) for
     cost(k + 1) + k * draft cost per token
 plain steps. A plain step yields 1 token for 1. Drafting happens only when
-E(k) / cost beats 1 by a margin.
+E(k) / cost beats 1 by a margin. A token tree is the same sum over its
+nodes: each adds the chance of its whole path (the product of the chances
+along it); drafters order tree nodes best first, so the loop verifies the
+prefix of k nodes that pays most.
 
 The chances come from the draft's confidences, rescaled per draft kind by
 the acceptance observed so far (recent verifications weigh more). A kind
@@ -17,6 +20,8 @@ by a short probe every `probe_interval` plain steps.
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -69,13 +74,18 @@ class DraftPolicy:
     # ---- the decision ----
 
     def best_length(self, chances: Sequence[float], cost_per_token: float) -> int:
-        """The k in 0..len(chances) with the most expected tokens per cost
-        (0 unless it beats plain decoding by the margin)."""
+        """For a chain: the k in 0..len(chances) with the most expected tokens
+        per cost (0 unless it beats plain decoding by the margin)."""
+        return self.best_size(list(itertools.accumulate(chances, operator.mul)), cost_per_token)
+
+    def best_size(self, path_chances: Sequence[float], cost_per_token: float) -> int:
+        """For a chain or a tree (nodes best first): the number of leading
+        nodes with the most expected tokens per cost, 0 unless it beats plain
+        decoding by the margin."""
         best_k, best_value = 0, 1.0 + self.margin
-        expected, run = 1.0, 1.0
-        for k, a in enumerate(chances, start=1):
-            run *= a
-            expected += run
+        expected = 1.0
+        for k, chance in enumerate(path_chances, start=1):
+            expected += chance
             value = expected / (self.curve(k + 1) + cost_per_token * k)
             if value > best_value:
                 best_k, best_value = k, value
@@ -100,16 +110,21 @@ class DraftPolicy:
         stats = self.stats[draft.kind]
         scale = stats.scale()
         chances = [min(c * scale, MAX_CHANCE) for c in draft.confidence[:cap]]
-        k = self.best_length(chances, 0.0)
+        k = self.best_size(draft.cut(len(chances)).path_chances(chances), 0.0)
         if k == 0 and self.kinds[draft.kind].cost_per_token > 0 and stats.since_verify >= self.probe_interval:
             k = min(self.probe_len, len(chances))  # a probe was drafted: verify it
         return k
 
     # ---- what happened ----
 
-    def verified(self, draft: Draft, n_accepted: int) -> None:
+    def verified(self, draft: Draft, path: Sequence[int]) -> None:
+        """`draft` was verified and its nodes `path` accepted (in order)."""
         stats = self.stats[draft.kind]
-        stats.record(draft.confidence, n_accepted)
+        # what was reached: the accepted path, then the likeliest child where it stopped
+        reached = [draft.confidence[i] for i in path]
+        stop_node = path[-1] if path else -1
+        tried = [draft.confidence[i] for i, p in enumerate(draft.parent_of) if p == stop_node]
+        stats.record(reached + ([max(tried)] if tried else []), len(path))
         stats.since_verify = 0
 
     def plain_step(self, draft: Draft, produced: int) -> None:
@@ -118,4 +133,6 @@ class DraftPolicy:
         for stats in self.stats.values():
             stats.since_verify += 1
         if len(draft) and draft.kind in self.stats and self.kinds[draft.kind].cost_per_token == 0:
-            self.stats[draft.kind].record(draft.confidence[:1], int(draft.tokens[0] == produced))
+            roots = [i for i, p in enumerate(draft.parent_of) if p == -1]
+            hit = next((i for i in roots if draft.tokens[i] == produced), None)
+            self.stats[draft.kind].record([draft.confidence[roots[0] if hit is None else hit]], int(hit is not None))
