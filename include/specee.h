@@ -363,6 +363,20 @@ SPECEE_API enum specee_status specee_draft_sync(
         int32_t                 capacity,
         int32_t               * out_n);
 
+/* EAGLE drafting: specee_draft_sync(next_token), then the draft head runs
+ * ahead of the target for n_steps - 1 more steps, each fed its own predicted
+ * feature and its best token. Step s's k best tokens (best first) go to
+ * out_tokens[s * k ...] and their probabilities under the draft (softmax
+ * over its vocabulary) to out_probs[s * k ...]. Afterwards the draft head's
+ * cache holds the synced positions only, as after specee_draft_sync. */
+SPECEE_API enum specee_status specee_draft_chain(
+        struct specee_context * ctx,
+        specee_token            next_token,
+        int32_t                 n_steps,
+        int32_t                 k,
+        specee_token          * out_tokens,
+        float                 * out_probs);
+
 /* Training data for the exit predictors: one full-depth step for `token`
  * that writes, after every layer l, the candidates' logits (cand_logits[l *
  * n_cand + i], as the predictor would see them) and that layer's

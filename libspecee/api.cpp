@@ -236,6 +236,11 @@ enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_pa
     return on_context(ctx, [&](specee::context & c) { c.truncate(n_past); });
 }
 
+enum specee_status specee_draft_chain(struct specee_context * ctx, specee_token next_token, int32_t n_steps,
+                                      int32_t k, specee_token * out_tokens, float * out_probs) {
+    return on_context(ctx, [&](specee::context & c) { c.draft_chain(next_token, n_steps, k, out_tokens, out_probs); });
+}
+
 enum specee_status specee_decode_tree(struct specee_context * ctx, const specee_token * tokens,
                                       const int32_t * parents, int32_t n_tokens) {
     return on_context(ctx, [&](specee::context & c) { c.decode_tree(tokens, parents, n_tokens); });

@@ -75,6 +75,11 @@ public:
     // them, the last of which is `next_token`; returns its top-k candidates
     // for the token after `next_token`.
     std::vector<int32_t> draft_sync(int32_t next_token);
+    // draft_sync(next_token), then the draft head runs ahead of the target
+    // for n_steps - 1 more steps, each fed its own predicted feature and
+    // best token (EAGLE); per step the k best tokens and their draft
+    // probabilities ([n_steps, k] each). Its cache keeps the synced positions only.
+    void draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_t * out_tokens, float * out_probs);
     uint32_t draft_n_past() const { return draft_kv_ ? draft_kv_->n_past() : 0; }
     // the draft's candidates after the last early-exit step (empty without a draft)
     const std::vector<int32_t> & next_candidates() const { return next_cands_; }
@@ -217,6 +222,8 @@ private:
     std::vector<float>         pending_features_;
     graph_slot                 draft_slots_[2];   // multi-token, single-token
     std::vector<float>         draft_logits_;
+    std::vector<float>         draft_hidden_;     // the last draft step's predicted feature [n_embd]
+    std::vector<int32_t>       draft_top(size_t k, float * probs) const;
     std::vector<int32_t>       next_cands_;
     std::vector<int32_t>       trace_argmax_;     // [n_layer] of the last trace step
 

@@ -6,6 +6,7 @@
 #include "error.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace specee {
@@ -26,7 +27,6 @@ void context::keep_pending(const int32_t * tokens, const float * features, uint3
 
 std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {
     scoped_timer timer(perf_.t_draft_us);
-    const draft_weights & d = heads_->draft;
     const uint32_t pos = draft_kv_->n_past();
     if (uint64_t(pos) + n > draft_kv_->n_ctx()) {
         fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
@@ -49,20 +49,70 @@ std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * fe
         if (done == n) {
             draft_logits_.resize(size_t(ggml_nelements(slot.g.logits)));
             ggml_backend_tensor_get(slot.g.logits, draft_logits_.data(), 0, draft_logits_.size() * sizeof(float));
+            draft_hidden_.resize(size_t(ggml_nelements(slot.g.hidden)));
+            ggml_backend_tensor_get(slot.g.hidden, draft_hidden_.data(), 0, draft_hidden_.size() * sizeof(float));
         }
     }
-    // top-k rows, best first, mapped to token ids
-    const size_t k = std::min(size_t(heads_->n_cand), draft_logits_.size());
+    return draft_top(size_t(heads_->n_cand), nullptr);
+}
+
+std::vector<int32_t> context::draft_top(size_t k, float * probs) const {
+    // top-k rows of the last draft logits, best first, mapped to token ids
+    const draft_weights & d = heads_->draft;
+    k = std::min(k, draft_logits_.size());
     std::vector<int32_t> idx(draft_logits_.size());
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(), [&](int32_t a, int32_t b) {
         return draft_logits_[size_t(a)] > draft_logits_[size_t(b)] ||
                (draft_logits_[size_t(a)] == draft_logits_[size_t(b)] && a < b);
     });
+    double sum = 0.0;  // softmax over the draft's vocabulary, for the probabilities
+    const float top = k > 0 ? draft_logits_[size_t(idx[0])] : 0.0f;
+    for (float l : draft_logits_) {
+        sum += std::exp(double(l - top));
+    }
+    std::vector<int32_t> out;
     for (size_t i = 0; i < k; i++) {
         out.push_back(d.vocab.empty() ? idx[i] : d.vocab[size_t(idx[i])]);
+        if (probs) {
+            probs[i] = float(std::exp(double(draft_logits_[size_t(idx[i])] - top)) / sum);
+        }
     }
     return out;
+}
+
+void context::draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_t * out_tokens, float * out_probs) {
+    if (n_steps < 1 || k < 1 || out_tokens == nullptr || out_probs == nullptr) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "a draft chain needs n_steps >= 1, k >= 1 and its output arrays");
+    }
+    if (has_draft()) {
+        const int64_t n_draft_vocab = heads_->draft.output ? heads_->draft.output->ne[1] : model_.hp.n_vocab;
+        if (k > n_draft_vocab) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "k = %d is more than the draft's %lld tokens", k,
+                 (long long) n_draft_vocab);
+        }
+    }
+    draft_sync(next_token);  // checks the rest; the draft then predicts the token after next_token
+    const uint32_t synced = draft_kv_->n_past();
+    try {
+        for (int32_t step = 0; step < n_steps; step++) {
+            const std::vector<int32_t> top = draft_top(size_t(k), out_probs + size_t(step) * size_t(k));
+            std::copy(top.begin(), top.end(), out_tokens + size_t(step) * size_t(k));
+            if (step + 1 == n_steps) {
+                break;
+            }
+            if (uint64_t(draft_kv_->n_past()) + 1 > draft_kv_->n_ctx()) {
+                fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
+            }
+            // the next pair: this step's predicted feature with its best token
+            const std::vector<float> feature = draft_hidden_;
+            draft_run(&top[0], feature.data(), 1);
+        }
+    } catch (...) {
+        draft_kv_->truncate(synced);
+        throw;
+    }
+    draft_kv_->truncate(synced);  // the chain was a guess: keep only what the target confirmed
 }
 
 std::vector<int32_t> context::draft_sync(int32_t next_token) {

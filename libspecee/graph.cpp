@@ -379,6 +379,10 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     if (n > 1) {
         x = last_column(ctx0, x);
     }
+    g.hidden = ggml_cont(ctx0, x);  // the predicted feature: what a further draft step is fed (EAGLE)
+    ggml_set_name(g.hidden, "draft_hidden");
+    ggml_set_output(g.hidden);
+    ggml_build_forward_expand(g.gf, g.hidden);
     g.logits = ggml_mul_mat(ctx0, d.output ? d.output : m.output, x);        // [n_draft_vocab, 1]
     ggml_set_name(g.logits, "draft_logits");
     ggml_set_output(g.logits);

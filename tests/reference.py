@@ -195,6 +195,7 @@ class DraftReference:
         x = w["draft.fc.weight"] @ x + w.get("draft.fc.bias", 0.0)
         x = t._block(w, "draft.blk.", x, self.n_past, self.k, self.v, plain=True)
         self.n_past += 1
+        self.predicted_feature = x  # what a further (EAGLE) step is fed
         return self.out @ x
 
     def top_k(self, logits: np.ndarray, k: int) -> list[int]:

@@ -89,7 +89,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             attach_heads(ctx, heads, args.threshold, None if args.verify is None else args.verify == "full")
         drafter = None
         if args.mode == "speculative":
-            drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path)
+            drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path, ctx=ctx,
+                                   heads_path=args.heads)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:

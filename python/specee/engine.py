@@ -404,6 +404,20 @@ class Context(_Handle):
         self._check(lib.specee_draft_sync(self.ptr, int(next_token), out, lib.SPECEE_MAX_CANDIDATES, n))
         return [int(out[i]) for i in range(n[0])]
 
+    def draft_chain(self, next_token: int, n_steps: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """EAGLE drafting: draft_sync(next_token), then the draft head runs
+        n_steps - 1 steps ahead on its own predictions. Returns the k best
+        tokens of each step ([n_steps, k], best first) and their draft
+        probabilities ([n_steps, k]); the draft's cache keeps only the synced
+        positions."""
+        if n_steps < 1 or k < 1:
+            raise InvalidArgumentError(f"n_steps and k must be at least 1, got {n_steps} and {k}")
+        tokens = np.zeros((n_steps, k), dtype=np.int32)
+        probs = np.zeros((n_steps, k), dtype=np.float32)
+        self._check(lib.specee_draft_chain(self.ptr, int(next_token), n_steps, k, ffi.from_buffer("int32_t[]", tokens),
+                                           ffi.from_buffer("float[]", probs)))
+        return tokens, probs
+
     @property
     def exit_layer(self) -> int:
         return int(lib.specee_get_exit_layer(self.ptr))

@@ -4,6 +4,8 @@ loads, and the drafters they open.
     lookup                 prompt lookup
     lookup:N               prompt lookup with up to N branches (a token tree)
     model:NAME_OR_PATH     a draft model (a known model name or a GGUF path)
+    eagle, eagle:N         the EAGLE draft head of the heads that ship for the
+                           model: a chain with N - 1 runners-up per step (N = 3)
     A+B                    several of the above, their drafts merged into one
                            token tree and verified in one pass (SpecInfer)
     auto                   prompt lookup, plus a draft model when one is at
@@ -16,15 +18,17 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from ..engine import Model
+from ..engine import Context, Heads, Model
+from ..shipped_heads import default_heads
 from ..fetch import MODELS, fetch_model, is_cached, known_models, model_cache_path
 from ..sampling import Sampler
 from .draft_model import ModelDrafter, VocabularyMismatchError, check_same_vocabulary
 from .drafters import Draft, Drafter, Kind, LookupDrafter, empty_draft
+from .eagle import EagleDrafter
 from .tree import merge_drafts
 
 DRAFT_HELP = ("lookup, lookup:BRANCHES, model:NAME_OR_PATH (a smaller model with the same vocabulary), "
-              "several joined by + (one merged token tree), or auto")
+              "eagle[:BRANCHES] (the shipped draft head), several joined by + (one merged token tree), or auto")
 MAX_LOOKUP_BRANCHES = 8
 
 
@@ -34,15 +38,16 @@ def parse_draft(spec: str) -> tuple[str, Optional[str]]:
     ValueError naming what is allowed otherwise."""
     if "+" in spec:
         parts = spec.split("+")
-        if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model") for p in parts):
-            raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N] or model:X")
+        if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model", "eagle") for p in parts):
+            raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N], eagle[:N] "
+                             "or model:X")
         if sum(parse_draft(p)[0] == "model" for p in parts) > 1:
             raise ValueError(f"drafter {spec!r}: at most one draft model")
         return "merge", spec
     kind, sep, target = spec.partition(":")
-    if kind in ("lookup", "auto") and not sep:
+    if kind in ("lookup", "auto", "eagle") and not sep:
         return kind, None
-    if kind == "lookup" and target.isdigit() and 1 <= int(target) <= MAX_LOOKUP_BRANCHES:
+    if kind in ("lookup", "eagle") and target.isdigit() and 1 <= int(target) <= MAX_LOOKUP_BRANCHES:
         return kind, target
     if kind == "model" and target:
         if target not in known_models() and not Path(target).is_file():
@@ -138,18 +143,35 @@ class AutoDrafter:
 
 
 def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
-                 draft_path: Optional[str | os.PathLike] = None) -> Drafter:
+                 draft_path: Optional[str | os.PathLike] = None, ctx: Optional[Context] = None,
+                 heads_path: Optional[str | os.PathLike] = None) -> Drafter:
     """The drafter `spec` names, for contexts of `target`. `draft_path`: the
-    draft model resolve_draft_model found (looked up here if not given)."""
+    draft model resolve_draft_model found (looked up here if not given).
+    `ctx`: the (empty) context the decode runs in, which the EAGLE drafter
+    attaches its heads to; `heads_path`: their file (default: the heads that
+    ship for the model)."""
     kind, arg = parse_draft(spec)
     if kind == "lookup":
         return LookupDrafter(branches=int(arg or 1))
+    if kind == "eagle":
+        if ctx is None:
+            raise ValueError("the eagle drafter runs inside the target's context: pass ctx")
+        heads_path = heads_path or default_heads(target.fingerprint)
+        if heads_path is None:
+            raise ValueError(f"no trained heads ship for {target.path}; the eagle drafter needs a head file with "
+                             "a draft head (train one with `specee train all`)")
+        heads = Heads(target, heads_path)
+        try:
+            return EagleDrafter(ctx, heads, heads_path, branches=int(arg or 3))
+        except Exception:
+            heads.close()
+            raise
     if kind == "merge":
         drafters: list[Drafter] = []
         try:
             for part in spec.split("+"):
                 drafters.append(open_drafter(part, target, n_ctx, n_threads,
-                                             draft_path if part.startswith("model:") else None))
+                                             draft_path if part.startswith("model:") else None, ctx, heads_path))
         except Exception:
             for d in drafters:
                 d.close()
