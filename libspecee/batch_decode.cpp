@@ -3,6 +3,7 @@
 // weights are read once per step for all of them.
 #include "batch_graph.h"
 #include "context.h"
+#include "graph_parts.h"
 
 #include "error.h"
 
@@ -86,13 +87,7 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
         mask.resize(plans[s].n_kv);
         for (size_t u = 0; u < q.masks.size(); u++) {
             kv.build_mask(q.mask_layer[u], plans[s].pos, 1, plans[s].n_kv, mask.data());
-            if (q.masks[u]->type == GGML_TYPE_F16) {
-                mask_f16.resize(mask.size());
-                ggml_fp32_to_fp16_row(mask.data(), mask_f16.data(), int64_t(mask.size()));
-                ggml_backend_tensor_set(q.masks[u], mask_f16.data(), 0, mask_f16.size() * sizeof(ggml_fp16_t));
-            } else {
-                ggml_backend_tensor_set(q.masks[u], mask.data(), 0, mask.size() * sizeof(float));
-            }
+            set_mask_input(q.masks[u], mask.data(), mask.size(), mask_f16);
         }
     }
 

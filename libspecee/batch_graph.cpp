@@ -72,15 +72,9 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
     // ---- output ----
     ggml_tensor * normed = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
     if (want_hidden) {
-        g.hidden = ggml_cont(ctx0, normed);
-        ggml_set_name(g.hidden, "batch_hidden");
-        ggml_set_output(g.hidden);
-        ggml_build_forward_expand(g.gf, g.hidden);
+        g.hidden = mark_output(g.gf, ggml_cont(ctx0, normed), "batch_hidden");
     }
-    g.logits = ggml_mul_mat(ctx0, m.output, normed);                       // [n_vocab, n]
-    ggml_set_name(g.logits, "batch_logits");
-    ggml_set_output(g.logits);
-    ggml_build_forward_expand(g.gf, g.logits);
+    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output, normed), "batch_logits");  // [n_vocab, n]
     return g;
 }
 

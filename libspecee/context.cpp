@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "ggml_log.h"
+#include "graph_parts.h"
 
 #include <algorithm>
 #include <cstring>
@@ -291,13 +292,7 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
         } else {
             kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
         }
-        if (g.masks[u]->type == GGML_TYPE_F16) {
-            mask_f16_.resize(mask_buf_.size());
-            ggml_fp32_to_fp16_row(mask_buf_.data(), mask_f16_.data(), int64_t(mask_buf_.size()));
-            set_input(g.masks[u], mask_f16_.data(), 0, mask_f16_.size() * sizeof(ggml_fp16_t));
-        } else {
-            set_input(g.masks[u], mask_buf_.data(), 0, mask_buf_.size() * sizeof(float));
-        }
+        set_mask_input(g.masks[u], mask_buf_.data(), mask_buf_.size(), mask_f16_);
     }
 
     const int64_t t_compute = ggml_time_us();

@@ -158,6 +158,26 @@ ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_te
     return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
 }
 
+ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) {
+    ggml_set_name(t, name);
+    ggml_set_output(t);
+    ggml_build_forward_expand(gf, t);
+    return t;
+}
+
+void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch) {
+    if (t->buffer == nullptr && t->data == nullptr) {
+        return;  // a segment without layers reads no masks
+    }
+    if (t->type == GGML_TYPE_F16) {
+        scratch.resize(n);
+        ggml_fp32_to_fp16_row(mask, scratch.data(), int64_t(n));
+        ggml_backend_tensor_set(t, scratch.data(), 0, n * sizeof(ggml_fp16_t));
+    } else {
+        ggml_backend_tensor_set(t, mask, 0, n * sizeof(float));
+    }
+}
+
 // Positions and the cells K/V go to: every graph that writes the cache has them.
 static void add_position_inputs(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int64_t n,
                                 forward_graph & g) {
@@ -329,10 +349,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
-        g.logits = ggml_mul_mat(ctx0, m.output, h);                   // [n_vocab, n_logits]
-        ggml_set_name(g.logits, "logits");
-        ggml_set_output(g.logits);
-        ggml_build_forward_expand(g.gf, g.logits);
+        g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output, h), "logits");  // [n_vocab, n_logits]
     }
     return g;
 }
@@ -379,14 +396,9 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     if (n > 1) {
         x = last_column(ctx0, x);
     }
-    g.hidden = ggml_cont(ctx0, x);  // the predicted feature: what a further draft step is fed (EAGLE)
-    ggml_set_name(g.hidden, "draft_hidden");
-    ggml_set_output(g.hidden);
-    ggml_build_forward_expand(g.gf, g.hidden);
-    g.logits = ggml_mul_mat(ctx0, d.output ? d.output : m.output, x);        // [n_draft_vocab, 1]
-    ggml_set_name(g.logits, "draft_logits");
-    ggml_set_output(g.logits);
-    ggml_build_forward_expand(g.gf, g.logits);
+    // the predicted feature: what a further draft step is fed (EAGLE)
+    g.hidden = mark_output(g.gf, ggml_cont(ctx0, x), "draft_hidden");
+    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, d.output ? d.output : m.output, x), "draft_logits");  // [n_draft_vocab, 1]
     return g;
 }
 

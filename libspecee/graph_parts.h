@@ -6,6 +6,7 @@
 #include "model.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace specee {
 
@@ -50,5 +51,13 @@ ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & k
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
 ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur);
+
+// Names t, marks it as a graph output and adds it to gf; returns t.
+ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name);
+
+// Copies an attention mask ([n] floats: 0 or -inf) into its graph input,
+// converted to F16 where the input is F16 (the fused kernel's), through
+// `scratch`. Skips an input the graph left without memory.
+void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch);
 
 } // namespace specee

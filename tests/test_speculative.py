@@ -213,6 +213,25 @@ def exact_joint(model, prompt, sampler, depth):
     return out
 
 
+def assert_same_distribution(counts: dict, exact: dict, n_samples: int) -> None:
+    """Chi-square test of observed outcome counts against exact chances."""
+    # pool the rarest outcomes so every expected count is at least 5
+    keys = sorted(exact, key=exact.get)
+    observed, expected, pool_o, pool_e = [], [], 0, 0.0
+    for key in keys:
+        pool_o += counts[key]
+        pool_e += exact[key] * n_samples
+        if pool_e >= 5:
+            observed.append(pool_o)
+            expected.append(pool_e)
+            pool_o, pool_e = 0, 0.0
+    expected[-1] += pool_e
+    observed[-1] += pool_o
+    assert len(observed) > 10
+    result = chisquare(observed, np.array(expected) * sum(observed) / sum(expected))
+    assert result.pvalue > 0.001, (result, counts)
+
+
 class Likeliest:
     """Proposes the target's own likeliest chain as point masses: accepted often, not always."""
 
@@ -234,16 +253,64 @@ class Likeliest:
         self.ctx.close()
 
 
-@pytest.mark.parametrize("which", ["likeliest", "draft model"])
+class SampledTree:
+    """Two independent draws from a draft model's distribution at the root
+    (siblings, possibly the same token), each with one drawn child; plus the
+    target's own likeliest token as a point-mass sibling: every case the
+    multi-step scheme handles."""
+
+    name = "sampled-tree"
+    kinds = {"tree": Kind(0.0, 0.5)}
+
+    def __init__(self, target: Model, draft_path: str):
+        self.draft = Model(draft_path)
+        self.dctx = self.draft.context(n_ctx=64, n_threads=1)
+        self.tctx = target.context(n_ctx=64, n_threads=1)
+
+    def _q(self, tokens, sampler):
+        self.dctx.truncate(0)
+        self.dctx.prefill(list(tokens))
+        return probabilities(self.dctx.logits(), sampler.temperature, sampler.top_k, sampler.top_p)
+
+    def propose(self, tokens, max_len, sampler=None, limits=None):
+        rng = sampler.rng
+        q0 = self._q(tokens, sampler)
+        out, parents, qs = [], [], []
+        for _ in range(2):
+            x = int(rng.choice(q0.size, p=q0))
+            out.append(x)
+            parents.append(-1)
+            qs.append(q0)
+            q1 = self._q(list(tokens) + [x], sampler)
+            out.append(int(rng.choice(q1.size, p=q1)))
+            parents.append(len(out) - 2)
+            qs.append(q1)
+        self.tctx.truncate(0)
+        self.tctx.prefill(list(tokens))
+        out.append(self.tctx.argmax())
+        parents.append(-1)
+        qs.append(None)
+        n = min(max_len, len(out))
+        return Draft(out[:n], [0.5] * n, "tree", qs[:n], parents[:n])
+
+    def close(self):
+        self.dctx.close()
+        self.tctx.close()
+        self.draft.close()
+
+
+@pytest.mark.parametrize("which", ["likeliest", "draft model", "sampled tree"])
 def test_speculative_sampling_keeps_the_target_distribution(tiny_model_factory, which):
     # top-k keeps at most 4^3 outcomes
     settings = dict(temperature=1.0, top_k=4, top_p=0.95)
     n_samples, depth = 1500, 3
     with Model(tiny_model_factory(**UNTIED)) as m:
         exact = exact_joint(m, PROMPT, Sampler(**settings), depth)
+        # the target's weights in 4 bits: a draft distribution near the target's, not equal
+        near = tiny_model_factory(qtype="Q4_0", **UNTIED)
         drafter = (Likeliest(m) if which == "likeliest"
-                   # the target's weights in 4 bits: a draft distribution near the target's, not equal
-                   else ModelDrafter(tiny_model_factory(qtype="Q4_0", **UNTIED), m, n_ctx=64, n_threads=1, p_min=0.0))
+                   else SampledTree(m, near) if which == "sampled tree"  # SpecInfer's multi-step case
+                   else ModelDrafter(near, m, n_ctx=64, n_threads=1, p_min=0.0))
         counts = dict.fromkeys(exact, 0)
         drafted = accepted = 0
         try:
@@ -251,28 +318,14 @@ def test_speculative_sampling_keeps_the_target_distribution(tiny_model_factory, 
                 for seed in range(n_samples):
                     ctx.truncate(0)
                     r = generate_speculative(ctx, PROMPT, depth, drafter, Sampler(**settings, seed=seed),
-                                             draft_max=4, policy=AlwaysDraft(drafter.kinds))
+                                             draft_max=5, policy=AlwaysDraft(drafter.kinds))
                     counts[tuple(r.tokens)] += 1  # a KeyError here: an outcome plain sampling never makes
                     drafted += r.extra["drafted"]
                     accepted += r.extra["accepted"]
         finally:
             drafter.close()
     assert 0 < accepted < drafted  # both acceptances and rejections were exercised
-    # pool the rarest outcomes so every expected count is at least 5
-    keys = sorted(exact, key=exact.get)
-    observed, expected, pool_o, pool_e = [], [], 0, 0.0
-    for key in keys:
-        pool_o += counts[key]
-        pool_e += exact[key] * n_samples
-        if pool_e >= 5:
-            observed.append(pool_o)
-            expected.append(pool_e)
-            pool_o, pool_e = 0, 0.0
-    expected[-1] += pool_e
-    observed[-1] += pool_o
-    assert len(observed) > 10
-    result = chisquare(observed, np.array(expected) * sum(observed) / sum(expected))
-    assert result.pvalue > 0.001, (result, counts)
+    assert_same_distribution(counts, exact, n_samples)
 
 
 # ---- the decision: draft only when it pays ----

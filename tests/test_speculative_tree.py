@@ -1,18 +1,16 @@
 """Token trees in speculative decoding: merging drafts into one tree,
 greedy tree verification equal to plain greedy, lookup trees and merged
-drafters (SpecInfer), and multi-step speculative sampling over sibling
-drafts keeping the target's distribution (chi-square)."""
+drafters (SpecInfer). Multi-step speculative sampling over sibling drafts
+is tested with the other sampling tests (test_speculative.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chisquare
 
 from specee.engine import Model
-from specee.sampling import Sampler, probabilities
-from specee.speculative import (Draft, Kind, LookupDrafter, MergedDrafter, generate_speculative, merge_drafts,
+from specee.speculative import (Draft, Kind, LookupDrafter, MergedDrafter, merge_drafts,
                                 open_drafter, parse_draft)
-from test_speculative import COPY_PROMPT, PROMPT, UNTIED, AlwaysDraft, exact_joint, plain, speculative
+from test_speculative import COPY_PROMPT, PROMPT, UNTIED, plain, speculative
 
 
 def test_merge_shares_prefixes_branches_where_drafts_differ_and_orders_best_first():
@@ -130,85 +128,3 @@ def test_lookup_tree_branches_over_earlier_occurrences():
 def test_drafter_specs_for_trees():
     assert parse_draft("lookup:4") == ("lookup", "4")
     assert parse_draft("lookup+lookup:2") == ("merge", "lookup+lookup:2")
-
-
-class SampledTree:
-    """Two independent draws from a draft model's distribution at the root
-    (siblings, possibly the same token), each with one drawn child; plus the
-    target's own likeliest token as a point-mass sibling: every case the
-    multi-step scheme handles."""
-
-    name = "sampled-tree"
-    kinds = {"tree": Kind(0.0, 0.5)}
-
-    def __init__(self, target: Model, draft_path: str):
-        self.draft = Model(draft_path)
-        self.dctx = self.draft.context(n_ctx=64, n_threads=1)
-        self.tctx = target.context(n_ctx=64, n_threads=1)
-
-    def _q(self, tokens, sampler):
-        self.dctx.truncate(0)
-        self.dctx.prefill(list(tokens))
-        return probabilities(self.dctx.logits(), sampler.temperature, sampler.top_k, sampler.top_p)
-
-    def propose(self, tokens, max_len, sampler=None, limits=None):
-        rng = sampler.rng
-        q0 = self._q(tokens, sampler)
-        out, parents, qs = [], [], []
-        for _ in range(2):
-            x = int(rng.choice(q0.size, p=q0))
-            out.append(x)
-            parents.append(-1)
-            qs.append(q0)
-            q1 = self._q(list(tokens) + [x], sampler)
-            out.append(int(rng.choice(q1.size, p=q1)))
-            parents.append(len(out) - 2)
-            qs.append(q1)
-        self.tctx.truncate(0)
-        self.tctx.prefill(list(tokens))
-        out.append(self.tctx.argmax())
-        parents.append(-1)
-        qs.append(None)
-        n = min(max_len, len(out))
-        return Draft(out[:n], [0.5] * n, "tree", qs[:n], parents[:n])
-
-    def close(self):
-        self.dctx.close()
-        self.tctx.close()
-        self.draft.close()
-
-
-def test_multi_step_speculative_sampling_keeps_the_target_distribution(tiny_model_factory):
-    settings = dict(temperature=1.0, top_k=4, top_p=0.95)
-    n_samples, depth = 1500, 3
-    with Model(tiny_model_factory(**UNTIED)) as m:
-        exact = exact_joint(m, PROMPT, Sampler(**settings), depth)
-        drafter = SampledTree(m, tiny_model_factory(qtype="Q4_0", **UNTIED))
-        counts = dict.fromkeys(exact, 0)
-        drafted = accepted = 0
-        try:
-            with m.context(n_ctx=64, n_threads=1) as ctx:
-                for seed in range(n_samples):
-                    ctx.truncate(0)
-                    r = generate_speculative(ctx, PROMPT, depth, drafter, Sampler(**settings, seed=seed),
-                                             draft_max=5, policy=AlwaysDraft(drafter.kinds))
-                    counts[tuple(r.tokens)] += 1  # a KeyError: an outcome plain sampling never makes
-                    drafted += r.extra["drafted"]
-                    accepted += r.extra["accepted"]
-        finally:
-            drafter.close()
-    assert 0 < accepted < drafted
-    keys = sorted(exact, key=exact.get)
-    observed, expected, pool_o, pool_e = [], [], 0, 0.0
-    for key in keys:  # pool the rarest outcomes so every expected count is at least 5
-        pool_o += counts[key]
-        pool_e += exact[key] * n_samples
-        if pool_e >= 5:
-            observed.append(pool_o)
-            expected.append(pool_e)
-            pool_o, pool_e = 0, 0.0
-    expected[-1] += pool_e
-    observed[-1] += pool_o
-    assert len(observed) > 10
-    result = chisquare(observed, np.array(expected) * sum(observed) / sum(expected))
-    assert result.pvalue > 0.001, (result, counts)
