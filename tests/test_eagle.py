@@ -9,9 +9,9 @@ import pytest
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidArgumentError, Model
 from specee.heads_file import constant_predictor, write_heads
-from specee.speculative import EagleDrafter, MergedDrafter, open_drafter
+from specee.speculative import EagleDrafter, MergedDrafter, generate_speculative, open_drafter
 from test_draft_head import random_draft
-from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain, speculative
+from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,6 @@ def test_eagle_drafter_greedy_is_plain_greedy(tiny6, heads_file, spec):
                 drafter = open_drafter(spec, m, 64, 1, ctx=ctx, heads_path=path)
                 try:
                     assert isinstance(drafter, MergedDrafter if "+" in spec else EagleDrafter)
-                    from specee.speculative import generate_speculative
                     got = generate_speculative(ctx, prompt, 30, drafter, draft_max=6,
                                                policy=AlwaysDraft(drafter.kinds))
                 finally:

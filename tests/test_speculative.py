@@ -4,7 +4,6 @@ plain sampling's distribution under speculative sampling (chi-square), the
 draft-length decision on synthetic cost curves, and the CLI."""
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
