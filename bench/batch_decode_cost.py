@@ -1,6 +1,7 @@
 """What continuous batching buys: one decode step for each of n contexts in
 one specee_decode_batch pass against n single-token decodes, alternated
-round by round on the same model and threads.
+round by round on the same model and threads (the contexts share one
+thread pool, as the server's slots do).
 
     python bench/batch_decode_cost.py --model smollm2-135m --threads 2 --sizes 1,2,4,8 --rounds 20
 
@@ -33,6 +34,8 @@ def main() -> int:
     with Model(fetch_model(args.model, progress=False)) as m:
         for n in sizes:
             ctxs = [m.context(n_ctx=512, n_threads=args.threads) for _ in range(n)]
+            for c in ctxs[1:]:
+                c.share_threads(ctxs[0])  # as the server does: one pool, none spinning idle
             for c in ctxs:
                 c.prefill(PROMPT)
             tokens = [c.argmax() for c in ctxs]

@@ -262,6 +262,16 @@ SPECEE_API const float * specee_get_hidden(struct specee_context * ctx, int32_t 
  * the current one. */
 SPECEE_API enum specee_status specee_kv_truncate(struct specee_context * ctx, uint32_t n_past);
 
+/* From now on `ctx` computes on the thread pool of `with` (its own pool is
+ * freed unless another context shares it; a pool lives as long as any
+ * context using it). For several contexts that one thread drives in turn
+ * (a server's slots): one set of threads instead of one per context, whose
+ * idle pools would otherwise spin against the working one. The contexts
+ * sharing a pool must never compute at the same time. */
+SPECEE_API enum specee_status specee_context_share_threads(
+        struct specee_context * ctx,
+        struct specee_context * with);
+
 /* ---- token trees: many drafted continuations verified in one pass ---- */
 
 /* Decodes a tree of n_tokens drafted tokens after the n_past cached ones, in

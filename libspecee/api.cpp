@@ -241,6 +241,13 @@ enum specee_status specee_draft_chain(struct specee_context * ctx, specee_token 
     return on_context(ctx, [&](specee::context & c) { c.draft_chain(next_token, n_steps, k, out_tokens, out_probs); });
 }
 
+enum specee_status specee_context_share_threads(struct specee_context * ctx, struct specee_context * with) {
+    if (with == nullptr) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    return on_context(ctx, [&](specee::context & c) { c.share_threads(*with); });
+}
+
 enum specee_status specee_decode_tree(struct specee_context * ctx, const specee_token * tokens,
                                       const int32_t * parents, int32_t n_tokens) {
     return on_context(ctx, [&](specee::context & c) { c.decode_tree(tokens, parents, n_tokens); });

@@ -55,12 +55,12 @@ context::context(const model & m, const specee_context_params & params)
         // A persistent thread pool: threads stay alive (and spin briefly)
         // between graphs instead of being created for every token.
         ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads_);
-        threadpool_ = ggml_threadpool_new(&tpp);
+        threadpool_.reset(ggml_threadpool_new(&tpp), ggml_threadpool_free);
         if (threadpool_ == nullptr) {
             fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a pool of %d threads", n_threads_);
         }
         ggml_backend_cpu_set_n_threads(backend_, n_threads_);
-        ggml_backend_cpu_set_threadpool(backend_, threadpool_);
+        ggml_backend_cpu_set_threadpool(backend_, threadpool_.get());
 
         graph_size_ = std::max(1024, 48 * m.hp.n_layer + 64);
         if (m.devices.any_offload()) {
@@ -123,10 +123,18 @@ void context::release() {
     state_ctx_ = nullptr;
     ggml_backend_free(backend_);  // before the thread pool it uses
     backend_ = nullptr;
-    if (threadpool_) {
-        ggml_threadpool_free(threadpool_);
-        threadpool_ = nullptr;
+    threadpool_.reset();  // freed with its last user
+}
+
+void context::share_threads(context & with) {
+    if (&with == this || with.threadpool_ == threadpool_) {
+        return;
     }
+    // the old pool is paused by ggml, then freed here unless another context uses it
+    ggml_backend_cpu_set_threadpool(backend_, with.threadpool_.get());
+    ggml_backend_cpu_set_n_threads(backend_, with.n_threads_);
+    threadpool_ = with.threadpool_;
+    n_threads_  = with.n_threads_;
 }
 
 context::graph_slot::~graph_slot() {

@@ -98,6 +98,9 @@ public:
     void tree_accept(const int32_t * rows, int32_t n);
     bool tree_pending() const { return tree_.n > 0; }
 
+    // Computes on `with`'s thread pool from now on (see specee_context_share_threads).
+    void share_threads(context & with);
+
     // ---- several contexts in one pass (batch_decode.cpp) ----
     // One full-depth token for each context (see specee_decode_batch).
     static void decode_batch(context * const * contexts, const int32_t * tokens, int32_t n);
@@ -172,7 +175,7 @@ private:
     int32_t       n_threads_;
 
     ggml_backend_t     backend_    = nullptr;   // the CPU
-    ggml_threadpool_t  threadpool_ = nullptr;
+    std::shared_ptr<ggml_threadpool> threadpool_;  // shared by contexts that share_threads()
     std::vector<ggml_backend_t> offload_backends_;  // one per offload device of the model
     ggml_backend_sched_t        sched_ = nullptr;   // only with offload devices
     bool has_offload() const { return sched_ != nullptr; }

@@ -187,3 +187,18 @@ def test_decode_batch_refuses_bad_input_and_changes_nothing(tiny, tiny_model_fac
         with pytest.raises(InvalidArgumentError, match="token tree is pending"):
             decode_batch([a, b], [1, 2])
         assert a.n_past == 3
+
+
+def test_contexts_sharing_one_thread_pool_decode_as_before(tiny):
+    with Model(tiny) as m:
+        a, b, c = (m.context(n_ctx=64, n_threads=2) for _ in range(3))
+        alone = m.context(n_ctx=64, n_threads=2)
+        b.share_threads(a)
+        c.share_threads(b)  # b's pool is a's now
+        a.close()           # the pool lives on with b and c
+        for ctx in (b, c, alone):
+            ctx.prefill(PROMPT)
+        assert decode_batch([b, c], [3, 3]) == [alone.decode(3)] * 2
+        assert b.n_threads == c.n_threads == 2
+        for ctx in (b, c, alone):
+            ctx.close()

@@ -308,6 +308,12 @@ class Context(_Handle):
             raise InvalidArgumentError("n_past must not be negative")
         self._check(lib.specee_kv_truncate(self.ptr, n_past))
 
+    def share_threads(self, other: "Context") -> None:
+        """Compute on `other`'s thread pool from now on (one pool for several
+        contexts that one thread drives in turn; they must never compute at
+        the same time)."""
+        self._check(lib.specee_context_share_threads(self.ptr, other.ptr))
+
     # ---- token trees ----
 
     def decode_tree(self, tokens: Sequence[int], parents: Optional[Sequence[int]] = None) -> None:

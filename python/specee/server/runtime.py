@@ -73,6 +73,8 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
             template = None
             log.warning("%s has no chat template: /v1/chat/completions will refuse requests", config.model_path)
         contexts = [model.context(n_ctx=config.ctx_size, n_threads=config.threads) for _ in range(config.parallel)]
+        for ctx in contexts[1:]:
+            ctx.share_threads(contexts[0])  # one compute thread drives them all: one pool, none spinning idle
         heads = _load_heads(config, model)
         served = ServedHeads.attach_once(heads, contexts[0]) if heads is not None else None
     except BaseException:
