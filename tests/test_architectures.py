@@ -143,11 +143,12 @@ def test_early_exit_matches_reference(tiny_model_factory, tmp_path, name, fill_k
             np.testing.assert_allclose(ctx.logits(), want, rtol=0, atol=2e-3 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("name", ["llama3", "phi3-partial"])
+@pytest.mark.parametrize("name", ["llama3", "phi3-partial", "qwen3"])
 def test_draft_head_keeps_plain_rope(tiny_model_factory, tmp_path, name):
     """The draft layer is trained with plain RoPE over whole heads
-    (train/draft.py), whatever scaling the target uses: its candidates in
-    libspecee match the numpy draft doing the same."""
+    (train/draft.py), whatever scaling the target uses, with the target's head
+    size (qwen3: wider than n_embd / n_head): its candidates in libspecee
+    match the numpy draft doing the same."""
     from test_draft_head import random_draft
 
     path = tiny_model_factory(tied=False, **CONFIGS[name])
