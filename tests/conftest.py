@@ -61,6 +61,19 @@ def llama_cpp_files():
     return fetch_llama_cpp_test_files(progress=False)
 
 
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's greedy tokens through llama-cpp-python in a child process
+    (tests/llama_cpp_golden.py says where it is looked for); skipped, with the
+    reason, when none is usable."""
+    from llama_cpp_golden import find_llama_cpp
+
+    ref, why_not = find_llama_cpp()
+    if ref is None:
+        pytest.skip(why_not)
+    return ref
+
+
 # Lines tests want shown after the run (e.g. a pass count over many vectors).
 _SUMMARY = pytest.StashKey[list]()
 

@@ -1,0 +1,111 @@
+"""Greedy tokens from llama.cpp itself, for comparing libspecee with it.
+
+llama.cpp runs through llama-cpp-python in a child process, so its own
+ggml libraries never meet libspecee's in the test process, and the test
+process needs no special environment. Where it is found:
+
+- ``SPECEE_LLAMA_CPP_DIR``: an unpacked llama-cpp-python source tree (the
+  directory holding the ``llama_cpp`` package) whose libllama was built
+  under ``vendor/llama.cpp/build/bin``;
+- else ``~/.cache/specee-ref/llama_cpp_python-<version>``, the same layout;
+- else an installed ``llama_cpp`` package.
+
+Run as a script it is that child: JSON jobs on stdin, one token list per job
+on stdout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DIR = "SPECEE_LLAMA_CPP_DIR"
+DEFAULT_DIR = Path.home() / ".cache" / "specee-ref" / "llama_cpp_python-0.3.36"
+LIB_SUBDIR = Path("vendor") / "llama.cpp" / "build" / "bin"
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    """Where llama-cpp-python comes from for the child process."""
+
+    source: Path | None  # a source tree, or None: an installed package
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+            env["LLAMA_CPP_LIB_PATH"] = str(self.source / LIB_SUBDIR)
+        return env
+
+    def _run(self, request: dict) -> dict:
+        proc = subprocess.run([sys.executable, __file__], input=json.dumps(request), capture_output=True,
+                              text=True, env=self._env(), timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"llama.cpp child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return json.loads(proc.stdout)
+
+    def version(self) -> str:
+        """llama-cpp-python's version; raises when the child cannot import it."""
+        return self._run({"jobs": []})["version"]
+
+    def greedy(self, path: str | os.PathLike, prompt: list[int], n: int, n_ctx: int = 64) -> list[int]:
+        """llama.cpp's first `n` greedy tokens after `prompt` (no BOS added)."""
+        return self.greedy_many([(path, prompt, n, n_ctx)])[0]
+
+    def greedy_many(self, jobs: list[tuple]) -> list[list[int]]:
+        """greedy() for each (path, prompt, n, n_ctx), in one child process."""
+        request = {"jobs": [{"path": os.fspath(p), "prompt": list(map(int, prompt)), "n": n, "n_ctx": n_ctx}
+                            for p, prompt, n, n_ctx in jobs]}
+        return self._run(request)["tokens"]
+
+
+def find_llama_cpp() -> tuple[LlamaCpp | None, str]:
+    """(the reference, "") when its child imports llama_cpp, else (None, why not)."""
+    named = os.environ.get(ENV_DIR)
+    if named:
+        source = Path(named).expanduser()
+        if not (source / "llama_cpp").is_dir() or not (source / LIB_SUBDIR).is_dir():
+            return None, f"{ENV_DIR}={named} holds no llama_cpp package with a built {LIB_SUBDIR}"
+    elif (DEFAULT_DIR / "llama_cpp").is_dir() and (DEFAULT_DIR / LIB_SUBDIR).is_dir():
+        source = DEFAULT_DIR
+    else:
+        source = None
+    ref = LlamaCpp(source)
+    try:
+        ref.version()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        where = (f"the source tree {source}" if source else
+                 f"no source tree ({ENV_DIR} unset, none built under {DEFAULT_DIR}), no installed package")
+        return None, f"no usable llama-cpp-python: {where}: {str(e).splitlines()[-1]}"
+    return ref, ""
+
+
+# ---- the child ----------------------------------------------------------------
+
+
+def _child() -> None:
+    import llama_cpp
+    import numpy as np
+
+    request = json.load(sys.stdin)
+    out = []
+    for job in request["jobs"]:
+        # logits_all: Llama.eval keeps no scores without it
+        llm = llama_cpp.Llama(model_path=job["path"], n_ctx=job["n_ctx"], n_threads=1, logits_all=True,
+                              verbose=False)
+        tokens = []
+        llm.eval(job["prompt"])
+        while len(tokens) < job["n"]:
+            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            if len(tokens) < job["n"]:
+                llm.eval([tokens[-1]])
+        llm.close()
+        out.append(tokens)
+    json.dump({"version": llama_cpp.__version__, "tokens": out}, sys.stdout)
+
+
+if __name__ == "__main__":
+    _child()
