@@ -19,7 +19,8 @@ def tiny_model_factory(tmp_path_factory):
     def make(**fields) -> str:
         cfg = TinyConfig(**fields)
         if cfg not in cache:
-            name = "_".join(f"{k}-{v}" for k, v in sorted(fields.items())) or "default"
+            # file-valued fields (vocab, chat_template) by their file name
+            name = "_".join(f"{k}-{os.path.basename(str(v))}" for k, v in sorted(fields.items())) or "default"
             cache[cfg] = os.fspath(write_tiny_model(root / f"{name}.gguf", cfg))
         return cache[cfg]
 

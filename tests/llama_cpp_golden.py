@@ -10,8 +10,8 @@ process needs no special environment. Where it is found:
 - else ``~/.cache/specee-ref/llama_cpp_python-<version>``, the same layout;
 - else an installed ``llama_cpp`` package.
 
-Run as a script it is that child: JSON jobs on stdin, one token list per job
-on stdout.
+Run as a script it is that child: JSON jobs on stdin, one result per job on
+stdout.
 """
 from __future__ import annotations
 
@@ -51,15 +51,25 @@ class LlamaCpp:
         """llama-cpp-python's version; raises when the child cannot import it."""
         return self._run({"jobs": []})["version"]
 
-    def greedy(self, path: str | os.PathLike, prompt: list[int], n: int, n_ctx: int = 64) -> list[int]:
+    def greedy(self, path: str | os.PathLike, prompt: list[int], n: int, n_ctx: int) -> list[int]:
         """llama.cpp's first `n` greedy tokens after `prompt` (no BOS added)."""
-        return self.greedy_many([(path, prompt, n, n_ctx)])[0]
+        return self.run(path, prompt, n, n_ctx).greedy
 
-    def greedy_many(self, jobs: list[tuple]) -> list[list[int]]:
-        """greedy() for each (path, prompt, n, n_ctx), in one child process."""
-        request = {"jobs": [{"path": os.fspath(p), "prompt": list(map(int, prompt)), "n": n, "n_ctx": n_ctx}
-                            for p, prompt, n, n_ctx in jobs]}
-        return self._run(request)["tokens"]
+    def run(self, path: str | os.PathLike, prompt: list[int], n: int, n_ctx: int,
+            text: str | None = None) -> "LlamaCppRun":
+        """greedy(); with `text`, also llama.cpp's ids for it (BOS as the
+        vocabulary says, special tokens parsed: how llama-server tokenizes a
+        chat prompt); and the bytes llama.cpp prints for each prompt token."""
+        job = {"path": os.fspath(path), "prompt": [int(t) for t in prompt], "n": n, "n_ctx": n_ctx, "text": text}
+        out = self._run({"jobs": [job]})["results"][0]
+        return LlamaCppRun(out["greedy"], out["text_tokens"], [bytes.fromhex(p) for p in out["pieces"]])
+
+
+@dataclass(frozen=True)
+class LlamaCppRun:
+    greedy: list[int]
+    text_tokens: list[int] | None
+    pieces: list[bytes]  # of the prompt's tokens, special tokens as their text
 
 
 def find_llama_cpp() -> tuple[LlamaCpp | None, str]:
@@ -87,24 +97,35 @@ def find_llama_cpp() -> tuple[LlamaCpp | None, str]:
 
 
 def _child() -> None:
+    import ctypes
+
     import llama_cpp
     import numpy as np
 
     request = json.load(sys.stdin)
-    out = []
+    results = []
     for job in request["jobs"]:
         # logits_all: Llama.eval keeps no scores without it
         llm = llama_cpp.Llama(model_path=job["path"], n_ctx=job["n_ctx"], n_threads=1, logits_all=True,
                               verbose=False)
-        tokens = []
+        greedy = []
         llm.eval(job["prompt"])
-        while len(tokens) < job["n"]:
-            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            if len(tokens) < job["n"]:
-                llm.eval([tokens[-1]])
+        while len(greedy) < job["n"]:
+            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            if len(greedy) < job["n"]:
+                llm.eval([greedy[-1]])
+        text_tokens = None
+        if job["text"] is not None:
+            text_tokens = llm.tokenize(job["text"].encode("utf-8"), add_bos=True, special=True)
+        pieces = []
+        buf = ctypes.create_string_buffer(1024)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        for t in job["prompt"]:
+            n = llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, True)
+            pieces.append(buf.raw[:n].hex())
         llm.close()
-        out.append(tokens)
-    json.dump({"version": llama_cpp.__version__, "tokens": out}, sys.stdout)
+        results.append({"greedy": greedy, "text_tokens": text_tokens, "pieces": pieces})
+    json.dump({"version": llama_cpp.__version__, "results": results}, sys.stdout)
 
 
 if __name__ == "__main__":
