@@ -60,9 +60,22 @@ class LlamaCpp:
         """greedy(); with `text`, also llama.cpp's ids for it (BOS as the
         vocabulary says, special tokens parsed: how llama-server tokenizes a
         chat prompt); and the bytes llama.cpp prints for each prompt token."""
-        job = {"path": os.fspath(path), "prompt": [int(t) for t in prompt], "n": n, "n_ctx": n_ctx, "text": text}
+        job = {"kind": "run", "path": os.fspath(path), "prompt": [int(t) for t in prompt], "n": n,
+               "n_ctx": n_ctx, "text": text}
         out = self._run({"jobs": [job]})["results"][0]
-        return LlamaCppRun(out["greedy"], out["text_tokens"], [bytes.fromhex(p) for p in out["pieces"]])
+        return LlamaCppRun(out["greedy"], out["text_tokens"], _pieces(out["pieces"]))
+
+    def tokenize(self, path: str | os.PathLike, texts: list[str],
+                 parse_special: bool) -> list[tuple[list[int], list[bytes]]]:
+        """llama.cpp's ids for each text (no BOS; special tokens parsed or
+        not), with the bytes it prints for each id; the vocabulary alone is loaded."""
+        job = {"kind": "tokenize", "path": os.fspath(path), "texts": texts, "special": parse_special}
+        out = self._run({"jobs": [job]})["results"][0]
+        return [(ids, _pieces(pieces)) for ids, pieces in out]
+
+
+def _pieces(hex_pieces: list[str]) -> list[bytes]:
+    return [bytes.fromhex(p) for p in hex_pieces]
 
 
 @dataclass(frozen=True)
@@ -102,9 +115,17 @@ def _child() -> None:
     import llama_cpp
     import numpy as np
 
-    request = json.load(sys.stdin)
-    results = []
-    for job in request["jobs"]:
+    buf = ctypes.create_string_buffer(1024)
+
+    def pieces(llm, ids: list[int]) -> list[str]:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        out = []
+        for t in ids:
+            n = llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, True)
+            out.append(buf.raw[:n].hex())
+        return out
+
+    def run(job: dict) -> dict:
         # logits_all: Llama.eval keeps no scores without it
         llm = llama_cpp.Llama(model_path=job["path"], n_ctx=job["n_ctx"], n_threads=1, logits_all=True,
                               verbose=False)
@@ -117,14 +138,21 @@ def _child() -> None:
         text_tokens = None
         if job["text"] is not None:
             text_tokens = llm.tokenize(job["text"].encode("utf-8"), add_bos=True, special=True)
-        pieces = []
-        buf = ctypes.create_string_buffer(1024)
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        for t in job["prompt"]:
-            n = llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, True)
-            pieces.append(buf.raw[:n].hex())
+        out = {"greedy": greedy, "text_tokens": text_tokens, "pieces": pieces(llm, job["prompt"])}
         llm.close()
-        results.append({"greedy": greedy, "text_tokens": text_tokens, "pieces": pieces})
+        return out
+
+    def tokenize(job: dict) -> list:
+        llm = llama_cpp.Llama(model_path=job["path"], vocab_only=True, verbose=False)
+        out = []
+        for text in job["texts"]:
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=job["special"])
+            out.append((ids, pieces(llm, ids)))
+        llm.close()
+        return out
+
+    request = json.load(sys.stdin)
+    results = [run(job) if job["kind"] == "run" else tokenize(job) for job in request["jobs"]]
     json.dump({"version": llama_cpp.__version__, "results": results}, sys.stdout)
 
 
