@@ -19,7 +19,8 @@ def tiny_model_factory(tmp_path_factory):
     def make(**fields) -> str:
         cfg = TinyConfig(**fields)
         if cfg not in cache:
-            name = "_".join(f"{k}-{v}" for k, v in sorted(fields.items())) or "default"
+            # file-valued fields (vocab, chat_template) by their file name
+            name = "_".join(f"{k}-{os.path.basename(str(v))}" for k, v in sorted(fields.items())) or "default"
             cache[cfg] = os.fspath(write_tiny_model(root / f"{name}.gguf", cfg))
         return cache[cfg]
 
@@ -59,6 +60,19 @@ def llama_cpp_files():
     from specee.fetch import fetch_llama_cpp_test_files
 
     return fetch_llama_cpp_test_files(progress=False)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's greedy tokens through llama-cpp-python in a child process
+    (tests/llama_cpp_golden.py says where it is looked for); skipped, with the
+    reason, when none is usable."""
+    from llama_cpp_golden import find_llama_cpp
+
+    ref, why_not = find_llama_cpp()
+    if ref is None:
+        pytest.skip(why_not)
+    return ref
 
 
 # Lines tests want shown after the run (e.g. a pass count over many vectors).

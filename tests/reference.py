@@ -7,17 +7,43 @@ as the engine's cache stores them. Slow; for tiny test models only.
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
+
+
+class _ArraysAtOnceReader(GGUFReader):
+    """GGUFReader (gguf 0.19, pinned) parses metadata arrays element by
+    element: seconds for a real vocabulary's 100k+ tokens and merges. The
+    reference needs numbers and tensors only, so string arrays are stepped
+    over (their contents read as []) and numeric arrays read as one view."""
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int):
+        if raw_type != GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        itype = self._get(orig_offs, np.uint32)
+        count = self._get(orig_offs + 4, np.uint64)
+        offs = orig_offs + 12
+        types = [GGUFValueType.ARRAY, GGUFValueType(int(itype[0]))]
+        if types[1] == GGUFValueType.STRING:
+            buf = memoryview(self.data)
+            for _ in range(int(count[0])):
+                offs += 8 + struct.unpack_from("<Q", buf, offs)[0]
+            return offs - orig_offs, [itype, count], [], types
+        nptype = self.gguf_scalar_to_np.get(types[1])
+        if nptype is None:  # nested arrays: the element-wise parse
+            return super()._get_field_parts(orig_offs, raw_type)
+        values = self._get(offs, nptype, int(count[0]))
+        return offs + int(values.nbytes) - orig_offs, [itype, count, values], [2], types
 
 
 class Reference:
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None):
         """`n_ctx`: the context size the engine runs with; longrope models
         rotate with their long factors past rope.scaling.original_context_length."""
-        r = GGUFReader(os.fspath(path))
+        r = _ArraysAtOnceReader(os.fspath(path))
 
         def meta(key, default=None):
             f = r.fields.get(key)
@@ -171,6 +197,26 @@ class Reference:
             hidden = self._norm(hidden, self.w["output_norm.weight"])
         logits = self.out @ self._norm(x, self.w["output_norm.weight"])
         return logits, hidden
+
+    def step_with_exit(self, token: int, n_layers: int, exits) -> tuple[int, int]:
+        """One early-exit step under full verification, K/V not filled:
+        `n_layers` layers, then the argmax e of the logits there; when
+        `exits(e)` the step ends with e (deeper layers never see this
+        position), else the other layers run and the token is the full
+        model's argmax. Returns (token, layers run)."""
+        pos = self.n_past
+        x = self.w["token_embd.weight"][token].copy()
+        for il in range(n_layers):
+            x = self._layer(il, x, pos)
+        ran = n_layers
+        token = int(np.argmax(self.out @ self._norm(x, self.w["output_norm.weight"])))
+        if not exits(token):
+            for il in range(n_layers, self.n_layer):
+                x = self._layer(il, x, pos)
+            ran = self.n_layer
+            token = int(np.argmax(self.out @ self._norm(x, self.w["output_norm.weight"])))
+        self.n_past += 1
+        return token, ran
 
     def forward(self, tokens) -> np.ndarray:
         """Logits [n_tokens, n_vocab] for tokens appended one by one."""

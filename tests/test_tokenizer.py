@@ -9,11 +9,6 @@ when ``llama_cpp`` is importable the test also compares against it directly.
 
 from __future__ import annotations
 
-
-import importlib.util
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -291,31 +286,12 @@ def test_smollm2_round_trip(smollm2: Tokenizer, text: str) -> None:
     assert smollm2.decode(smollm2.encode(text)) == text
 
 
-_LLAMA_CPP_TOKENIZE = """
-import json, sys
-import llama_cpp
-job = json.load(sys.stdin)
-llm = llama_cpp.Llama(model_path=job["model"], vocab_only=True, verbose=False)
-out = []
-for text in job["texts"]:
-    ids = {str(s): llm.tokenize(text.encode(), add_bos=False, special=s) for s in (True, False)}
-    pieces = [llm.detokenize([i], special=True).hex() for i in ids["True"]]
-    out.append({"ids": ids, "pieces": pieces})
-json.dump(out, sys.stdout)
-"""
-
-
 @pytest.mark.real_model
-def test_smollm2_matches_llama_cpp(smollm2: Tokenizer, smollm2_path: Path) -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed")
-    # In a child process: llama.cpp's libllama would bind to the ggml that
-    # libspecee already loaded here (same soname, other version).
+def test_smollm2_matches_llama_cpp(smollm2: Tokenizer, smollm2_path: Path, llama_cpp) -> None:
+    """llama.cpp's ids (special tokens parsed or not) and the bytes it prints
+    for them (conftest's `llama_cpp`: skipped where none is found)."""
     texts = ROUND_TRIP_TEXTS + [t for t, _ in SMOLLM2_GOLDEN]
-    proc = subprocess.run([sys.executable, "-c", _LLAMA_CPP_TOKENIZE], capture_output=True, text=True, check=True,
-                          input=json.dumps({"model": str(smollm2_path), "texts": texts}))
-    for text, theirs in zip(texts, json.loads(proc.stdout)):
-        for special in (True, False):
-            assert smollm2.encode(text, parse_special=special) == theirs["ids"][str(special)], (text, special)
-        ids = smollm2.encode(text)
-        assert smollm2.decode_bytes(ids) == b"".join(bytes.fromhex(p) for p in theirs["pieces"])
+    for special in (True, False):
+        for text, (ids, pieces) in zip(texts, llama_cpp.tokenize(smollm2_path, texts, parse_special=special)):
+            assert smollm2.encode(text, parse_special=special) == ids, (text, special)
+            assert smollm2.decode_bytes(ids) == b"".join(pieces)

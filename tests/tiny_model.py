@@ -4,9 +4,14 @@ Weights are quantized by ggml itself (`ggml_quantize_chunk` from the ggml
 that libspecee is built with, through cffi), so every quant type the engine runs can
 be tested; the numpy reference (reference.py) dequantizes them with the
 `gguf` package's own, independent code.
+
+A model carries the tiny test vocabulary (tiny_vocab.py), or a real one: the
+tokenizer metadata of one of llama.cpp's ggml-vocab-*.gguf files, with the
+embedding and output rows sized to it.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from specee.gguf_meta import read_gguf_metadata
 from tiny_vocab import add_tiny_vocab, tiny_vocab
 
 
@@ -41,9 +47,13 @@ class TinyConfig:
     rope_factor: float = 1.0         # rope.scaling.factor
     rope_orig_ctx: int | None = None  # rope.scaling.original_context_length (longrope switches past it)
     rope_attn_factor: float | None = None  # rope.scaling.attn_factor
+    vocab: str | None = None         # a GGUF whose tokenizer.* keys the model carries (None: the tiny vocabulary)
+    chat_template: str | None = None  # a Jinja file written as tokenizer.chat_template (over the vocabulary's own)
 
     @property
     def n_vocab(self) -> int:
+        if self.vocab is not None:
+            return len(tokenizer_metadata(self.vocab)["tokenizer.ggml.tokens"])
         return len(tiny_vocab()[0])
 
     @property
@@ -101,6 +111,32 @@ def _add_matrix(writer: gguf.GGUFWriter, name: str, w: np.ndarray, qtype: QT) ->
         writer.add_tensor(name, w.astype(np.float16))
     else:
         writer.add_tensor(name, quantize(w, qtype), raw_dtype=qtype)
+
+
+# ---- a real vocabulary ------------------------------------------------------
+
+# numpy element types of GGUF arrays; integer scalars are written as uint32,
+# the type llama.cpp reads token ids and counts with
+_ARRAY_TYPES = {np.dtype(np.float32): gguf.GGUFValueType.FLOAT32, np.dtype(np.int32): gguf.GGUFValueType.INT32,
+                np.dtype(np.uint32): gguf.GGUFValueType.UINT32, np.dtype(np.uint8): gguf.GGUFValueType.UINT8}
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_metadata(path: str) -> dict:
+    """The tokenizer.* keys of the GGUF at `path` (read once per session)."""
+    return {k: v for k, v in read_gguf_metadata(path).items() if k.startswith("tokenizer.")}
+
+
+def add_metadata(writer: gguf.GGUFWriter, key: str, value) -> None:
+    """Writes a value as read by read_gguf_metadata back with its GGUF type."""
+    V = gguf.GGUFValueType
+    if isinstance(value, np.ndarray):
+        writer.add_key_value(key, value.tolist(), V.ARRAY, sub_type=_ARRAY_TYPES[value.dtype])
+    elif isinstance(value, list):
+        writer.add_key_value(key, value, V.ARRAY, sub_type=V.STRING)
+    else:
+        vtype = {bool: V.BOOL, int: V.UINT32, float: V.FLOAT32, str: V.STRING}[type(value)]
+        writer.add_key_value(key, value, vtype)
 
 
 # ---- the model --------------------------------------------------------------
@@ -198,7 +234,16 @@ def write_tiny_model(path: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
         put(f"{a}.rope.scaling.original_context_length", cfg.rope_orig_ctx, U32)
     if cfg.rope_attn_factor is not None:
         put(f"{a}.rope.scaling.attn_factor", cfg.rope_attn_factor, F32)
-    add_tiny_vocab(writer)
+    if cfg.vocab is None:
+        if cfg.chat_template is not None:
+            raise ValueError("chat_template is for models with a real vocabulary (vocab=...)")
+        add_tiny_vocab(writer)
+    else:
+        for key, value in tokenizer_metadata(cfg.vocab).items():
+            if key not in overrides and not (cfg.chat_template and key == "tokenizer.chat_template"):
+                add_metadata(writer, key, value)
+    if cfg.chat_template is not None:
+        writer.add_string("tokenizer.chat_template", Path(cfg.chat_template).read_text(encoding="utf-8"))
     for key, (value, vtype) in overrides.items():  # the rest, tokenizer keys included
         writer.add_key_value(key, value, vtype)
 

@@ -42,6 +42,7 @@ class TargetInfo:
     n_embd: int
     n_head: int
     n_head_kv: int
+    head_dim: int           # attention.key_length; wider than n_embd / n_head in many qwen3
     rope_base: float
     rms_eps: float
     neox: bool              # qwen2/qwen3/phi3 rotate (i, i + d/2) pairs, llama (2i, 2i + 1)
@@ -59,14 +60,11 @@ def read_target(model_path: str | os.PathLike) -> tuple[TargetInfo, np.ndarray, 
 
     arch = meta("general.architecture")
     n_embd, n_head = int(meta(f"{arch}.embedding_length")), int(meta(f"{arch}.attention.head_count"))
-    # The draft layer's heads are n_embd / n_head wide, as libspecee's draft
-    # graph reads them with the target's head size: targets whose heads are
-    # wider (many qwen3) cannot carry one.
+    # The draft layer's heads have the target's size (libspecee's draft graph
+    # reads them with it), so Q and the attention output are n_head x head_dim
+    # wide, which is more than n_embd in many qwen3 models.
     head_dim = int(meta(f"{arch}.attention.key_length", n_embd // n_head))
-    if head_dim * n_head != n_embd:
-        raise ValueError(f"{model_path}: a draft head needs heads of embedding_length / head_count "
-                         f"({n_embd} / {n_head}); this {arch} model's are {head_dim} wide")
-    info = TargetInfo(arch, n_embd, n_head, int(meta(f"{arch}.attention.head_count_kv", n_head)),
+    info = TargetInfo(arch, n_embd, n_head, int(meta(f"{arch}.attention.head_count_kv", n_head)), head_dim,
                       float(meta(f"{arch}.rope.freq_base", 10000.0)),
                       float(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
                       arch in ("qwen2", "qwen3", "phi3"), arch == "qwen2")
@@ -94,19 +92,20 @@ class RMSNorm(torch.nn.Module):
 
 
 class DraftNet(torch.nn.Module):
-    """fc over [embed(token), feature], one Llama/Qwen2 decoder layer."""
+    """fc over [embed(token), feature], one Llama/Qwen2 decoder layer whose
+    heads are the target's (Q and O are n_head x head_dim wide)."""
 
     def __init__(self, t: TargetInfo, n_ff: int, embd: np.ndarray):
         super().__init__()
-        d, hd = t.n_embd, t.n_embd // t.n_head
+        d, hd = t.n_embd, t.head_dim
         self.t, self.hd = t, hd
         self.register_buffer("embd", torch.from_numpy(embd), persistent=False)
         self.fc = torch.nn.Linear(2 * d, d, bias=True)
         self.attn_norm = RMSNorm(d, t.rms_eps)
-        self.q = torch.nn.Linear(d, d, bias=t.has_qkv_bias)
+        self.q = torch.nn.Linear(d, hd * t.n_head, bias=t.has_qkv_bias)
         self.k = torch.nn.Linear(d, hd * t.n_head_kv, bias=t.has_qkv_bias)
         self.v = torch.nn.Linear(d, hd * t.n_head_kv, bias=t.has_qkv_bias)
-        self.o = torch.nn.Linear(d, d, bias=False)
+        self.o = torch.nn.Linear(hd * t.n_head, d, bias=False)
         self.ffn_norm = RMSNorm(d, t.rms_eps)
         self.gate = torch.nn.Linear(d, n_ff, bias=False)
         self.up = torch.nn.Linear(d, n_ff, bias=False)
@@ -136,7 +135,7 @@ class DraftNet(torch.nn.Module):
         rep = t.n_head // t.n_head_kv
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.o(a.transpose(1, 2).reshape(B, T, d))
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, t.n_head * hd))
         h = self.ffn_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
