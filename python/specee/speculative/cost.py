@@ -36,12 +36,17 @@ class CostCurve:
         self.points = dict(sorted(pts.items()))
         self._n = np.array(list(self.points), dtype=np.float64)
         self._c = np.array(list(self.points.values()), dtype=np.float64)
+        # the sizes the decode loop asks about at every step, looked up instead of interpolated
+        self._table = [self._interpolate(n) for n in range(0, 2 * int(self._n[-1]) + 2)]
 
     @property
     def max_measured(self) -> int:
         return int(self._n[-1])
 
     def __call__(self, n: int) -> float:
+        return self._table[n] if 0 <= n < len(self._table) else self._interpolate(n)
+
+    def _interpolate(self, n: int) -> float:
         if n <= self._n[-1] or len(self._n) == 1:
             return float(np.interp(n, self._n, self._c)) if len(self._n) > 1 else float(n)
         slope = (self._c[-1] - self._c[-2]) / (self._n[-1] - self._n[-2])
