@@ -7,7 +7,7 @@ the openai client. With batching (the default) the N streams' full-depth
 steps run as one batched pass per round; --no-batching steps them one by
 one, for comparison.
 
-    python bench/server_streams.py --streams 4 --tokens 64 --threads 2 [--no-batching]
+    python bench/server_streams.py --streams 4 --tokens 64 --threads 2 [--no-batching] [--vs-generate 8]
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +61,46 @@ def burst(client: openai.OpenAI, n: int, concurrent: int, tokens: int, pid: int)
             "server_os_threads": os_threads(pid)}
 
 
+def one_stream_vs_generate(client: openai.OpenAI, model: str, threads: int, tokens: int, n: int) -> dict:
+    """Time to first token and decode speed of single streamed requests
+    against `specee generate`'s prefill time and decode speed on the same
+    prompts (in this process while the server idles), alternated prompt by
+    prompt."""
+    from specee.engine import Model
+    from specee.fetch import fetch_model
+    from specee.generate import generate
+    from specee.tokenizer import Tokenizer
+
+    path = fetch_model(model, progress=False)
+    tok = Tokenizer.from_gguf(path)
+    ttft, prefill, served, plain = [], [], [], []
+    with Model(path) as m:
+        for i in range(n):
+            text = PROMPTS[i % len(PROMPTS)]
+            t0 = time.perf_counter()
+            first = last = None
+            usage = None
+            for chunk in client.completions.create(model="m", prompt=text, max_tokens=tokens, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True}):
+                now = time.perf_counter()
+                if chunk.choices and chunk.choices[0].text:
+                    first = first or now
+                    last = now
+                usage = chunk.usage or usage
+            ids = tok.encode(text, parse_special=False)
+            with m.context(n_ctx=2048, n_threads=threads) as ctx:
+                r = generate(ctx, ids, tokens)
+            ttft.append(first - t0)
+            prefill.append(r.prefill_s)
+            served.append((usage.completion_tokens - 1) / (last - first) if last > first else 0.0)
+            plain.append(r.decode_tok_s)
+    med = statistics.median
+    return {"requests": n, "server_ttft_ms": round(med(ttft) * 1e3, 2), "generate_prefill_ms": round(med(prefill) * 1e3, 2),
+            "ttft_over_prefill": round(med(ttft) / med(prefill), 3),
+            "server_decode_tok_s": round(med(served), 1), "generate_decode_tok_s": round(med(plain), 1),
+            "decode_ratio": round(med(served) / med(plain), 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -67,6 +108,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: all cores)")
     ap.add_argument("--no-batching", action="store_true", help="pass --no-batching to the server")
+    ap.add_argument("--vs-generate", type=int, default=0, metavar="N",
+                    help="also N single streamed requests against specee generate (TTFT, decode speed)")
     args = ap.parse_args()
 
     port = free_port()
@@ -86,6 +129,9 @@ def main() -> int:
         n = args.streams
         results = [burst(client, n, 1, args.tokens, proc.pid), burst(client, n, n, args.tokens, proc.pid)]
         results.append({"speedup": round(results[1]["tok_s"] / results[0]["tok_s"], 2)})
+        if args.vs_generate:
+            results.append({"one_stream_vs_generate": one_stream_vs_generate(client, args.model, args.threads,
+                                                                             args.tokens, args.vs_generate)})
         print(json.dumps({"model": args.model, "threads": args.threads, "batching": not args.no_batching,
                           "cores": os.cpu_count(),
                           "results": results}, indent=1))

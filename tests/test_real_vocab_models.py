@@ -207,3 +207,44 @@ def test_speculative_end_to_end(vocab_model, tiny_model_factory):
             drafter.close()
     assert got.tokens == want.tokens
     assert got.extra["verify_steps"] > 0 and got.extra["drafted"] > 0
+
+
+# ---- every supported architecture with every vocabulary ----------------------------------
+
+ARCHITECTURES = {
+    "llama": dict(arch="llama"),
+    "qwen2": dict(arch="qwen2"),
+    "qwen3": dict(arch="qwen3", head_dim=32),  # heads wider than n_embd / n_head
+    "phi3": dict(arch="phi3"),
+}
+# the pairings the module fixture already runs in full
+PAIRED = {(family, f.fields["arch"]) for family, f in FAMILIES.items()}
+CROSS = [(family, arch) for family in sorted(FAMILIES) for arch in ARCHITECTURES if (family, arch) not in PAIRED]
+PLAIN_TEXT = "Hello world! def f(x): return x ** 2  # ça va? 🦙"
+
+
+def cross_model(family: str, arch: str, llama_cpp_files, tiny_model_factory) -> tuple[str, list[int]]:
+    """A tiny `arch` model with `family`'s vocabulary, and a prompt for it."""
+    fields = SHAPE | ARCHITECTURES[arch] | {"vocab": str(llama_cpp_files / f"ggml-vocab-{family}.gguf")}
+    path = tiny_model_factory(**fields)
+    tok = Tokenizer.from_gguf(path)
+    return path, ([tok.bos_id] if tok.add_bos and tok.bos_id is not None else []) + tok.encode(PLAIN_TEXT)
+
+
+@pytest.mark.parametrize("family, arch", CROSS)
+def test_every_architecture_runs_every_vocabulary(family, arch, llama_cpp_files, tiny_model_factory):
+    """The remaining architecture x vocabulary pairs: greedy tokens as the
+    numpy reference computes them."""
+    path, prompt = cross_model(family, arch, llama_cpp_files, tiny_model_factory)
+    want = reference_greedy(Reference(path, n_ctx=N_CTX), prompt, N_GREEDY)
+    with Model(path) as m, m.context(n_ctx=N_CTX, n_threads=1) as ctx:
+        assert m.arch == arch
+        assert engine_greedy(ctx, prompt, N_GREEDY) == want
+    assert len(set(want)) > 1
+
+
+@pytest.mark.parametrize("family, arch", CROSS)
+def test_every_architecture_and_vocabulary_as_llama_cpp(family, arch, llama_cpp_files, tiny_model_factory, llama_cpp):
+    path, prompt = cross_model(family, arch, llama_cpp_files, tiny_model_factory)
+    with Model(path) as m, m.context(n_ctx=N_CTX, n_threads=1) as ctx:
+        assert engine_greedy(ctx, prompt, N_GREEDY) == llama_cpp.run(path, prompt, N_GREEDY, N_CTX).greedy
