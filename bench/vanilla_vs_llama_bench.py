@@ -51,13 +51,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-n", type=int, default=128, help="tokens decoded per measurement (llama-bench tg N)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
     args = ap.parse_args()
 
     results = {}
     for name in args.model:
         path = fetch_model(name)
         ratios, ours, theirs = [], [], []
-        with Model(path) as model:
+        with Model(path, amx_decode=args.amx_decode) as model:
             specee_tok_s(model, args.threads, 16)  # warm-up: page in the weights
             for r in range(args.rounds):
                 order = ("llama", "specee") if r % 2 == 0 else ("specee", "llama")
@@ -70,7 +71,7 @@ def main() -> None:
                 ratios.append(got["specee"] / got["llama"])
                 print(f"{name} round {r + 1}: specee {got['specee']:.1f} tok/s, llama-bench {got['llama']:.1f} tok/s, "
                       f"ratio {ratios[-1]:.3f}", flush=True)
-        results[name] = {"specee_tok_s": ours, "llama_bench_tok_s": theirs, "ratios": ratios,
+        results[name] = {"amx_decode": args.amx_decode, "specee_tok_s": ours, "llama_bench_tok_s": theirs, "ratios": ratios,
                          "median_ratio": statistics.median(ratios)}
         print(f"{name}: median ratio {results[name]['median_ratio']:.3f} over {len(ratios)} rounds")
     if args.json:

@@ -125,6 +125,7 @@ struct specee_model_params specee_model_default_params(void) {
     p.use_repack    = true;
     p.n_gpu_layers  = 0;
     p.rpc_servers   = nullptr;
+    p.amx_decode    = false;
     return p;
 }
 
@@ -161,6 +162,7 @@ const char * specee_model_arch(const struct specee_model * m)   { return m ? m->
 uint64_t specee_model_n_params(const struct specee_model * m)   { return m ? m->n_params : 0; }
 uint64_t specee_model_size_bytes(const struct specee_model * m) { return m ? m->size_bytes : 0; }
 int32_t specee_model_n_repacked(const struct specee_model * m)  { return m ? m->n_repacked : 0; }
+int32_t specee_model_n_decode_copies(const struct specee_model * m) { return m ? m->n_decode_copies : 0; }
 
 // ---- context ----
 

@@ -280,7 +280,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         // K/V for layers an early exit skipped, from the exit hidden state
         // (docs/design.md#skipped-layers-kv-cache, the alternative to masking)
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
-            const layer_weights & L = m.layers[size_t(il)];
+            const layer_weights & L = m.layer(il, n);
             ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
             store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/false));
         }
@@ -296,7 +296,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             ggml_set_name(g.cand_logits_prev, "cand_logits_prev");
             ggml_build_forward_expand(g.gf, g.cand_logits_prev);
         }
-        const layer_weights & L = m.layers[size_t(il)];
+        const layer_weights & L = m.layer(il, n);
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
@@ -320,7 +320,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             // what a check after this layer would see, and what it would pick
             ggml_tensor * c = candidate_logits(ctx0, m, cand_rows, x);       // [n_cand, 1]
             ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);  // [n_embd, 1]
-            ggml_tensor * a = ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output, h));  // [1] I32
+            ggml_tensor * a = ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output_for(n), h));  // [1] I32
             for (ggml_tensor * t : {c, a}) {
                 ggml_set_output(t);
                 ggml_build_forward_expand(g.gf, t);
@@ -349,7 +349,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
-        g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output, h), "logits");  // [n_vocab, n_logits]
+        g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output_for(n), h), "logits");  // [n_vocab, n_logits]
     }
     return g;
 }

@@ -331,6 +331,60 @@ static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
     return nullptr;
 }
 
+// ggml's AMX buffer type, if this CPU and build have one.
+static ggml_backend_buffer_type_t amx_buffer_type() {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    auto get_extra = dev ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
+                               ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts")
+                         : nullptr;
+    for (ggml_backend_buffer_type_t * buft = get_extra ? get_extra(dev) : nullptr; buft && *buft; buft++) {
+        if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
+            return *buft;
+        }
+    }
+    return nullptr;
+}
+
+// Whether a one-token product with weight w in buffer type `buft` runs there.
+static bool single_token_product_supported(ggml_backend_buffer_type_t buft, const ggml_tensor * w) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    ggml_init_params ip = {ggml_tensor_overhead() * 4, nullptr, true};
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> tmp(ggml_init(ip), ggml_free);
+    ggml_tensor * wt = ggml_dup_tensor(tmp.get(), w);
+    ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], 1));
+    ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(buft, 0);
+    wt->buffer = dummy;
+    const bool ok = ggml_backend_dev_supports_op(dev, op);
+    ggml_backend_buffer_free(dummy);
+    return ok;
+}
+
+// On AMX CPUs: copies of the matrices (and the output) in the AMX layout for
+// single-token graphs (model::decode_layers). Same names as the plain ones,
+// so read_weights fills both copies from the file.
+static void place_decode_copies(model & m, size_t n_tensors) {
+    ggml_backend_buffer_type_t amx = amx_buffer_type();
+    if (amx == nullptr) {
+        return;
+    }
+    auto amx_copy = [&](ggml_tensor * t) {
+        if (t == nullptr || !single_token_product_supported(amx, t)) {
+            return t;
+        }
+        ggml_tensor * copy = ggml_dup_tensor(m.weights.context_for(amx, n_tensors + 2), t);
+        ggml_set_name(copy, ggml_get_name(t));
+        m.n_decode_copies++;
+        return copy;
+    };
+    m.decode_layers = m.layers;
+    for (layer_weights & L : m.decode_layers) {
+        for (ggml_tensor ** w : {&L.wqkv, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) {
+            *w = amx_copy(*w);
+        }
+    }
+    m.decode_output = amx_copy(m.output);
+}
+
 // The layer a tensor of `m` belongs to, or -1 (embeddings, output).
 static int layer_of(const model & m, const ggml_tensor * t) {
     for (size_t il = 0; il < m.layers.size(); il++) {
@@ -348,7 +402,7 @@ static int layer_of(const model & m, const ggml_tensor * t) {
 // Decides where each tensor lives (its layer's device; on the CPU, the
 // repacked layout where ggml has one for it), allocates every store, and
 // points the model at the new tensors.
-static void place_weights(model & m, bool allow_repack) {
+static void place_weights(model & m, bool allow_repack, bool amx_decode) {
     std::set<const ggml_tensor *> matmul_weights;
     for (auto & L : m.layers) {
         for (const ggml_tensor * t : {L.wqkv, L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down}) {
@@ -402,6 +456,9 @@ static void place_weights(model & m, bool allow_repack) {
     if (output_copy) {
         m.output        = output_copy;
         m.output_copied = true;
+    }
+    if (allow_repack && amx_decode) {
+        place_decode_copies(m, n_tensors);
     }
 
     m.weights.allocate("the weights", GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
@@ -518,9 +575,8 @@ void load_model(model & m, const char * path, const specee_model_params & params
     check_tensor_extents(gctx, uint64_t(st.st_size));  // before allocating what they declare
     m.devices = plan_devices(m.hp.n_layer, params.n_gpu_layers, params.rpc_servers);
     // The CPU layers of a partly offloaded model stay in the plain layout:
-    // ggml's repacked layouts are not exercised under its scheduler here
-    // (the AMX one crashed there before it was excluded everywhere).
-    place_weights(m, params.use_repack && !m.devices.any_offload());
+    // ggml's repacked layouts are not exercised under its scheduler here.
+    place_weights(m, params.use_repack && !m.devices.any_offload(), params.amx_decode);
     read_weights(m, gctx, f.get(), params.check_tensors);
 }
 

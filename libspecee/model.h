@@ -96,6 +96,21 @@ struct model {
     device_map devices;
     tensor_stores              weights;
     int                        n_repacked   = 0;  // tensors in the CPU's repacked layout
+    // On CPUs with AMX: a second copy of the matrices in ggml's AMX layout,
+    // which single-token graphs read (its single-token kernels are the
+    // fastest there, its multi-token ones fault: README, "Plain decoding
+    // against llama-bench"). Empty, and the pointers the plain ones, elsewhere.
+    std::vector<layer_weights> decode_layers;
+    ggml_tensor              * decode_output = nullptr;
+    int                        n_decode_copies = 0;
+
+    // The weights a graph of n_tokens tokens reads.
+    const layer_weights & layer(int il, int64_t n_tokens) const {
+        return n_tokens == 1 && !decode_layers.empty() ? decode_layers[size_t(il)] : layers[size_t(il)];
+    }
+    ggml_tensor * output_for(int64_t n_tokens) const {
+        return n_tokens == 1 && decode_output != nullptr ? decode_output : output;
+    }
     bool                       output_copied = false;  // tied output offloaded: a second copy of tok_embd
     std::string                fingerprint;       // 16 hex digits, see fingerprint_of()
     uint64_t                   n_params   = 0;

@@ -202,3 +202,20 @@ def test_contexts_sharing_one_thread_pool_decode_as_before(tiny):
         assert b.n_threads == c.n_threads == 2
         for ctx in (b, c, alone):
             ctx.close()
+
+
+def test_amx_decode_copies_only_where_the_cpu_has_amx(tiny_model_factory):
+    """Off by default; with it on an AMX CPU, decode steps read the AMX
+    copies, prompts (multi-token graphs) the plain ones, and a tiny model
+    still picks the plain kernels' tokens."""
+    path = tiny_model_factory(qtype="Q8_0", n_layer=2, seed=4)
+    with Model(path) as plain_model, Model(path, amx_decode=True) as amx:
+        assert plain_model.n_decode_copies == 0
+        if amx.n_decode_copies == 0:
+            pytest.skip("this CPU (or ggml build) has no AMX layout")
+        assert amx.n_decode_copies == 2 * 7  # every matrix of both layers (the F32 output has no AMX kernel)
+        with plain_model.context(n_ctx=64) as a, amx.context(n_ctx=64) as b:
+            a.prefill(PROMPT)
+            b.prefill(PROMPT)
+            want = [a.decode(t) for t in (3, 4, 5, 6)]
+            assert [b.decode(t) for t in (3, 4, 5, 6)] == want

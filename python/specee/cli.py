@@ -77,7 +77,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = _prompt_ids(args, model_path, tok, text)
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
-    with engine.Model(model_path, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc) as model, \
+    with engine.Model(model_path, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc,
+                      amx_decode=args.amx_decode) as model, \
             model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn) as ctx:
         heads = None
         if args.mode == "specee":
@@ -154,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
         threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit,
-        batching=not args.no_batching)
+        batching=not args.no_batching, amx_decode=args.amx_decode)
     config.check()
     if args.threads > engine.default_threads():
         log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
                    help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
                         "has no authentication, so use trusted networks only")
+    g.add_argument("--amx-decode", action="store_true",
+                   help="on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
+                        "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="full depth (vanilla, default), speculative early exit (specee), or lossless "
@@ -381,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=32,
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
+    s.add_argument("--amx-decode", action="store_true",
+                   help="on CPUs with AMX: single-token steps read AMX-layout copies of the matrices (faster decode, "
+                        "twice the weight memory, other rounding)")
     s.add_argument("--no-batching", action="store_true",
                    help="step every slot alone instead of decoding the full-depth slots in one batched pass")
     s.add_argument("--threads", type=int, default=0,

@@ -111,10 +111,12 @@ class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True,
-                 n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None):
+                 n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None, amx_decode: bool = False):
         """`n_gpu_layers`: llama.cpp's -ngl, the last N layers (N > n_layer:
         and the output layer) on the offload devices: `rpc_servers`
-        ("host:port" each, `specee rpc-server`), then GPUs of a CUDA build."""
+        ("host:port" each, `specee rpc-server`), then GPUs of a CUDA build.
+        `amx_decode`: on AMX CPUs, decode steps read a second copy of the
+        matrices in ggml's AMX layout (faster, other rounding; specee.h)."""
         self.path = os.fspath(path)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
             raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")
@@ -123,6 +125,7 @@ class Model(_Handle):
         params.check_tensors = check_tensors
         params.use_repack = use_repack
         params.n_gpu_layers = n_gpu_layers
+        params.amx_decode = amx_decode
         servers_c = ffi.new("char[]", servers.encode()) if servers else ffi.NULL
         params.rpc_servers = servers_c
         out = ffi.new("struct specee_model **")
@@ -131,6 +134,11 @@ class Model(_Handle):
         check(status, ffi.string(err).decode(errors="replace"))
         self._ptr = out[0]
         self._contexts: list = []
+
+    @property
+    def n_decode_copies(self) -> int:
+        """Matrices with a second copy in ggml's AMX layout for decode steps (amx_decode)."""
+        return int(lib.specee_model_n_decode_copies(self.ptr))
 
     @property
     def ptr(self):

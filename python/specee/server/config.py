@@ -22,6 +22,7 @@ class ServerConfig:
     max_tokens_limit: int = 1024       # the most tokens one request may ask for
     max_body_bytes: int = 1 << 20      # larger request bodies get 413
     batching: bool = True              # full-depth slots decode in one batched pass per step
+    amx_decode: bool = False           # decode steps read AMX-layout copies of the matrices (AMX CPUs)
 
     def check(self) -> None:
         """Refuses settings no server can run with, naming the flag."""
