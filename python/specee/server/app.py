@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..engine import default_threads
 from .config import ServerConfig
 from .decoding import Job
 from .metrics import ServerMetrics
@@ -267,6 +268,25 @@ async def _on_crash(request: Request, e: Exception) -> Response:
     return error_response(ApiError(500, "internal server error (see the server log)", type="server_error"))
 
 
+def web_catch_up(loop: asyncio.AbstractEventLoop, timeout: float = 0.05) -> Callable[[], None]:
+    """A wait for the event loop to have handled what the compute thread
+    handed it so far (the chunks of the round just decoded go out first).
+
+    With as many compute threads as cores, the web side's work would
+    otherwise run during the next decode step and hold up one of ggml's
+    threads, which the others then wait for at every barrier: measured on 2
+    cores, one stream decoded at 0.87-0.92x of `specee generate`. The wait
+    is bounded, so a busy loop cannot stall decoding."""
+    async def handled() -> None:
+        return None
+
+    def wait() -> None:
+        with contextlib.suppress(Exception):  # a timeout, or a loop that has closed
+            asyncio.run_coroutine_threadsafe(handled(), loop).result(timeout)
+
+    return wait
+
+
 def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetrics], Runtime] = load_runtime,
                on_load_failed: Optional[Callable[[str], None]] = None) -> Starlette:
     """The app; `loader` builds the runtime on a thread of its own once the
@@ -274,9 +294,12 @@ def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetri
     config.check()
     state = ServerState(config, ServerMetrics(config.parallel))
 
-    def load() -> None:
+    def load(loop: asyncio.AbstractEventLoop) -> None:
         try:
             state.runtime = loader(config, state.metrics)
+            scheduler = getattr(state.runtime, "scheduler", None)
+            if scheduler is not None and scheduler.slots[0].ctx.n_threads >= default_threads():
+                scheduler.after_round = web_catch_up(loop)
         except Exception as e:
             log.error("cannot load %s: %s", config.model_path, e)
             state.load_error = str(e)
@@ -285,7 +308,7 @@ def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetri
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        loading = threading.Thread(target=load, name="specee-load", daemon=True)
+        loading = threading.Thread(target=load, args=(asyncio.get_running_loop(),), name="specee-load", daemon=True)
         loading.start()
         yield
         await asyncio.to_thread(loading.join)

@@ -45,6 +45,7 @@ class Scheduler:
                  metrics: ServerMetrics, batching: bool = True):
         self.slots = [Slot(i, ctx) for i, ctx in enumerate(contexts)]
         self.batching = batching  # off: every slot steps alone (for comparison)
+        self.after_round: Optional[Callable[[], None]] = None  # e.g. app.web_catch_up
         self.heads = heads
         self.queue_limit = queue_limit
         self.metrics = metrics
@@ -135,6 +136,8 @@ class Scheduler:
             self._guarded(slot, lambda s: s.job.step_batched(s.ctx))
         for slot in alone:
             self._guarded(slot, lambda s: s.job.step(s.ctx))
+        if self.after_round is not None:
+            self.after_round()
         self.metrics.decode_steps.inc(len(slots))
         self.metrics.decode_seconds.inc(time.perf_counter() - t0)
 
