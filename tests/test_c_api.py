@@ -1,6 +1,7 @@
 """The header compiles as C and C++, and a C program links the library."""
 from __future__ import annotations
 
+import ctypes as C
 import os
 import shutil
 import subprocess
@@ -27,6 +28,31 @@ def test_header_compiles_as_c(tmp_path, std):
     src.write_text('#include "specee.h"\nint main(void) { return (int) specee_api_version() - SPECEE_API_VERSION; }\n')
     subprocess.run([CC, f"-std={std}", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only",
                     f"-I{include_dir()}", str(src)], check=True)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_ctypes_example_structs_match_the_header(tmp_path):
+    """The example declares the structs it passes by value by hand: their
+    sizes and field offsets must be the compiler's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ctypes_decode", HERE.parent / "examples" / "ctypes_decode.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    pairs = {"specee_model_params": example.ModelParams, "specee_context_params": example.ContextParams,
+             "specee_step": example.Step}
+    lines = [f'printf("%zu", sizeof(struct {c}));' + "".join(
+        f' printf(" %zu", offsetof(struct {c}, {name}));' for name, _ in py._fields_) + ' printf("\\n");'
+        for c, py in pairs.items()]
+    src = tmp_path / "sizes.c"
+    src.write_text('#include <stddef.h>\n#include <stdio.h>\n#include "specee.h"\nint main(void) {\n'
+                   + "\n".join(lines) + "\nreturn 0; }\n")
+    exe = tmp_path / "sizes"
+    subprocess.run([CC, f"-I{include_dir()}", str(src), "-o", str(exe)], check=True)
+    got = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
+    for line, (c, py) in zip(got, pairs.items()):
+        want = [C.sizeof(py)] + [getattr(py, name).offset for name, _ in py._fields_]
+        assert [int(x) for x in line.split()] == want, c
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
