@@ -109,6 +109,7 @@ context::context(const model & m, const specee_context_params & params)
 
 void context::release() {
     slots_.clear();
+    batch_slots_.clear();
     if (sched_) {
         ggml_backend_sched_free(sched_);
         sched_ = nullptr;
@@ -228,9 +229,30 @@ context::graph_slot & context::slot_for(const forward_plan & plan, bool & reuse)
     auto fits = [&](const graph_slot & s) {
         return s.ready && s.plan.same_shape(plan) && s.g.mask_of_layer == masks;
     };
-    if (plan.n_tokens > 1) {
-        reuse = fits(*slots_[0]);
+    if (plan.n_tokens > max_kept_batch) {
+        reuse = fits(*slots_[0]);  // prompts: one slot, sized at construction for n_batch
         return *slots_[0];
+    }
+    if (plan.n_tokens > 1) {
+        // small batches (verification passes of drafts, of every length in
+        // turn): a slot per shape, so alternating lengths do not rebuild graphs
+        for (const auto & s : batch_slots_) {
+            if (fits(*s)) {
+                reuse = true;
+                return *s;
+            }
+        }
+        reuse = false;
+        for (auto & s : batch_slots_) {
+            if (s->ready && s->plan.same_shape(plan)) {
+                return *s;  // same shape, other masks: rebuild in place
+            }
+        }
+        if (batch_slots_.size() >= 2 * max_kept_batch) {
+            batch_slots_.erase(batch_slots_.begin());  // the oldest shape
+        }
+        batch_slots_.push_back(std::make_unique<graph_slot>());
+        return *batch_slots_.back();
     }
     graph_slot * victim = nullptr;
     for (size_t i = 1; i < slots_.size(); i++) {

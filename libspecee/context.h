@@ -183,6 +183,8 @@ private:
     int                graph_size_ = 0;
     std::vector<std::unique_ptr<graph_slot>> slots_;
     graph_slot         batch_slot_;  // decode_batch's graph, when this context leads one
+    std::vector<std::unique_ptr<graph_slot>> batch_slots_;  // graphs of 2..max_kept_batch tokens, by shape
+    static constexpr uint32_t max_kept_batch = 16;
     uint64_t           n_runs_ = 0;
 
     ggml_context          * state_ctx_    = nullptr;
