@@ -76,15 +76,19 @@ def generate_speculative(
 
     drafted = accepted = verify_steps = plain_steps = 0
     t_draft = 0.0
+    n_ctx = ctx.n_ctx
+    has_free_kind = any(k.cost_per_token == 0 for k in drafter.kinds.values())
     while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
         # room for [token] + drafts in the cache, and for drafts + 1 in the output
-        cap = min(draft_max, ctx.n_ctx - ctx.n_past - 1, max_tokens - len(tokens) - 1)
+        cap = min(draft_max, n_ctx - ctx.n_past - 1, max_tokens - len(tokens) - 1)
         draft = empty_draft()
         if cap > 0:
             limits = policy.limits(cap)
-            if any(limits.values()) or any(k.cost_per_token == 0 for k in drafter.kinds.values()):
+            worth = any(limits.values())
+            if worth or has_free_kind:
                 td = time.perf_counter()
-                draft = drafter.propose(history, cap, d_sampler, limits)
+                # nothing worth verifying: a free drafter's first token only, to keep its score
+                draft = drafter.propose(history, cap if worth else 1, d_sampler, limits)
                 t_draft += time.perf_counter() - td
         k = policy.choose(draft, cap)
         if k == 0:
