@@ -8,8 +8,8 @@ drew from. A draft is a chain, or a token tree (`parents`: each token's
 parent in the draft, -1 for a token that follows the text directly; every
 parent comes before its children) whose branches the target verifies in one
 pass (ref: SpecInfer; tree.py). Any source fits behind this: prompt lookup (here), a draft model
-(draft_model.py), or a draft head that runs inside the target (EAGLE-style,
-not written yet: it would propose from the target's hidden state the same way).
+(draft_model.py), the EAGLE draft head inside the target (eagle.py), or
+several merged into one tree (choice.MergedDrafter).
 
 `kinds` names the kinds of draft a drafter makes, each with its cost per
 drafted token (relative to one plain decode step of the target) and its
