@@ -355,10 +355,23 @@ def test_policy_learns_acceptance_per_kind():
     for _ in range(20):
         policy.verified(good, [])  # the text moved on: all rejected
     assert policy.choose(good, 7) == 0
-    # free drafts are scored while not verified
-    for _ in range(60):
+    # free drafts are scored while not verified: followed along the plain steps
+    for _ in range(100):
         policy.plain_step(good, produced=1)
     assert policy.choose(good, 7) == 7
+
+
+def test_free_drafts_are_scored_on_every_token_not_just_the_first():
+    """A lookup draft whose first token is right and whose second is wrong
+    scores one accepted of two reached, as a verification would have, not
+    a success for its first token."""
+    policy = DraftPolicy(SMOLLM_LIKE, {"lookup/3": Kind(0.0, 0.6)})
+    draft = Draft([1, 1, 1, 1], [0.6] * 4, "lookup/3")
+    for step in range(400):
+        policy.plain_step(draft, produced=1 if step % 2 == 0 else 2)  # the text: 1 2 1 2 ...
+    stats = policy.stats["lookup/3"]
+    assert stats.accepted / stats.reached == pytest.approx(0.5, abs=0.02)
+    assert policy.choose(draft, 4) == 0  # half right is not worth a verification here
 
 
 def test_policy_probes_a_costly_drafter_now_and_then():

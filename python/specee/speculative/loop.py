@@ -85,10 +85,10 @@ def generate_speculative(
         if cap > 0:
             limits = policy.limits(cap)
             worth = any(limits.values())
-            if worth or has_free_kind:
+            # nothing worth verifying: draft only for a free drafter's score, when none is being followed
+            if worth or (has_free_kind and not policy.scoring):
                 td = time.perf_counter()
-                # nothing worth verifying: a free drafter's first token only, to keep its score
-                draft = drafter.propose(history, cap if worth else 1, d_sampler, limits)
+                draft = drafter.propose(history, cap, d_sampler, limits)
                 t_draft += time.perf_counter() - td
         k = policy.choose(draft, cap)
         if k == 0:

@@ -14,16 +14,18 @@ prefix of k nodes that pays most.
 
 The chances come from the draft's confidences, rescaled per draft kind by
 the acceptance observed so far (recent verifications weigh more). A kind
-that is never drafted is still scored: free drafts (lookup) by comparing
-them with the tokens plain decoding produces, costly ones (a draft model)
-by a short probe every `probe_interval` plain steps.
+that is never drafted is still scored: free drafts (lookup) by following
+one unverified draft along the tokens plain decoding produces next, token
+by token, as a verification would have judged it (its first token alone
+would flatter long drafts); costly ones (a draft model) by a short probe
+every `probe_interval` plain steps.
 """
 from __future__ import annotations
 
 import itertools
 import operator
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..ranges import COUNT, Range
 from .cost import CostCurve
@@ -70,6 +72,14 @@ class DraftPolicy:
         self.probe_interval = COUNT.check("probe_interval", probe_interval)
         self.probe_len = COUNT.check("probe_len", probe_len)
         self.stats = {name: KindStats(kind.prior) for name, kind in self.kinds.items()}
+        # an unverified free draft followed along plain steps: kind, chain, confidences, tokens matched
+        self._shadow: Optional[tuple[str, list[int], list[float], int]] = None
+
+    @property
+    def scoring(self) -> bool:
+        """Whether a free draft is being followed (the loop need not draft
+        just to keep score)."""
+        return self._shadow is not None
 
     # ---- the decision ----
 
@@ -126,13 +136,27 @@ class DraftPolicy:
         tried = [draft.confidence[i] for i, p in enumerate(draft.parent_of) if p == stop_node]
         stats.record(reached + ([max(tried)] if tried else []), len(path))
         stats.since_verify = 0
+        self._shadow = None  # the text moved on by more than one token
 
     def plain_step(self, draft: Draft, produced: int) -> None:
         """A plain step produced `produced`; `draft` (possibly empty) was not
-        verified. A free draft is scored on its first token."""
+        verified. A free draft is followed along the next plain steps."""
         for stats in self.stats.values():
             stats.since_verify += 1
-        if len(draft) and draft.kind in self.stats and self.kinds[draft.kind].cost_per_token == 0:
-            roots = [i for i, p in enumerate(draft.parent_of) if p == -1]
-            hit = next((i for i in roots if draft.tokens[i] == produced), None)
-            self.stats[draft.kind].record([draft.confidence[roots[0] if hit is None else hit]], int(hit is not None))
+        if self._shadow is None and len(draft) and draft.kind in self.stats and \
+                self.kinds[draft.kind].cost_per_token == 0:
+            chain, conf, node = [], [], -1  # the best-first chain: each node's first child
+            parents = draft.parent_of
+            while (node := next((i for i, p in enumerate(parents) if p == node), None)) is not None:
+                chain.append(draft.tokens[node])
+                conf.append(draft.confidence[node])
+            self._shadow = (draft.kind, chain, conf, 0)
+        if self._shadow is not None:
+            kind, chain, conf, matched = self._shadow
+            if chain[matched] == produced:
+                matched += 1
+                if matched < len(chain):
+                    self._shadow = (kind, chain, conf, matched)
+                    return
+            self.stats[kind].record(conf[:matched + 1], matched)
+            self._shadow = None
