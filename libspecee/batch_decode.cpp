@@ -43,24 +43,30 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
     }
 
     const int64_t t_start = ggml_time_us();
+    // The graph depends on which contexts take part, their cells read and
+    // which of their layers share a mask; positions, cells written and masks
+    // are inputs. The same batch step after step reuses it.
+    std::vector<int64_t> key = {int64_t(want_hidden)};
+    for (int32_t s = 0; s < n; s++) {
+        key.push_back(int64_t(contexts[s]->id_));
+        key.push_back(int64_t(plans[size_t(s)].n_kv));
+        for (int u : assign_masks(*kvs[size_t(s)], plans[size_t(s)], m.hp.n_layer)) {
+            key.push_back(u);
+        }
+    }
     graph_slot & slot = lead.batch_slot_;
-    const int size = batch_graph_size(m, n);
-    slot.ready = false;
-    slot.meta.resize(ggml_tensor_overhead() * size_t(size) + ggml_graph_overhead_custom(size_t(size), false));
-    ggml_free(slot.ctx);
-    ggml_init_params ip = {slot.meta.size(), slot.meta.data(), true};
-    slot.ctx = ggml_init(ip);
-    if (slot.galloc == nullptr) {
-        slot.galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+    if (!slot.ready || key != lead.batch_key_) {
+        const int size = batch_graph_size(m, n);
+        slot.reset(size, /*with_galloc=*/true);
+        lead.batch_graph_ = build_batch_forward(slot.ctx, m, kvs, plans, want_hidden, size);
+        if (!ggml_gallocr_alloc_graph(slot.galloc, lead.batch_graph_.gf)) {
+            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
+        }
+        slot.ready      = true;
+        lead.batch_key_ = std::move(key);
+        lead.perf_.n_graph_builds++;
     }
-    if (slot.ctx == nullptr || slot.galloc == nullptr) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
-    }
-    const batch_graph g = build_batch_forward(slot.ctx, m, kvs, plans, want_hidden, size);
-    if (!ggml_gallocr_alloc_graph(slot.galloc, g.gf)) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
-    }
-    lead.perf_.n_graph_builds++;
+    const batch_graph & g = lead.batch_graph_;
 
     // ---- inputs ----
     std::vector<int32_t> pos(static_cast<size_t>(n));
@@ -78,10 +84,7 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
         const int64_t cell = plans[s].pos;
         ggml_backend_tensor_set(q.k_idx, &cell, 0, sizeof cell);
         if (q.v_idx != q.k_idx) {
-            v_idx.resize(size_t(m.hp.n_embd_kv()));
-            for (size_t d = 0; d < v_idx.size(); d++) {  // transposed V: element (d, cell) at d * n_ctx + cell
-                v_idx[d] = int64_t(d) * kv.n_ctx() + cell;
-            }
+            kv.v_indices(&cell, 1, v_idx);
             ggml_backend_tensor_set(q.v_idx, v_idx.data(), 0, v_idx.size() * sizeof(int64_t));
         }
         mask.resize(plans[s].n_kv);

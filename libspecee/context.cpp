@@ -6,6 +6,7 @@
 #include "graph_parts.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -30,6 +31,11 @@ static std::vector<ggml_backend_buffer_type_t> layer_bufts(const model & m) {
     return out;
 }
 
+static uint64_t next_context_id() {
+    static std::atomic<uint64_t> next{1};
+    return next++;
+}
+
 static int32_t resolve_threads(int32_t n) {
     if (n > 0) {
         return std::min(n, 512);
@@ -42,7 +48,8 @@ context::context(const model & m, const specee_context_params & params)
     : model_(m),
       kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn, layer_bufts(m)),
       n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
-      n_threads_(resolve_threads(params.n_threads)) {
+      n_threads_(resolve_threads(params.n_threads)),
+      id_(next_context_id()) {
     install_ggml_log();
 
     // Explicit cleanup on failure: the destructor does not run for a
@@ -173,14 +180,6 @@ void context::check_tokens(const int32_t * tokens, int32_t n) const {
     }
 }
 
-// Copies an input's data in, unless this graph does not use that input (a
-// segment without layers reads no positions or masks: gallocr gave it no memory).
-static void set_input(ggml_tensor * t, const void * data, size_t offset, size_t size) {
-    if (t->buffer != nullptr || t->data != nullptr) {
-        ggml_backend_tensor_set(t, data, offset, size);
-    }
-}
-
 // Appends the columns of an F32 output tensor [ne0, n] to `out`; returns n.
 static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     const size_t n_floats = size_t(ggml_nelements(t));
@@ -190,21 +189,24 @@ static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     return int32_t(t->ne[1]);
 }
 
-void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
-    slot.ready = false;
-    if (slot.meta.empty()) {
-        slot.meta.resize(ggml_tensor_overhead() * size_t(graph_size_) +
-                         ggml_graph_overhead_custom(size_t(graph_size_), false));
+void context::graph_slot::reset(int graph_size, bool with_galloc) {
+    ready = false;
+    ggml_free(ctx);  // before its memory may move
+    ctx = nullptr;
+    meta.resize(std::max(meta.size(), ggml_tensor_overhead() * size_t(graph_size) +
+                                          ggml_graph_overhead_custom(size_t(graph_size), false)));
+    ggml_init_params ip = {meta.size(), meta.data(), true};
+    ctx = ggml_init(ip);
+    if (galloc == nullptr && with_galloc) {
+        galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
     }
-    ggml_free(slot.ctx);
-    ggml_init_params ip = {slot.meta.size(), slot.meta.data(), true};
-    slot.ctx = ggml_init(ip);
-    if (slot.galloc == nullptr && sched_ == nullptr) {
-        slot.galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
-    }
-    if (slot.ctx == nullptr || (slot.galloc == nullptr && sched_ == nullptr)) {
+    if (ctx == nullptr || (galloc == nullptr && with_galloc)) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
     }
+}
+
+void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
+    slot.reset(graph_size_, /*with_galloc=*/sched_ == nullptr);
     slot.g = draft ? build_draft(slot.ctx, model_, heads_->draft, *draft_kv_, plan, graph_size_)
                    : build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
     // CPU only: each slot keeps its buffer and its graph runs again as it
@@ -296,14 +298,7 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
     set_input(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
     set_input(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
     if (g.v_idx != g.k_idx) {
-        // transposed V: element (d, token i) goes to d * n_ctx + cell
-        const int64_t n_embd_kv = model_.hp.n_embd_kv();
-        v_idx_buf_.resize(size_t(n_embd_kv) * n);
-        for (uint32_t i = 0; i < n; i++) {
-            for (int64_t d = 0; d < n_embd_kv; d++) {
-                v_idx_buf_[size_t(i) * n_embd_kv + d] = d * kv.n_ctx() + k_idx_buf_[i];
-            }
-        }
+        kv.v_indices(k_idx_buf_.data(), n, v_idx_buf_);
         set_input(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
     }
     if (g.tokens) {
@@ -376,10 +371,7 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
 
 void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all) {
     check_tokens(tokens, n_tokens);
-    logits_.clear();
-    hidden_.clear();
-    n_outputs_ = 0;
-    n_hidden_  = 0;
+    clear_outputs();
 
     const uint32_t start = kv_.n_past();
     try {
@@ -392,8 +384,7 @@ void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all)
             plan.n_kv         = padded_n_kv(plan.pos + chunk);
             plan.layer_end    = model_.hp.n_layer;
             plan.n_logits     = logits_all ? int(chunk) : (last ? 1 : 0);
-            plan.hidden_layer = has_draft() ? model_.hp.n_layer : hidden_layer_;  // the draft's features
-            plan.hidden_norm  = has_draft() ? true : hidden_norm_;
+            ask_hidden(plan);
             run(tokens + done, plan);
             kv_.commit(plan.pos, chunk, model_.hp.n_layer);
             done += chunk;
@@ -403,10 +394,7 @@ void context::prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all)
         }
     } catch (...) {
         kv_.truncate(start);  // all or nothing
-        logits_.clear();
-        hidden_.clear();
-        n_outputs_ = 0;
-        n_hidden_  = 0;
+        clear_outputs();
         throw;
     }
 }
@@ -434,6 +422,19 @@ void context::truncate(uint32_t n_past) {
         pending_tokens_.resize(keep);
         pending_features_.resize(keep * size_t(model_.hp.n_embd));
     }
+}
+
+void context::clear_outputs() {
+    logits_.clear();
+    hidden_.clear();
+    n_outputs_ = 0;
+    n_hidden_  = 0;
+}
+
+void context::ask_hidden(forward_plan & plan) const {
+    // with a draft head: its features, the final-normed last hidden states
+    plan.hidden_layer = has_draft() ? model_.hp.n_layer : hidden_layer_;
+    plan.hidden_norm  = has_draft() ? true : hidden_norm_;
 }
 
 void context::set_hidden_output(int32_t layer, bool final_norm) {

@@ -1,6 +1,7 @@
 // context.h — one sequence: KV cache, compute buffers, threads, outputs.
 #pragma once
 
+#include "batch_graph.h"
 #include "exit_policy.h"
 #include "graph.h"
 #include "heads.h"
@@ -141,6 +142,9 @@ private:
         forward_plan         plan;
         bool                 ready     = false;
         uint64_t             last_used = 0;
+        // a fresh ggml context for a graph of up to graph_size nodes (and a
+        // gallocr of its own when with_galloc: CPU-only contexts)
+        void reset(int graph_size, bool with_galloc);
         ~graph_slot();
     };
 
@@ -165,6 +169,8 @@ private:
     void compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv, const int32_t * tokens,
                  const int32_t * cands, const float * features);
     void check_tokens(const int32_t * tokens, int32_t n) const;
+    void clear_outputs();                           // logits and hidden states of the last call
+    void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
     uint32_t padded_n_kv(uint32_t n_used) const;
     graph_slot & slot_for(const forward_plan & plan, bool & reuse);
     void         build_into(graph_slot & slot, const forward_plan & plan, bool draft = false);
@@ -182,7 +188,10 @@ private:
     void release();                                  // frees what the constructor made
     int                graph_size_ = 0;
     std::vector<std::unique_ptr<graph_slot>> slots_;
-    graph_slot         batch_slot_;  // decode_batch's graph, when this context leads one
+    graph_slot           batch_slot_;   // decode_batch's graph, when this context leads one,
+    batch_graph          batch_graph_;  // kept while the same contexts decode together
+    std::vector<int64_t> batch_key_;    // what it was built for (decode_batch)
+    const uint64_t       id_;           // unique in the process (a freed context's address may come back)
     std::vector<std::unique_ptr<graph_slot>> batch_slots_;  // graphs of 2..max_kept_batch tokens, by shape
     static constexpr uint32_t max_kept_batch = 16;
     uint64_t           n_runs_ = 0;

@@ -66,10 +66,10 @@ std::vector<int32_t> context::draft_top(size_t k, float * probs) const {
         return draft_logits_[size_t(a)] > draft_logits_[size_t(b)] ||
                (draft_logits_[size_t(a)] == draft_logits_[size_t(b)] && a < b);
     });
-    double sum = 0.0;  // softmax over the draft's vocabulary, for the probabilities
+    double sum = 0.0;  // softmax over the draft's vocabulary, only when probabilities are asked for
     const float top = k > 0 ? draft_logits_[size_t(idx[0])] : 0.0f;
-    for (float l : draft_logits_) {
-        sum += std::exp(double(l - top));
+    for (size_t i = 0; probs && i < draft_logits_.size(); i++) {
+        sum += std::exp(double(draft_logits_[i] - top));
     }
     std::vector<int32_t> out;
     for (size_t i = 0; i < k; i++) {

@@ -76,10 +76,7 @@ void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t
     if (has_draft() && !pending_tokens_.empty()) {
         draft_sync(token);  // catch the draft up; this step's candidates are the caller's
     }
-    logits_.clear();
-    hidden_.clear();
-    n_outputs_ = 0;
-    n_hidden_  = 0;
+    clear_outputs();
     next_cands_.clear();
 }
 
@@ -91,10 +88,7 @@ void context::run_to_output(int32_t token, forward_plan & plan, int32_t from, in
     plan.n_cand       = 0;
     plan.hidden_layer = has_draft() ? to : -1;  // the draft head's feature
     plan.hidden_norm  = true;
-    logits_.clear();
-    hidden_.clear();
-    n_outputs_ = 0;
-    n_hidden_  = 0;
+    clear_outputs();
     run(&token, plan);
     plan.hidden_layer = -1;
 }

@@ -50,10 +50,7 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "a token tree of %d tokens is larger than n_batch = %u", n, n_batch_);
     }
     token_tree t = make_tree(tokens, parents, n, kv_.n_past());
-    logits_.clear();
-    hidden_.clear();
-    n_outputs_ = 0;
-    n_hidden_  = 0;
+    clear_outputs();
 
     forward_plan plan;
     plan.pos          = t.base;
@@ -61,17 +58,13 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
     plan.n_kv         = padded_n_kv(t.base + t.n);
     plan.layer_end    = model_.hp.n_layer;
     plan.n_logits     = n;
-    plan.hidden_layer = has_draft() ? model_.hp.n_layer : hidden_layer_;  // the draft's features
-    plan.hidden_norm  = has_draft() ? true : hidden_norm_;
+    ask_hidden(plan);
     laying_out_ = &t;
     try {
         run(tokens, plan);
     } catch (...) {
         laying_out_ = nullptr;
-        logits_.clear();
-        hidden_.clear();
-        n_outputs_ = 0;
-        n_hidden_  = 0;
+        clear_outputs();
         throw;
     }
     laying_out_ = nullptr;

@@ -20,11 +20,9 @@ static ggml_tensor * last_column(ggml_context * ctx0, ggml_tensor * t) {
 
 // y = W x (+ b)
 // final_norm(x) . the candidates' lm_head rows: what an exit check sees
-// (ref: SpecEE sec. 4, the predictor's inputs). [n_cand, 1], marked output.
+// (ref: SpecEE sec. 4, the predictor's inputs). [n_cand, 1].
 static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml_tensor * cand_rows, ggml_tensor * x) {
-    ggml_tensor * c = ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
-    ggml_set_output(c);
-    return c;
+    return ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
 }
 
 ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
@@ -165,16 +163,19 @@ ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) 
     return t;
 }
 
-void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch) {
-    if (t->buffer == nullptr && t->data == nullptr) {
-        return;  // a segment without layers reads no masks
+void set_input(ggml_tensor * t, const void * data, size_t offset, size_t size) {
+    if (t->buffer != nullptr || t->data != nullptr) {
+        ggml_backend_tensor_set(t, data, offset, size);
     }
+}
+
+void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch) {
     if (t->type == GGML_TYPE_F16) {
         scratch.resize(n);
         ggml_fp32_to_fp16_row(mask, scratch.data(), int64_t(n));
-        ggml_backend_tensor_set(t, scratch.data(), 0, n * sizeof(ggml_fp16_t));
+        set_input(t, scratch.data(), 0, n * sizeof(ggml_fp16_t));
     } else {
-        ggml_backend_tensor_set(t, mask, 0, n * sizeof(float));
+        set_input(t, mask, 0, n * sizeof(float));
     }
 }
 
@@ -254,10 +255,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         } else {
             h = ggml_cont(ctx0, h);  // a copy, so later in-place ops cannot touch it
         }
-        ggml_set_name(h, "hidden_out");
-        ggml_set_output(h);
-        ggml_build_forward_expand(g.gf, h);
-        g.hidden = h;
+        g.hidden = mark_output(g.gf, h, "hidden_out");
     };
 
     // The last layer can skip every row but the last when nothing else
@@ -292,9 +290,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         }
         if (plan.n_cand > 0 && !plan.trace && il == plan.layer_end - 1 && il > 0) {
             // the exit features' change term: the candidates' logits after layer il - 1
-            g.cand_logits_prev = candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x);
-            ggml_set_name(g.cand_logits_prev, "cand_logits_prev");
-            ggml_build_forward_expand(g.gf, g.cand_logits_prev);
+            g.cand_logits_prev = mark_output(
+                g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x), "cand_logits_prev");
         }
         const layer_weights & L = m.layer(il, n);
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
@@ -318,13 +315,10 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         if (plan.trace) {
             // training data for the exit predictors (ref: SpecEE sec. 4.3):
             // what a check after this layer would see, and what it would pick
-            ggml_tensor * c = candidate_logits(ctx0, m, cand_rows, x);       // [n_cand, 1]
+            ggml_tensor * c = mark_output(g.gf, candidate_logits(ctx0, m, cand_rows, x), "trace_cand");  // [n_cand, 1]
             ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);  // [n_embd, 1]
-            ggml_tensor * a = ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output_for(n), h));  // [1] I32
-            for (ggml_tensor * t : {c, a}) {
-                ggml_set_output(t);
-                ggml_build_forward_expand(g.gf, t);
-            }
+            ggml_tensor * a = mark_output(g.gf, ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output_for(n), h)),
+                                          "trace_argmax");  // [1] I32
             g.trace_cand.push_back(c);
             g.trace_argmax.push_back(a);
         }
@@ -340,9 +334,8 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     if (plan.n_cand > 0 && !plan.trace) {
         // early-exit features: final_norm(h) . lm_head rows of the candidates
         // ref: SpecEE sec. 4 (predictor inputs); only the last token's row
-        g.cand_logits = candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x);
-        ggml_set_name(g.cand_logits, "cand_logits");
-        ggml_build_forward_expand(g.gf, g.cand_logits);
+        g.cand_logits = mark_output(g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x),
+                                    "cand_logits");
     }
     if (plan.n_logits > 0) {
         if (plan.n_logits == 1 && n_rows > 1) {

@@ -55,9 +55,13 @@ ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_te
 // Names t, marks it as a graph output and adds it to gf; returns t.
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name);
 
+// Copies an input's data in, unless this graph does not use that input (a
+// segment without layers reads no positions or masks: gallocr gave it no memory).
+void set_input(ggml_tensor * t, const void * data, size_t offset, size_t size);
+
 // Copies an attention mask ([n] floats: 0 or -inf) into its graph input,
 // converted to F16 where the input is F16 (the fused kernel's), through
-// `scratch`. Skips an input the graph left without memory.
+// `scratch`; like set_input, it skips an input the graph left without memory.
 void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch);
 
 } // namespace specee

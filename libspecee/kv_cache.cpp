@@ -59,6 +59,16 @@ void kv_cache::build_mask(int il, uint32_t pos, uint32_t n, uint32_t n_kv, float
     }
 }
 
+void kv_cache::v_indices(const int64_t * cells, uint32_t n, std::vector<int64_t> & out) const {
+    const int64_t n_embd_kv = k_.front()->ne[0];
+    out.resize(size_t(n_embd_kv) * n);
+    for (uint32_t i = 0; i < n; i++) {
+        for (int64_t d = 0; d < n_embd_kv; d++) {
+            out[size_t(i) * size_t(n_embd_kv) + size_t(d)] = d * int64_t(n_ctx_) + cells[i];
+        }
+    }
+}
+
 void kv_cache::build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor,
                                uint32_t n_kv, float * out) const {
     const uint8_t * valid = &valid_[index(il, 0)];

@@ -54,6 +54,10 @@ public:
     void build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor, uint32_t n_kv,
                          float * out) const;
 
+    // With V transposed: the element indices ([n, n_embd_kv] row-major)
+    // that the V rows of tokens written to `cells` go to (d * n_ctx + cell).
+    void v_indices(const int64_t * cells, uint32_t n, std::vector<int64_t> & out) const;
+
     // Copies every layer's K/V of cell src to cell dst for each (src, dst)
     // pair, in order; a pair's src must not be an earlier pair's dst.
     void move_cells(const std::vector<std::pair<uint32_t, uint32_t>> & moves);

@@ -11,6 +11,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -296,62 +298,33 @@ static std::vector<ggml_tensor **> weight_slots(model & m) {
     return v;
 }
 
-// The CPU device's extra buffer type that can hold `w` as the weight of a
-// matrix product, or nullptr. Asked the way llama.cpp asks: a mock product
-// whose weight sits in a (zero-size) buffer of that type.
-static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
-    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (dev == nullptr) {
-        return nullptr;
-    }
-    auto get_extra = (ggml_backend_dev_get_extra_bufts_t)
-        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts");
-    if (get_extra == nullptr) {
-        return nullptr;
-    }
-    ggml_init_params ip = {ggml_tensor_overhead() * 4, nullptr, true};
-    std::unique_ptr<ggml_context, decltype(&ggml_free)> tmp(ggml_init(ip), ggml_free);
-    for (ggml_backend_buffer_type_t * buft = get_extra(dev); buft && *buft; buft++) {
-        if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
-            // ggml 0.25.3's AMX matrix kernels crash inside ggml_graph_compute
-            // here (Xeon with AMX, Q4_1 and Q8_0 weights); the AVX repacks are fine
-            continue;
-        }
-        ggml_tensor * wt = ggml_dup_tensor(tmp.get(), w);
-        ggml_tensor * x  = ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], 512);
-        ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, x);
-        ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(*buft, 0);
-        wt->buffer = dummy;
-        const bool ok = ggml_backend_dev_supports_op(dev, op);
-        ggml_backend_buffer_free(dummy);
-        if (ok) {
-            return *buft;
-        }
-    }
-    return nullptr;
-}
-
-// ggml's AMX buffer type, if this CPU and build have one.
-static ggml_backend_buffer_type_t amx_buffer_type() {
+// The CPU device's extra buffer types (ggml's repacked layouts: AMX, AVX
+// repacks, ...), in ggml's order of preference.
+static std::vector<ggml_backend_buffer_type_t> cpu_extra_buffer_types() {
+    std::vector<ggml_backend_buffer_type_t> out;
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     auto get_extra = dev ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
                                ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts")
                          : nullptr;
     for (ggml_backend_buffer_type_t * buft = get_extra ? get_extra(dev) : nullptr; buft && *buft; buft++) {
-        if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
-            return *buft;
-        }
+        out.push_back(*buft);
     }
-    return nullptr;
+    return out;
 }
 
-// Whether a one-token product with weight w in buffer type `buft` runs there.
-static bool single_token_product_supported(ggml_backend_buffer_type_t buft, const ggml_tensor * w) {
+static bool is_amx(ggml_backend_buffer_type_t buft) {
+    return std::strcmp(ggml_backend_buft_name(buft), "AMX") == 0;
+}
+
+// Whether the CPU runs a product of n_tokens tokens with weight w held in
+// buffer type `buft`. Asked the way llama.cpp asks: a mock product whose
+// weight sits in a (zero-size) buffer of that type.
+static bool product_supported(ggml_backend_buffer_type_t buft, const ggml_tensor * w, int64_t n_tokens) {
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     ggml_init_params ip = {ggml_tensor_overhead() * 4, nullptr, true};
     std::unique_ptr<ggml_context, decltype(&ggml_free)> tmp(ggml_init(ip), ggml_free);
     ggml_tensor * wt = ggml_dup_tensor(tmp.get(), w);
-    ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], 1));
+    ggml_tensor * op = ggml_mul_mat(tmp.get(), wt, ggml_new_tensor_2d(tmp.get(), GGML_TYPE_F32, w->ne[0], n_tokens));
     ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(buft, 0);
     wt->buffer = dummy;
     const bool ok = ggml_backend_dev_supports_op(dev, op);
@@ -359,16 +332,36 @@ static bool single_token_product_supported(ggml_backend_buffer_type_t buft, cons
     return ok;
 }
 
+// The CPU extra buffer type that can hold `w` as the weight of every product
+// (prompts included), or nullptr. Never the AMX one: its multi-token kernels
+// fault on some AMX machines (README, "Plain decoding against llama-bench");
+// place_decode_copies uses it for single-token graphs only.
+static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
+    for (ggml_backend_buffer_type_t buft : cpu_extra_buffer_types()) {
+        if (!is_amx(buft) && product_supported(buft, w, 512)) {
+            return buft;
+        }
+    }
+    return nullptr;
+}
+
+// The matrices of a layer (the weights of its products; null where absent).
+static std::array<ggml_tensor **, 8> matrix_slots(layer_weights & L) {
+    return {&L.wqkv, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down};
+}
+
 // On AMX CPUs: copies of the matrices (and the output) in the AMX layout for
 // single-token graphs (model::decode_layers). Same names as the plain ones,
 // so read_weights fills both copies from the file.
 static void place_decode_copies(model & m, size_t n_tensors) {
-    ggml_backend_buffer_type_t amx = amx_buffer_type();
-    if (amx == nullptr) {
+    const std::vector<ggml_backend_buffer_type_t> extra = cpu_extra_buffer_types();
+    const auto found = std::find_if(extra.begin(), extra.end(), is_amx);
+    if (found == extra.end()) {
         return;
     }
+    ggml_backend_buffer_type_t amx = *found;
     auto amx_copy = [&](ggml_tensor * t) {
-        if (t == nullptr || !single_token_product_supported(amx, t)) {
+        if (t == nullptr || !product_supported(amx, t, 1)) {
             return t;
         }
         ggml_tensor * copy = ggml_dup_tensor(m.weights.context_for(amx, n_tensors + 2), t);
@@ -378,7 +371,7 @@ static void place_decode_copies(model & m, size_t n_tensors) {
     };
     m.decode_layers = m.layers;
     for (layer_weights & L : m.decode_layers) {
-        for (ggml_tensor ** w : {&L.wqkv, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) {
+        for (ggml_tensor ** w : matrix_slots(L)) {
             *w = amx_copy(*w);
         }
     }
@@ -405,9 +398,9 @@ static int layer_of(const model & m, const ggml_tensor * t) {
 static void place_weights(model & m, bool allow_repack, bool amx_decode) {
     std::set<const ggml_tensor *> matmul_weights;
     for (auto & L : m.layers) {
-        for (const ggml_tensor * t : {L.wqkv, L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down}) {
-            if (t != nullptr) {
-                matmul_weights.insert(t);
+        for (ggml_tensor ** t : matrix_slots(L)) {
+            if (*t != nullptr) {
+                matmul_weights.insert(*t);
             }
         }
     }
