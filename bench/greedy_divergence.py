@@ -12,8 +12,7 @@ import argparse
 import sys
 
 import numpy as np
-from prompts import PROMPTS
-from speculative_vs_plain import COPY_PROMPTS
+from speculative_vs_plain import COPY_PROMPTS, OPEN_PROMPTS
 
 from specee.engine import Model
 from specee.fetch import fetch_model
@@ -41,7 +40,7 @@ def main() -> int:
     path = fetch_model(args.model, progress=False)
     tok = Tokenizer.from_gguf(path)
     with Model(path) as m:
-        for name, text, _ in COPY_PROMPTS + [x for x in PROMPTS if not x[2]]:
+        for name, text, _ in COPY_PROMPTS + OPEN_PROMPTS:
             ids = tok.encode(text, parse_special=False)
             with m.context(n_ctx=1024, n_threads=args.threads) as ctx:
                 plain = generate(ctx, ids, args.n).tokens

@@ -18,8 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prompts import PROMPTS
-from speculative_vs_plain import COPY_PROMPTS
+from speculative_vs_plain import COPY_PROMPTS, OPEN_PROMPTS
 
 from specee.engine import Model
 from specee.fetch import fetch_model
@@ -53,7 +52,7 @@ def main() -> int:
     tok = Tokenizer.from_gguf(path)
     report = {"model": args.model, "draft": args.draft, "threads": args.threads, "n": args.n, "groups": {}}
     with Model(path) as m:
-        for group, prompts in (("copy", COPY_PROMPTS), ("open", [x for x in PROMPTS if not x[2]])):
+        for group, prompts in (("copy", COPY_PROMPTS), ("open", OPEN_PROMPTS)):
             items = []
             for i, (name, text, _) in enumerate(prompts):
                 speeds = {}

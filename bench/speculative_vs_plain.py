@@ -37,6 +37,7 @@ COPY_PROMPTS = [
     ("copy-quote", f"{TEXT}\n\nQuote the first two sentences of the text above word for word:\n", False),
     ("copy-summary", f"{TEXT}\n\nIn short: the committee met on Tuesday to", False),
 ]
+OPEN_PROMPTS = [x for x in PROMPTS if not x[2]]  # the benchmark prompts that are not chat-formatted
 
 
 def run_pair(model, ids, args, draft_path, first_speculative: bool) -> dict:
@@ -72,7 +73,7 @@ def main() -> int:
     model_path = fetch_model(args.model, progress=False)
     draft_path = resolve_draft_model(args.draft, model_path)
     tok = Tokenizer.from_gguf(model_path)
-    groups = {"copy": COPY_PROMPTS, "open": [x for x in PROMPTS if not x[2]]}
+    groups = {"copy": COPY_PROMPTS, "open": OPEN_PROMPTS}
     report = {"model": str(model_path), "draft": args.draft, "draft_max": args.draft_max, "threads": args.threads,
               "n": args.n, "rounds": args.rounds, "groups": {}}
     with Model(model_path) as model:

@@ -17,6 +17,7 @@ import pytest
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidModelError, Model, UnsupportedModelError
 from specee.heads_file import constant_predictor, write_heads
+from test_forward import batched_and_stepped_logits, rel_err
 from tiny_model import TinyConfig, write_tiny_model
 
 PROMPT = [5, 77, 200, 13, 300, 42, 1, 9]
@@ -33,10 +34,6 @@ CONFIGS = {
 }
 # matches the bounds of test_forward: a wrong graph is off by O(1)
 TOLERANCE = {"F32": 2e-3, "Q8_0": 3e-2}
-
-
-def rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def reference_greedy(ref: Reference, prompt: list[int], n: int) -> list[int]:
@@ -63,14 +60,7 @@ def test_logits_match_reference(tiny_model_factory, name, qtype):
     want = Reference(path, n_ctx=64).forward(PROMPT)
     with Model(path) as m, m.context(n_ctx=64, n_threads=1) as ctx:
         assert m.arch == CONFIGS[name]["arch"]
-        ctx.prefill(PROMPT, logits_all=True)
-        batched = ctx.all_logits()
-        ctx.truncate(0)
-        stepped = []
-        for t in PROMPT:
-            ctx.decode(t)
-            stepped.append(ctx.logits())
-        stepped = np.stack(stepped)
+        batched, stepped = batched_and_stepped_logits(ctx, PROMPT)
     assert rel_err(batched, want) < TOLERANCE[qtype]
     assert rel_err(stepped, want) < TOLERANCE[qtype]
 
@@ -191,15 +181,17 @@ def test_same_tokens_as_llama_cpp(tiny_model_factory, llama_cpp, name):
 # ---- refusals ---------------------------------------------------------------
 
 
-def test_unsupported_architecture_names_the_supported_ones(tmp_path):
-    p = tmp_path / "gemma.gguf"
-    w = gguf.GGUFWriter(str(p), "gemma2")
+@pytest.mark.parametrize("arch", ["gemma2", "mamba"])
+def test_unsupported_architecture_names_the_supported_ones(tmp_path, arch):
+    p = tmp_path / f"{arch}.gguf"
+    w = gguf.GGUFWriter(str(p), arch)
     w.add_block_count(1)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedModelError, match=r"'gemma2' is not supported \(llama, qwen2, qwen3, phi3 are\)"):
+    with pytest.raises(UnsupportedModelError,
+                       match=rf"architecture '{arch}' is not supported \(llama, qwen2, qwen3, phi3 are\)"):
         Model(p)
 
 

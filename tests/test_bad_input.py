@@ -164,18 +164,6 @@ def test_qwen2_needs_biases(tmp_path):
         Model(p)
 
 
-def test_unsupported_architecture(tmp_path):
-    p = tmp_path / "mamba.gguf"
-    w = gguf.GGUFWriter(str(p), "mamba")
-    w.add_block_count(1)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    with pytest.raises(UnsupportedModelError, match="architecture 'mamba'"):
-        Model(p)
-
-
 # ---- run-time arguments ---------------------------------------------------------
 
 

@@ -21,6 +21,19 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+def batched_and_stepped_logits(ctx, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Every token's logits from one prefill, then from one decode each (the
+    context is emptied in between)."""
+    ctx.prefill(tokens, logits_all=True)
+    batched = ctx.all_logits()
+    ctx.truncate(0)
+    stepped = []
+    for t in tokens:
+        ctx.decode(t)
+        stepped.append(ctx.logits())
+    return batched, np.stack(stepped)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_logits_match_reference(tiny_model_factory, arch, qtype):
@@ -28,15 +41,8 @@ def test_logits_match_reference(tiny_model_factory, arch, qtype):
     want = Reference(path).forward(TOKENS)
     tol = TOLERANCE.get(qtype, QUANT_TOLERANCE)
     with Model(path) as m, m.context(n_ctx=64, n_threads=1) as ctx:
-        ctx.prefill(TOKENS, logits_all=True)
-        batched = ctx.all_logits()
+        batched, stepped = batched_and_stepped_logits(ctx, TOKENS)
         assert batched.shape == (len(TOKENS), m.n_vocab)
-        ctx.truncate(0)
-        stepped = []
-        for t in TOKENS:
-            ctx.decode(t)
-            stepped.append(ctx.logits())
-        stepped = np.stack(stepped)
     assert rel_err(batched, want) < tol
     assert rel_err(stepped, want) < tol
 

@@ -157,6 +157,7 @@ def test_decode_batch_is_each_context_decoded_alone(tiny):
             a.prefill(p)
             b.prefill(p)
         tokens = [a.argmax() for a in batch]
+        builds = batch[0].perf()["n_graph_builds"]
         for step in range(3):
             got = decode_batch(batch, tokens)
             want = [b.decode(t) for b, t in zip(alone, tokens)]
@@ -165,6 +166,7 @@ def test_decode_batch_is_each_context_decoded_alone(tiny):
                 assert a.n_past == b.n_past
             assert got == want
             tokens = got
+        assert batch[0].perf()["n_graph_builds"] == builds + 1  # the same batch reuses its graph
         for c in batch + alone:
             c.close()
 

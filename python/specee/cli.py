@@ -32,6 +32,9 @@ DEFAULT_MODEL = "smollm2-135m"
 # ---- generate -------------------------------------------------------------------
 
 
+AMX_DECODE_HELP = ("on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
+                   "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
+
 def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise SystemExit("specee: give --prompt or --prompt-file, not both")
@@ -346,9 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
                    help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
                         "has no authentication, so use trusted networks only")
-    g.add_argument("--amx-decode", action="store_true",
-                   help="on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
-                        "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
+    g.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="full depth (vanilla, default), speculative early exit (specee), or lossless "
@@ -385,9 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=32,
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
-    s.add_argument("--amx-decode", action="store_true",
-                   help="on CPUs with AMX: single-token steps read AMX-layout copies of the matrices (faster decode, "
-                        "twice the weight memory, other rounding)")
+    s.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
     s.add_argument("--no-batching", action="store_true",
                    help="step every slot alone instead of decoding the full-depth slots in one batched pass")
     s.add_argument("--threads", type=int, default=0,

@@ -26,7 +26,7 @@ from typing import Mapping, Optional, Protocol, Sequence
 from ..ngram_index import NgramIndex
 from ..ranges import COUNT
 from ..sampling import Sampler
-from .draft import EMPTY_KIND, Draft, empty_draft  # noqa: F401 (re-exported)
+from .draft import Draft, empty_draft
 from .tree import merge_drafts
 
 

@@ -30,6 +30,7 @@ from typing import Mapping, Optional, Sequence
 from ..ranges import COUNT, Range
 from .cost import CostCurve
 from .drafters import Draft, Kind
+from .tree import children_of
 
 DRAFT_MAX = Range(int, 1, 16)  # drafted tokens per verification
 MAX_CHANCE = 0.98              # no draft is ever a sure thing
@@ -132,8 +133,7 @@ class DraftPolicy:
         stats = self.stats[draft.kind]
         # what was reached: the accepted path, then the likeliest child where it stopped
         reached = [draft.confidence[i] for i in path]
-        stop_node = path[-1] if path else -1
-        tried = [draft.confidence[i] for i, p in enumerate(draft.parent_of) if p == stop_node]
+        tried = [draft.confidence[i] for i in children_of(draft.parent_of).get(path[-1] if path else -1, [])]
         stats.record(reached + ([max(tried)] if tried else []), len(path))
         stats.since_verify = 0
         self._shadow = None  # the text moved on by more than one token
@@ -146,8 +146,9 @@ class DraftPolicy:
         if self._shadow is None and len(draft) and draft.kind in self.stats and \
                 self.kinds[draft.kind].cost_per_token == 0:
             chain, conf, node = [], [], -1  # the best-first chain: each node's first child
-            parents = draft.parent_of
-            while (node := next((i for i, p in enumerate(parents) if p == node), None)) is not None:
+            children = children_of(draft.parent_of)
+            while node in children:
+                node = children[node][0]
                 chain.append(draft.tokens[node])
                 conf.append(draft.confidence[node])
             self._shadow = (draft.kind, chain, conf, 0)
