@@ -12,6 +12,7 @@ one, for comparison.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -61,11 +62,55 @@ def burst(client: openai.OpenAI, n: int, concurrent: int, tokens: int, pid: int)
             "server_os_threads": os_threads(pid)}
 
 
-def one_stream_vs_generate(client: openai.OpenAI, model: str, threads: int, tokens: int, n: int) -> dict:
+def _request_body(text: str, tokens: int) -> bytes:
+    return json.dumps({"model": "m", "prompt": text, "max_tokens": tokens, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+
+
+def raw_stream(base: str, text: str, tokens: int) -> tuple[float, float, int, float]:
+    """One streamed completion read with the standard library alone (read
+    lines, parse JSON): the arrival times of the first and last text chunks,
+    the completion tokens from `usage`, and the decode speed the server
+    reports in `timings`."""
+    host, port = base.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request("POST", "/v1/completions", _request_body(text, tokens), {"Content-Type": "application/json"})
+    first = last = None
+    used, reported = 0, 0.0
+    for line in conn.getresponse():
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        now = time.perf_counter()
+        chunk = json.loads(line[6:])
+        if chunk["choices"] and chunk["choices"][0]["text"]:
+            first = first or now
+            last = now
+        used = (chunk.get("usage") or {}).get("completion_tokens", used)
+        reported = (chunk.get("timings") or {}).get("predicted_per_second", reported)
+    conn.close()
+    return first, last, used, reported
+
+
+def curl_stream(base: str, text: str, tokens: int) -> float:
+    """The server's own decode speed (`timings`) for one stream read by curl,
+    a client that costs next to no CPU: what a client on another machine
+    would leave the server."""
+    out = subprocess.run(["curl", "-sN", base + "/v1/completions", "-H", "Content-Type: application/json",
+                          "--data-binary", "@-"], input=_request_body(text, tokens), capture_output=True,
+                         check=True).stdout
+    for line in reversed(out.splitlines()):
+        if line.startswith(b"data: {") and b'"timings"' in line:
+            return float(json.loads(line[6:])["timings"]["predicted_per_second"])
+    raise RuntimeError("the stream had no timings")
+
+
+def one_stream_vs_generate(client: openai.OpenAI, base: str, model: str, threads: int, tokens: int, n: int) -> dict:
     """Time to first token and decode speed of single streamed requests
     against `specee generate`'s prefill time and decode speed on the same
     prompts (in this process while the server idles), alternated prompt by
-    prompt."""
+    prompt. The stream is read three ways: by the openai client and by a
+    bare standard-library client (decode speed as they see it: they share
+    the cores with the server), and by curl (the speed the server reports)."""
     from specee.engine import Model
     from specee.fetch import fetch_model
     from specee.generate import generate
@@ -73,7 +118,7 @@ def one_stream_vs_generate(client: openai.OpenAI, model: str, threads: int, toke
 
     path = fetch_model(model, progress=False)
     tok = Tokenizer.from_gguf(path)
-    ttft, prefill, served, plain = [], [], [], []
+    rows = {k: [] for k in ("ttft", "prefill", "openai", "raw", "curl", "plain")}
     with Model(path) as m:
         for i in range(n):
             text = PROMPTS[i % len(PROMPTS)]
@@ -87,18 +132,25 @@ def one_stream_vs_generate(client: openai.OpenAI, model: str, threads: int, toke
                     first = first or now
                     last = now
                 usage = chunk.usage or usage
+            rows["ttft"].append(first - t0)
+            rows["openai"].append((usage.completion_tokens - 1) / (last - first) if last > first else 0.0)
+            r_first, r_last, r_used, _ = raw_stream(base, text, tokens)
+            rows["raw"].append((r_used - 1) / (r_last - r_first) if r_last > r_first else 0.0)
+            rows["curl"].append(curl_stream(base, text, tokens))
             ids = tok.encode(text, parse_special=False)
             with m.context(n_ctx=2048, n_threads=threads) as ctx:
                 r = generate(ctx, ids, tokens)
-            ttft.append(first - t0)
-            prefill.append(r.prefill_s)
-            served.append((usage.completion_tokens - 1) / (last - first) if last > first else 0.0)
-            plain.append(r.decode_tok_s)
-    med = statistics.median
-    return {"requests": n, "server_ttft_ms": round(med(ttft) * 1e3, 2), "generate_prefill_ms": round(med(prefill) * 1e3, 2),
-            "ttft_over_prefill": round(med(ttft) / med(prefill), 3),
-            "server_decode_tok_s": round(med(served), 1), "generate_decode_tok_s": round(med(plain), 1),
-            "decode_ratio": round(med(served) / med(plain), 3)}
+            rows["prefill"].append(r.prefill_s)
+            rows["plain"].append(r.decode_tok_s)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    out = {"requests": n, "server_ttft_ms": round(med["ttft"] * 1e3, 2),
+           "generate_prefill_ms": round(med["prefill"] * 1e3, 2),
+           "ttft_over_prefill": round(med["ttft"] / med["prefill"], 3),
+           "generate_decode_tok_s": round(med["plain"], 1)}
+    for k in ("openai", "raw", "curl"):
+        out[f"{k}_client_decode_tok_s"] = round(med[k], 1)
+        out[f"{k}_client_decode_ratio"] = round(med[k] / med["plain"], 3)
+    return out
 
 
 def main() -> int:
@@ -130,8 +182,8 @@ def main() -> int:
         results = [burst(client, n, 1, args.tokens, proc.pid), burst(client, n, n, args.tokens, proc.pid)]
         results.append({"speedup": round(results[1]["tok_s"] / results[0]["tok_s"], 2)})
         if args.vs_generate:
-            results.append({"one_stream_vs_generate": one_stream_vs_generate(client, args.model, args.threads,
-                                                                             args.tokens, args.vs_generate)})
+            results.append({"one_stream_vs_generate": one_stream_vs_generate(
+                client, base, args.model, args.threads, args.tokens, args.vs_generate)})
         print(json.dumps({"model": args.model, "threads": args.threads, "batching": not args.no_batching,
                           "cores": os.cpu_count(),
                           "results": results}, indent=1))
