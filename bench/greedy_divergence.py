@@ -36,10 +36,12 @@ def main() -> int:
     ap.add_argument("--draft", default="lookup:3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-n", type=int, default=96)
+    ap.add_argument("--no-repack", action="store_true", help="matrices in ggml's plain layout (Model(use_repack=False))")
     args = ap.parse_args()
     path = fetch_model(args.model, progress=False)
     tok = Tokenizer.from_gguf(path)
-    with Model(path) as m:
+    with Model(path, use_repack=not args.no_repack) as m:
+        print("repacked matrices:", m.n_repacked)
         for name, text, _ in COPY_PROMPTS + OPEN_PROMPTS:
             ids = tok.encode(text, parse_special=False)
             with m.context(n_ctx=1024, n_threads=args.threads) as ctx:

@@ -386,6 +386,21 @@ def test_policy_probes_a_costly_drafter_now_and_then():
     assert policy.limits(8) == {"model": 0}
 
 
+def test_policy_never_probes_a_drafter_that_could_not_pay_if_always_right():
+    # Qwen2.5-Coder-1.5B's measured verification costs, and 0.5B (Q8_0) drafting for it: 0.48 of a step per token
+    qwen_like = CostCurve({1: 1.0, 2: 1.9, 4: 3.2, 8: 4.9})
+    policy = DraftPolicy(qwen_like, {"model": Kind(0.48, 0.6)}, probe_interval=5, probe_len=2)
+    assert not policy.could_pay(policy.kinds["model"], 8)
+    for _ in range(50):
+        policy.plain_step(empty_draft(), 0)
+    assert policy.limits(8) == {"model": 0}
+    assert policy.choose(Draft([3, 4], [0.2, 0.2], "model"), 8) == 0
+    # the same drafter beside a target whose verification is nearly free does get probed
+    cheap = DraftPolicy(FLAT, {"model": Kind(0.48, 0.01)}, probe_interval=5, probe_len=2)
+    for _ in range(5):
+        cheap.plain_step(empty_draft(), 0)
+    assert cheap.limits(8) == {"model": 2}
+
 def test_cost_curve_interpolates_and_is_cached(tmp_path, monkeypatch, tiny_llama):
     curve = CostCurve({1: 1.0, 2: 2.0, 4: 3.0})
     assert curve(3) == 2.5 and curve(6) == 4.0

@@ -45,6 +45,21 @@ DRAFT_TARGETS = {"qwen2": dict(arch="qwen2", n_layer=3, tied=False, seed=9),
                  "qwen3-wide": dict(arch="qwen3", head_dim=96, n_layer=3, tied=False, seed=9)}
 
 
+def net_of(draft, info, embd, n_ff: int = 128) -> DraftNet:
+    """The exported draft's weights back in a torch DraftNet."""
+    net = DraftNet(info, n_ff, embd)
+    sd = net.state_dict()
+    sd.update({"fc.weight": torch.from_numpy(draft.fc), "fc.bias": torch.from_numpy(draft.fc_bias)})
+    names = {"attn_norm": "attn_norm.weight", "attn_q": "q.weight", "attn_k": "k.weight", "attn_v": "v.weight",
+             "attn_output": "o.weight", "ffn_norm": "ffn_norm.weight", "ffn_gate": "gate.weight",
+             "ffn_up": "up.weight", "ffn_down": "down.weight", "attn_q_bias": "q.bias", "attn_k_bias": "k.bias",
+             "attn_v_bias": "v.bias"}
+    for k, v in draft.layer.items():
+        sd[names[k]] = torch.from_numpy(v)
+    net.load_state_dict(sd)
+    return net
+
+
 @pytest.mark.parametrize("target", list(DRAFT_TARGETS))
 def test_trained_draft_runs_in_libspecee_as_in_torch(tiny_model_factory, tmp_path, target):
     tiny = tiny_model_factory(**DRAFT_TARGETS[target])
@@ -57,16 +72,7 @@ def test_trained_draft_runs_in_libspecee_as_in_torch(tiny_model_factory, tmp_pat
 
     # the same weights in torch and in libspecee give the same candidates
     info, embd, out = read_target(tiny)
-    net = DraftNet(info, 128, embd)
-    sd = net.state_dict()
-    sd.update({"fc.weight": torch.from_numpy(draft.fc), "fc.bias": torch.from_numpy(draft.fc_bias)})
-    names = {"attn_norm": "attn_norm.weight", "attn_q": "q.weight", "attn_k": "k.weight", "attn_v": "v.weight",
-             "attn_output": "o.weight", "ffn_norm": "ffn_norm.weight", "ffn_gate": "gate.weight",
-             "ffn_up": "up.weight", "ffn_down": "down.weight", "attn_q_bias": "q.bias", "attn_k_bias": "k.bias",
-             "attn_v_bias": "v.bias"}
-    for k, v in draft.layer.items():
-        sd[names[k]] = torch.from_numpy(v)
-    net.load_state_dict(sd)
+    net = net_of(draft, info, embd)
 
     # it learned: the training loss over all the data, against a fresh draft's
     torch.manual_seed(cfg.seed)
@@ -194,6 +200,30 @@ def test_offline_layers_skip_predictors_that_never_fire():
     report = {0: {"fire_rate": 0.0, "precision": 0.0}, 1: {"fire_rate": 0.1, "precision": 0.9},
               2: {"fire_rate": 0.2, "precision": 0.8}}
     assert choose_offline_layers(t, 2, report) == [2]  # layer 0 would never fire; layer 1 sees no exits
+
+
+def test_bf16_draft_training_learns(tiny, tmp_path):
+    """Products in bfloat16 (autocast), weights and optimizer in fp32: the
+    draft still learns, judged by the fp32 loss."""
+    seqs = corpus(300, n=30)
+    fs = extract_features(tiny, seqs, tmp_path / "f", progress=False)
+    cfg = DraftConfig(steps=80, seq_len=32, batch=4, lr=3e-3, checkpoint_every=40, draft_vocab=64, n_ff=128,
+                      precision="bf16")
+    draft, metrics = train_draft(tiny, fs, tmp_path / "d", cfg, progress=False)
+    assert draft.fc.dtype == np.float32 and 0 <= metrics["top1"] <= metrics["top4"] <= 1
+    info, embd, out = read_target(tiny)
+    torch.manual_seed(cfg.seed)
+    fresh, net = DraftNet(info, 128, embd), net_of(draft, info, embd)
+    batch = _batch(fs, _chunks(fs, list(range(len(fs))), cfg.seq_len))
+    with torch.no_grad():
+        before, after = (_losses(n, torch.from_numpy(out[draft.vocab]), batch, cfg.ce_weight)[0].item()
+                         for n in (fresh, net))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_unknown_training_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        DraftConfig(precision="fp8")
 
 
 def test_bad_draft_storage_type_is_refused_before_training(tiny, tmp_path):

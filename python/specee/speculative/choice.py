@@ -178,5 +178,5 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
             raise
         return MergedDrafter(drafters)
     path = draft_path if draft_path is not None else resolve_draft_model(spec, target.path)
-    model = ModelDrafter(path, target, n_ctx, n_threads) if path is not None else None
+    model = ModelDrafter(path, target, n_ctx, n_threads, target_ctx=ctx) if path is not None else None
     return model if kind == "model" else AutoDrafter(LookupDrafter(), model)

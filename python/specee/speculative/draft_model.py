@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..engine import Model
+from ..engine import Context, Model
 from ..gguf_meta import read_gguf_metadata
 from ..sampling import Sampler, probabilities
 from .drafters import Draft, Kind, empty_draft
@@ -50,8 +50,11 @@ class ModelDrafter:
     name = "model"
 
     def __init__(self, draft_path: str | os.PathLike, target: Model, n_ctx: int, n_threads: int = 0,
-                 p_min: float = 0.1):
-        """`p_min`: stop the chain at a token the draft gives less chance than this."""
+                 p_min: float = 0.1, target_ctx: Optional[Context] = None):
+        """`p_min`: stop the chain at a token the draft gives less chance than
+        this. `target_ctx`: the context the target decodes in; the draft
+        computes on its thread pool (a second pool would spin on the cores
+        while the other works)."""
         check_same_vocabulary(target.path, draft_path)
         self.model = Model(draft_path)
         try:
@@ -60,6 +63,8 @@ class ModelDrafter:
                     f"draft model {os.fspath(draft_path)} has {self.model.n_vocab} output rows, the target "
                     f"{target.n_vocab}: a draft model needs the target's vocabulary")
             self.ctx = self.model.context(n_ctx=n_ctx, n_threads=n_threads)
+            if target_ctx is not None:
+                self.ctx.share_threads(target_ctx)
         except Exception:
             self.model.close()
             raise

@@ -109,10 +109,17 @@ class DraftPolicy:
         for name, kind in self.kinds.items():
             stats = self.stats[name]
             k = self.best_length([min(stats.rate(), MAX_CHANCE)] * cap, kind.cost_per_token)
-            if k == 0 and kind.cost_per_token > 0 and stats.since_verify >= self.probe_interval:
+            if k == 0 and kind.cost_per_token > 0 and stats.since_verify >= self.probe_interval \
+                    and self.could_pay(kind, cap):
                 k = min(self.probe_len, cap)  # look again: the text may have changed
             out[name] = k
         return out
+
+    def could_pay(self, kind: Kind, cap: int) -> bool:
+        """Whether drafts of this kind would pay even if (almost) always right:
+        when not, probing it only costs (a draft model too slow beside the
+        target never runs)."""
+        return self.best_length([MAX_CHANCE] * cap, kind.cost_per_token) > 0
 
     def choose(self, draft: Draft, cap: int) -> int:
         """How many of the draft's tokens to verify (its cost is already paid)."""
@@ -122,7 +129,8 @@ class DraftPolicy:
         scale = stats.scale()
         chances = [min(c * scale, MAX_CHANCE) for c in draft.confidence[:cap]]
         k = self.best_size(draft.cut(len(chances)).path_chances(chances), 0.0)
-        if k == 0 and self.kinds[draft.kind].cost_per_token > 0 and stats.since_verify >= self.probe_interval:
+        if k == 0 and self.kinds[draft.kind].cost_per_token > 0 and stats.since_verify >= self.probe_interval \
+                and self.could_pay(self.kinds[draft.kind], cap):
             k = min(self.probe_len, len(chances))  # a probe was drafted: verify it
         return k
 

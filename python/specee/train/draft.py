@@ -160,6 +160,16 @@ class DraftNet(torch.nn.Module):
 # ---- training ---------------------------------------------------------------------------
 
 
+PRECISIONS = ("fp32", "bf16")
+EVAL_BATCH = 8  # held-out chunks per evaluation batch
+
+
+def autocast(precision: str):
+    """The context the draft's products run in: bfloat16 ones for "bf16"
+    (several times faster on CPUs with AMX or AVX512-BF16)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @dataclass
 class DraftConfig:
     n_ff: int = 0                 # 0: the target's width... taken as 2 x n_embd here, a small draft
@@ -174,12 +184,15 @@ class DraftConfig:
     checkpoint_every: int = 200
     threads: int = 0
     dtype: str = "q8_0"           # storage of the draft's matrices in the head file (heads_file.DRAFT_DTYPES)
+    precision: str = "fp32"       # "bf16": matrix products in bfloat16 (torch autocast), weights and optimizer in fp32
 
     def __post_init__(self) -> None:
         check_fields(self, {"n_ff": ZERO_OR_MORE, "draft_vocab": ZERO_OR_MORE, "steps": COUNT,
                             "seq_len": SEQUENCE_LENGTH, "batch": COUNT, "lr": LEARNING_RATE, "ce_weight": WEIGHT,
                             "heldout": HELD_OUT_SHARE, "seed": SEED, "checkpoint_every": COUNT,
                             "threads": ZERO_OR_MORE})
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def choose_draft_vocab(fs: FeatureSet, out: np.ndarray, size: int, sample: int = 20000) -> np.ndarray:
@@ -221,28 +234,40 @@ def _losses(net: DraftNet, out_t: torch.Tensor, batch, ce_weight: float):
     tokens, feats, target, mask = batch
     pred = net(tokens, feats)[mask]
     tgt = target[mask]
-    reg = F.smooth_l1_loss(pred, tgt)
-    lp, lt = pred @ out_t.T, tgt @ out_t.T
+    reg = F.smooth_l1_loss(pred.float(), tgt)
+    lp, lt = (pred @ out_t.T).float(), (tgt @ out_t.T).float()
     ce = -(F.softmax(lt, -1) * F.log_softmax(lp, -1)).sum(-1).mean()
     return reg + ce_weight * ce, reg, ce, lp, lt
 
 
 @torch.no_grad()
-def evaluate(net: DraftNet, fs: FeatureSet, chunks, out_t: torch.Tensor, out_full: torch.Tensor,
-             vocab: torch.Tensor | None, k: int = 4) -> dict:
+def target_tokens(fs: FeatureSet, chunks, out_full: torch.Tensor) -> list[torch.Tensor]:
+    """The target's own next token at every position of `chunks`, batch by
+    batch as evaluate walks them (argmax over the full vocabulary, in fp32).
+    They never change during training: compute them once."""
+    out = []
+    for i in range(0, len(chunks), EVAL_BATCH):
+        batch = _batch(fs, chunks[i:i + EVAL_BATCH])
+        out.append((batch[2][batch[3]] @ out_full.T).argmax(-1))
+    return out
+
+
+@torch.no_grad()
+def evaluate(net: DraftNet, fs: FeatureSet, chunks, out_t: torch.Tensor, truth: list[torch.Tensor],
+             vocab: torch.Tensor | None, k: int = 4, precision: str = "fp32") -> dict:
     """Top-1/top-k hit rate of the draft's candidates against the target's
-    own next token (argmax over the full vocabulary)."""
+    own next token (`truth`, from target_tokens on the same chunks)."""
     hit1 = hitk = n = 0
-    for i in range(0, len(chunks), 8):
-        batch = _batch(fs, chunks[i:i + 8])
-        _, _, _, lp, _ = _losses(net, out_t, batch, 0.0)
-        truth = (batch[2][batch[3]] @ out_full.T).argmax(-1)
+    for i, want in zip(range(0, len(chunks), EVAL_BATCH), truth):
+        batch = _batch(fs, chunks[i:i + EVAL_BATCH])
+        with autocast(precision):
+            _, _, _, lp, _ = _losses(net, out_t, batch, 0.0)
         top = lp.topk(k, dim=-1).indices
         if vocab is not None:
             top = vocab[top]
-        hit1 += int((top[:, 0] == truth).sum())
-        hitk += int((top == truth[:, None]).any(-1).sum())
-        n += len(truth)
+        hit1 += int((top[:, 0] == want).sum())
+        hitk += int((top == want[:, None]).any(-1).sum())
+        n += len(want)
     return {"top1": hit1 / max(n, 1), f"top{k}": hitk / max(n, 1), "n": n}
 
 
@@ -291,6 +316,7 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
     held, train = heldout_split(fs, cfg, rng)
     if not train:
         raise ValueError("no training data: extract features from more text")
+    truth = target_tokens(fs, held, out_full)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     ckpt = out_dir / "draft.pt"
@@ -307,7 +333,8 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
     with tqdm(total=cfg.steps, desc="draft", unit="step", disable=not progress, initial=step) as bar:
         while step < cfg.steps:
             pick = rng.choice(len(train), min(cfg.batch, len(train)), replace=False)
-            loss, reg, ce, _, _ = _losses(net, out_t, _batch(fs, [train[i] for i in pick]), cfg.ce_weight)
+            with autocast(cfg.precision):
+                loss, reg, ce, _, _ = _losses(net, out_t, _batch(fs, [train[i] for i in pick]), cfg.ce_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -316,7 +343,7 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
             step += 1
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                metrics = evaluate(net, fs, held, out_t, out_full, vocab_t)
+                metrics = evaluate(net, fs, held, out_t, truth, vocab_t, precision=cfg.precision)
                 record = {"step": step, "loss": loss.item(), "reg": reg.item(), "ce": ce.item(),
                           "seconds": round(time.time() - t0, 1), **{f"heldout_{k}": v for k, v in metrics.items()}}
                 with open(log_path, "a") as f:
@@ -324,5 +351,5 @@ def train_draft(model_path: str | os.PathLike, fs: FeatureSet, out_dir: str | os
                 log.info("draft step %d: %s", step, record)
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
                             "config": asdict(cfg)}, ckpt)
-    metrics = evaluate(net, fs, held, out_t, out_full, vocab_t)
+    metrics = evaluate(net, fs, held, out_t, truth, vocab_t, precision=cfg.precision)
     return net.export(out_rows, vocab), metrics

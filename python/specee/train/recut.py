@@ -23,7 +23,7 @@ import torch
 
 from ..heads_file import check_draft_dtype
 from ..ranges import ZERO_OR_MORE
-from .draft import evaluate, heldout_split, load_checkpoint, read_target, vocab_rows
+from .draft import evaluate, heldout_split, load_checkpoint, read_target, target_tokens, vocab_rows
 from .features import load_features
 from .pipeline import save_draft
 
@@ -45,7 +45,7 @@ def recut_draft(model_path: str | os.PathLike, src: Path, dst: Path, draft_vocab
     net, cfg = load_checkpoint(ckpt, info, embd)
     vocab, out_rows = vocab_rows(fs, out, draft_vocab)
     held, _ = heldout_split(fs, cfg, np.random.default_rng(cfg.seed))
-    metrics = evaluate(net, fs, held, torch.from_numpy(out_rows), torch.from_numpy(out),
+    metrics = evaluate(net, fs, held, torch.from_numpy(out_rows), target_tokens(fs, held, torch.from_numpy(out)),
                        torch.from_numpy(vocab.astype(np.int64)) if vocab is not None else None)
     save_draft(model_path, dst, net.export(out_rows, vocab), dtype)
     record = {"from": os.fspath(src), "draft_vocab": draft_vocab, "dtype": dtype, "draft_heldout": metrics}
