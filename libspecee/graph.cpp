@@ -25,8 +25,20 @@ static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml
     return ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
 }
 
-ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
-    ggml_tensor * y = ggml_mul_mat(ctx0, w, x);
+ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
+    const int64_t n = x->ne[1];
+    if (!as_steps || n == 1) {
+        return ggml_mul_mat(ctx0, w, x);
+    }
+    if (!ggml_is_contiguous(x)) {
+        x = ggml_cont(ctx0, x);
+    }
+    ggml_tensor * y = ggml_mul_mat(ctx0, w, ggml_reshape_3d(ctx0, x, x->ne[0], 1, n));  // [m, 1, n]
+    return ggml_reshape_2d(ctx0, y, y->ne[0], n);
+}
+
+ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps) {
+    ggml_tensor * y = product(ctx0, w, x, as_steps);
     return b ? ggml_add(ctx0, y, b) : y;
 }
 
@@ -48,24 +60,25 @@ static ggml_tensor * rope(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * po
 }
 
 qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
-                      ggml_tensor * positions, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q) {
+                      ggml_tensor * positions, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q,
+                      bool as_steps) {
     const int64_t hd = hp.n_embd_head, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
     qkv_heads out;
     ggml_tensor * q = nullptr;
     ggml_tensor * k;
     if (L.wqkv) {
         // one product, then views of its row ranges: Q, K, V (phi3)
-        ggml_tensor * qkv = ggml_mul_mat(ctx0, L.wqkv, cur);          // [Q + 2 KV, n]
+        ggml_tensor * qkv = product(ctx0, L.wqkv, cur, as_steps);      // [Q + 2 KV, n]
         const size_t  es  = ggml_element_size(qkv);
         q      = ggml_view_3d(ctx0, qkv, hd, hp.n_head,    n, hd * es, qkv->nb[1], 0);
         k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
         out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
     } else {
         if (want_q) {
-            q = ggml_reshape_3d(ctx0, linear(ctx0, L.wq, L.bq, cur), hd, hp.n_head, n);
+            q = ggml_reshape_3d(ctx0, linear(ctx0, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);
         }
-        k     = ggml_reshape_3d(ctx0, linear(ctx0, L.wk, L.bk, cur), hd, hp.n_head_kv, n);
-        out.v = linear(ctx0, L.wv, L.bv, cur);
+        k     = ggml_reshape_3d(ctx0, linear(ctx0, L.wk, L.bk, cur, as_steps), hd, hp.n_head_kv, n);
+        out.v = linear(ctx0, L.wv, L.bv, cur, as_steps);
     }
     if (L.k_norm) {  // qwen3: RMSNorm over each head, before RoPE
         k = rms_norm(ctx0, k, L.k_norm, hp.rms_eps);
@@ -109,7 +122,7 @@ static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, 
 // layer il of the cache under `kq_mask` ([n_kv, n]): [n_embd_q, n], before
 // the output projection.
 ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
-                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n) {
+                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps) {
     const int64_t hd = hp.n_embd_head;
     ggml_tensor * k_cache = kv.k(il);
     ggml_tensor * v_cache = kv.v(il);
@@ -120,10 +133,18 @@ ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & k
     if (kv.v_trans()) {
         // unfused: softmax(K^T q * scale + mask), then V^T times it; the
         // graph llama.cpp builds when flash attention is off (its default)
-        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
-        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
         ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, n_kv, hd, hp.n_head_kv,
                                         v_cache->nb[1], v_cache->nb[1] * hd, 0);  // [n_kv, hd, n_head_kv]
+        if (as_steps && n > 1) {
+            // every query its own plane, [., 1, n_head, n]: one-column products, as a step has
+            ggml_tensor * kq = ggml_mul_mat(ctx0, ks, ggml_reshape_4d(ctx0, q, hd, 1, hp.n_head, n));  // [n_kv, 1, n_head, n]
+            kq = ggml_cont(ctx0, ggml_permute(ctx0, kq, 0, 3, 2, 1));                                   // [n_kv, n, n_head]
+            kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
+            kq = ggml_cont(ctx0, ggml_permute(ctx0, kq, 0, 3, 2, 1));                                   // [n_kv, 1, n_head, n]
+            return ggml_reshape_2d(ctx0, ggml_mul_mat(ctx0, vs, kq), hp.n_embd_q(), n);                 // [n_embd_q, n]
+        }
+        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
+        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
         ggml_tensor * kqv = ggml_mul_mat(ctx0, vs, kq);              // [hd, n, n_head]
         return ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hp.n_embd_q(), n);  // [n_embd_q, n]
     }
@@ -139,21 +160,22 @@ static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hpar
                                const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
                                const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
     const int64_t   n = plan.n_tokens;
-    const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true);
+    const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true, plan.as_steps);
     store_kv(ctx0, gf, hp, kv, il, g, n, h);
-    return ggml_mul_mat(ctx0, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n));  // [n_embd, n]
+    return product(ctx0, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n, plan.as_steps),
+                   plan.as_steps);  // [n_embd, n]
 }
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
-ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur) {
+ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur, bool as_steps) {
     if (L.ffn_gate == nullptr) {
         // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
-        ggml_tensor * gate_up = ggml_mul_mat(ctx0, L.ffn_up, cur);   // [2 n_ff, n]
-        return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu(ctx0, gate_up));  // [n_embd, n]
+        ggml_tensor * gate_up = product(ctx0, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
+        return product(ctx0, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
     }
-    ggml_tensor * gate = ggml_mul_mat(ctx0, L.ffn_gate, cur);        // [n_ff, n]
-    ggml_tensor * up   = ggml_mul_mat(ctx0, L.ffn_up,   cur);        // [n_ff, n]
-    return ggml_mul_mat(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up));  // [n_embd, n]
+    ggml_tensor * gate = product(ctx0, L.ffn_gate, cur, as_steps);   // [n_ff, n]
+    ggml_tensor * up   = product(ctx0, L.ffn_up,   cur, as_steps);   // [n_ff, n]
+    return product(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up), as_steps);  // [n_embd, n]
 }
 
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) {
@@ -309,7 +331,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         x   = ggml_add(ctx0, x, cur);
 
         cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
-        cur = feed_forward(ctx0, L, cur);
+        cur = feed_forward(ctx0, L, cur, plan.as_steps);
         x   = ggml_add(ctx0, x, cur);
 
         if (plan.trace) {
@@ -342,7 +364,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
-        g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output_for(n), h), "logits");  // [n_vocab, n_logits]
+        g.logits = mark_output(g.gf, product(ctx0, m.output_for(n), h, plan.as_steps), "logits");  // [n_vocab, n_logits]
     }
     return g;
 }

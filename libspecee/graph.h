@@ -29,6 +29,8 @@ struct forward_plan {
     bool     trace        = false;  // after every layer: candidate logits and the full-vocabulary argmax
     bool     fill_kv      = false;  // only write K/V of layers [layer_begin, layer_end), all projected
                                     // from `state` (the hidden state an early exit stopped at)
+    bool     as_steps     = false;  // every row computed as a one-token step would (graph_parts.h product):
+                                    // verified drafts see exactly plain decoding's numbers
 
     // Same graph shape (positions, tokens and masks are inputs, so a graph
     // built for one plan runs another of the same shape).
@@ -36,7 +38,7 @@ struct forward_plan {
         return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
                layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
                hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand &&
-               fill_kv == o.fill_kv && trace == o.trace;
+               fill_kv == o.fill_kv && trace == o.trace && as_steps == o.as_steps;
     }
 };
 

@@ -13,8 +13,17 @@ namespace specee {
 // RMSNorm with a learned scale: x / rms(x) * w
 ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps);
 
+// W x for x = [k, n]. With `as_steps`, every column is computed exactly as
+// a one-token step computes it: ggml's kernels for several columns
+// (llamafile's sgemm, the repacked layouts' gemm) sum in another order than
+// its one-column ones, so a verified draft token would otherwise see other
+// logits than plain decoding gives it. The n columns go in as n planes of
+// one column each (ggml broadcasts W over them), which keeps one-column
+// kernels while W is still read once per pass.
+ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps);
+
 // y = W x (+ b)
-ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x);
+ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps = false);
 
 // How a graph rotates Q and K: the model's RoPE (its rotary dimensions,
 // scaling and frequency factors), or the draft head's plain one.
@@ -37,7 +46,7 @@ struct qkv_heads {
     ggml_tensor * v = nullptr;  // [n_embd_kv, n]
 };
 qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
-                      ggml_tensor * positions, int64_t n, ggml_tensor * cur, bool want_q);
+                      ggml_tensor * positions, int64_t n, ggml_tensor * cur, bool want_q, bool as_steps = false);
 
 // Writes K and V of n tokens ([n_embd_kv, n] each, contiguous) into layer
 // il's cells (k_idx: [n] I64; v_idx: the element indices if V is transposed).
@@ -46,11 +55,12 @@ void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const k
 
 // Attention of q ([hd, n_head, n]) over cells [0, n_kv) of layer il under
 // kq_mask ([n_kv, n]): [n_embd_q, n], before the output projection.
+// `as_steps`: each query's products as a one-token step computes them.
 ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
-                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n);
+                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps = false);
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
-ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur);
+ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur, bool as_steps = false);
 
 // Names t, marks it as a graph output and adds it to gf; returns t.
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name);
