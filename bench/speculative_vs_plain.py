@@ -61,7 +61,8 @@ def run_pair(model, ids, args, draft_path, first_speculative: bool) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model name or GGUF path")
-    p.add_argument("--draft", default="lookup", help="a --draft spec: lookup[:N], model:NAME_OR_PATH, eagle[:N], A+B, auto")
+    p.add_argument("--draft", default="lookup",
+                   help="a --draft spec: lookup[:N], model:NAME_OR_PATH, eagle[:N], eagle:chain[:N], A+B, auto")
     p.add_argument("--draft-max", type=DRAFT_MAX.arg, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-size", type=int, default=1024)

@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 3
+#define SPECEE_API_VERSION 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -391,6 +391,45 @@ SPECEE_API enum specee_status specee_draft_chain(
         int32_t                 k,
         specee_token          * out_tokens,
         float                 * out_probs);
+
+/* EAGLE-2 drafting, a dynamic tree: specee_draft_sync(next_token), whose k
+ * best tokens are the tree's first level; then, for each further level up
+ * to `depth`, the `width` nodes of the last level with the highest path
+ * probability (the product of the draft probabilities from the first level
+ * down to the node) are run through the draft head in one pass, each fed
+ * its parent's predicted feature (a first-level node: the sync's) and its
+ * own token, at draft position synced + L for a node of level L (the first
+ * level being 0), attending to the synced positions and its own ancestors
+ * only; each gets its k best tokens as children. Nodes whose
+ * path probability cannot beat the capacity-th best so far are not
+ * expanded (their descendants could not be kept).
+ *
+ * Of all nodes, the `capacity` with the highest path probability (ties: the
+ * earlier made) are written best first: *out_n (<= capacity) receives how
+ * many; out_tokens[i] is node i's token, out_parents[i] its parent's index
+ * in the output (always < i), or -1 for a first-level node (it follows
+ * next_token); out_probs[i] its draft probability given its parent, and
+ * out_path_probs[i] (may be NULL) its path probability. A parent's path
+ * probability is never below its child's, so every prefix of the output is
+ * a tree, ready for specee_decode_tree after next_token.
+ *
+ * depth >= 1, 1 <= width <= n_batch, 1 <= k <= the draft's vocabulary,
+ * capacity >= 1; the draft cache must hold the synced positions plus one
+ * cell per expanded node, else SPECEE_STATUS_CONTEXT_FULL. Bad arguments,
+ * no draft head or a pending token tree change nothing. Afterwards the draft
+ * head's cache holds the synced positions only, as after specee_draft_sync. */
+SPECEE_API enum specee_status specee_draft_tree(
+        struct specee_context * ctx,
+        specee_token            next_token,
+        int32_t                 depth,
+        int32_t                 width,
+        int32_t                 k,
+        int32_t                 capacity,
+        specee_token          * out_tokens,       /* [capacity] */
+        int32_t               * out_parents,      /* [capacity] */
+        float                 * out_probs,        /* [capacity] */
+        float                 * out_path_probs,   /* [capacity] or NULL */
+        int32_t               * out_n);
 
 /* Training data for the exit predictors: one full-depth step for `token`
  * that writes, after every layer l, the candidates' logits (cand_logits[l *

@@ -243,6 +243,18 @@ enum specee_status specee_draft_chain(struct specee_context * ctx, specee_token 
     return on_context(ctx, [&](specee::context & c) { c.draft_chain(next_token, n_steps, k, out_tokens, out_probs); });
 }
 
+enum specee_status specee_draft_tree(struct specee_context * ctx, specee_token next_token, int32_t depth, int32_t width,
+                                     int32_t k, int32_t capacity, specee_token * out_tokens, int32_t * out_parents,
+                                     float * out_probs, float * out_path_probs, int32_t * out_n) {
+    return on_context(ctx, [&](specee::context & c) {
+        if (out_n == nullptr) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "out_n must not be NULL");
+        }
+        *out_n = c.draft_tree(next_token, depth, width, k, capacity, out_tokens, out_parents, out_probs,
+                              out_path_probs);
+    });
+}
+
 enum specee_status specee_context_share_threads(struct specee_context * ctx, struct specee_context * with) {
     if (with == nullptr) {
         return SPECEE_STATUS_INVALID_ARGUMENT;

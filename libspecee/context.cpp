@@ -288,11 +288,14 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
                       const int32_t * tokens, const int32_t * cands, const float * features) {
     // ---- inputs ----
     const uint32_t n = plan.n_tokens;
+    // a tree's rows from `first` on are this pass's tokens (a draft tree's earlier rows are cached)
+    const uint32_t first = laying_out_ ? plan.pos - laying_out_->base : 0;
     pos_buf_.resize(n);
     k_idx_buf_.resize(n);
     for (uint32_t i = 0; i < n; i++) {
-        // cell i holds position i; a tree's tokens sit at their depth
-        pos_buf_[i]   = int32_t(plan.pos + (laying_out_ ? uint32_t(laying_out_->depth[i]) : i));
+        // cell i holds position i; a tree's tokens sit at their depth after its base
+        pos_buf_[i]   = laying_out_ ? int32_t(laying_out_->base + uint32_t(laying_out_->depth[first + i]))
+                                    : int32_t(plan.pos + i);
         k_idx_buf_[i] = int64_t(plan.pos + i);
     }
     set_input(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
@@ -313,7 +316,8 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
     mask_buf_.resize(size_t(plan.n_kv) * n);
     for (size_t u = 0; u < g.masks.size(); u++) {
         if (laying_out_) {
-            kv.build_tree_mask(g.mask_layer[u], plan.pos, n, laying_out_->ancestor, plan.n_kv, mask_buf_.data());
+            kv.build_tree_mask(g.mask_layer[u], laying_out_->base, laying_out_->n, laying_out_->ancestor, first, n,
+                               plan.n_kv, mask_buf_.data());
         } else {
             kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
         }

@@ -81,6 +81,13 @@ public:
     // best token (EAGLE); per step the k best tokens and their draft
     // probabilities ([n_steps, k] each). Its cache keeps the synced positions only.
     void draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_t * out_tokens, float * out_probs);
+    // EAGLE-2: draft_sync(next_token), then a tree grown `depth` levels
+    // deep, the `width` likeliest nodes of each level expanded with their k
+    // best children in one pass; the `capacity` likeliest nodes of it come
+    // back best first (see specee_draft_tree). Returns how many. Its cache
+    // keeps the synced positions only. (context_draft_tree.cpp)
+    int32_t draft_tree(int32_t next_token, int32_t depth, int32_t width, int32_t k, int32_t capacity,
+                       int32_t * out_tokens, int32_t * out_parents, float * out_probs, float * out_path);
     uint32_t draft_n_past() const { return draft_kv_ ? draft_kv_->n_past() : 0; }
     // the draft's candidates after the last early-exit step (empty without a draft)
     const std::vector<int32_t> & next_candidates() const { return next_cands_; }
@@ -229,15 +236,22 @@ private:
     // draft head: its one-layer cache, the target tokens and features it
     // has not consumed yet ([n_pending, n_embd]), its graphs
     std::vector<int32_t> draft_run(const int32_t * tokens, const float * features, uint32_t n);
+    // one graph over n pairs at the draft's n_past (under laying_out_'s
+    // tree mask when set), committed to its cache; keeps the logits and
+    // predicted features of the last pair, or of every pair
+    void                 draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row);
     void                 keep_pending(const int32_t * tokens, uint32_t n);
+    void                 require_draft_k(int32_t k) const;  // a draft head with at least k tokens
     void                 keep_pending(const int32_t * tokens, const float * features, uint32_t n);
     std::unique_ptr<kv_cache>  draft_kv_;
     std::vector<int32_t>       pending_tokens_;
     std::vector<float>         pending_features_;
-    graph_slot                 draft_slots_[2];   // multi-token, single-token
-    std::vector<float>         draft_logits_;
-    std::vector<float>         draft_hidden_;     // the last draft step's predicted feature [n_embd]
-    std::vector<int32_t>       draft_top(size_t k, float * probs) const;
+    graph_slot                 draft_slots_[3];   // multi-token, single-token, tree level (every row's logits)
+    std::vector<float>         draft_logits_;     // [rows, draft_n_vocab_] of the last draft pass
+    size_t                     draft_n_vocab_ = 0;
+    std::vector<float>         draft_hidden_;     // the last draft pass's predicted features [rows, n_embd]
+    // the k best tokens of row `row` of the last draft logits (and their probabilities)
+    std::vector<int32_t>       draft_top(size_t row, size_t k, float * probs) const;
     std::vector<int32_t>       next_cands_;
     std::vector<int32_t>       trace_argmax_;     // [n_layer] of the last trace step
 

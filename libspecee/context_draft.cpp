@@ -26,56 +26,60 @@ void context::keep_pending(const int32_t * tokens, const float * features, uint3
 }
 
 std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {
-    scoped_timer timer(perf_.t_draft_us);
     const uint32_t pos = draft_kv_->n_past();
     if (uint64_t(pos) + n > draft_kv_->n_ctx()) {
         fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
     }
-    std::vector<int32_t> out;
     for (uint32_t done = 0; done < n;) {
         const uint32_t chunk = std::min(n_batch_, n - done);
-        forward_plan plan;
-        plan.pos       = pos + done;
-        plan.n_tokens  = chunk;
-        plan.n_kv      = padded_n_kv(plan.pos + chunk);
-        plan.layer_end = 1;
-        graph_slot & slot = draft_slots_[chunk == 1 ? 1 : 0];
-        if (!(slot.ready && slot.plan.same_shape(plan)) || has_offload()) {
-            build_into(slot, plan, /*draft=*/true);
-        }
-        compute(slot.g, plan, *draft_kv_, tokens + done, nullptr, features + size_t(done) * size_t(model_.hp.n_embd));
-        draft_kv_->commit(plan.pos, chunk, 1);
+        draft_pass(tokens + done, features + size_t(done) * size_t(model_.hp.n_embd), chunk, /*every_row=*/false);
         done += chunk;
-        if (done == n) {
-            draft_logits_.resize(size_t(ggml_nelements(slot.g.logits)));
-            ggml_backend_tensor_get(slot.g.logits, draft_logits_.data(), 0, draft_logits_.size() * sizeof(float));
-            draft_hidden_.resize(size_t(ggml_nelements(slot.g.hidden)));
-            ggml_backend_tensor_get(slot.g.hidden, draft_hidden_.data(), 0, draft_hidden_.size() * sizeof(float));
-        }
     }
-    return draft_top(size_t(heads_->n_cand), nullptr);
+    return draft_top(0, size_t(heads_->n_cand), nullptr);
 }
 
-std::vector<int32_t> context::draft_top(size_t k, float * probs) const {
-    // top-k rows of the last draft logits, best first, mapped to token ids
+void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row) {
+    scoped_timer timer(perf_.t_draft_us);
+    forward_plan plan;
+    plan.pos       = draft_kv_->n_past();
+    plan.n_tokens  = n;
+    plan.n_kv      = padded_n_kv(plan.pos + n);
+    plan.layer_end = 1;
+    plan.n_logits  = every_row ? int(n) : 1;
+    // a slot each for prompts, single steps and tree levels: they alternate
+    graph_slot & slot = draft_slots_[n == 1 ? 1 : every_row ? 2 : 0];
+    if (!(slot.ready && slot.plan.same_shape(plan)) || has_offload()) {
+        build_into(slot, plan, /*draft=*/true);
+    }
+    compute(slot.g, plan, *draft_kv_, tokens, nullptr, features);
+    draft_kv_->commit(plan.pos, n, 1);
+    draft_n_vocab_ = size_t(slot.g.logits->ne[0]);
+    draft_logits_.resize(size_t(ggml_nelements(slot.g.logits)));
+    ggml_backend_tensor_get(slot.g.logits, draft_logits_.data(), 0, draft_logits_.size() * sizeof(float));
+    draft_hidden_.resize(size_t(ggml_nelements(slot.g.hidden)));
+    ggml_backend_tensor_get(slot.g.hidden, draft_hidden_.data(), 0, draft_hidden_.size() * sizeof(float));
+}
+
+std::vector<int32_t> context::draft_top(size_t row, size_t k, float * probs) const {
+    // top-k of one row of the last draft logits, best first, mapped to token ids
     const draft_weights & d = heads_->draft;
-    k = std::min(k, draft_logits_.size());
-    std::vector<int32_t> idx(draft_logits_.size());
+    const float * logits = draft_logits_.data() + row * draft_n_vocab_;
+    k = std::min(k, draft_n_vocab_);
+    std::vector<int32_t> idx(draft_n_vocab_);
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(), [&](int32_t a, int32_t b) {
-        return draft_logits_[size_t(a)] > draft_logits_[size_t(b)] ||
-               (draft_logits_[size_t(a)] == draft_logits_[size_t(b)] && a < b);
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     });
     double sum = 0.0;  // softmax over the draft's vocabulary, only when probabilities are asked for
-    const float top = k > 0 ? draft_logits_[size_t(idx[0])] : 0.0f;
-    for (size_t i = 0; probs && i < draft_logits_.size(); i++) {
-        sum += std::exp(double(draft_logits_[i] - top));
+    const float top = k > 0 ? logits[idx[0]] : 0.0f;
+    for (size_t i = 0; probs && i < draft_n_vocab_; i++) {
+        sum += std::exp(double(logits[i] - top));
     }
     std::vector<int32_t> out;
     for (size_t i = 0; i < k; i++) {
         out.push_back(d.vocab.empty() ? idx[i] : d.vocab[size_t(idx[i])]);
         if (probs) {
-            probs[i] = float(std::exp(double(draft_logits_[size_t(idx[i])] - top)) / sum);
+            probs[i] = float(std::exp(double(logits[idx[i]] - top)) / sum);
         }
     }
     return out;
@@ -85,18 +89,12 @@ void context::draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_
     if (n_steps < 1 || k < 1 || out_tokens == nullptr || out_probs == nullptr) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "a draft chain needs n_steps >= 1, k >= 1 and its output arrays");
     }
-    if (has_draft()) {
-        const int64_t n_draft_vocab = heads_->draft.output ? heads_->draft.output->ne[1] : model_.hp.n_vocab;
-        if (k > n_draft_vocab) {
-            fail(SPECEE_STATUS_INVALID_ARGUMENT, "k = %d is more than the draft's %lld tokens", k,
-                 (long long) n_draft_vocab);
-        }
-    }
+    require_draft_k(k);
     draft_sync(next_token);  // checks the rest; the draft then predicts the token after next_token
     const uint32_t synced = draft_kv_->n_past();
     try {
         for (int32_t step = 0; step < n_steps; step++) {
-            const std::vector<int32_t> top = draft_top(size_t(k), out_probs + size_t(step) * size_t(k));
+            const std::vector<int32_t> top = draft_top(0, size_t(k), out_probs + size_t(step) * size_t(k));
             std::copy(top.begin(), top.end(), out_tokens + size_t(step) * size_t(k));
             if (step + 1 == n_steps) {
                 break;
@@ -113,6 +111,17 @@ void context::draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_
         throw;
     }
     draft_kv_->truncate(synced);  // the chain was a guess: keep only what the target confirmed
+}
+
+void context::require_draft_k(int32_t k) const {
+    if (!has_draft()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "no draft head is attached (the heads have none)");
+    }
+    const int64_t n_draft_vocab = heads_->draft.output ? heads_->draft.output->ne[1] : model_.hp.n_vocab;
+    if (k > n_draft_vocab) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "k = %d is more than the draft's %lld tokens", k,
+             (long long) n_draft_vocab);
+    }
 }
 
 std::vector<int32_t> context::draft_sync(int32_t next_token) {

@@ -406,14 +406,16 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
     x   = ggml_add(ctx0, x, cur);
 
-    // ---- logits of the last pair: the draft predicts the next feature,
-    // already final-normed like the features it is trained on ----
-    if (n > 1) {
+    // ---- logits of the last pair, or of every pair (a draft tree's level):
+    // the draft predicts the next feature, already final-normed like the
+    // features it is trained on ----
+    if (n > 1 && plan.n_logits != n) {
         x = last_column(ctx0, x);
     }
-    // the predicted feature: what a further draft step is fed (EAGLE)
+    // the predicted features: what further draft steps are fed (EAGLE)
     g.hidden = mark_output(g.gf, ggml_cont(ctx0, x), "draft_hidden");
-    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, d.output ? d.output : m.output, x), "draft_logits");  // [n_draft_vocab, 1]
+    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, d.output ? d.output : m.output, x),
+                           "draft_logits");  // [n_draft_vocab, 1 or n]
     return g;
 }
 

@@ -77,7 +77,9 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
 
 // The draft head over pairs (token, feature) at draft positions [pos, pos +
 // n_tokens): fc, its decoder layer over its own cache `kv` (one layer), and
-// the logits of the last pair over the draft vocabulary ([n_draft_vocab, 1]).
+// the logits over the draft vocabulary and the predicted feature of the
+// last pair ([n_draft_vocab, 1], [n_embd, 1]), or of every pair when
+// plan.n_logits == n_tokens (a draft tree's level, under a tree mask).
 forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weights & d, const kv_cache & kv,
                           const forward_plan & plan, int graph_size);
 

@@ -69,13 +69,14 @@ void kv_cache::v_indices(const int64_t * cells, uint32_t n, std::vector<int64_t>
     }
 }
 
-void kv_cache::build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor,
-                               uint32_t n_kv, float * out) const {
+void kv_cache::build_tree_mask(int il, uint32_t pos, uint32_t n_tree, const std::vector<uint8_t> & ancestor,
+                               uint32_t first, uint32_t n, uint32_t n_kv, float * out) const {
     const uint8_t * valid = &valid_[index(il, 0)];
     for (uint32_t i = 0; i < n; i++) {
-        float * row = out + size_t(i) * n_kv;
+        float         * row  = out + size_t(i) * n_kv;
+        const uint8_t * anc  = &ancestor[size_t(first + i) * n_tree];
         for (uint32_t j = 0; j < n_kv; j++) {
-            const bool visible = j < pos ? valid[j] != 0 : (j < pos + n && ancestor[size_t(i) * n + (j - pos)]);
+            const bool visible = j < pos ? valid[j] != 0 : (j < pos + n_tree && anc[j - pos]);
             row[j] = visible ? 0.0f : -INFINITY;
         }
     }

@@ -48,11 +48,14 @@ public:
     // The queries' own cells count as valid: the layer writes them now.
     void build_mask(int il, uint32_t pos, uint32_t n, uint32_t n_kv, float * out) const;
 
-    // The same for a token tree at cells [pos, pos + n): query i sees the
+    // The same for a token tree of n_tree tokens at cells [pos, pos +
+    // n_tree), for the queries of its rows [first, first + n): each sees the
     // cache below pos (as build_mask) and, of the tree, only its ancestors
-    // and itself (`ancestor`: [n, n] row-major, 1 where j is i or above it).
-    void build_tree_mask(int il, uint32_t pos, uint32_t n, const std::vector<uint8_t> & ancestor, uint32_t n_kv,
-                         float * out) const;
+    // and itself (`ancestor`: [n_tree, n_tree] row-major, 1 where j is i or
+    // above it). The rows before `first` are in the cache already (the draft
+    // tree grows a level per pass); a target tree is written whole (first 0).
+    void build_tree_mask(int il, uint32_t pos, uint32_t n_tree, const std::vector<uint8_t> & ancestor,
+                         uint32_t first, uint32_t n, uint32_t n_kv, float * out) const;
 
     // With V transposed: the element indices ([n, n_embd_kv] row-major)
     // that the V rows of tokens written to `cells` go to (d * n_ctx + cell).

@@ -6,6 +6,7 @@ as the engine's cache stores them. Slow; for tiny test models only.
 """
 from __future__ import annotations
 
+import copy
 import os
 import struct
 
@@ -243,6 +244,13 @@ class DraftReference:
         self.n_past += 1
         self.predicted_feature = x  # what a further (EAGLE) step is fed
         return self.out @ x
+
+    def fork(self) -> "DraftReference":
+        """A copy that steps on from here without changing this one (the
+        weights shared, the K/V rows so far copied)."""
+        other = copy.copy(self)
+        other.k, other.v = list(self.k), list(self.v)
+        return other
 
     def top_k(self, logits: np.ndarray, k: int) -> list[int]:
         rows = [int(i) for i in np.argsort(-logits, kind="stable")[:k]]

@@ -1,6 +1,7 @@
 """The EAGLE draft head as a speculative drafter: specee_draft_chain against
 the numpy reference, the draft's cache after a chain, and greedy output
-equal to plain greedy with the eagle drafter alone and merged with lookup."""
+equal to plain greedy with the eagle drafter (tree and chain) alone and
+merged with lookup. Dynamic trees: test_draft_tree.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_bad_chains_are_refused(tiny6, heads_file, tiny_llama):
             EagleDrafter(ctx, heads, path)
 
 
-@pytest.mark.parametrize("spec", ["eagle", "eagle:2+lookup:2"])
+@pytest.mark.parametrize("spec", ["eagle", "eagle:chain", "eagle:chain:2+lookup:2"])
 def test_eagle_drafter_greedy_is_plain_greedy(tiny6, heads_file, spec):
     path, _ = heads_file
     with Model(tiny6) as m:

@@ -134,3 +134,28 @@ def test_cli_generate_over_rpc(tiny_llama, rpc_server, capsys):
     import json
 
     assert json.loads(remote)["tokens"] == json.loads(local)["tokens"]
+
+
+def test_draft_tree_with_offloaded_layers(tiny_model_factory, rpc_server, tmp_path):
+    """The draft head's tree passes (every row's logits, a tree mask) through
+    ggml's scheduler, the target's layers on the server: the local tree."""
+    from reference import Reference
+    from specee.engine import Heads
+    from specee.heads_file import constant_predictor, write_heads
+    from test_draft_head import random_draft
+
+    path = tiny_model_factory(n_layer=3, tied=False, seed=3, qtype="Q8_0")
+    heads_path = tmp_path / "h.gguf"
+    with Model(path) as m:
+        write_heads(heads_path, m, {0: constant_predictor(-40.0)}, draft=random_draft(Reference(path), seed=11),
+                    draft_dtype="f16")
+    trees = []
+    for params in ({}, {"n_gpu_layers": 99, "rpc_servers": rpc_server}):
+        with Model(path, **params) as m, Heads(m, heads_path) as heads, m.context(n_ctx=64, n_threads=1) as ctx:
+            ctx.set_heads(heads)
+            ctx.prefill(PROMPT)
+            trees.append(ctx.draft_tree(ctx.argmax(), 4, 3, 3, 10))
+    local, remote = trees
+    assert len(local.tokens) == 10 and len(set(local.parents)) > 2  # a tree, not a chain
+    assert (remote.tokens, remote.parents) == (local.tokens, local.parents)
+    np.testing.assert_allclose(remote.probs, local.probs, rtol=1e-3, atol=1e-4)

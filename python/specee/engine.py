@@ -208,6 +208,15 @@ class Step:
     next: list          # the draft head's candidates for the next step ([] without a draft)
 
 
+@dataclass
+class DraftTree:
+    """A dynamic draft tree (Context.draft_tree), its nodes best first."""
+    tokens: list[int]
+    parents: list[int]      # index of each node's parent in this tree, -1: follows next_token
+    probs: np.ndarray       # each node's draft probability given its parent
+    path_probs: np.ndarray  # the product of those along its path (never above its parent's)
+
+
 # ---- context ------------------------------------------------------------------
 
 
@@ -431,6 +440,25 @@ class Context(_Handle):
         self._check(lib.specee_draft_chain(self.ptr, int(next_token), n_steps, k, ffi.from_buffer("int32_t[]", tokens),
                                            ffi.from_buffer("float[]", probs)))
         return tokens, probs
+
+    def draft_tree(self, next_token: int, depth: int, width: int, k: int, capacity: int) -> DraftTree:
+        """EAGLE-2 drafting: draft_sync(next_token) gives the first level (k
+        tokens); then, level by level up to `depth`, the `width` likeliest
+        nodes of the last level (by path probability) each get their k best
+        children, in one draft pass per level. Returns the `capacity`
+        likeliest nodes, best first (every prefix is a tree); the draft's
+        cache keeps only the synced positions (specee_draft_tree)."""
+        n_out = max(int(capacity), 1)  # the library refuses capacity < 1 with the other bad arguments
+        tokens = np.zeros(n_out, dtype=np.int32)
+        parents = np.zeros(n_out, dtype=np.int32)
+        probs = np.zeros(n_out, dtype=np.float32)
+        path = np.zeros(n_out, dtype=np.float32)
+        n = ffi.new("int32_t *")
+        self._check(lib.specee_draft_tree(self.ptr, int(next_token), int(depth), int(width), int(k), int(capacity),
+                                          ffi.from_buffer("int32_t[]", tokens), ffi.from_buffer("int32_t[]", parents),
+                                          ffi.from_buffer("float[]", probs), ffi.from_buffer("float[]", path), n))
+        m = int(n[0])
+        return DraftTree([int(t) for t in tokens[:m]], [int(p) for p in parents[:m]], probs[:m], path[:m])
 
     @property
     def exit_layer(self) -> int:

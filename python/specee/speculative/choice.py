@@ -5,7 +5,10 @@ loads, and the drafters they open.
     lookup:N               prompt lookup with up to N branches (a token tree)
     model:NAME_OR_PATH     a draft model (a known model name or a GGUF path)
     eagle, eagle:N         the EAGLE draft head of the heads that ship for the
-                           model: a chain with N - 1 runners-up per step (N = 3)
+                           model, as a dynamic tree (EAGLE-2): per level, the
+                           N likeliest nodes each get their N best children (N = 3)
+    eagle:chain[:N]        the same head as a chain of its best guesses, with
+                           N - 1 runners-up per step (EAGLE)
     A+B                    several of the above, their drafts merged into one
                            token tree and verified in one pass (SpecInfer)
     auto                   prompt lookup, plus a draft model when one is at
@@ -28,33 +31,50 @@ from .eagle import EagleDrafter
 from .tree import merge_drafts
 
 DRAFT_HELP = ("lookup, lookup:BRANCHES, model:NAME_OR_PATH (a smaller model with the same vocabulary), "
-              "eagle[:BRANCHES] (the shipped draft head), several joined by + (one merged token tree), or auto")
+              "eagle[:BRANCHES] (the shipped draft head, a dynamic tree: EAGLE-2), eagle:chain[:BRANCHES] (the "
+              "same head, a chain with runners-up: EAGLE), several joined by + (one merged token tree), or auto")
 MAX_LOOKUP_BRANCHES = 8
 
 
 def parse_draft(spec: str) -> tuple[str, Optional[str]]:
-    """("lookup" | "auto", None), ("lookup", BRANCHES), ("model",
-    NAME_OR_PATH) or ("merge", SPEC) (its parts checked the same way);
-    ValueError naming what is allowed otherwise."""
+    """("lookup" | "auto" | "eagle", None), ("lookup", BRANCHES), ("eagle",
+    BRANCHES | "chain" | "chain:BRANCHES"), ("model", NAME_OR_PATH) or
+    ("merge", SPEC) (its parts checked the same way); ValueError naming what
+    is allowed otherwise."""
     if "+" in spec:
         parts = spec.split("+")
         if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model", "eagle") for p in parts):
-            raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N], eagle[:N] "
-                             "or model:X")
+            raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N], eagle[:N], "
+                             "eagle:chain[:N] or model:X")
         if sum(parse_draft(p)[0] == "model" for p in parts) > 1:
             raise ValueError(f"drafter {spec!r}: at most one draft model")
         return "merge", spec
     kind, sep, target = spec.partition(":")
     if kind in ("lookup", "auto", "eagle") and not sep:
         return kind, None
-    if kind in ("lookup", "eagle") and target.isdigit() and 1 <= int(target) <= MAX_LOOKUP_BRANCHES:
+    if kind in ("lookup", "eagle") and _is_branches(target):
         return kind, target
+    if kind == "eagle" and target.partition(":")[0] == "chain":
+        rest = target.partition(":")[2]
+        if target == "chain" or _is_branches(rest):
+            return kind, target
     if kind == "model" and target:
         if target not in known_models() and not Path(target).is_file():
             raise ValueError(f"draft model {target!r} is neither a known model ({', '.join(known_models())}) "
                              "nor an existing file")
         return kind, target
     raise ValueError(f"unknown drafter {spec!r}; use {DRAFT_HELP}")
+
+
+def _is_branches(text: str) -> bool:
+    return text.isdigit() and 1 <= int(text) <= MAX_LOOKUP_BRANCHES
+
+
+def eagle_shape(arg: Optional[str]) -> tuple[str, int]:
+    """The (shape, branches) of a parsed eagle spec's argument."""
+    if arg is not None and arg.startswith("chain"):
+        return "chain", int(arg.partition(":")[2] or 3)
+    return "tree", int(arg or 3)
 
 
 def resolve_draft_model(spec: str, target_path: str | os.PathLike, progress: bool = False) -> Optional[Path]:
@@ -162,7 +182,8 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
                              "a draft head (train one with `specee train all`)")
         heads = Heads(target, heads_path)
         try:
-            return EagleDrafter(ctx, heads, heads_path, branches=int(arg or 3))
+            shape, branches = eagle_shape(arg)
+            return EagleDrafter(ctx, heads, heads_path, branches=branches, shape=shape)
         except Exception:
             heads.close()
             raise
