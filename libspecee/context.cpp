@@ -69,7 +69,7 @@ context::context(const model & m, const specee_context_params & params)
         ggml_backend_cpu_set_n_threads(backend_, n_threads_);
         ggml_backend_cpu_set_threadpool(backend_, threadpool_.get());
 
-        graph_size_ = std::max(1024, 48 * m.hp.n_layer + 64);
+        graph_size_ = std::max(1024, 96 * m.hp.n_layer + 64);  // as_steps passes add reshapes and copies per layer
         if (m.devices.any_offload()) {
             // layers on other devices: ggml's scheduler splits each graph
             // between them and the CPU, which runs what they cannot

@@ -25,16 +25,34 @@ static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml
     return ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
 }
 
+// How many columns of x one product plane may hold so that ggml computes
+// each column exactly as a one-column product: 3 for a repacked matrix
+// (its gemm starts at four columns, below that it runs its gemv column by
+// column), else 1 (llamafile's sgemm takes F32/F16/BF16/Q8_0/Q4_0/... from
+// two columns on, and the K-quants were measured to differ too; ggml's own
+// loops still read each block of W once for all planes).
+static int64_t exact_plane_width(const ggml_tensor * w) {
+    const bool repacked = w->buffer != nullptr && ggml_backend_buffer_is_host(w->buffer) &&
+                          ggml_backend_buffer_get_type(w->buffer) != ggml_backend_cpu_buffer_type();
+    return repacked ? 3 : 1;
+}
+
 ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
-    const int64_t n = x->ne[1];
-    if (!as_steps || n == 1) {
+    const int64_t n     = x->ne[1];
+    const int64_t width = as_steps ? exact_plane_width(w) : n;
+    if (n <= width) {
         return ggml_mul_mat(ctx0, w, x);
     }
     if (!ggml_is_contiguous(x)) {
         x = ggml_cont(ctx0, x);
     }
-    ggml_tensor * y = ggml_mul_mat(ctx0, w, ggml_reshape_3d(ctx0, x, x->ne[0], 1, n));  // [m, 1, n]
-    return ggml_reshape_2d(ctx0, y, y->ne[0], n);
+    const int64_t padded = (n + width - 1) / width * width;
+    if (padded != n) {
+        x = ggml_pad(ctx0, x, 0, int(padded - n), 0, 0);  // zero columns, dropped below
+    }
+    ggml_tensor * y = ggml_mul_mat(ctx0, w, ggml_reshape_3d(ctx0, x, x->ne[0], width, padded / width));
+    y = ggml_reshape_2d(ctx0, y, y->ne[0], padded);                    // [m, padded]
+    return padded == n ? y : ggml_view_2d(ctx0, y, y->ne[0], n, y->nb[1], 0);
 }
 
 ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps) {

@@ -17,9 +17,10 @@ ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, fl
 // a one-token step computes it: ggml's kernels for several columns
 // (llamafile's sgemm, the repacked layouts' gemm) sum in another order than
 // its one-column ones, so a verified draft token would otherwise see other
-// logits than plain decoding gives it. The n columns go in as n planes of
-// one column each (ggml broadcasts W over them), which keeps one-column
-// kernels while W is still read once per pass.
+// logits than plain decoding gives it. The columns go in as planes of as
+// many columns as W's kernels treat one by one (ggml broadcasts W over the
+// planes), which keeps one-column kernels while W is still read once per
+// pass.
 ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps);
 
 // y = W x (+ b)

@@ -23,7 +23,7 @@ from ..fetch import cache_dir
 
 log = logging.getLogger(__name__)
 
-CURVE_VERSION = 1
+CURVE_VERSION = 3
 
 
 class CostCurve:
@@ -57,25 +57,32 @@ def calibration_sizes(max_n: int) -> list[int]:
     return sorted({n for n in (1, 2, 3, 4, 6, 8, 12, 16) if n <= max_n} | {max_n})
 
 
+def _verify_pass(ctx: Context, feed: Sequence[int], base: int) -> None:
+    if len(feed) == 1:
+        ctx.decode(feed[0])  # what a plain step runs
+    else:
+        ctx.decode_tree(feed)
+        ctx.tree_accept([])
+    ctx.truncate(base)
+
+
 def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> CostCurve:
-    """Times passes of 1..max_n tokens after the context's cached ones (the
-    cache is left as it was). `tokens`: any ids to feed (repeated if short)."""
+    """Times passes of 1..max_n tokens after the context's cached ones, run
+    as verifications run them (a token chain through specee_decode_tree,
+    every row computed as a plain step would); the cache is left as it was.
+    `tokens`: any ids to feed (repeated if short)."""
     base = ctx.n_past
     max_n = max(1, min(max_n, ctx.n_ctx - base))
     feed = (list(tokens) * (max_n // max(len(tokens), 1) + 1))[:max_n]
-    ctx.prefill(feed, logits_all=True)  # warm-up: first runs build graphs and fault in weights
-    ctx.truncate(base)
+    for n in calibration_sizes(max_n):  # warm-up: first runs build graphs and fault in weights
+        _verify_pass(ctx, feed[:n], base)
     median_s = {}
     for n in calibration_sizes(max_n):
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            if n == 1:
-                ctx.decode(feed[0])  # what a plain step runs
-            else:
-                ctx.prefill(feed[:n], logits_all=True)
+            _verify_pass(ctx, feed[:n], base)
             times.append(time.perf_counter() - t0)
-            ctx.truncate(base)
         median_s[n] = statistics.median(times)
     one = median_s[1]
     # a batch never costs less than one token: clamp measurement noise
