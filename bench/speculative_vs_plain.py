@@ -43,7 +43,8 @@ OPEN_PROMPTS = [x for x in PROMPTS if not x[2]]  # the benchmark prompts that ar
 def run_pair(model, ids, args, draft_path, first_speculative: bool) -> dict:
     out = {}
     for which in (["speculative", "plain"] if first_speculative else ["plain", "speculative"]):
-        with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
+        with model.context(n_ctx=args.ctx_size, n_threads=args.threads,
+                           exact_verify=not args.batched_verify) as ctx:
             if which == "plain":
                 r = generate(ctx, ids, args.n)
             else:
@@ -68,6 +69,8 @@ def main() -> int:
     p.add_argument("--ctx-size", type=int, default=1024)
     p.add_argument("-n", type=int, default=96, help="tokens per prompt (no stop at end tokens)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batched-verify", action="store_true",
+                   help="verify with ggml's batched kernels (Context(exact_verify=False)), as --batched-verify")
     p.add_argument("--out", help="write the results here (.json)")
     args = p.parse_args()
 

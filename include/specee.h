@@ -159,6 +159,10 @@ struct specee_context_params {
     uint32_t n_batch;    /* most tokens one prefill graph processes; longer prompts are split */
     int32_t  n_threads;  /* compute threads; <= 0 = number of online CPUs */
     bool     flash_attn; /* fused attention kernel; false (default) matches llama.cpp's default numerics */
+    bool     exact_verify; /* true (default): specee_decode_tree computes every row as a one-token
+                            * step would, so verified tokens see exactly plain decoding's logits (greedy
+                            * speculation keeps plain greedy output); false: ggml's batched kernels,
+                            * cheaper on repacked matrices, but rows may differ in the last bits */
 };
 
 /* ---- library ---- */

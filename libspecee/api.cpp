@@ -172,6 +172,7 @@ struct specee_context_params specee_context_default_params(void) {
     p.n_batch   = 512;
     p.n_threads  = 0;
     p.flash_attn = false;
+    p.exact_verify = true;
     return p;
 }
 

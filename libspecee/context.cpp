@@ -49,6 +49,7 @@ context::context(const model & m, const specee_context_params & params)
       kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn, layer_bufts(m)),
       n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
       n_threads_(resolve_threads(params.n_threads)),
+      exact_verify_(params.exact_verify),
       id_(next_context_id()) {
     install_ggml_log();
 

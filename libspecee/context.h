@@ -186,6 +186,7 @@ private:
     kv_cache      kv_;
     uint32_t      n_batch_;
     int32_t       n_threads_;
+    bool          exact_verify_ = true;  // tree passes as one-token steps (specee_context_params.exact_verify)
 
     ggml_backend_t     backend_    = nullptr;   // the CPU
     std::shared_ptr<ggml_threadpool> threadpool_;  // shared by contexts that share_threads()

@@ -58,7 +58,7 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
     plan.n_kv         = padded_n_kv(t.base + t.n);
     plan.layer_end    = model_.hp.n_layer;
     plan.n_logits     = n;
-    plan.as_steps     = true;  // each row's logits exactly a plain step's: greedy verification keeps plain output
+    plan.as_steps     = exact_verify_;  // each row's logits exactly a plain step's: greedy keeps plain output
     ask_hidden(plan);
     laying_out_ = &t;
     try {

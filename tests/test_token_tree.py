@@ -79,6 +79,17 @@ def test_chain_rows_are_plain_steps_bit_for_bit(tiny_model_factory, qtype):
             np.testing.assert_array_equal(chain.all_logits()[i], steps.logits(), err_msg=f"{qtype} chain row {i}")
 
 
+def test_batched_verify_is_a_prefill_with_every_row(tiny):
+    """exact_verify=False: a chain pass runs ggml's batched kernels, the same
+    graph as a prefill that keeps every row's logits."""
+    with Model(tiny) as m, m.context(n_ctx=64, exact_verify=False) as a, m.context(n_ctx=64) as b:
+        a.prefill(PROMPT)
+        b.prefill(PROMPT)
+        a.decode_tree(TREE_TOKENS)  # parents None: a chain
+        b.prefill(TREE_TOKENS, logits_all=True)
+        np.testing.assert_array_equal(a.all_logits(), b.all_logits())
+
+
 @pytest.mark.parametrize("path", [[0, 2, 5, 6], [0, 1, 4], [0], []])
 def test_an_accepted_path_continues_as_if_decoded_one_by_one(tiny, path):
     with Model(tiny) as m, m.context(n_ctx=64) as ctx:

@@ -224,7 +224,7 @@ class Context(_Handle):
     """One sequence with its KV cache. Not for use by two threads at once."""
 
     def __init__(self, model: Model, n_ctx: int = 0, n_batch: int = 512, n_threads: int = 0,
-                 flash_attn: bool = False):
+                 flash_attn: bool = False, exact_verify: bool = True):
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
             if not isinstance(value, int) or value < 0:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0 (0: the default), got {value!r}")
@@ -234,6 +234,8 @@ class Context(_Handle):
         params.n_batch = n_batch
         params.n_threads = n_threads if n_threads > 0 else default_threads()
         params.flash_attn = flash_attn
+        params.exact_verify = exact_verify
+        self.exact_verify = exact_verify
         out = ffi.new("struct specee_context **")
         err = ffi.new("char[]", 1024)
         status = lib.specee_context_init(model.ptr, params, out, err, len(err))

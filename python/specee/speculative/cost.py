@@ -85,17 +85,22 @@ def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> C
             times.append(time.perf_counter() - t0)
         median_s[n] = statistics.median(times)
     one = median_s[1]
-    # a batch never costs less than one token: clamp measurement noise
-    return CostCurve({n: 1.0 if n == 1 else max(s / one, 1.0) for n, s in median_s.items()})
+    # clamp measurement noise: a pass of n tokens costs at least one step and at
+    # most n (its rows are at worst n steps), and never less than a shorter pass
+    points, floor = {}, 1.0
+    for n in sorted(median_s):
+        floor = points[n] = 1.0 if n == 1 else min(max(median_s[n] / one, floor), float(n))
+    return CostCurve(points)
 
 
-def cache_path(fingerprint: str, n_threads: int) -> Path:
-    return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}.json"
+def cache_path(fingerprint: str, n_threads: int, exact: bool = True) -> Path:
+    kernels = "" if exact else "-batched"  # verification passes cost what their kernels cost
+    return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}{kernels}.json"
 
 
-def load(fingerprint: str, n_threads: int, max_n: int) -> Optional[CostCurve]:
+def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True) -> Optional[CostCurve]:
     """The cached curve if there is one that reaches max_n."""
-    path = cache_path(fingerprint, n_threads)
+    path = cache_path(fingerprint, n_threads, exact)
     try:
         record = json.loads(path.read_text())
         if record.get("version") != CURVE_VERSION:
@@ -106,8 +111,8 @@ def load(fingerprint: str, n_threads: int, max_n: int) -> Optional[CostCurve]:
     return curve if curve.max_measured >= max_n else None
 
 
-def save(curve: CostCurve, fingerprint: str, n_threads: int) -> None:
-    path = cache_path(fingerprint, n_threads)
+def save(curve: CostCurve, fingerprint: str, n_threads: int, exact: bool = True) -> None:
+    path = cache_path(fingerprint, n_threads, exact)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -121,13 +126,13 @@ def save(curve: CostCurve, fingerprint: str, n_threads: int) -> None:
 def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
     """The cached curve for this model and thread count, else a fresh
     measurement (cached for next time)."""
-    fingerprint, threads = ctx.model.fingerprint, ctx.n_threads
-    curve = load(fingerprint, threads, max_n)
+    fingerprint, threads, exact = ctx.model.fingerprint, ctx.n_threads, ctx.exact_verify
+    curve = load(fingerprint, threads, max_n, exact)
     if curve is None:
         t0 = time.perf_counter()
         curve = measure(ctx, tokens, max_n)
         log.info("batch cost curve measured in %.2f s: %s", time.perf_counter() - t0,
                  {n: round(c, 2) for n, c in curve.points.items()})
         if curve.max_measured >= max_n:  # not cut short by a small context
-            save(curve, fingerprint, threads)
+            save(curve, fingerprint, threads, exact)
     return curve
