@@ -158,13 +158,19 @@ def test_nodes_left_unexpanded_change_nothing(tiny6, heads_f32, depth, width, k)
             np.testing.assert_allclose(got.path_probs, whole.path_probs[:capacity], rtol=1e-3)
 
 
+def after_prompt(heads, *contexts) -> int:
+    """Attaches `heads` to each context and prefills PROMPT; the first
+    context's next token."""
+    for c in contexts:
+        c.set_heads(heads)
+        c.prefill(PROMPT)
+    return contexts[0].argmax()
+
+
 def test_width_one_and_one_child_is_the_chain(tiny6, heads_f32):
     path, _ = heads_f32
     with Model(tiny6) as m, Heads(m, path) as heads, m.context(n_ctx=64) as a, m.context(n_ctx=64) as b:
-        for c in (a, b):
-            c.set_heads(heads)
-            c.prefill(PROMPT)
-        first = a.argmax()
+        first = after_prompt(heads, a, b)
         tree = a.draft_tree(first, 5, 1, 1, 5)
         tokens, probs = b.draft_chain(first, 5, 1)
     assert tree.tokens == [int(t) for t in tokens[:, 0]]
@@ -175,10 +181,7 @@ def test_width_one_and_one_child_is_the_chain(tiny6, heads_f32):
 def test_a_tree_leaves_the_draft_cache_as_a_sync_does(tiny6, heads_f32):
     path, _ = heads_f32
     with Model(tiny6) as m, Heads(m, path) as heads, m.context(n_ctx=64) as a, m.context(n_ctx=64) as b:
-        for c in (a, b):
-            c.set_heads(heads)
-            c.prefill(PROMPT)
-        first = a.argmax()
+        first = after_prompt(heads, a, b)
         a.draft_tree(first, 5, 3, 3, 12)
         b.draft_sync(first)
         for c in (a, b):

@@ -12,6 +12,7 @@ from specee.engine import Heads, InvalidArgumentError, Model
 from specee.heads_file import constant_predictor, write_heads
 from specee.speculative import EagleDrafter, MergedDrafter, generate_speculative, open_drafter
 from test_draft_head import random_draft
+from test_draft_tree import after_prompt
 from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain
 
 
@@ -53,10 +54,7 @@ def test_draft_chain_runs_ahead_on_its_own_predictions(tiny6, heads_file):
 def test_a_chain_leaves_the_draft_cache_as_a_sync_does(tiny6, heads_file):
     path, _ = heads_file
     with Model(tiny6) as m, Heads(m, path) as heads, m.context(n_ctx=64) as a, m.context(n_ctx=64) as b:
-        for c in (a, b):
-            c.set_heads(heads)
-            c.prefill(PROMPT)
-        first = a.argmax()
+        first = after_prompt(heads, a, b)
         a.draft_chain(first, 5, 2)
         b.draft_sync(first)
         for c in (a, b):
