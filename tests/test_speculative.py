@@ -416,6 +416,24 @@ def test_cost_curve_interpolates_and_is_cached(tmp_path, monkeypatch, tiny_llama
         assert cost_module.for_context(ctx, PROMPT, 5).points == measured.points  # from the cache
         assert cost_module.load(m.fingerprint, 1, 9) is None  # the cache does not reach 9
 
+        # the curve is clamped: at least one step, at most n, never below a shorter pass
+        values = [measured.points[n] for n in sorted(measured.points)]
+        assert values == sorted(values) and all(c <= n for n, c in measured.points.items())
+
+
+def test_draft_model_step_cost_is_measured_once_and_cached(tiny_model_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
+    target_path, draft_path = tiny_model_factory(n_layer=4, seed=3), tiny_model_factory(n_layer=1, seed=3)
+    with Model(target_path) as target, target.context(n_ctx=64, n_threads=1) as ctx:
+        drafter = ModelDrafter(draft_path, target, 64, 1, target_ctx=ctx)
+        try:
+            ratio = drafter.kinds["model"].cost_per_token
+            assert ratio > 0 and ctx.n_past == 0 and drafter.ctx.n_past == 0  # both caches left empty
+            (cached,) = (tmp_path / "speculative").glob("step-*.json")
+            assert json.loads(cached.read_text())["ratio"] == ratio
+            assert cost_module.step_ratio(drafter.ctx, ctx) == ratio  # read back, not measured again
+        finally:
+            drafter.close()
 
 def test_adaptive_policy_with_measured_curve_stays_exact(untied, tmp_path, monkeypatch):
     monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))

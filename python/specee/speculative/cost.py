@@ -136,3 +136,37 @@ def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
         if curve.max_measured >= max_n:  # not cut short by a small context
             save(curve, fingerprint, threads, exact)
     return curve
+
+
+def step_ratio(draft: Context, target: Context, steps: int = 6) -> float:
+    """One decode step of `draft` over one of `target` (both caches empty, and
+    left so), measured once per pair of models and thread count and cached:
+    what a draft model's token costs in target steps. A file-size ratio
+    underestimates it for small models (per-layer overheads weigh more)."""
+    path = cache_dir() / "speculative" / (f"step-{draft.model.fingerprint}-over-{target.model.fingerprint}"
+                                          f"-t{target.n_threads}.json")
+    try:
+        record = json.loads(path.read_text())
+        if record.get("version") == CURVE_VERSION:
+            return float(record["ratio"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+    def step_s(ctx: Context) -> float:
+        ctx.prefill([0])
+        ctx.decode(0)  # warm-up: graphs built, weights faulted in
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            ctx.decode(0)
+            times.append(time.perf_counter() - t0)
+        ctx.truncate(0)
+        return statistics.median(times)
+
+    ratio = step_s(draft) / step_s(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": CURVE_VERSION, "ratio": ratio, "system": system_info()}))
+    except OSError as e:
+        log.warning("cannot cache the draft model's step cost at %s: %s", path, e)
+    return ratio

@@ -16,6 +16,7 @@ import numpy as np
 from ..engine import Context, Model
 from ..gguf_meta import read_gguf_metadata
 from ..sampling import Sampler, probabilities
+from .cost import step_ratio
 from .drafters import Draft, Kind, empty_draft
 
 KIND = "model"
@@ -70,8 +71,11 @@ class ModelDrafter:
             raise
         self.p_min = p_min
         self.path = os.fspath(draft_path)
-        # CPU decoding reads every weight once per token: the size ratio is the cost ratio
-        self.kinds = {KIND: Kind(self.model.size_bytes / target.size_bytes, PRIOR)}
+        if target_ctx is not None and target_ctx.n_past == 0:
+            cost_per_token = step_ratio(self.ctx, target_ctx)  # measured once, cached
+        else:  # CPU decoding reads every weight once per token: roughly the size ratio
+            cost_per_token = self.model.size_bytes / target.size_bytes
+        self.kinds = {KIND: Kind(cost_per_token, PRIOR)}
         self._cached: list[int] = []  # what the draft context holds, in order
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
