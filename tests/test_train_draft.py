@@ -131,6 +131,19 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     assert not (t.exit_ok(True) & ~t.exit_ok(False)).any()
     assert t.exit_ok(False)[:, -1].sum() >= t.exit_ok(True)[:, -1].sum()
 
+    # traces resume from their per-prompt parts: one part gone, only it is made again, same traces
+    from specee.train.predictors import collect_traces
+
+    parts = tmp_path / "run" / "traces.parts"
+    assert sorted(p.name for p in parts.iterdir()) == [f"{i:05d}.npz" for i in range(4)]
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.iterdir()}
+    (parts / "00002.npz").unlink()
+    again = collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts)
+    assert {p.name: p.stat().st_mtime_ns for p in parts.iterdir() if p.name != "00002.npz"} == \
+        {k: v for k, v in kept.items() if k != "00002.npz"}
+    for field in ("cand_logits", "label", "in_cands", "best_cand_ok"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
+
     # the stages one by one (as `specee train predictors` and `specee pack`):
     # predictors for candidate-only exits over the same traces, packed with
     # another default threshold; the head file says both

@@ -8,6 +8,7 @@ stage runs the ones before it that have not run yet:
     OUT/features/        target features (features.py)
     OUT/draft/           draft checkpoints and log (draft.py), draft_head.npz
     OUT/draft_only.gguf  the draft head with a placeholder predictor (for traces)
+    OUT/traces.parts/    one file per trace prompt while traces are collected (an interrupted run resumes)
     OUT/traces.npz       per-token, per-layer predictor data (predictors.py)
     OUT/predictors.json  per-layer precision/recall, offline schedule
     OUT/predictors.npz   the trained predictors
@@ -111,7 +112,7 @@ def train_predictors_stage(model_path: str | os.PathLike, out: Path, prompts: Se
         traces = Traces.load(traces_path)
     else:
         traces = collect_traces(model_path, out / "draft_only.gguf", prompts, n_new=n_new, n_threads=n_threads,
-                                progress=progress)
+                                progress=progress, parts=out / "traces.parts")
         traces.save(traces_path)
     preds, offline, report = train_predictors(traces, cfg, progress=progress)
     write_report(out / "predictors.json", report, offline, traces, cfg.verify_full)

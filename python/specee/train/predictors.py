@@ -62,21 +62,32 @@ class Traces:
 
 
 def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike, prompts: Sequence[Sequence[int]],
-                   n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True) -> Traces:
+                   n_new: int = 128, n_ctx: int = 2048, n_threads: int = 0, progress: bool = True,
+                   parts: Optional[Path] = None) -> Traces:
     """Greedy continuations of `prompts` (not the evaluation sets!) with the
-    draft head of `heads_path` proposing the candidates."""
+    draft head of `heads_path` proposing the candidates. `parts`: a folder
+    that keeps each prompt's traces as it is done, so an interrupted run
+    resumes where it stopped (a large model's traces take hours)."""
     COUNT.check("n_new", n_new)
     ZERO_OR_MORE.check("n_threads", n_threads)
     if not (isinstance(n_ctx, int) and n_ctx > n_new + 1):
         raise ValueError(f"n_ctx must exceed n_new + 1 = {n_new + 1} (room for a prompt), got {n_ctx!r}")
     if not prompts:
         raise ValueError("no prompts to collect traces from")
-    cl, lab, inc, best = [], [], [], []
+    done: list[Traces] = []
+    if parts is not None:
+        parts.mkdir(parents=True, exist_ok=True)
     with Model(model_path) as m, Heads(m, heads_path) as heads, \
             tqdm(total=len(prompts), desc="traces", unit="prompt", disable=not progress) as bar:
         if not heads.has_draft:
             raise ValueError(f"{heads_path} has no draft head to propose candidates")
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
+            part = parts / f"{i:05d}.npz" if parts is not None else None
+            if part is not None and part.exists():
+                done.append(Traces.load(part))
+                bar.update(1)
+                continue
+            cl, lab, inc, best = [], [], [], []
             prompt = list(prompt)[: n_ctx - n_new - 1]
             with m.context(n_ctx=n_ctx, n_threads=n_threads) as ctx:
                 ctx.set_heads(heads)
@@ -90,8 +101,14 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                     inc.append(np.isin(argmax, cands))
                     best.append(np.asarray(cands)[logits.argmax(-1)] == step.token)
                     token, cands = step.token, step.next
+            done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best)))
+            if part is not None:
+                tmp = part.with_name(part.stem + ".tmp.npz")
+                done[-1].save(tmp)
+                tmp.replace(part)  # a part is there whole or not at all
             bar.update(1)
-    return Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best))
+    return Traces(*(np.concatenate([getattr(t, f) for t in done]) for f in
+                    ("cand_logits", "label", "in_cands", "best_cand_ok")))
 
 
 # ---- features -----------------------------------------------------------------------
