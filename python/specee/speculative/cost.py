@@ -66,6 +66,16 @@ def _verify_pass(ctx: Context, feed: Sequence[int], base: int) -> None:
     ctx.truncate(base)
 
 
+def _median_s(ctx: Context, feed: Sequence[int], base: int, reps: int) -> float:
+    """Median seconds of `reps` verification passes over `feed` after `base` cached tokens."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _verify_pass(ctx, feed, base)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> CostCurve:
     """Times passes of 1..max_n tokens after the context's cached ones, run
     as verifications run them (a token chain through specee_decode_tree,
@@ -76,14 +86,7 @@ def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> C
     feed = (list(tokens) * (max_n // max(len(tokens), 1) + 1))[:max_n]
     for n in calibration_sizes(max_n):  # warm-up: first runs build graphs and fault in weights
         _verify_pass(ctx, feed[:n], base)
-    median_s = {}
-    for n in calibration_sizes(max_n):
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            _verify_pass(ctx, feed[:n], base)
-            times.append(time.perf_counter() - t0)
-        median_s[n] = statistics.median(times)
+    median_s = {n: _median_s(ctx, feed[:n], base, reps) for n in calibration_sizes(max_n)}
     one = median_s[1]
     # clamp measurement noise: a pass of n tokens costs at least one step and at
     # most n (its rows are at worst n steps), and never less than a shorter pass
@@ -98,29 +101,40 @@ def cache_path(fingerprint: str, n_threads: int, exact: bool = True) -> Path:
     return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}{kernels}.json"
 
 
-def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True) -> Optional[CostCurve]:
-    """The cached curve if there is one that reaches max_n."""
-    path = cache_path(fingerprint, n_threads, exact)
+def _read_record(path: Path) -> Optional[dict]:
+    """A cached measurement of this CURVE_VERSION, or None."""
     try:
         record = json.loads(path.read_text())
-        if record.get("version") != CURVE_VERSION:
-            return None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("version") == CURVE_VERSION else None
+
+
+def _write_record(path: Path, record: dict, what: str) -> None:
+    """Caches `record` (whole or not at all); a read-only cache only costs
+    the next run a measurement."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": CURVE_VERSION, "system": system_info(), **record}, indent=1))
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("cannot cache %s at %s: %s", what, path, e)
+
+
+def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True) -> Optional[CostCurve]:
+    """The cached curve if there is one that reaches max_n."""
+    record = _read_record(cache_path(fingerprint, n_threads, exact))
+    try:
         curve = CostCurve({int(n): c for n, c in record["points"].items()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return curve if curve.max_measured >= max_n else None
 
 
 def save(curve: CostCurve, fingerprint: str, n_threads: int, exact: bool = True) -> None:
-    path = cache_path(fingerprint, n_threads, exact)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": CURVE_VERSION, "model": fingerprint, "threads": n_threads,
-                                   "system": system_info(), "points": curve.points}, indent=1))
-        tmp.replace(path)
-    except OSError as e:  # a read-only cache only costs the next run a calibration
-        log.warning("cannot cache the batch cost curve at %s: %s", path, e)
+    _write_record(cache_path(fingerprint, n_threads, exact),
+                  {"model": fingerprint, "threads": n_threads, "points": curve.points}, "the batch cost curve")
 
 
 def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
@@ -145,28 +159,17 @@ def step_ratio(draft: Context, target: Context, steps: int = 6) -> float:
     underestimates it for small models (per-layer overheads weigh more)."""
     path = cache_dir() / "speculative" / (f"step-{draft.model.fingerprint}-over-{target.model.fingerprint}"
                                           f"-t{target.n_threads}.json")
-    try:
-        record = json.loads(path.read_text())
-        if record.get("version") == CURVE_VERSION:
-            return float(record["ratio"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    record = _read_record(path)
+    if record is not None and isinstance(record.get("ratio"), (int, float)):
+        return float(record["ratio"])
 
     def step_s(ctx: Context) -> float:
         ctx.prefill([0])
-        ctx.decode(0)  # warm-up: graphs built, weights faulted in
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            ctx.decode(0)
-            times.append(time.perf_counter() - t0)
+        _verify_pass(ctx, [0], 1)  # warm-up: graphs built, weights faulted in
+        t = _median_s(ctx, [0], 1, steps)
         ctx.truncate(0)
-        return statistics.median(times)
+        return t
 
     ratio = step_s(draft) / step_s(target)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"version": CURVE_VERSION, "ratio": ratio, "system": system_info()}))
-    except OSError as e:
-        log.warning("cannot cache the draft model's step cost at %s: %s", path, e)
+    _write_record(path, {"ratio": ratio}, "the draft model's step cost")
     return ratio
