@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from reference import Reference
+from tiny_model import TinyConfig, write_tiny_model
 from specee.engine import Model
 
 TOKENS = [5, 77, 200, 13, 300, 42, 1, 9, 250, 3]
@@ -84,6 +85,24 @@ def test_prefill_keeps_last_logits_and_argmax(tiny_llama):
         assert ctx.argmax() == int(np.argmax(ctx.logits()))
         next_token = ctx.decode(ctx.argmax())
         assert next_token == int(np.argmax(ctx.logits()))
+
+
+def test_argmax_is_the_first_maximum_with_ties(tmp_path):
+    """Rows 0-19 of the output matrix are zero, then w and -w alternate: the
+    logits are 0, then s and -s repeated, so the maximum is tied many times
+    and only its first index is llama.cpp's greedy choice."""
+    cfg = TinyConfig(tied=False)
+    w = np.random.default_rng(1).standard_normal(cfg.n_embd).astype(np.float32)
+    rows = [np.zeros(cfg.n_embd, np.float32)] * 20 + [w, -w] * ((cfg.n_vocab - 20) // 2)
+    out = np.stack(rows + [np.zeros(cfg.n_embd, np.float32)] * (cfg.n_vocab - len(rows)))
+    path = write_tiny_model(tmp_path / "ties.gguf", cfg, tensors={"output.weight": out})
+    with Model(str(path)) as m, m.context(n_ctx=64) as ctx:
+        ctx.prefill(TOKENS, logits_all=True)
+        for i in range(ctx.n_outputs):
+            logits = ctx.logits(i)
+            first = 20 if logits[20] > 0 else 21
+            assert logits[first] > 0 and np.sum(logits == logits[first]) > 2  # the premise: a tied maximum
+            assert ctx.argmax(i) == first == int(np.argmax(logits))
 
 
 def test_prefill_split_into_batches_equals_one_batch(tiny_llama):

@@ -197,9 +197,11 @@ def random_weights(cfg: TinyConfig) -> dict[str, np.ndarray]:
 
 
 def write_tiny_model(path: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
-                     skip_tensors: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
+                     skip_tensors: tuple[str, ...] = (), overrides: dict | None = None,
+                     tensors: dict[str, np.ndarray] | None = None) -> Path:
     """Writes the tiny model; `skip_tensors` and `overrides` (metadata key ->
-    (value, GGUFValueType)) make broken variants for the bad-input tests."""
+    (value, GGUFValueType)) make broken variants for the bad-input tests;
+    `tensors` replaces weights by name (for logits a test must control)."""
     path = Path(path)
     qtype = QT[cfg.qtype]
     overrides = dict(overrides or {})
@@ -247,7 +249,7 @@ def write_tiny_model(path: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
     for key, (value, vtype) in overrides.items():  # the rest, tokenizer keys included
         writer.add_key_value(key, value, vtype)
 
-    for name, w in random_weights(cfg).items():
+    for name, w in {**random_weights(cfg), **(tensors or {})}.items():
         if name in skip_tensors:
             continue
         if w.ndim == 1:
