@@ -26,9 +26,10 @@ from specee.engine import Model
 from specee.fetch import fetch_model
 
 
-def llama_bench_tok_s(binary: str, model: Path, threads: int, n: int) -> float:
+def llama_bench_tok_s(binary: str, model: Path, threads: int, n: int, repack: int) -> float:
     out = subprocess.run([binary, "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n), "-r", "1",
-                          "-fa", "0", "-o", "json"], capture_output=True, text=True, check=True).stdout
+                          "-fa", "0", "--repack", str(repack), "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
     (record,) = [r for r in json.loads(out) if r.get("n_gen") == n]
     return float(record["avg_ts"])
 
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128, help="tokens decoded per measurement (llama-bench tg N)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
+    ap.add_argument("--llama-repack", type=int, choices=(0, 1), default=1,
+                    help="llama-bench --repack (1, its default: weights in the CPU's repacked/AMX layout)")
     args = ap.parse_args()
 
     results = {}
@@ -64,14 +67,14 @@ def main() -> None:
                 order = ("llama", "specee") if r % 2 == 0 else ("specee", "llama")
                 got = {}
                 for engine in order:
-                    got[engine] = (llama_bench_tok_s(args.llama_bench, path, args.threads, args.n) if engine == "llama"
+                    got[engine] = (llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack) if engine == "llama"
                                    else specee_tok_s(model, args.threads, args.n))
                 ours.append(got["specee"])
                 theirs.append(got["llama"])
                 ratios.append(got["specee"] / got["llama"])
                 print(f"{name} round {r + 1}: specee {got['specee']:.1f} tok/s, llama-bench {got['llama']:.1f} tok/s, "
                       f"ratio {ratios[-1]:.3f}", flush=True)
-        results[name] = {"amx_decode": args.amx_decode, "specee_tok_s": ours, "llama_bench_tok_s": theirs, "ratios": ratios,
+        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack, "specee_tok_s": ours, "llama_bench_tok_s": theirs, "ratios": ratios,
                          "median_ratio": statistics.median(ratios)}
         print(f"{name}: median ratio {results[name]['median_ratio']:.3f} over {len(ratios)} rounds")
     if args.json:
