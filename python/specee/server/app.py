@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import threading
@@ -27,6 +28,7 @@ from ..engine import default_threads
 from .config import ServerConfig
 from .decoding import Job
 from .metrics import ServerMetrics
+from .outbox import Outbox
 from .responses import SSE_DONE, Responses, sse
 from .runtime import Runtime, load_runtime
 from .scheduler import QueueFull
@@ -46,6 +48,7 @@ class ServerState:
         self.config = config
         self.metrics = metrics
         self.runtime: Optional[Runtime] = None
+        self.outbox: Optional[Outbox] = None  # set with the runtime
         self.load_error: Optional[str] = None
         self.created = int(time.time())
 
@@ -189,14 +192,8 @@ def _generation_route(state: ServerState, kind: str):
         if req.options.mode == "specee" and runtime.heads is None:
             raise ApiError(400, "early exit needs heads: none ship for this model; start the server with --heads",
                            param="specee.mode")
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-
-        def emit(event: tuple) -> None:  # called on the compute thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        job = Job(ids, req.options, runtime.tokenizer, emit)
+        job = Job(ids, req.options, runtime.tokenizer, functools.partial(state.outbox.post, queue))
         try:
             runtime.scheduler.submit(job)
         except QueueFull as e:
@@ -268,25 +265,6 @@ async def _on_crash(request: Request, e: Exception) -> Response:
     return error_response(ApiError(500, "internal server error (see the server log)", type="server_error"))
 
 
-def web_catch_up(loop: asyncio.AbstractEventLoop, timeout: float = 0.05) -> Callable[[], None]:
-    """A wait for the event loop to have handled what the compute thread
-    handed it so far (the chunks of the round just decoded go out first).
-
-    With as many compute threads as cores, the web side's work would
-    otherwise run during the next decode step and hold up one of ggml's
-    threads, which the others then wait for at every barrier: measured on 2
-    cores, one stream decoded at 0.87-0.92x of `specee generate`. The wait
-    is bounded, so a busy loop cannot stall decoding."""
-    async def handled() -> None:
-        return None
-
-    def wait() -> None:
-        with contextlib.suppress(Exception):  # a timeout, or a loop that has closed
-            asyncio.run_coroutine_threadsafe(handled(), loop).result(timeout)
-
-    return wait
-
-
 def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetrics], Runtime] = load_runtime,
                on_load_failed: Optional[Callable[[str], None]] = None) -> Starlette:
     """The app; `loader` builds the runtime on a thread of its own once the
@@ -296,10 +274,14 @@ def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetri
 
     def load(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            state.runtime = loader(config, state.metrics)
-            scheduler = getattr(state.runtime, "scheduler", None)
-            if scheduler is not None and scheduler.slots[0].ctx.n_threads >= default_threads():
-                scheduler.after_round = web_catch_up(loop)
+            runtime = loader(config, state.metrics)
+            state.outbox = Outbox(loop)
+            scheduler = getattr(runtime, "scheduler", None)
+            if scheduler is not None:
+                if scheduler.slots[0].ctx.n_threads >= default_threads():
+                    state.outbox.wait_s = 0.05  # see Outbox
+                scheduler.after_round = state.outbox.flush
+            state.runtime = runtime  # ready: requests may come now
         except Exception as e:
             log.error("cannot load %s: %s", config.model_path, e)
             state.load_error = str(e)

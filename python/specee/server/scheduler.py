@@ -45,7 +45,7 @@ class Scheduler:
                  metrics: ServerMetrics, batching: bool = True):
         self.slots = [Slot(i, ctx) for i, ctx in enumerate(contexts)]
         self.batching = batching  # off: every slot steps alone (for comparison)
-        self.after_round: Optional[Callable[[], None]] = None  # e.g. app.web_catch_up
+        self.after_round: Optional[Callable[[], None]] = None  # called after every round: outbox.Outbox.flush
         self.heads = heads
         self.queue_limit = queue_limit
         self.metrics = metrics
@@ -96,6 +96,8 @@ class Scheduler:
             if not job.done:
                 job.fail("the server is shutting down")
         self._waiting.clear()
+        if self.after_round is not None:
+            self.after_round()  # those failures go out too
 
     # ---- the compute thread ----
 
@@ -113,6 +115,8 @@ class Scheduler:
             active = [s for s in self.slots if s.job is not None and not s.job.done and not s.job.cancelled.is_set()]
             if active:
                 self.step_all(active)
+            if self.after_round is not None:
+                self.after_round()  # the round's events go out (app.Outbox.flush)
 
     def step_all(self, slots: Sequence[Slot]) -> None:
         """One decode step for each slot: one batched call for the batchable
@@ -136,8 +140,6 @@ class Scheduler:
             self._guarded(slot, lambda s: s.job.step_batched(s.ctx))
         for slot in alone:
             self._guarded(slot, lambda s: s.job.step(s.ctx))
-        if self.after_round is not None:
-            self.after_round()
         self.metrics.decode_steps.inc(len(slots))
         self.metrics.decode_seconds.inc(time.perf_counter() - t0)
 
