@@ -11,7 +11,8 @@ per-layer and lm_head costs; the draft's cost too unless --draft-ms). Prints,
 per threshold, the simulated speed over full depth, the agreement with full
 depth (teacher-forced: the exit token against the full model's) and the exit
 ratio, for the trained offline schedule, for a schedule chosen greedily for
-speed at --min-agreement, and for the trained schedule with a perfect "the
+speed at --min-agreement (train/schedule.py, what `specee train schedule`
+writes into the heads), and for the trained schedule with a perfect "the
 final token is a candidate" gate on top of the predictors (what a better
 draft-confidence feature could buy at most). The engine's online schedule
 (layers around recent exits) is not modelled.
@@ -24,57 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specee.train.pipeline import load_predictors
-from specee.train.predictors import PredictorConfig, Traces, heldout_split, layer_features
-
-
-def predictor_probs(run: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Held-out tokens: [n, n_layer - 1] predictor outputs, [n, n_layer]
-    "the best candidate here is the final token", the trained schedule."""
-    t = Traces.load(run / "traces.npz")
-    preds, offline, _, verify_full = load_predictors(run / "predictors.npz")
-    if verify_full:
-        raise SystemExit(f"{run}: predictors trained for full verification; this prices candidate exits")
-    held = heldout_split(len(t.label), PredictorConfig())[0].numpy()
-    x = layer_features(t.cand_logits[held])
-    probs = np.zeros((len(held), x.shape[1] - 1), np.float32)
-    for layer, p in preds.items():
-        probs[:, layer] = p(x[:, layer])
-    return probs, t.exit_ok(False)[held], offline
-
-
-class Policy:
-    """Replays "exit at the first checked layer whose predictor fires"."""
-
-    def __init__(self, probs: np.ndarray, ok: np.ndarray, layer_ms: float, lm_head_ms: float, check_ms: float,
-                 draft_ms: float):
-        self.probs, self.ok = probs, ok
-        self.n_layer = ok.shape[1]
-        self.layer_ms, self.lm_head_ms, self.check_ms, self.draft_ms = layer_ms, lm_head_ms, check_ms, draft_ms
-        self.full_ms = self.n_layer * layer_ms + lm_head_ms
-
-    def run(self, layers: list[int], threshold: float) -> dict:
-        n = len(self.ok)
-        ms = np.full(n, self.draft_ms + self.full_ms + len(layers) * self.check_ms)
-        right, done = np.ones(n, bool), np.zeros(n, bool)
-        for i, layer in enumerate(sorted(layers)):
-            fire = ~done & (self.probs[:, layer] > threshold)
-            ms[fire] = self.draft_ms + (layer + 1) * self.layer_ms + (i + 1) * self.check_ms
-            right[fire] = self.ok[fire, layer]
-            done |= fire
-        return {"speedup": self.full_ms / ms.mean(), "agreement": right.mean(), "exit_ratio": done.mean(),
-                "layers": sorted(layers)}
-
-    def greedy_schedule(self, threshold: float, min_agreement: float) -> dict:
-        """Adds the layer that speeds up most while agreement holds, until none does."""
-        best = self.run([], threshold)
-        while True:
-            trials = [self.run(best["layers"] + [layer], threshold) for layer in range(self.n_layer - 1)
-                      if layer not in best["layers"]]
-            trials = [r for r in trials if r["agreement"] >= min_agreement]
-            if not trials or max(r["speedup"] for r in trials) <= best["speedup"] + 1e-4:
-                return best
-            best = max(trials, key=lambda r: r["speedup"])
+from specee.train.schedule import ExitReplay, StepCosts, heldout_replay
 
 
 def main() -> None:
@@ -88,12 +39,13 @@ def main() -> None:
     args = ap.parse_args()
 
     prof = json.loads(args.profile.read_text())
-    draft_ms = args.draft_ms if args.draft_ms is not None else prof["specee_step_ms_by_stage"]["draft"]
-    probs, ok, offline = predictor_probs(args.run)
-    sim = Policy(probs, ok, prof["estimated_ms_per_layer"], prof["verify_ms_per_fire"], args.check_ms, draft_ms)
-    gated = Policy(np.where(ok[:, -1:], probs, 0.0), ok, sim.layer_ms, sim.lm_head_ms, args.check_ms, draft_ms)
-    print(f"{len(ok)} held-out traced tokens; full depth {sim.full_ms:.3f} ms, draft {draft_ms:.3f} ms, "
-          f"check {args.check_ms:.3f} ms; speedup over full depth / agreement / exit ratio")
+    costs = StepCosts.from_profile(prof, args.check_ms)
+    if args.draft_ms is not None:
+        costs = StepCosts(costs.layer_ms, costs.lm_head_ms, costs.check_ms, args.draft_ms)
+    sim, offline, _ = heldout_replay(args.run, costs)
+    gated = ExitReplay(np.where(sim.ok[:, -1:], sim.probs, 0.0), sim.ok, costs)
+    print(f"{len(sim.ok)} held-out traced tokens; full depth {sim.full_ms:.3f} ms, draft {costs.draft_ms:.3f} ms, "
+          f"check {costs.check_ms:.3f} ms; speedup over full depth / agreement / exit ratio")
 
     def show(r: dict) -> str:
         return f"{r['speedup']:.3f} / {r['agreement']:.4f} / {r['exit_ratio']:.3f}"

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import engine
-from .cli_args import (dataset_list, draft_spec, existing_dir, existing_file, mode_list, output_dir, output_file,
-                       prompt_file, threshold_sweep)
+from .cli_args import (dataset_list, draft_spec, existing_dir, existing_file, mode_list, output_dir,
+                       output_file, prompt_file, threshold_list, threshold_sweep)
 from .chat import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
-from .ranges import COUNT, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE
+from .ranges import (AGREEMENT, COUNT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P,
+                     ZERO_OR_MORE)
 from .sampling import Sampler
 from .shipped_heads import default_heads
 from .speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
@@ -276,6 +277,16 @@ def cmd_train_predictors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_schedule(args: argparse.Namespace) -> int:
+    _train_modules()
+    from .train.schedule import reschedule
+
+    record = reschedule(Path(args.out), args.profile, args.thresholds, args.min_agreement, args.check_ms)
+    print(json.dumps({"trained": record["trained"], "chosen": record["chosen"],
+                      "record": str(Path(args.out) / "schedule.json")}))
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
     print(pipeline.pack(fetch_model(args.model, progress=not args.quiet), Path(args.out), args.threshold,
@@ -462,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--draft-from", metavar="HEADS",
                     help="take the draft head from this head file (e.g. the shipped one) instead of OUT/draft")
     tp.set_defaults(func=cmd_train_predictors)
+    sc = tsub.add_parser("schedule", help="choose the checked layers and threshold by expected gain with the "
+                                          "model's measured costs, on held-out traces (then pack)")
+    sc.add_argument("--out", type=existing_dir, required=True, help="the run directory (traces and predictors)")
+    sc.add_argument("--profile", type=existing_file, required=True,
+                    help="the model's measured costs: bench/exit_profile.py --verify full --json output")
+    sc.add_argument("--min-agreement", type=AGREEMENT.arg, default=0.98,
+                    help="lowest teacher-forced agreement with full depth allowed (default 0.98)")
+    sc.add_argument("--thresholds", type=threshold_list, default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
+                    help="comma-separated thresholds to try")
+    sc.add_argument("--check-ms", type=MILLISECONDS.arg, default=0.03,
+                    help="one checked layer's cost in ms (bench/exit_overhead.py)")
+    sc.set_defaults(func=cmd_train_schedule)
     pk = sub.add_parser("pack", parents=[common], help="write OUT/heads.gguf from the trained draft and predictors")
     pk.add_argument("--threshold", type=THRESHOLD.arg,
                     help="default threshold in [0, 1] stored in the file (default: the trained one)")

@@ -35,6 +35,17 @@ def prompt_file(text: str) -> str:
     return text if text == "-" else existing_file(text)
 
 
+def threshold_list(text: str) -> list[float]:
+    """Comma-separated thresholds, each in (0, 1)."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"give thresholds in (0, 1), comma-separated; got {text!r}")
+    return values
+
+
 def dataset_list(text: str) -> list[str]:
     """Comma-separated names of known data sets."""
     names = [d.strip() for d in text.split(",") if d.strip()]

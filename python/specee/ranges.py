@@ -93,3 +93,5 @@ LEARNING_RATE = Range(float, lo=0.0, lo_open=True)
 WEIGHT = Range(float, lo=0.0)  # a loss weight
 # the share of the data held out for measuring: some, but not all of it
 HELD_OUT_SHARE = Range(float, 0.0, 1.0, lo_open=True, hi_open=True)
+AGREEMENT = Range(float, 0.0, 1.0, lo_open=True)  # a floor on the share of tokens equal to full depth's
+MILLISECONDS = Range(float, lo=0.0)  # a measured cost

@@ -129,6 +129,16 @@ def save_predictors(path: Path, preds: dict[int, Predictor], offline: list[int],
     np.savez(path, **arrays)
 
 
+def set_schedule(path: Path, offline: list[int], threshold: float) -> None:
+    """Rewrites the schedule and threshold of a saved predictors file (train/schedule.py)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(offline=np.asarray(sorted(offline), np.int32), threshold=np.float32(threshold))
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def load_predictors(path: Path) -> tuple[dict[int, Predictor], list[int], float, bool]:
     z = np.load(path)
     layers = sorted({int(k.split(".")[0]) for k in z.files if k.endswith(".w1")})
