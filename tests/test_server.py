@@ -172,7 +172,7 @@ def test_health_models_and_chat_page(server):
     assert server.request("GET", "/health")[:3:2] == (200, {"status": "ok"})
     models = server.client().models.list().data
     assert [m.id for m in models] == ["tiny"]
-    assert models[0].meta["n_ctx"] == CTX and models[0].meta["modes"] == ["vanilla", "specee"]
+    assert models[0].meta["n_ctx"] == CTX and models[0].meta["modes"] == ["vanilla", "speculative", "specee"]
     status, headers, page = server.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in page and 'id="input"' in page
@@ -264,6 +264,59 @@ def test_early_exit_per_request(server, tiny):
     after = server.metrics()
     assert after[("specee_exit_steps_total",)] - before[("specee_exit_steps_total",)] == 9
     assert after[("specee_exit_layers_total",)] - before[("specee_exit_layers_total",)] == 27
+
+
+@pytest.fixture
+def drafting_always_pays(monkeypatch):
+    """Verification priced as one token: the policy drafts whenever lookup has a match."""
+    from specee.server.speculative import ServedDrafting
+    from specee.speculative import CostCurve
+
+    monkeypatch.setattr(ServedDrafting, "curve", lambda self, ctx, prompt: CostCurve({1: 1.0, 17: 1.0}))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_speculative_per_request_gives_plain_greedy_text(server, drafting_always_pays, stream):
+    """Lossless: the speculative mode's text is vanilla's, token for token;
+    its statistics reach the response and /metrics."""
+    client = server.client()
+    before = server.metrics()
+    # a prompt that repeats itself, so that prompt lookup finds drafts
+    args = dict(model="tiny", prompt="the cat sat on the mat " * 4, max_tokens=40, temperature=0)
+    vanilla = client.completions.create(**args).choices[0].text
+    extra = {"specee": {"mode": "speculative"}}
+    if stream:
+        text, chunks = streamed_text(client.completions.create(**args, stream=True, extra_body=extra))
+        assert text == vanilla and len(chunks) > 2
+        return
+    r = client.completions.create(**args, extra_body=extra)
+    assert r.choices[0].text == vanilla
+    x = r.model_extra["specee"]
+    assert x["mode"] == "speculative" and x["draft_source"] == "lookup"
+    assert x["drafted"] > 0 and x["verify_steps"] > 0 and 0 <= x["accepted"] <= x["drafted"]
+    after = server.metrics()
+    for name, key in (("specee_speculative_drafted_tokens_total", "drafted"),
+                      ("specee_speculative_accepted_tokens_total", "accepted"),
+                      ("specee_speculative_verify_steps_total", "verify_steps")):
+        assert after[(name,)] - before[(name,)] == x[key]
+
+
+def test_speculative_server_mode_with_a_stop_string_and_a_token_limit(tiny, drafting_always_pays):
+    """--mode speculative as the server's default: a verification that
+    accepts past max_tokens or a stop string still ends where plain decoding would."""
+    with running(config(tiny, mode="speculative", draft="lookup:2", draft_max=6)) as srv:
+        client = srv.client()
+        args = dict(model="tiny", prompt="the cat sat on the mat " * 4, temperature=0)
+        plain = client.completions.create(**args, max_tokens=23, extra_body={"specee": {"mode": "vanilla"}})
+        spec = client.completions.create(**args, max_tokens=23)
+        assert spec.choices[0].text == plain.choices[0].text and spec.usage.completion_tokens == 23
+        assert spec.model_extra["specee"]["mode"] == "speculative" and spec.model_extra["specee"]["drafted"] > 0
+        text = plain.choices[0].text
+        assert len(text) > 8
+        stop = text[len(text) // 2:len(text) // 2 + 3]
+        cut = client.completions.create(**args, max_tokens=23, stop=[stop])
+        assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
+        assert plain.choices[0].text.startswith(cut.choices[0].text)
 
 
 # ---- bad input ------------------------------------------------------------------------
@@ -459,6 +512,19 @@ def test_serve_refuses_bad_flags(tiny, capsys):
 def test_serve_exits_when_the_model_cannot_serve_the_mode(tiny):
     # no heads ship for the tiny model: --mode specee fails at load time and the server exits
     assert cli.main(["serve", "--model", tiny, "--mode", "specee", "--port", "0", "--threads", "1"]) == 1
+    # nor has it a draft head for the eagle drafter
+    assert cli.main(["serve", "--model", tiny, "--draft", "eagle", "--port", "0", "--threads", "1"]) == 1
+
+
+def test_serve_refuses_a_bad_drafter(tiny, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--model", tiny, "--draft", "telepathy"])
+    assert e.value.code == 2 and "unknown drafter" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--model", tiny, "--draft-max", "0"])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="--draft"):
+        config(tiny, draft="model:").check()
 
 
 @pytest.mark.real_model
@@ -485,3 +551,20 @@ def test_real_model_early_exit_with_the_draft_head_matches_the_library(real_mode
     assert r.choices[0].message.content == want
     x = r.model_extra["specee"]
     assert x["mode"] == "specee" and x["mean_exit_layer"] == result.extra["mean_exit_layer"]
+
+
+@pytest.mark.real_model
+def test_real_model_speculative_lookup_matches_vanilla(real_model_path):
+    """SmolLM2, prompt lookup on a copy-heavy chat request: the server's
+    speculative answer is its vanilla answer."""
+    messages = [{"role": "user", "content": "Repeat this sentence exactly, twice: the quick brown fox jumps over "
+                                            "the lazy dog near the old stone bridge."}]
+    cfg = ServerConfig(model_path=Path(real_model_path), model_id="smollm2-135m", parallel=1, queue=0,
+                       ctx_size=512, threads=2, max_tokens_limit=64, mode="speculative", draft="lookup")
+    with running(cfg) as srv:
+        client = srv.client()
+        args = dict(model="smollm2-135m", messages=messages, max_tokens=48, temperature=0)
+        plain = client.chat.completions.create(**args, extra_body={"specee": {"mode": "vanilla"}})
+        spec = client.chat.completions.create(**args)
+    assert spec.choices[0].message.content == plain.choices[0].message.content
+    assert spec.model_extra["specee"]["mode"] == "speculative"

@@ -159,8 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_path=model_path, model_id=args.model if args.model in known_models() else model_path.stem,
         parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
-        threshold=args.threshold, verify=args.verify, max_tokens_limit=args.max_tokens_limit,
-        batching=not args.no_batching, amx_decode=args.amx_decode)
+        threshold=args.threshold, verify=args.verify, draft=args.draft, draft_max=args.draft_max,
+        max_tokens_limit=args.max_tokens_limit, batching=not args.no_batching, amx_decode=args.amx_decode)
     config.check()
     if args.threads > engine.default_threads():
         log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
@@ -409,8 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0,
                    help="compute threads of the one compute worker (default: the available cores)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health and /")
-    s.add_argument("--mode", choices=["vanilla", "specee"], default="vanilla",
+    s.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="default decoding; a request may choose with {\"specee\": {\"mode\": ...}}")
+    s.add_argument("--draft", type=draft_spec, default="lookup",
+                   help=f"the speculative mode's drafter: {DRAFT_HELP} (default lookup); a draft model loads "
+                        "once per slot at start")
+    s.add_argument("--draft-max", type=DRAFT_MAX.arg, default=DEFAULT_DRAFT_MAX,
+                   help=f"most drafted tokens per verification, in [1, 16] (default {DEFAULT_DRAFT_MAX})")
     s.add_argument("--heads", help="SpecEE head file (default: the heads that ship for the model, if any)")
     s.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
     s.add_argument("--verify", choices=["full", "candidates"], help=VERIFY_HELP)

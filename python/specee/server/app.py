@@ -233,8 +233,8 @@ def _routes(state: ServerState) -> list[Route]:
         if state.runtime is not None:
             entry["meta"] = {"n_ctx": state.runtime.n_ctx, "n_layer": state.runtime.model.n_layer,
                              "n_vocab": state.runtime.model.n_vocab, "slots": state.config.parallel,
-                             "modes": ["vanilla", "specee"] if state.runtime.heads else ["vanilla"],
-                             "default_mode": state.config.mode}
+                             "modes": ["vanilla", "speculative"] + (["specee"] if state.runtime.heads else []),
+                             "default_mode": state.config.mode, "draft": state.config.draft}
         return JSONResponse({"object": "list", "data": [entry]})
 
     return [

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..speculative import DRAFT_MAX, parse_draft
+
+MODES = ("vanilla", "specee", "speculative")
+
 
 @dataclass
 class ServerConfig:
@@ -15,10 +19,12 @@ class ServerConfig:
     ctx_size: int = 2048               # tokens per slot (prompt + answer)
     threads: int = 0                   # compute threads (0: the cores this process may use)
     api_key: Optional[str] = None      # when set, every endpoint but /health and / needs it
-    mode: str = "vanilla"              # default decoding: "vanilla" or "specee"
+    mode: str = "vanilla"              # default decoding: "vanilla", "specee" or "speculative"
     heads: Optional[Path] = None       # head file (default: the heads that ship for the model)
     threshold: Optional[float] = None  # predictor threshold (default: the head file's)
     verify: Optional[str] = None       # "full" or "candidates" (default: the head file's)
+    draft: str = "lookup"              # the speculative mode's drafter (speculative.choice.parse_draft)
+    draft_max: int = 8                 # most drafted tokens per verification
     max_tokens_limit: int = 1024       # the most tokens one request may ask for
     max_body_bytes: int = 1 << 20      # larger request bodies get 413
     batching: bool = True              # full-depth slots decode in one batched pass per step
@@ -34,8 +40,13 @@ class ServerConfig:
             raise ValueError(f"--ctx-size must be at least 8, got {self.ctx_size}")
         if self.threads < 0:
             raise ValueError(f"--threads must not be negative, got {self.threads}")
-        if self.mode not in ("vanilla", "specee"):
-            raise ValueError(f"--mode must be vanilla or specee, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        try:
+            parse_draft(self.draft)
+        except ValueError as e:
+            raise ValueError(f"--draft: {e}") from None
+        DRAFT_MAX.check("--draft-max", self.draft_max)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.verify not in (None, "full", "candidates"):

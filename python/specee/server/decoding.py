@@ -21,6 +21,7 @@ from ..generate import decode_one_token, pick, why_stop
 from ..sampling import Sampler
 from ..tokenizer import Tokenizer
 from .schemas import DecodeOptions
+from .speculative import ServedDrafting, SpeculativeStepper
 from .stop_text import StopText
 
 _FINISH = {"eos": "stop", "length": "length", "context": "length"}  # generate.why_stop -> OpenAI finish_reason
@@ -31,8 +32,8 @@ class Stepper(Protocol):
     def first(self, ctx: Context, prompt: Sequence[int]) -> int:
         """Prefill the prompt; return the first new token."""
 
-    def next(self, ctx: Context, token: int) -> int:
-        """Feed `token`; return the one after it."""
+    def next(self, ctx: Context, token: int, room: int) -> list[int]:
+        """Feed `token`; return the tokens after it (at least one, at most `room`)."""
 
     def stats(self, ctx: Context) -> dict:
         """What the response reports about the decoding (early-exit statistics)."""
@@ -53,8 +54,8 @@ class VanillaStepper:
         ctx.prefill(prompt)
         return pick(ctx, self.sampler)
 
-    def next(self, ctx: Context, token: int) -> int:
-        return decode_one_token(ctx, token, self.sampler)
+    def next(self, ctx: Context, token: int, room: int) -> list[int]:
+        return [decode_one_token(ctx, token, self.sampler)]
 
     def pick_next(self, ctx: Context) -> int:
         """The next token after a batched step fed this slot's last one."""
@@ -87,7 +88,7 @@ class SpeceeStepper:
         self.history = list(prompt) + [token]
         return token
 
-    def next(self, ctx: Context, token: int) -> int:
+    def next(self, ctx: Context, token: int, room: int) -> list[int]:
         if self.use_draft:
             # the draft head catches up on the prompt lazily, at the first step
             cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
@@ -98,7 +99,7 @@ class SpeceeStepper:
         nxt = step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())
         self.exit_layers.append(step.exit_layer)
         self.history.append(nxt)
-        return nxt
+        return [nxt]
 
     def stats(self, ctx: Context) -> dict:
         raw = ctx.exit_stats()
@@ -124,15 +125,21 @@ class ServedHeads:
         return cls(heads, {"threshold": defaults["threshold"], "verify_full": defaults["verify_full"]})
 
 
-def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions) -> Stepper:
+def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
+            drafting: Optional[ServedDrafting] = None, slot: int = 0) -> Stepper:
     """Empties the slot's context and sets it up for `options`' mode; returns
     the stepper that decodes with it."""
     sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed)
     ctx.truncate(0)
-    if options.mode == "vanilla":
+    if options.mode in ("vanilla", "speculative"):
         if ctx.heads is not None:
-            ctx.set_heads(None)
-        return VanillaStepper(sampler)
+            ctx.set_heads(None)  # the eagle drafter attaches them again
+        if options.mode == "vanilla":
+            return VanillaStepper(sampler)
+        if drafting is None:
+            raise ValueError("speculative decoding was asked for but the server has no drafter")
+        return SpeculativeStepper(sampler, drafting,
+                                  drafting.drafter(slot, ctx, served.heads if served is not None else None))
     if served is None:
         raise ValueError("early exit was asked for but the server has no heads")  # schemas/app refuse it first
     if ctx.heads is not served.heads:
@@ -177,19 +184,24 @@ class Job:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def begin(self, ctx: Context, heads: Optional[ServedHeads]) -> None:
-        """Sets up the slot, runs the prompt and takes the first token."""
+    def begin(self, ctx: Context, heads: Optional[ServedHeads], drafting: Optional[ServedDrafting] = None,
+              slot: int = 0) -> None:
+        """Sets up slot `slot` (its context `ctx`), runs the prompt and takes the first token."""
         self._t_start = time.perf_counter()
-        self._stepper = prepare(ctx, heads, self.options)
+        self._stepper = prepare(ctx, heads, self.options, drafting, slot)
         token = self._stepper.first(ctx, self.prompt)
         self._t_first = time.perf_counter()
         self._accept(ctx, token)
 
     def step(self, ctx: Context) -> None:
-        """One decode step (only while not done)."""
-        token = self._stepper.next(ctx, self.tokens[-1])
-        self.n_steps += 1
-        self._accept(ctx, token)
+        """One decode step (only while not done): one token, or with
+        speculative decoding every token its verification accepted."""
+        new = self._stepper.next(ctx, self.tokens[-1], self.options.max_tokens - len(self.tokens))
+        for token in new:
+            self.n_steps += 1
+            self._accept(ctx, token)
+            if self.done:
+                break
 
     @property
     def batchable(self) -> bool:

@@ -32,6 +32,13 @@ class ServerMetrics:
         self.early_exits = Counter(PREFIX + "early_exits", "early-exit steps that skipped layers", registry=r)
         self.exit_layers = Counter(PREFIX + "exit_layers", "layers computed by early-exit steps (mean exit layer = "
                                                            "exit_layers / exit_steps)", registry=r)
+        self.drafted = Counter(PREFIX + "speculative_drafted_tokens", "tokens drafted and verified (speculative mode)",
+                               registry=r)
+        self.accepted = Counter(PREFIX + "speculative_accepted_tokens", "drafted tokens the model accepted",
+                                registry=r)
+        self.verify_steps = Counter(PREFIX + "speculative_verify_steps", "verification passes (acceptance = "
+                                    "accepted / drafted; tokens per verification = (accepted + verify_steps) / "
+                                    "verify_steps)", registry=r)
         self.cancelled = Counter(PREFIX + "cancelled_requests", "requests whose client went away", registry=r)
 
     def job_finished(self, summary: dict) -> None:
@@ -43,6 +50,10 @@ class ServerMetrics:
             self.exit_steps.inc(ext["n_steps"])
             self.early_exits.inc(ext["n_exits"])
             self.exit_layers.inc(ext["sum_exit_layers"])
+        elif ext["mode"] == "speculative":
+            self.drafted.inc(ext["drafted"])
+            self.accepted.inc(ext["accepted"])
+            self.verify_steps.inc(ext["verify_steps"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ from .config import ServerConfig
 from .decoding import ServedHeads
 from .metrics import ServerMetrics
 from .scheduler import Scheduler
+from .speculative import ServedDrafting
 from .schemas import bad_request
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Runtime:
 
     def close(self) -> None:
         self.scheduler.stop()
+        if self.scheduler.drafting is not None:
+            self.scheduler.drafting.close()
         if self.heads is not None:
             for slot in self.scheduler.slots:
                 slot.ctx.set_heads(None)
@@ -77,10 +80,16 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
             ctx.share_threads(contexts[0])  # one compute thread drives them all: one pool, none spinning idle
         heads = _load_heads(config, model)
         served = ServedHeads.attach_once(heads, contexts[0]) if heads is not None else None
+        drafting = ServedDrafting(config.draft, config.draft_max, model, contexts)
+        if drafting.needs_heads and (heads is None or not heads.has_draft):
+            drafting.close()
+            raise ValueError(f"--draft {config.draft} needs heads with a draft head: none ship for this model; "
+                             "give --heads")
     except BaseException:
         model.close()
         raise
     scheduler = Scheduler(contexts, served, config.queue, metrics, batching=config.batching)
+    scheduler.drafting = drafting
     scheduler.start()
     log.info("serving %s: %d slots of %d tokens, %d threads, heads %s", config.model_path.name, config.parallel,
              contexts[0].n_ctx, contexts[0].n_threads, heads.path if heads else "none")

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 from ..engine import Context, SpeceeError, decode_batch
 from .decoding import Job, ServedHeads
 from .metrics import ServerMetrics
+from .speculative import ServedDrafting
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Scheduler:
         self.batching = batching  # off: every slot steps alone (for comparison)
         self.after_round: Optional[Callable[[], None]] = None  # called after every round: outbox.Outbox.flush
         self.heads = heads
+        self.drafting: Optional[ServedDrafting] = None  # the speculative mode's drafter, when configured
         self.queue_limit = queue_limit
         self.metrics = metrics
         self.compute_threads: set[int] = set()  # threads that ever called into a context (one: the worker)
@@ -111,7 +113,7 @@ class Scheduler:
                     return
                 started = self._admit()
             for slot in started:
-                self._guarded(slot, lambda s: s.job.begin(s.ctx, self.heads))
+                self._guarded(slot, lambda s: s.job.begin(s.ctx, self.heads, self.drafting, s.index))
             active = [s for s in self.slots if s.job is not None and not s.job.done and not s.job.cancelled.is_set()]
             if active:
                 self.step_all(active)

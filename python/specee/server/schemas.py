@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .config import ServerConfig
+from .config import MODES, ServerConfig
 
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 4  # as the OpenAI API
-MODES = ("vanilla", "specee")
 VERIFY = ("full", "candidates")
 
 # fields this server cannot honour, and the values that ask for nothing (null always does)

@@ -39,6 +39,76 @@ def draft_sampler(sampler: Sampler) -> Optional[Sampler]:
     return drafts
 
 
+class SpeculativeDecoder:
+    """One generation's speculative decoding, round by round: `first`
+    prefills the prompt, each `step` drafts and verifies (or takes a plain
+    step when drafting would not pay) and returns the new tokens. It keeps
+    the text so far for the drafter, the policy's running acceptance and the
+    counters; stop rules are the caller's (generate_speculative, the server)."""
+
+    def __init__(self, ctx: Context, drafter: Drafter, sampler: Sampler, policy: DraftPolicy,
+                 draft_max: int = DEFAULT_DRAFT_MAX):
+        DRAFT_MAX.check("draft_max", draft_max)
+        self.ctx, self.drafter, self.sampler, self.policy, self.draft_max = ctx, drafter, sampler, policy, draft_max
+        self.d_sampler = draft_sampler(sampler)
+        self.history: list[int] = []
+        self.drafted = self.accepted = self.verify_steps = self.plain_steps = 0
+        self.t_draft = 0.0
+        self._has_free_kind = any(k.cost_per_token == 0 for k in drafter.kinds.values())
+
+    def first(self, prompt: Sequence[int]) -> int:
+        """Prefills `prompt`; returns the first new token."""
+        self.ctx.prefill(prompt)
+        token = pick(self.ctx, self.sampler)
+        self.history = list(prompt) + [token]
+        return token
+
+    def step(self, token: int, room: int) -> list[int]:
+        """Feeds `token` (the last one returned); returns the next 1 to
+        draft_max + 1 tokens, at most `room` (>= 1) of them."""
+        ctx, policy = self.ctx, self.policy
+        # room for [token] + drafts in the cache, and for drafts + 1 in the output
+        cap = min(self.draft_max, ctx.n_ctx - ctx.n_past - 1, room - 1)
+        draft = empty_draft()
+        if cap > 0:
+            limits = policy.limits(cap)
+            worth = any(limits.values())
+            # nothing worth verifying: draft only for a free drafter's score, when none is being followed
+            if worth or (self._has_free_kind and not policy.scoring):
+                td = time.perf_counter()
+                draft = self.drafter.propose(self.history, cap, self.d_sampler, limits)
+                self.t_draft += time.perf_counter() - td
+        k = policy.choose(draft, cap)
+        if k == 0:
+            new = [decode_one_token(ctx, token, self.sampler)]
+            policy.plain_step(draft, new[0])
+            self.plain_steps += 1
+        else:
+            chosen = draft.cut(k)
+            new, path = (verify_greedy(ctx, token, chosen) if self.sampler.greedy
+                         else verify_sampled(ctx, token, chosen, self.sampler))
+            policy.verified(chosen, path)
+            self.drafted += k
+            self.accepted += len(path)
+            self.verify_steps += 1
+        self.history.extend(new)
+        return new
+
+    def stats(self) -> dict:
+        """What generate_speculative's result reports (besides the timings)."""
+        return {
+            "draft_source": self.drafter.name,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else 0.0,
+            "verify_steps": self.verify_steps,
+            "plain_steps": self.plain_steps,
+            "tokens_per_verify": (round((self.accepted + self.verify_steps) / self.verify_steps, 3)
+                                  if self.verify_steps else 0.0),
+            "draft_s": round(self.t_draft, 6),
+        }
+
+
 def generate_speculative(
     ctx: Context,
     prompt: Sequence[int],
@@ -62,50 +132,19 @@ def generate_speculative(
     t0 = time.perf_counter()
     if policy is None:
         policy = DraftPolicy(curve or cost.for_context(ctx, prompt, draft_max + 1), drafter.kinds)
-    d_sampler = draft_sampler(sampler)
+    decoder = SpeculativeDecoder(ctx, drafter, sampler, policy, draft_max)
     t_calibrate = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ctx.prefill(prompt)
-    token = pick(ctx, sampler)
+    token = decoder.first(prompt)
     t1 = time.perf_counter()
-    history = list(prompt) + [token]
     tokens = [token]
     if on_token:
         on_token(token)
 
-    drafted = accepted = verify_steps = plain_steps = 0
-    t_draft = 0.0
-    n_ctx = ctx.n_ctx
-    has_free_kind = any(k.cost_per_token == 0 for k in drafter.kinds.values())
     while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
-        # room for [token] + drafts in the cache, and for drafts + 1 in the output
-        cap = min(draft_max, n_ctx - ctx.n_past - 1, max_tokens - len(tokens) - 1)
-        draft = empty_draft()
-        if cap > 0:
-            limits = policy.limits(cap)
-            worth = any(limits.values())
-            # nothing worth verifying: draft only for a free drafter's score, when none is being followed
-            if worth or (has_free_kind and not policy.scoring):
-                td = time.perf_counter()
-                draft = drafter.propose(history, cap, d_sampler, limits)
-                t_draft += time.perf_counter() - td
-        k = policy.choose(draft, cap)
-        if k == 0:
-            new = [decode_one_token(ctx, token, sampler)]
-            policy.plain_step(draft, new[0])
-            plain_steps += 1
-        else:
-            chosen = draft.cut(k)
-            new, path = (verify_greedy(ctx, token, chosen) if sampler.greedy
-                         else verify_sampled(ctx, token, chosen, sampler))
-            policy.verified(chosen, path)
-            drafted += k
-            accepted += len(path)
-            verify_steps += 1
-        for token in new:
+        for token in decoder.step(token, max_tokens - len(tokens)):
             tokens.append(token)
-            history.append(token)
             if on_token:
                 on_token(token)
             if token in stop:
@@ -114,18 +153,8 @@ def generate_speculative(
 
     result = GenerationResult(tokens=tokens, n_prompt=len(prompt), prefill_s=t1 - t0, decode_s=t2 - t1,
                               n_decode_steps=len(tokens) - 1, stop_reason=stop_reason)
-    result.extra = {
-        "draft_source": drafter.name,
-        "drafted": drafted,
-        "accepted": accepted,
-        "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
-        "verify_steps": verify_steps,
-        "plain_steps": plain_steps,
-        "tokens_per_verify": round((accepted + verify_steps) / verify_steps, 3) if verify_steps else 0.0,
-        "draft_s": round(t_draft, 6),
-        "calibrate_s": round(t_calibrate, 6),
-    }
+    result.extra = {**decoder.stats(), "calibrate_s": round(t_calibrate, 6)}
+    x = result.extra
     log.info("speculative (%s): %d verifications (%.2f tokens each), %d plain steps, acceptance %.3f",
-             drafter.name, verify_steps, result.extra["tokens_per_verify"], plain_steps,
-             result.extra["acceptance_rate"])
+             drafter.name, x["verify_steps"], x["tokens_per_verify"], x["plain_steps"], x["acceptance_rate"])
     return result

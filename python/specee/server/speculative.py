@@ -1,0 +1,102 @@
+"""Lossless speculative decoding in the server: the drafter the server was
+started with (`--draft`), opened per slot and request, and the stepper that
+runs speculative.SpeculativeDecoder one round at a time.
+
+Drafters that keep no model of their own (prompt lookup, the EAGLE draft
+head of the served heads) are made fresh for each request; a draft model
+(`model:NAME_OR_PATH`, or the one `auto` finds) is loaded once per slot at
+start and follows each request's text in its own cache.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..engine import Context, Heads, Model
+from ..sampling import Sampler
+from ..speculative import AutoDrafter, DraftPolicy, Drafter, EagleDrafter, LookupDrafter, MergedDrafter, ModelDrafter
+from ..speculative import cost
+from ..speculative.choice import eagle_shape, parse_draft, resolve_draft_model
+from ..speculative.loop import SpeculativeDecoder
+
+
+class ServedDrafting:
+    """The server's drafter spec, its draft models (one per slot) and the
+    batch cost curve (measured on the first speculative request, cached)."""
+
+    def __init__(self, spec: str, draft_max: int, model: Model, contexts: Sequence[Context]):
+        self.spec, self.draft_max = spec, draft_max
+        kind, _ = parse_draft(spec)  # checked by ServerConfig already; here for the parts
+        parts = spec.split("+") if kind == "merge" else [spec]
+        self.draft_path = None
+        if any(parse_draft(p)[0] in ("model", "auto") for p in parts):
+            model_part = next(p for p in parts if parse_draft(p)[0] in ("model", "auto"))
+            self.draft_path = resolve_draft_model(model_part, model.path)
+            if self.draft_path is None and parse_draft(model_part)[0] == "model":
+                raise ValueError(f"--draft {spec}: draft model not found")
+        self.needs_heads = any(parse_draft(p)[0] == "eagle" for p in parts)
+        self.model_drafters: list[Optional[ModelDrafter]] = []
+        try:
+            for ctx in contexts:
+                self.model_drafters.append(ModelDrafter(self.draft_path, model, ctx.n_ctx, ctx.n_threads, target_ctx=ctx)
+                                           if self.draft_path is not None else None)
+        except Exception:
+            self.close()
+            raise
+        self._curve: Optional[cost.CostCurve] = None
+
+    def curve(self, ctx: Context, prompt: Sequence[int]) -> cost.CostCurve:
+        if self._curve is None:
+            self._curve = cost.for_context(ctx, prompt, self.draft_max + 1)
+        return self._curve
+
+    def drafter(self, slot: int, ctx: Context, heads: Optional[Heads]) -> Drafter:
+        """A drafter for one request on slot `slot`, whose (empty) context is
+        `ctx`; `heads`: the served heads (the EAGLE drafter's)."""
+        kind, _ = parse_draft(self.spec)
+        if kind == "merge":
+            return MergedDrafter([self._part(p, slot, ctx, heads) for p in self.spec.split("+")])
+        return self._part(self.spec, slot, ctx, heads)
+
+    def _part(self, spec: str, slot: int, ctx: Context, heads: Optional[Heads]) -> Drafter:
+        kind, arg = parse_draft(spec)
+        if kind == "lookup":
+            return LookupDrafter(branches=int(arg or 1))
+        if kind == "eagle":
+            if heads is None or not heads.has_draft:
+                raise ValueError("the eagle drafter needs heads with a draft head: start the server with --heads")
+            shape, branches = eagle_shape(arg)
+            return EagleDrafter(ctx, heads, heads.path, branches=branches, shape=shape)
+        if kind == "model":
+            return self.model_drafters[slot]
+        return AutoDrafter(LookupDrafter(), self.model_drafters[slot])
+
+    def close(self) -> None:
+        for d in self.model_drafters:
+            if d is not None:
+                d.close()
+        self.model_drafters = []
+
+
+class SpeculativeStepper:
+    """Lossless speculative decoding, as speculative.generate_speculative:
+    each step returns every token its verification accepted (and the
+    target's own next one)."""
+
+    mode = "speculative"
+    batchable = False
+
+    def __init__(self, sampler: Sampler, drafting: ServedDrafting, drafter: Drafter):
+        self.sampler, self.drafting, self.drafter = sampler, drafting, drafter
+        self.decoder: Optional[SpeculativeDecoder] = None
+
+    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
+        policy = DraftPolicy(self.drafting.curve(ctx, prompt), self.drafter.kinds)
+        self.decoder = SpeculativeDecoder(ctx, self.drafter, self.sampler, policy, self.drafting.draft_max)
+        return self.decoder.first(prompt)
+
+    def next(self, ctx: Context, token: int, room: int) -> list[int]:
+        return self.decoder.step(token, room)
+
+    def stats(self, ctx: Context) -> dict:
+        return self.decoder.stats() if self.decoder is not None else {}
+
