@@ -319,6 +319,24 @@ def test_speculative_server_mode_with_a_stop_string_and_a_token_limit(tiny, draf
         assert plain.choices[0].text.startswith(cut.choices[0].text)
 
 
+def test_speculative_with_a_draft_model_per_slot(tiny, tiny_model_factory, drafting_always_pays):
+    """--draft model:PATH loads the draft (here a one-layer model with the
+    tiny vocabulary) once per slot; its cache follows each request's text,
+    request after request on either slot, and the answers stay vanilla's."""
+    draft = tiny_model_factory(tied=False, seed=3, n_layer=1)
+    with running(config(tiny, mode="speculative", draft=f"model:{draft}", draft_max=4)) as srv:
+        drafting = srv.state.runtime.scheduler.drafting
+        assert len(drafting.model_drafters) == 2 and all(d is not None for d in drafting.model_drafters)
+        client = srv.client()
+        for prompt in ("the cat", "a dog ran", "the cat"):
+            args = dict(model="tiny", prompt=prompt, max_tokens=20, temperature=0)
+            plain = client.completions.create(**args, extra_body={"specee": {"mode": "vanilla"}})
+            spec = client.completions.create(**args)
+            x = spec.model_extra["specee"]
+            assert spec.choices[0].text == plain.choices[0].text
+            assert x["draft_source"] == "model" and x["drafted"] > 0
+
+
 # ---- bad input ------------------------------------------------------------------------
 
 CHAT = "/v1/chat/completions"
