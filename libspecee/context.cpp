@@ -237,7 +237,7 @@ void context::graph_slot::reset(int graph_size, bool with_galloc) {
 
 void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
     slot.reset(graph_size_, /*with_galloc=*/sched_ == nullptr);
-    slot.g = draft ? build_draft(slot.ctx, model_, heads_->draft, *draft_kv_, plan, graph_size_)
+    slot.g = draft ? build_draft(slot.ctx, model_, early_exit_.attached->draft, *draft_.kv, plan, graph_size_)
                    : build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
     // CPU only: each slot keeps its buffer and its graph runs again as it
     // is. With offload devices the scheduler splits and allocates every
@@ -394,10 +394,10 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     }
     if (!g.trace_cand.empty()) {
         cand_logits_.clear();
-        trace_argmax_.resize(g.trace_argmax.size());
+        early_exit_.trace_argmax.resize(g.trace_argmax.size());
         for (size_t il = 0; il < g.trace_cand.size(); il++) {
             append_columns(g.trace_cand[il], cand_logits_);
-            ggml_backend_tensor_get(g.trace_argmax[il], &trace_argmax_[il], 0, sizeof(int32_t));
+            ggml_backend_tensor_get(g.trace_argmax[il], &early_exit_.trace_argmax[il], 0, sizeof(int32_t));
         }
     }
     perf_.t_run_us += ggml_time_us() - t_start;
@@ -447,14 +447,14 @@ void context::truncate(uint32_t n_past) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
     }
     kv_.truncate(n_past);
-    if (draft_kv_) {
+    if (draft_.kv) {
         // the draft keeps the positions it has seen below n_past; pending
         // features beyond n_past go
-        const uint32_t seen = std::min(draft_kv_->n_past(), n_past);
-        draft_kv_->truncate(seen);
-        const size_t keep = std::min(pending_tokens_.size(), size_t(n_past - seen));
-        pending_tokens_.resize(keep);
-        pending_features_.resize(keep * size_t(model_.hp.n_embd));
+        const uint32_t seen = std::min(draft_.kv->n_past(), n_past);
+        draft_.kv->truncate(seen);
+        const size_t keep = std::min(draft_.pending_tokens.size(), size_t(n_past - seen));
+        draft_.pending_tokens.resize(keep);
+        draft_.pending_features.resize(keep * size_t(model_.hp.n_embd));
     }
 }
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include "batch_graph.h"
+#include "draft_state.h"
+#include "early_exit_state.h"
 #include "exit_policy.h"
 #include "graph.h"
 #include "heads.h"
@@ -44,25 +46,15 @@ public:
     const float * hidden(int32_t * n_tokens) const;
 
     // ---- speculative early exit (context_exit.cpp) ----
-    struct exit_params {
-        float threshold   = 0.5f;
-        bool  use_offline = true;
-        bool  use_online  = true;
-        bool  full_depth  = false;  // also run every layer and report the full model's token
-        bool  fill_kv     = false;  // give skipped layers K/V projected from the exit hidden state
-        bool  verify_full = true;   // on a fire, the full-vocabulary argmax must be a candidate
-    };
-    struct exit_stats {
-        uint64_t n_steps = 0, n_exits = 0, sum_exit_layers = 0, n_checks = 0, n_fires = 0, n_false_fires = 0;
-        uint64_t n_draft_top1 = 0, n_draft_topk = 0;
-    };
+    using exit_params = specee::exit_params;
+    using exit_stats  = specee::exit_stats;
     void set_heads(const heads * h);  // nullptr detaches
     void set_exit_params(const exit_params & p);
-    const exit_params & get_exit_params() const { return exit_; }
+    const exit_params & get_exit_params() const { return early_exit_.params; }
     // One decode step with early exit; returns the chosen token. With
     // full_depth, *out_full receives the full model's token (else -1).
     int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
-    int32_t last_exit_layer() const { return last_exit_layer_; }
+    int32_t last_exit_layer() const { return early_exit_.last_exit_layer; }
     // A full-depth step that records, after every layer, the candidates'
     // logits ([n_layer, n_cand] into cand_logits) and the full-vocabulary
     // argmax ([n_layer] into layer_argmax): the predictors' training data.
@@ -70,7 +62,7 @@ public:
                        int32_t * layer_argmax);
 
     // ---- draft head (context_draft.cpp) ----
-    bool has_draft() const { return draft_kv_ != nullptr; }
+    bool has_draft() const { return draft_.kv != nullptr; }
     // Runs the draft over the pairs (feature, next token) it has not seen:
     // features of positions [draft n_past, n_past) with the tokens after
     // them, the last of which is `next_token`; returns its top-k candidates
@@ -88,16 +80,16 @@ public:
     // keeps the synced positions only. (context_draft_tree.cpp)
     int32_t draft_tree(int32_t next_token, int32_t depth, int32_t width, int32_t k, int32_t capacity,
                        int32_t * out_tokens, int32_t * out_parents, float * out_probs, float * out_path);
-    uint32_t draft_n_past() const { return draft_kv_ ? draft_kv_->n_past() : 0; }
+    uint32_t draft_n_past() const { return draft_.kv ? draft_.kv->n_past() : 0; }
     // the draft's candidates after the last early-exit step (empty without a draft)
-    const std::vector<int32_t> & next_candidates() const { return next_cands_; }
+    const std::vector<int32_t> & next_candidates() const { return draft_.next_cands; }
     std::vector<int32_t> checked_layers() const;
     // what the last early-exit step's checks saw: layer indices, and
     // exit_features() of each ([n, 3 n_cand]), in check order
-    const std::vector<int32_t> & last_check_layers() const { return last_check_layers_; }
-    const std::vector<float> &   last_check_features() const { return last_check_features_; }
-    const exit_stats & stats() const { return stats_; }
-    void reset_stats() { stats_ = exit_stats(); }
+    const std::vector<int32_t> & last_check_layers() const { return early_exit_.last_check_layers; }
+    const std::vector<float> &   last_check_features() const { return early_exit_.last_check_features; }
+    const exit_stats & stats() const { return early_exit_.stats; }
+    void reset_stats() { early_exit_.stats = exit_stats(); }
 
     // ---- token trees (context_tree.cpp) ----
     // One pass over a token tree after the cache (see specee_decode_tree).
@@ -225,14 +217,7 @@ private:
     // runs layers [from, to) from the saved state (none if from == to) and
     // keeps the last token's logits and, with a draft head, its feature
     void    run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to);
-    const heads            * heads_ = nullptr;
-    std::set<int32_t>        predictor_layers_;
-    exit_params              exit_;
-    exit_schedule            schedule_;
-    exit_stats               stats_;
-    int32_t                  last_exit_layer_ = -1;
-    std::vector<int32_t>     last_check_layers_;
-    std::vector<float>       last_check_features_;
+    early_exit_state early_exit_;
 
     // draft head: its one-layer cache, the target tokens and features it
     // has not consumed yet ([n_pending, n_embd]), its graphs
@@ -244,17 +229,10 @@ private:
     void                 keep_pending(const int32_t * tokens, uint32_t n);
     void                 require_draft_k(int32_t k) const;  // a draft head with at least k tokens
     void                 keep_pending(const int32_t * tokens, const float * features, uint32_t n);
-    std::unique_ptr<kv_cache>  draft_kv_;
-    std::vector<int32_t>       pending_tokens_;
-    std::vector<float>         pending_features_;
+    draft_state                draft_;
     graph_slot                 draft_slots_[3];   // multi-token, single-token, tree level (every row's logits)
-    std::vector<float>         draft_logits_;     // [rows, draft_n_vocab_] of the last draft pass
-    size_t                     draft_n_vocab_ = 0;
-    std::vector<float>         draft_hidden_;     // the last draft pass's predicted features [rows, n_embd]
     // the k best tokens of row `row` of the last draft logits (and their probabilities)
     std::vector<int32_t>       draft_top(size_t row, size_t k, float * probs) const;
-    std::vector<int32_t>       next_cands_;
-    std::vector<int32_t>       trace_argmax_;     // [n_layer] of the last trace step
 
     std::vector<int64_t>     k_idx_buf_;
     std::vector<int64_t>     v_idx_buf_;

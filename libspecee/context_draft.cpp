@@ -21,13 +21,13 @@ void context::keep_pending(const int32_t * tokens, uint32_t n) {
 }
 
 void context::keep_pending(const int32_t * tokens, const float * features, uint32_t n) {
-    pending_tokens_.insert(pending_tokens_.end(), tokens, tokens + n);
-    pending_features_.insert(pending_features_.end(), features, features + size_t(n) * size_t(model_.hp.n_embd));
+    draft_.pending_tokens.insert(draft_.pending_tokens.end(), tokens, tokens + n);
+    draft_.pending_features.insert(draft_.pending_features.end(), features, features + size_t(n) * size_t(model_.hp.n_embd));
 }
 
 std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * features, uint32_t n) {
-    const uint32_t pos = draft_kv_->n_past();
-    if (uint64_t(pos) + n > draft_kv_->n_ctx()) {
+    const uint32_t pos = draft_.kv->n_past();
+    if (uint64_t(pos) + n > draft_.kv->n_ctx()) {
         fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
     }
     for (uint32_t done = 0; done < n;) {
@@ -35,13 +35,13 @@ std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * fe
         draft_pass(tokens + done, features + size_t(done) * size_t(model_.hp.n_embd), chunk, /*every_row=*/false);
         done += chunk;
     }
-    return draft_top(0, size_t(heads_->n_cand), nullptr);
+    return draft_top(0, size_t(early_exit_.attached->n_cand), nullptr);
 }
 
 void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row) {
     scoped_timer timer(perf_.t_draft_us);
     forward_plan plan;
-    plan.pos       = draft_kv_->n_past();
+    plan.pos       = draft_.kv->n_past();
     plan.n_tokens  = n;
     plan.n_kv      = padded_n_kv(plan.pos + n);
     plan.layer_end = 1;
@@ -51,28 +51,28 @@ void context::draft_pass(const int32_t * tokens, const float * features, uint32_
     if (!(slot.ready && slot.plan.same_shape(plan)) || has_offload()) {
         build_into(slot, plan, /*draft=*/true);
     }
-    compute(slot.g, plan, *draft_kv_, tokens, nullptr, features);
-    draft_kv_->commit(plan.pos, n, 1);
-    draft_n_vocab_ = size_t(slot.g.logits->ne[0]);
-    draft_logits_.resize(size_t(ggml_nelements(slot.g.logits)));
-    ggml_backend_tensor_get(slot.g.logits, draft_logits_.data(), 0, draft_logits_.size() * sizeof(float));
-    draft_hidden_.resize(size_t(ggml_nelements(slot.g.hidden)));
-    ggml_backend_tensor_get(slot.g.hidden, draft_hidden_.data(), 0, draft_hidden_.size() * sizeof(float));
+    compute(slot.g, plan, *draft_.kv, tokens, nullptr, features);
+    draft_.kv->commit(plan.pos, n, 1);
+    draft_.n_vocab = size_t(slot.g.logits->ne[0]);
+    draft_.logits.resize(size_t(ggml_nelements(slot.g.logits)));
+    ggml_backend_tensor_get(slot.g.logits, draft_.logits.data(), 0, draft_.logits.size() * sizeof(float));
+    draft_.hidden.resize(size_t(ggml_nelements(slot.g.hidden)));
+    ggml_backend_tensor_get(slot.g.hidden, draft_.hidden.data(), 0, draft_.hidden.size() * sizeof(float));
 }
 
 std::vector<int32_t> context::draft_top(size_t row, size_t k, float * probs) const {
     // top-k of one row of the last draft logits, best first, mapped to token ids
-    const draft_weights & d = heads_->draft;
-    const float * logits = draft_logits_.data() + row * draft_n_vocab_;
-    k = std::min(k, draft_n_vocab_);
-    std::vector<int32_t> idx(draft_n_vocab_);
+    const draft_weights & d = early_exit_.attached->draft;
+    const float * logits = draft_.logits.data() + row * draft_.n_vocab;
+    k = std::min(k, draft_.n_vocab);
+    std::vector<int32_t> idx(draft_.n_vocab);
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(), [&](int32_t a, int32_t b) {
         return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     });
     double sum = 0.0;  // softmax over the draft's vocabulary, only when probabilities are asked for
     const float top = k > 0 ? logits[idx[0]] : 0.0f;
-    for (size_t i = 0; probs && i < draft_n_vocab_; i++) {
+    for (size_t i = 0; probs && i < draft_.n_vocab; i++) {
         sum += std::exp(double(logits[i] - top));
     }
     std::vector<int32_t> out;
@@ -91,7 +91,7 @@ void context::draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_
     }
     require_draft_k(k);
     draft_sync(next_token);  // checks the rest; the draft then predicts the token after next_token
-    const uint32_t synced = draft_kv_->n_past();
+    const uint32_t synced = draft_.kv->n_past();
     try {
         for (int32_t step = 0; step < n_steps; step++) {
             const std::vector<int32_t> top = draft_top(0, size_t(k), out_probs + size_t(step) * size_t(k));
@@ -99,25 +99,25 @@ void context::draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_
             if (step + 1 == n_steps) {
                 break;
             }
-            if (uint64_t(draft_kv_->n_past()) + 1 > draft_kv_->n_ctx()) {
+            if (uint64_t(draft_.kv->n_past()) + 1 > draft_.kv->n_ctx()) {
                 fail(SPECEE_STATUS_CONTEXT_FULL, "the draft head's context is full");
             }
             // the next pair: this step's predicted feature with its best token
-            const std::vector<float> feature = draft_hidden_;
+            const std::vector<float> feature = draft_.hidden;
             draft_run(&top[0], feature.data(), 1);
         }
     } catch (...) {
-        draft_kv_->truncate(synced);
+        draft_.kv->truncate(synced);
         throw;
     }
-    draft_kv_->truncate(synced);  // the chain was a guess: keep only what the target confirmed
+    draft_.kv->truncate(synced);  // the chain was a guess: keep only what the target confirmed
 }
 
 void context::require_draft_k(int32_t k) const {
     if (!has_draft()) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "no draft head is attached (the heads have none)");
     }
-    const int64_t n_draft_vocab = heads_->draft.output ? heads_->draft.output->ne[1] : model_.hp.n_vocab;
+    const int64_t n_draft_vocab = early_exit_.attached->draft.output ? early_exit_.attached->draft.output->ne[1] : model_.hp.n_vocab;
     if (k > n_draft_vocab) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "k = %d is more than the draft's %lld tokens", k,
              (long long) n_draft_vocab);
@@ -129,20 +129,20 @@ std::vector<int32_t> context::draft_sync(int32_t next_token) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "no draft head is attached (the heads have none)");
     }
     check_tokens(&next_token, 0 + 1);
-    if (pending_tokens_.empty()) {
+    if (draft_.pending_tokens.empty()) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "the draft head has seen every position; run prefill or decode first");
     }
     // pairs (feature i, token i + 1): the tokens after the pending ones
-    std::vector<int32_t> next(pending_tokens_.begin() + 1, pending_tokens_.end());
+    std::vector<int32_t> next(draft_.pending_tokens.begin() + 1, draft_.pending_tokens.end());
     next.push_back(next_token);
-    const uint32_t start = draft_kv_->n_past();
+    const uint32_t start = draft_.kv->n_past();
     try {
-        std::vector<int32_t> cands = draft_run(next.data(), pending_features_.data(), uint32_t(next.size()));
-        pending_tokens_.clear();
-        pending_features_.clear();
+        std::vector<int32_t> cands = draft_run(next.data(), draft_.pending_features.data(), uint32_t(next.size()));
+        draft_.pending_tokens.clear();
+        draft_.pending_features.clear();
         return cands;
     } catch (...) {
-        draft_kv_->truncate(start);
+        draft_.kv->truncate(start);
         throw;
     }
 }

@@ -61,19 +61,19 @@ int32_t context::draft_tree(int32_t next_token, int32_t depth, int32_t width, in
     }
     require_draft_k(k);
     require_no_tree();
-    const uint64_t synced_at = uint64_t(draft_kv_->n_past()) + pending_tokens_.size();  // after the sync
-    const int64_t  n_rows    = expansion_rows(depth, width, k, int64_t(draft_kv_->n_ctx()));
-    if (synced_at + uint64_t(n_rows) > draft_kv_->n_ctx()) {
+    const uint64_t synced_at = uint64_t(draft_.kv->n_past()) + draft_.pending_tokens.size();  // after the sync
+    const int64_t  n_rows    = expansion_rows(depth, width, k, int64_t(draft_.kv->n_ctx()));
+    if (synced_at + uint64_t(n_rows) > draft_.kv->n_ctx()) {
         fail(SPECEE_STATUS_CONTEXT_FULL,
              "a draft tree of depth %d and width %d needs up to %lld draft cache cells after the %llu synced ones; "
-             "n_ctx = %u", depth, width, (long long) n_rows, (unsigned long long) synced_at, draft_kv_->n_ctx());
+             "n_ctx = %u", depth, width, (long long) n_rows, (unsigned long long) synced_at, draft_.kv->n_ctx());
     }
 
     // ---- the first level: the draft's k best after the sync ----
     draft_sync(next_token);  // checks next_token and the pending features
-    const uint32_t synced = draft_kv_->n_past();
+    const uint32_t synced = draft_.kv->n_past();
     const size_t   n_embd = size_t(model_.hp.n_embd);
-    const std::vector<float> root_feature = draft_hidden_;  // what every first-level node is fed
+    const std::vector<float> root_feature = draft_.hidden;  // what every first-level node is fed
     std::vector<draft_node>  nodes;
     std::vector<float>       probs(static_cast<size_t>(k));
     auto add_children = [&](size_t logits_row, int32_t parent) {
@@ -139,17 +139,17 @@ int32_t context::draft_tree(int32_t next_token, int32_t depth, int32_t width, in
                 throw;
             }
             laying_out_ = nullptr;
-            cache_features.insert(cache_features.end(), draft_hidden_.begin(), draft_hidden_.end());
+            cache_features.insert(cache_features.end(), draft_.hidden.begin(), draft_.hidden.end());
             for (size_t i = 0; i < frontier.size(); i++) {
                 add_children(i, frontier[i]);
             }
             level_begin = level_end;
         }
     } catch (...) {
-        draft_kv_->truncate(synced);
+        draft_.kv->truncate(synced);
         throw;
     }
-    draft_kv_->truncate(synced);  // the tree was a guess: keep only what the target confirmed
+    draft_.kv->truncate(synced);  // the tree was a guess: keep only what the target confirmed
 
     // ---- the rerank: the capacity likeliest nodes, best first ----
     std::vector<int32_t> order(nodes.size());

@@ -10,11 +10,11 @@
 namespace specee {
 
 void context::set_heads(const heads * h) {
-    heads_ = h;
-    predictor_layers_.clear();
-    draft_kv_.reset();
-    pending_tokens_.clear();
-    pending_features_.clear();
+    early_exit_.attached = h;
+    early_exit_.predictor_layers.clear();
+    draft_.kv.reset();
+    draft_.pending_tokens.clear();
+    draft_.pending_features.clear();
     for (graph_slot & s : draft_slots_) {
         s.ready = false;
     }
@@ -25,35 +25,35 @@ void context::set_heads(const heads * h) {
         }
         hparams one = model_.hp;
         one.n_layer = 1;
-        draft_kv_ = std::make_unique<kv_cache>(one, kv_.n_ctx(), kv_.v_trans());
+        draft_.kv = std::make_unique<kv_cache>(one, kv_.n_ctx(), kv_.v_trans());
     }
     if (h) {
         for (const auto & kvp : h->predictors) {
-            predictor_layers_.insert(kvp.first);
+            early_exit_.predictor_layers.insert(kvp.first);
         }
-        exit_params p = exit_;  // the head file's defaults; set_exit_params keeps the schedule in step
+        exit_params p = early_exit_.params;  // the head file's defaults; set_exit_params keeps the schedule in step
         p.threshold   = h->threshold;
         p.verify_full = h->verify_full;
         p.use_online  = h->use_online;
         set_exit_params(p);
     }
-    schedule_.reset();
+    early_exit_.schedule.reset();
 }
 
 void context::set_exit_params(const exit_params & p) {
     if (!(p.threshold >= 0.0f && p.threshold <= 1.0f)) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "threshold %g is outside [0, 1]", double(p.threshold));
     }
-    exit_ = p;
-    schedule_.use_offline = p.use_offline;
-    schedule_.use_online  = p.use_online;
+    early_exit_.params = p;
+    early_exit_.schedule.use_offline = p.use_offline;
+    early_exit_.schedule.use_online  = p.use_online;
 }
 
 std::vector<int32_t> context::checked_layers() const {
-    if (heads_ == nullptr) {
+    if (early_exit_.attached == nullptr) {
         return {};
     }
-    return schedule_.layers(heads_->offline_layers, predictor_layers_, model_.hp.n_layer);
+    return early_exit_.schedule.layers(early_exit_.attached->offline_layers, early_exit_.predictor_layers, model_.hp.n_layer);
 }
 
 int32_t context::logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const {
@@ -73,11 +73,11 @@ void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t
                  model_.hp.n_vocab);
         }
     }
-    if (has_draft() && !pending_tokens_.empty()) {
+    if (has_draft() && !draft_.pending_tokens.empty()) {
         draft_sync(token);  // catch the draft up; this step's candidates are the caller's
     }
     clear_outputs();
-    next_cands_.clear();
+    draft_.next_cands.clear();
 }
 
 void context::run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to) {
@@ -119,22 +119,22 @@ int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand
     }
     kv_.commit(pos, 1, hp.n_layer);
     std::copy(cand_logits_.begin(), cand_logits_.end(), cand_logits);
-    std::copy(trace_argmax_.begin(), trace_argmax_.end(), layer_argmax);
+    std::copy(early_exit_.trace_argmax.begin(), early_exit_.trace_argmax.end(), layer_argmax);
     const int32_t chosen = argmax(0);
     if (has_draft()) {
-        next_cands_ = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
+        draft_.next_cands = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
     }
     return chosen;
 }
 
 int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full) {
     const hparams & hp = model_.hp;
-    if (heads_ == nullptr) {
+    if (early_exit_.attached == nullptr) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "no heads are attached to this context (specee_set_heads)");
     }
-    if (n_cand != heads_->n_cand) {
+    if (n_cand != early_exit_.attached->n_cand) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "%d candidates given; the heads were trained for %d", n_cand,
-             heads_->n_cand);
+             early_exit_.attached->n_cand);
     }
     scoped_timer step_timer(perf_.t_exit_step_us);
     begin_candidate_step(token, cands, n_cand);
@@ -149,8 +149,8 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     int32_t chosen      = -1;
     int32_t done        = 0;           // layers computed so far
     std::vector<float> features(static_cast<size_t>(SPECEE_EXIT_FEATURES_PER_CANDIDATE * n_cand));
-    last_check_layers_.clear();
-    last_check_features_.clear();
+    early_exit_.last_check_layers.clear();
+    early_exit_.last_check_features.clear();
     try {
         const std::vector<int32_t> checks = checked_layers();
         for (size_t c = 0; c < checks.size() && chosen < 0; c++) {
@@ -162,7 +162,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             plan.n_logits     = 0;
             plan.n_cand       = n_cand;
             // without the full-vocabulary pass, the draft's feature comes from here
-            plan.hidden_layer = has_draft() && !exit_.verify_full ? il + 1 : -1;
+            plan.hidden_layer = has_draft() && !early_exit_.params.verify_full ? il + 1 : -1;
             plan.hidden_norm  = true;
             run(&token, plan, cands);
             done = il + 1;
@@ -172,16 +172,16 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 scoped_timer timer(perf_.t_predictor_us);
                 exit_features(cand_logits_.data(), cand_logits_prev_.empty() ? nullptr : cand_logits_prev_.data(),
                               n_cand, features.data());
-                prob = heads_->predictors.at(il)(features.data());
+                prob = early_exit_.attached->predictors.at(il)(features.data());
             }
-            last_check_layers_.push_back(il);
-            last_check_features_.insert(last_check_features_.end(), features.begin(), features.end());
-            stats_.n_checks++;
-            if (prob <= exit_.threshold) {
+            early_exit_.last_check_layers.push_back(il);
+            early_exit_.last_check_features.insert(early_exit_.last_check_features.end(), features.begin(), features.end());
+            early_exit_.stats.n_checks++;
+            if (prob <= early_exit_.params.threshold) {
                 continue;
             }
-            stats_.n_fires++;
-            if (!exit_.verify_full) {
+            early_exit_.stats.n_fires++;
+            if (!early_exit_.params.verify_full) {
                 // the candidates' own logits decide: no lm_head pass, no logits
                 const auto best = std::max_element(cand_logits_.begin(), cand_logits_.begin() + n_cand);
                 chosen      = cands[best - cand_logits_.begin()];
@@ -197,10 +197,10 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 chosen      = am;
                 exit_layers = done;
             } else {
-                stats_.n_false_fires++;
+                early_exit_.stats.n_false_fires++;
             }
         }
-        if (chosen < 0 || exit_.full_depth) {
+        if (chosen < 0 || early_exit_.params.full_depth) {
             // the rest of the layers: the normal path, or the debug reference
             std::vector<float> exit_logits, exit_hidden;
             if (chosen >= 0) {
@@ -225,7 +225,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             if (out_full) {
                 *out_full = -1;
             }
-            if (exit_.fill_kv) {
+            if (early_exit_.params.fill_kv) {
                 plan.layer_begin = done;
                 plan.layer_end   = hp.n_layer;
                 plan.save_state  = false;
@@ -248,18 +248,18 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
 
     // layers after the exit never computed this token's K/V: their masks hide it
     kv_.commit(pos, 1, done);
-    last_exit_layer_ = exit_layers;
-    stats_.n_steps++;
-    stats_.sum_exit_layers += uint64_t(exit_layers);
+    early_exit_.last_exit_layer = exit_layers;
+    early_exit_.stats.n_steps++;
+    early_exit_.stats.sum_exit_layers += uint64_t(exit_layers);
     if (exit_layers < hp.n_layer) {
-        stats_.n_exits++;
-        schedule_.record_exit(exit_layers - 1);
+        early_exit_.stats.n_exits++;
+        early_exit_.schedule.record_exit(exit_layers - 1);
     }
-    stats_.n_draft_top1 += chosen == cands[0];
-    stats_.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
+    early_exit_.stats.n_draft_top1 += chosen == cands[0];
+    early_exit_.stats.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
     if (has_draft()) {
         // the draft's next guess, from this step's feature and chosen token
-        next_cands_ = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
+        draft_.next_cands = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
     }
     return chosen;
 }
