@@ -96,7 +96,7 @@ def heldout_replay(run: Path, costs: StepCosts) -> tuple[ExitReplay, list[int], 
     probs = np.zeros((len(held), x.shape[1] - 1), np.float32)
     for layer, p in preds.items():
         probs[:, layer] = p(x[:, layer])
-    return ExitReplay(probs, t.exit_ok(False)[held], costs), offline, threshold
+    return ExitReplay(probs, t.exit_ok(False)[held], costs), offline, round(threshold, 6)  # stored as float32
 
 
 def choose_schedule(replay: ExitReplay, thresholds: Sequence[float], min_agreement: float) -> tuple[dict, list]:
