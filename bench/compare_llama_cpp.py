@@ -56,21 +56,22 @@ class Worker:
     """A decode_runner.py process holding one loaded engine."""
 
     def __init__(self, engine: str, model: str, threads: int, n_ctx: int, library: str | None = None,
-                 heads: str | None = None, exit_params: dict | None = None):
+                 heads: str | None = None, exit_params: dict | None = None, no_repack: bool = False):
+        self.engine = engine if heads is None else f"{engine} with heads {heads}"
         env = dict(os.environ)
         if library:
             env["SPECEE_LIBRARY"] = library  # another build of libspecee
         self.proc = subprocess.Popen([sys.executable, str(HERE / "decode_runner.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self._send({"engine": engine, "model": model, "threads": threads, "n_ctx": n_ctx, "heads": heads,
-                    "exit_params": exit_params or {}})
+                    "exit_params": exit_params or {}, "no_repack": no_repack})
 
     def _send(self, obj: dict) -> dict:
         self.proc.stdin.write(json.dumps(obj) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"worker exited with {self.proc.wait()}")
+            raise SystemExit(f"worker ({self.engine}) exited with {self.proc.wait()}")
         return json.loads(line)
 
     def decode(self, prompt: list[int], n_predict: int, teacher_forced: bool = False) -> dict:
@@ -136,6 +137,9 @@ def main() -> None:
                     help="bench/prompts.py (default) or MT-Bench first turns")
     ap.add_argument("--limit", type=int, help="use the first N prompts of the set")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--llama-no-repack", action="store_true",
+                    help="llama.cpp without its repacked (AMX) weight layouts: on CPUs where ggml's AMX kernels "
+                         "cannot run prompts, as llama-cli's --no-repack")
     args = ap.parse_args()
 
     model_path = str(fetch_model(args.model))
@@ -155,7 +159,8 @@ def main() -> None:
                 raise SystemExit(f"{name}: give --heads or heads= in its --exit-config")
             engines[name] = ("specee", None, heads)
             exit_params[name] = params
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name))
+    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name),
+                            no_repack=args.llama_no_repack and eng == "llama_cpp")
                for name, (eng, lib, heads) in engines.items()}
     exit_totals: dict[str, dict[str, int]] = {name: {} for name in exit_params}
 

@@ -100,6 +100,15 @@ def llama_cpp_decoder(job: dict) -> Decoder:
     import llama_cpp
     import numpy as np
 
+    if job.get("no_repack"):  # Llama() has no switch for it: its default model params get one
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_repack():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_repack
     llm = llama_cpp.Llama(job["model"], n_ctx=job["n_ctx"], n_batch=512, n_threads=job["threads"],
                           n_threads_batch=job["threads"], verbose=False)
     ctx = llm._ctx.ctx

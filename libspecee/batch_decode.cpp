@@ -59,7 +59,7 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
         const int size = batch_graph_size(m, n);
         slot.reset(size, /*with_galloc=*/true);
         lead.batch_graph_ = build_batch_forward(slot.ctx, m, kvs, plans, want_hidden, size);
-        if (!ggml_gallocr_alloc_graph(slot.galloc, lead.batch_graph_.gf)) {
+        if (!slot.allocate(lead.batch_graph_.gf)) {
             fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
         }
         slot.ready      = true;

@@ -235,6 +235,15 @@ void context::graph_slot::reset(int graph_size, bool with_galloc) {
     }
 }
 
+bool context::graph_slot::allocate(ggml_cgraph * gf) {
+    // The allocator may hold the plan of the graph this slot had before. ggml
+    // plans again only when node counts or node sizes differ (it does not
+    // compare the leafs), and placed a new graph's inputs by an old plan: a
+    // crash in ggml_gallocr_alloc_graph after an early-exit segment graph
+    // replaced another of the same size. So every new graph is planned first.
+    return ggml_gallocr_reserve(galloc, gf) && ggml_gallocr_alloc_graph(galloc, gf);
+}
+
 void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
     slot.reset(graph_size_, /*with_galloc=*/sched_ == nullptr);
     slot.g = draft ? build_draft(slot.ctx, model_, early_exit_.attached->draft, *draft_.kv, plan, graph_size_)
@@ -243,7 +252,7 @@ void context::build_into(graph_slot & slot, const forward_plan & plan, bool draf
     // is. With offload devices the scheduler splits and allocates every
     // graph anew (its compute buffers are shared), and compute() follows at once.
     const bool ok = sched_ ? (ggml_backend_sched_reset(sched_), ggml_backend_sched_alloc_graph(sched_, slot.g.gf))
-                           : ggml_gallocr_alloc_graph(slot.galloc, slot.g.gf);
+                           : slot.allocate(slot.g.gf);
     if (!ok) {
         fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
     }

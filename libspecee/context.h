@@ -144,6 +144,7 @@ private:
         // a fresh ggml context for a graph of up to graph_size nodes (and a
         // gallocr of its own when with_galloc: CPU-only contexts)
         void reset(int graph_size, bool with_galloc);
+        bool allocate(ggml_cgraph * gf);  // a new graph's tensors in the slot's buffer (CPU only)
         ~graph_slot();
     };
 
