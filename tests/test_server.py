@@ -436,6 +436,18 @@ def test_health_is_503_while_loading_and_after_a_failed_load(tiny, tmp_path):
         assert srv.request("GET", "/health")[0] == 503
 
 
+def test_a_client_that_has_its_answer_finds_the_slot_free(single):
+    """One slot, no queue: requests one after another never meet a busy
+    server (the slot is freed before the answer goes out)."""
+    client = single.client()
+    for i in range(12):
+        r = client.completions.create(model="tiny", prompt="the cat", max_tokens=3 + i % 3, temperature=0,
+                                      stream=bool(i % 2))
+        if i % 2:
+            r = list(r)
+        assert r
+
+
 def test_full_queue_gets_503_at_once(single, slow_steps):
     hold = single.client().completions.create(model="tiny", prompt="hold", max_tokens=LIMIT, temperature=0,
                                               stream=True)

@@ -117,6 +117,8 @@ class Scheduler:
             active = [s for s in self.slots if s.job is not None and not s.job.done and not s.job.cancelled.is_set()]
             if active:
                 self.step_all(active)
+            with self._cond:
+                self._release()  # before the answers go out: a client that has its answer finds its slot free
             if self.after_round is not None:
                 self.after_round()  # the round's events go out (app.Outbox.flush)
 
