@@ -584,13 +584,15 @@ def test_real_model_early_exit_with_the_draft_head_matches_the_library(real_mode
 
 
 @pytest.mark.real_model
-def test_real_model_speculative_lookup_matches_vanilla(real_model_path):
-    """SmolLM2, prompt lookup on a copy-heavy chat request: the server's
-    speculative answer is its vanilla answer."""
+@pytest.mark.parametrize("draft", ["lookup", "eagle"])
+def test_real_model_speculative_matches_vanilla(real_model_path, draft):
+    """SmolLM2 on a copy-heavy chat request, drafts from prompt lookup or
+    the shipped heads' draft head: the server's speculative answer is its
+    vanilla answer."""
     messages = [{"role": "user", "content": "Repeat this sentence exactly, twice: the quick brown fox jumps over "
                                             "the lazy dog near the old stone bridge."}]
     cfg = ServerConfig(model_path=Path(real_model_path), model_id="smollm2-135m", parallel=1, queue=0,
-                       ctx_size=512, threads=2, max_tokens_limit=64, mode="speculative", draft="lookup")
+                       ctx_size=512, threads=2, max_tokens_limit=64, mode="speculative", draft=draft)
     with running(cfg) as srv:
         client = srv.client()
         args = dict(model="smollm2-135m", messages=messages, max_tokens=48, temperature=0)
@@ -598,3 +600,4 @@ def test_real_model_speculative_lookup_matches_vanilla(real_model_path):
         spec = client.chat.completions.create(**args)
     assert spec.choices[0].message.content == plain.choices[0].message.content
     assert spec.model_extra["specee"]["mode"] == "speculative"
+    assert spec.model_extra["specee"]["draft_source"] == draft

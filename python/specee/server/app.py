@@ -275,11 +275,10 @@ def create_app(config: ServerConfig, loader: Callable[[ServerConfig, ServerMetri
     def load(loop: asyncio.AbstractEventLoop) -> None:
         try:
             runtime = loader(config, state.metrics)
-            state.outbox = Outbox(loop)
             scheduler = getattr(runtime, "scheduler", None)
+            busy_cores = scheduler is not None and scheduler.slots[0].ctx.n_threads >= default_threads()
+            state.outbox = Outbox(loop, wait_s=0.05 if busy_cores else None)  # why the wait: see Outbox
             if scheduler is not None:
-                if scheduler.slots[0].ctx.n_threads >= default_threads():
-                    state.outbox.wait_s = 0.05  # see Outbox
                 scheduler.after_round = state.outbox.flush
             state.runtime = runtime  # ready: requests may come now
         except Exception as e:

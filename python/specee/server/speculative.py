@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 
 from ..engine import Context, Heads, Model
 from ..sampling import Sampler
-from ..speculative import AutoDrafter, DraftPolicy, Drafter, EagleDrafter, LookupDrafter, MergedDrafter, ModelDrafter
+from ..speculative import DraftPolicy, Drafter, ModelDrafter, open_drafter
 from ..speculative import cost
-from ..speculative.choice import eagle_shape, parse_draft, resolve_draft_model
+from ..speculative.choice import parse_draft, resolve_draft_model
 from ..speculative.loop import SpeculativeDecoder
 
 
@@ -24,21 +24,20 @@ class ServedDrafting:
     batch cost curve (measured on the first speculative request, cached)."""
 
     def __init__(self, spec: str, draft_max: int, model: Model, contexts: Sequence[Context]):
-        self.spec, self.draft_max = spec, draft_max
-        kind, _ = parse_draft(spec)  # checked by ServerConfig already; here for the parts
-        parts = spec.split("+") if kind == "merge" else [spec]
-        self.draft_path = None
-        if any(parse_draft(p)[0] in ("model", "auto") for p in parts):
-            model_part = next(p for p in parts if parse_draft(p)[0] in ("model", "auto"))
-            self.draft_path = resolve_draft_model(model_part, model.path)
-            if self.draft_path is None and parse_draft(model_part)[0] == "model":
-                raise ValueError(f"--draft {spec}: draft model not found")
-        self.needs_heads = any(parse_draft(p)[0] == "eagle" for p in parts)
+        self.spec, self.draft_max, self.model = spec, draft_max, model
+        parts = spec.split("+") if parse_draft(spec)[0] == "merge" else [spec]  # spec checked by ServerConfig
+        kinds = {part: parse_draft(part)[0] for part in parts}
+        model_part = next((part for part, kind in kinds.items() if kind in ("model", "auto")), None)
+        self.draft_path = resolve_draft_model(model_part, model.path) if model_part else None
+        if self.draft_path is None and kinds.get(model_part) == "model":
+            raise ValueError(f"--draft {spec}: draft model not found")
+        self.needs_heads = "eagle" in kinds.values()
         self.model_drafters: list[Optional[ModelDrafter]] = []
         try:
             for ctx in contexts:
-                self.model_drafters.append(ModelDrafter(self.draft_path, model, ctx.n_ctx, ctx.n_threads, target_ctx=ctx)
-                                           if self.draft_path is not None else None)
+                loaded = (ModelDrafter(self.draft_path, model, ctx.n_ctx, ctx.n_threads, target_ctx=ctx)
+                          if self.draft_path is not None else None)
+                self.model_drafters.append(loaded)
         except Exception:
             self.close()
             raise
@@ -51,24 +50,10 @@ class ServedDrafting:
 
     def drafter(self, slot: int, ctx: Context, heads: Optional[Heads]) -> Drafter:
         """A drafter for one request on slot `slot`, whose (empty) context is
-        `ctx`; `heads`: the served heads (the EAGLE drafter's)."""
-        kind, _ = parse_draft(self.spec)
-        if kind == "merge":
-            return MergedDrafter([self._part(p, slot, ctx, heads) for p in self.spec.split("+")])
-        return self._part(self.spec, slot, ctx, heads)
-
-    def _part(self, spec: str, slot: int, ctx: Context, heads: Optional[Heads]) -> Drafter:
-        kind, arg = parse_draft(spec)
-        if kind == "lookup":
-            return LookupDrafter(branches=int(arg or 1))
-        if kind == "eagle":
-            if heads is None or not heads.has_draft:
-                raise ValueError("the eagle drafter needs heads with a draft head: start the server with --heads")
-            shape, branches = eagle_shape(arg)
-            return EagleDrafter(ctx, heads, heads.path, branches=branches, shape=shape)
-        if kind == "model":
-            return self.model_drafters[slot]
-        return AutoDrafter(LookupDrafter(), self.model_drafters[slot])
+        `ctx`; `heads`: the served heads (the EAGLE drafter's). Closing it is
+        not the request's job: its draft model and heads are the server's."""
+        return open_drafter(self.spec, self.model, ctx.n_ctx, ctx.n_threads, ctx=ctx, heads=heads,
+                            model_drafter=self.model_drafters[slot])
 
     def close(self) -> None:
         for d in self.model_drafters:

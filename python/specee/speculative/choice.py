@@ -162,42 +162,55 @@ class AutoDrafter:
             self.model.close()
 
 
+LOAD = object()  # open_drafter's default for model_drafter: load the draft model the spec names
+
+
 def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
                  draft_path: Optional[str | os.PathLike] = None, ctx: Optional[Context] = None,
-                 heads_path: Optional[str | os.PathLike] = None) -> Drafter:
+                 heads_path: Optional[str | os.PathLike] = None, heads: Optional[Heads] = None,
+                 model_drafter=LOAD) -> Drafter:
     """The drafter `spec` names, for contexts of `target`. `draft_path`: the
     draft model resolve_draft_model found (looked up here if not given).
     `ctx`: the (empty) context the decode runs in, which the EAGLE drafter
     attaches its heads to; `heads_path`: their file (default: the heads that
-    ship for the model)."""
+    ship for the model), or `heads`: heads already open (a server shares
+    one set). `model_drafter`: a draft model already loaded, for the model
+    and auto parts (None: there is none), instead of loading one (a server
+    keeps one per slot)."""
     kind, arg = parse_draft(spec)
     if kind == "lookup":
         return LookupDrafter(branches=int(arg or 1))
     if kind == "eagle":
         if ctx is None:
             raise ValueError("the eagle drafter runs inside the target's context: pass ctx")
-        heads_path = heads_path or default_heads(target.fingerprint)
-        if heads_path is None:
-            raise ValueError(f"no trained heads ship for {target.path}; the eagle drafter needs a head file with "
-                             "a draft head (train one with `specee train all`)")
-        heads = Heads(target, heads_path)
+        opened = heads is None
+        if opened:
+            heads_path = heads_path or default_heads(target.fingerprint)
+            if heads_path is None:
+                raise ValueError(f"no trained heads ship for {target.path}; the eagle drafter needs a head file "
+                                 "with a draft head (train one with `specee train all`)")
+            heads = Heads(target, heads_path)
         try:
             shape, branches = eagle_shape(arg)
-            return EagleDrafter(ctx, heads, heads_path, branches=branches, shape=shape)
+            return EagleDrafter(ctx, heads, heads.path, branches=branches, shape=shape)
         except Exception:
-            heads.close()
+            if opened:
+                heads.close()
             raise
     if kind == "merge":
         drafters: list[Drafter] = []
         try:
             for part in spec.split("+"):
                 drafters.append(open_drafter(part, target, n_ctx, n_threads,
-                                             draft_path if part.startswith("model:") else None, ctx, heads_path))
+                                             draft_path if part.startswith("model:") else None, ctx, heads_path,
+                                             heads, model_drafter))
         except Exception:
             for d in drafters:
                 d.close()
             raise
         return MergedDrafter(drafters)
-    path = draft_path if draft_path is not None else resolve_draft_model(spec, target.path)
-    model = ModelDrafter(path, target, n_ctx, n_threads, target_ctx=ctx) if path is not None else None
+    model = model_drafter
+    if model is LOAD:
+        path = draft_path if draft_path is not None else resolve_draft_model(spec, target.path)
+        model = ModelDrafter(path, target, n_ctx, n_threads, target_ctx=ctx) if path is not None else None
     return model if kind == "model" else AutoDrafter(LookupDrafter(), model)
