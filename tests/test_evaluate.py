@@ -167,3 +167,69 @@ def test_cli_eval_keeps_the_data_sets_done_when_a_later_one_fails(tiny_with_head
     assert list(res["datasets"]) == ["mtbench"] and res["complete"] is False
     assert res["datasets"]["mtbench"]["specee"]["n_items"] == 2
     assert "| mtbench | specee |" in out.with_suffix(".md").read_text()
+
+
+def test_eval_resumes_from_its_item_log(tiny_with_heads, tmp_path, monkeypatch):
+    """A run stopped part way (its last line cut short) resumes at the first
+    item not logged, and ends with the same figures as one unbroken run."""
+    import json
+
+    from specee import evaluate as evaluate_module
+
+    path, heads = tiny_with_heads
+    log = tmp_path / "res.items.jsonl"
+    kwargs = dict(heads_path=heads, limit=2, n_predict=6, threads=1, n_ctx=512, progress=False,
+                  dataset_paths=PATHS, item_log=log)
+    full = evaluate(path, ["mtbench", "csqa"], ["vanilla", "specee"], **kwargs)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 + 4 and json.loads(lines[0])["settings"]["n_predict"] == 6
+    log.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # one item kept, the next cut short
+
+    real_run_item = evaluate_module.run_item
+    ran = []
+    monkeypatch.setattr(evaluate_module, "run_item", lambda *a, **k: ran.append(1) or real_run_item(*a, **k))
+    resumed = evaluate(path, ["mtbench", "csqa"], ["vanilla", "specee"], resume=True, **kwargs)
+    assert len(ran) == 3 * 2  # three items, two modes each
+    assert len(log.read_text().splitlines()) == 1 + 4
+    for name in ("mtbench", "csqa"):
+        for mode in ("vanilla", "specee"):
+            a, b = full["datasets"][name][mode], resumed["datasets"][name][mode]
+            for key in ("n_items", "task_score", "mean_exit_layer", "teacher_forced_agreement",
+                        "exact_prefix_tokens"):
+                assert a.get(key) == b.get(key), (name, mode, key)
+
+    ran.clear()
+    evaluate(path, ["mtbench", "csqa"], ["vanilla", "specee"], resume=False, **kwargs)
+    assert len(ran) == 4 * 2  # without resume the log starts over
+
+
+def test_eval_refuses_to_resume_a_log_of_other_settings(tiny_with_heads, tmp_path):
+    path, heads = tiny_with_heads
+    log = tmp_path / "res.items.jsonl"
+    kwargs = dict(heads_path=heads, limit=1, threads=1, n_ctx=512, progress=False, dataset_paths=PATHS,
+                  item_log=log)
+    evaluate(path, ["mtbench"], ["vanilla"], n_predict=4, **kwargs)
+    before = log.read_text()
+    with pytest.raises(ValueError, match="other settings.*n_predict"):
+        evaluate(path, ["mtbench"], ["vanilla"], n_predict=5, resume=True, **kwargs)
+    assert log.read_text() == before
+    log.write_text("not json\n")
+    with pytest.raises(ValueError, match="not an evaluation item log"):
+        evaluate(path, ["mtbench"], ["vanilla"], n_predict=4, resume=True, **kwargs)
+
+
+def test_cli_eval_resume_needs_out(tiny_with_heads, capsys):
+    from specee import cli
+
+    path, heads = tiny_with_heads
+    assert cli.main(["-q", "eval", "--model", str(path), "--heads", str(heads), "--dataset", "mtbench",
+                     "--resume"]) != 0
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_cli_eval_logs_items_beside_out(tiny_with_heads, tmp_path, monkeypatch):
+    out = tmp_path / "res.json"
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 0
+    assert len(out.with_suffix(".items.jsonl").read_text().splitlines()) == 1 + 2 * 2
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots", "--resume") == 0
+    assert len(out.with_suffix(".items.jsonl").read_text().splitlines()) == 1 + 2 * 2

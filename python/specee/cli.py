@@ -303,6 +303,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         modes = [m for m in modes if m == "vanilla"] + args.sweep_threshold
     check_evaluation(args.dataset, modes, args.limit, args.n, args.threads, threshold=args.threshold)
     out = output_file(args.out, "--out", ".json") if args.out else None
+    if args.resume and out is None:
+        raise ValueError("--resume needs --out (the item log is kept beside it)")
     plots = out is not None and not args.no_plots
     if plots and not plots_available():
         print(f"specee: the PNG plots need matplotlib ({INSTALL_HINT}); writing JSON and Markdown only",
@@ -318,7 +320,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(model_path, args.dataset, modes, heads_path=args.heads, limit=args.limit, n_predict=args.n,
                        threads=args.threads, threshold=args.threshold,
                        verify_full=None if args.verify is None else args.verify == "full", progress=not args.quiet,
-                       on_dataset=save if out else None)
+                       on_dataset=save if out else None,
+                       item_log=out.with_suffix(".items.jsonl") if out else None, resume=args.resume)
     print(markdown_table(results))
     if plots:
         for png in write_plots(results, out.with_suffix("")):
@@ -518,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the results to this .json file (after each data set), with a Markdown "
                                  "table and PNG plots beside it; its folder is made if missing")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    e.add_argument("--resume", action="store_true",
+                   help="with --out: skip the items an earlier run with the same settings finished (every item "
+                        "is logged to OUT.items.jsonl as it finishes)")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="print a model's metadata as JSON")

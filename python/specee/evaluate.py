@@ -21,6 +21,7 @@ from .chat import chat_prompt_ids, read_chat_template
 from .datasets import known_datasets, load_dataset
 from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
+from .evaluate_log import ItemLog
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
 from .ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
@@ -119,6 +120,20 @@ class ModeResult:
     drafted: int = 0      # speculative: drafted tokens verified
     accepted: int = 0     # and accepted
 
+    def add(self, item: dict) -> None:
+        """Adds one item's record (see run_item)."""
+        self.tokens.append(item["tokens"])
+        self.texts.append(item["text"])
+        self.decode_s += item["decode_s"]
+        self.n_decode += item["n_decode"]
+        if item["score"] is not None:
+            self.scores.append(item["score"])
+        self.exit_layers += item["exit_layers"]
+        self.tf_agree += item["tf_agree"]
+        self.tf_steps += item["tf_steps"]
+        self.drafted += item["drafted"]
+        self.accepted += item["accepted"]
+
 
 def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
     """Agreement of early exit with full depth for the same prefix, at every
@@ -169,11 +184,15 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
              heads_path: Optional[str | os.PathLike] = None, limit: Optional[int] = None, n_predict: int = 128,
              threads: int = 0, n_ctx: int = 2048, threshold: Optional[float] = None, verify_full: Optional[bool] = None,
              progress: bool = True, dataset_paths: Optional[dict] = None,
-             on_dataset: Optional[Callable[[dict], None]] = None) -> dict:
+             on_dataset: Optional[Callable[[dict], None]] = None,
+             item_log: Optional[str | os.PathLike] = None, resume: bool = False) -> dict:
     """Runs `modes` (see parse_mode) on each data set; returns a results dict
     whose "complete" is True. `on_dataset` is called with the results so far
     (complete False until the last) each time a data set is done, so a
-    caller can keep them should a later one fail."""
+    caller can keep them should a later one fail. `item_log` names a file
+    that records every finished item (evaluate_log.py); with `resume`, the
+    items an earlier run with the same settings logged there are not run
+    again (their speeds were measured then)."""
     parsed = check_evaluation(datasets, modes, limit, n_predict, threads, n_ctx, threshold)
     needs_heads = any(kind == "specee" for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
@@ -190,6 +209,9 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
         heads = Heads(model, heads_path) if needs_heads else None
         needs_drafter = any(kind == "speculative" for kind, _ in parsed.values())
         drafter = open_drafter("auto", model, n_ctx, threads) if needs_drafter else None
+        settings = {k: out[k] for k in ("model", "heads", "n_predict", "limit", "threads")}
+        settings.update(modes=list(modes), n_ctx=n_ctx, threshold=threshold, verify_full=verify_full)
+        log = ItemLog(item_log, settings, resume) if item_log is not None else None
         try:
             for i, name in enumerate(datasets):
                 records = load_dataset(name, limit=limit, path=(dataset_paths or {}).get(name), progress=progress)
@@ -200,46 +222,58 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                            else tok.encode(t.prompt, parse_special=False))
                     prompts.append(ids[-(n_ctx - n_predict - 1):])
                 results = {m: ModeResult() for m in modes}
-                with tqdm(total=len(tasks), desc=name, unit="item", disable=not progress) as bar:
-                    for task, ids in zip(tasks, prompts):
+                done = log.done(name) if log is not None else {}
+                with tqdm(total=len(tasks), desc=name, unit="item", disable=not progress,
+                          initial=sum(k < len(tasks) for k in done)) as bar:
+                    for index, (task, ids) in enumerate(zip(tasks, prompts)):
+                        item = done.get(index)
+                        if item is None:
+                            item = {mode: run_item(model, ids, task, parsed[mode], n_ctx, threads, n_predict, tok,
+                                                   heads, threshold, verify_full, drafter, out)
+                                    for mode in modes}
+                            if log is not None:
+                                log.add(name, index, item)
+                            bar.update(1)
                         for mode in modes:
-                            r = results[mode]
-                            kind, mode_threshold = parsed[mode]
-                            with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
-                                if kind == "specee":
-                                    attach_heads(ctx, heads, mode_threshold if mode_threshold is not None
-                                                 else threshold, verify_full)
-                                    out["verify_full"] = ctx.exit_params()["verify_full"]
-                                    g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
-                                    r.exit_layers += g.extra["exit_layers"]
-                                    a, s = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
-                                    r.tf_agree += a
-                                    r.tf_steps += s
-                                elif kind == "speculative":
-                                    g = generate_speculative(ctx, ids, n_predict, drafter, stop_ids=tok.eot_ids)
-                                    r.drafted += g.extra["drafted"]
-                                    r.accepted += g.extra["accepted"]
-                                else:
-                                    g = generate(ctx, ids, n_predict, stop_ids=tok.eot_ids)
-                            body = [t for t in g.tokens if t not in tok.eot_ids]
-                            text = tok.decode(body, skip_special=True)
-                            r.tokens.append(body)
-                            r.texts.append(text)
-                            r.decode_s += g.decode_s
-                            r.n_decode += g.n_decode_steps
-                            if task.score is not None:
-                                r.scores.append(task.score(text))
-                        bar.update(1)
+                            results[mode].add(item[mode])
                 out["datasets"][name] = summarize(results, model.n_layer)
                 out["complete"] = i == len(datasets) - 1
                 if on_dataset is not None:
                     on_dataset(out)
         finally:
+            if log is not None:
+                log.close()
             if heads is not None:
                 heads.close()
             if drafter is not None:
                 drafter.close()
     return out
+
+
+def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional[float]], n_ctx: int, threads: int,
+             n_predict: int, tok: Tokenizer, heads: Optional[Heads], threshold: Optional[float],
+             verify_full: Optional[bool], drafter, out: dict) -> dict:
+    """One item in one mode, in a fresh context: a JSON-ready record for
+    ModeResult.add and the item log."""
+    kind, mode_threshold = mode
+    rec = {"exit_layers": [], "tf_agree": 0, "tf_steps": 0, "drafted": 0, "accepted": 0}
+    with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
+        if kind == "specee":
+            attach_heads(ctx, heads, mode_threshold if mode_threshold is not None else threshold, verify_full)
+            out["verify_full"] = ctx.exit_params()["verify_full"]
+            g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
+            rec["exit_layers"] = [int(e) for e in g.extra["exit_layers"]]
+            rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
+        elif kind == "speculative":
+            g = generate_speculative(ctx, ids, n_predict, drafter, stop_ids=tok.eot_ids)
+            rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
+        else:
+            g = generate(ctx, ids, n_predict, stop_ids=tok.eot_ids)
+    body = [t for t in g.tokens if t not in tok.eot_ids]
+    text = tok.decode(body, skip_special=True)
+    rec.update(tokens=[int(t) for t in body], text=text, decode_s=g.decode_s, n_decode=g.n_decode_steps,
+               score=task.score(text) if task.score is not None else None)
+    return rec
 
 
 def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
