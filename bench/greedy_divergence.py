@@ -12,8 +12,10 @@ import argparse
 import sys
 
 import numpy as np
-from speculative_vs_plain import COPY_PROMPTS, OPEN_PROMPTS
+from copy_prompts import EDIT_PROMPTS, RAW_COPY_PROMPTS, prompt_ids
+from speculative_vs_plain import OPEN_PROMPTS
 
+from specee.chat import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
 from specee.generate import generate
@@ -40,10 +42,11 @@ def main() -> int:
     args = ap.parse_args()
     path = fetch_model(args.model, progress=False)
     tok = Tokenizer.from_gguf(path)
+    template = read_chat_template(path)
     with Model(path, use_repack=not args.no_repack) as m:
         print("repacked matrices:", m.n_repacked)
-        for name, text, _ in COPY_PROMPTS + OPEN_PROMPTS:
-            ids = tok.encode(text, parse_special=False)
+        for name, text, chat in EDIT_PROMPTS + RAW_COPY_PROMPTS + OPEN_PROMPTS:
+            ids = prompt_ids(tok, template, text, chat)
             with m.context(n_ctx=1024, n_threads=args.threads) as ctx:
                 plain = generate(ctx, ids, args.n).tokens
             with m.context(n_ctx=1024, n_threads=args.threads) as ctx:

@@ -22,8 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speculative_vs_plain import COPY_PROMPTS, OPEN_PROMPTS
+from copy_prompts import COPY_SETS, prompt_ids, prompt_text
+from speculative_vs_plain import OPEN_PROMPTS
 
+from specee.chat import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
 from specee.speculative import generate_speculative, open_drafter
@@ -66,30 +68,36 @@ def main() -> int:
     p.add_argument("--draft", default="lookup", help="specee's --draft spec (lookup, lookup:N, model:NAME_OR_PATH)")
     p.add_argument("--draft-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("-n", type=int, default=96)
+    p.add_argument("-n", type=int, default=96, help="tokens per raw prompt")
+    p.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit",
+                   help="copy-heavy prompts (bench/copy_prompts.py); chat ones stop at the end token, both sides")
+    p.add_argument("--edit-max", type=int, default=320, help="most tokens per chat prompt")
     p.add_argument("--out")
     args = p.parse_args()
     path = fetch_model(args.model, progress=False)
     draft_model = fetch_model(args.draft[len("model:"):], progress=False) if args.draft.startswith("model:") else None
     tok = Tokenizer.from_gguf(path)
+    template = read_chat_template(path)
     report = {"model": args.model, "draft": args.draft, "llama_bin": Path(args.llama_bin).name,
-              "draft_max": args.draft_max, "threads": args.threads, "n": args.n, "groups": {}}
+              "draft_max": args.draft_max, "threads": args.threads, "n": args.n, "copy_set": args.copy_set,
+              "edit_max": args.edit_max, "groups": {}}
     with Model(path) as m:
-        for group, prompts in (("copy", COPY_PROMPTS), ("open", OPEN_PROMPTS)):
+        for group, prompts in (("copy", COPY_SETS[args.copy_set]), ("open", OPEN_PROMPTS)):
             items = []
-            for i, (name, text, _) in enumerate(prompts):
+            for i, (name, text, chat) in enumerate(prompts):
                 speeds, llama = {}, {}
+                n, stop_ids = (args.edit_max, tok.eot_ids) if chat else (args.n, ())
                 for which in (("llama", "specee") if i % 2 else ("specee", "llama")):
                     if which == "llama":
-                        llama = llama_tool(args.llama_bin, path, text, args.n, args.threads, args.draft_max,
-                                           draft_model)
+                        llama = llama_tool(args.llama_bin, path, prompt_text(tok, template, text, chat), n,
+                                           args.threads, args.draft_max, draft_model)
                         speeds[which] = llama["tok_s"]
                         continue
                     with m.context(n_ctx=1024, n_threads=args.threads) as ctx:
                         drafter = open_drafter(args.draft, m, 1024, args.threads, ctx=ctx)
                         try:
-                            r = generate_speculative(ctx, tok.encode(text, parse_special=False), args.n, drafter,
-                                                     draft_max=args.draft_max)
+                            r = generate_speculative(ctx, prompt_ids(tok, template, text, chat), n, drafter,
+                                                     draft_max=args.draft_max, stop_ids=stop_ids)
                         finally:
                             drafter.close()
                     speeds[which] = r.decode_tok_s

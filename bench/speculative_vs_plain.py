@@ -19,40 +19,32 @@ import statistics
 import sys
 from pathlib import Path
 
+from copy_prompts import COPY_SETS, prompt_ids
 from prompts import PROMPTS
 
+from specee.chat import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
 from specee.generate import generate
 from specee.speculative import DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
 from specee.tokenizer import Tokenizer
 
-CODE = ('def load_config(path):\n    with open(path) as f:\n        data = json.load(f)\n'
-        '    if "name" not in data:\n        raise ValueError("missing name")\n    return data\n')
-TEXT = ("The committee met on Tuesday to review the budget. It approved the new library, postponed the "
-        "road repairs to spring, and asked the treasurer for a report on the pool's running costs.")
-COPY_PROMPTS = [
-    ("copy-code-rename", f"{CODE}\n# The same function, with `path` renamed to `config_path`:\n", False),
-    ("copy-code-repeat", f"{CODE}\n# An exact copy of the function above:\n", False),
-    ("copy-quote", f"{TEXT}\n\nQuote the first two sentences of the text above word for word:\n", False),
-    ("copy-summary", f"{TEXT}\n\nIn short: the committee met on Tuesday to", False),
-]
 OPEN_PROMPTS = [x for x in PROMPTS if not x[2]]  # the benchmark prompts that are not chat-formatted
 
 
-def run_pair(model, ids, args, draft_path, first_speculative: bool) -> dict:
+def run_pair(model, ids, n, stop_ids, args, draft_path, first_speculative: bool) -> dict:
     out = {}
     for which in (["speculative", "plain"] if first_speculative else ["plain", "speculative"]):
         with model.context(n_ctx=args.ctx_size, n_threads=args.threads,
                            exact_verify=not args.batched_verify) as ctx:
             if which == "plain":
-                r = generate(ctx, ids, args.n)
+                r = generate(ctx, ids, n, stop_ids=stop_ids)
             else:
                 # a fresh drafter per run (the eagle drafter lives in the run's context);
                 # opening it is outside the decode time
                 drafter = open_drafter(args.draft, model, args.ctx_size, args.threads, draft_path, ctx=ctx)
                 try:
-                    r = generate_speculative(ctx, ids, args.n, drafter, draft_max=args.draft_max)
+                    r = generate_speculative(ctx, ids, n, drafter, draft_max=args.draft_max, stop_ids=stop_ids)
                 finally:
                     drafter.close()
         out[which] = r
@@ -67,7 +59,12 @@ def main() -> int:
     p.add_argument("--draft-max", type=DRAFT_MAX.arg, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-size", type=int, default=1024)
-    p.add_argument("-n", type=int, default=96, help="tokens per prompt (no stop at end tokens)")
+    p.add_argument("-n", type=int, default=96, help="tokens per raw prompt (no stop at end tokens)")
+    p.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit",
+                   help="copy-heavy prompts: chat edit requests (stop at the end token) or the short raw "
+                        "completions of earlier rounds (bench/copy_prompts.py)")
+    p.add_argument("--edit-max", type=int, default=320, help="most tokens per chat prompt (they stop at the end "
+                                                             "token)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batched-verify", action="store_true",
                    help="verify with ggml's batched kernels (Context(exact_verify=False)), as --batched-verify")
@@ -77,16 +74,19 @@ def main() -> int:
     model_path = fetch_model(args.model, progress=False)
     draft_path = resolve_draft_model(args.draft, model_path)
     tok = Tokenizer.from_gguf(model_path)
-    groups = {"copy": COPY_PROMPTS, "open": OPEN_PROMPTS}
+    template = read_chat_template(model_path)
+    groups = {"copy": COPY_SETS[args.copy_set], "open": OPEN_PROMPTS}
     report = {"model": str(model_path), "draft": args.draft, "draft_max": args.draft_max, "threads": args.threads,
-              "n": args.n, "rounds": args.rounds, "groups": {}}
+              "n": args.n, "copy_set": args.copy_set, "edit_max": args.edit_max, "rounds": args.rounds,
+              "groups": {}}
     with Model(model_path) as model:
         for group, prompts in groups.items():
             ratios, drafted, accepted, verifies, identical, items = [], 0, 0, 0, True, []
             for rnd in range(args.rounds):
-                for i, (name, text, _) in enumerate(prompts):
-                    ids = tok.encode(text, parse_special=False)
-                    pair = run_pair(model, ids, args, draft_path, first_speculative=(rnd + i) % 2 == 1)
+                for i, (name, text, chat) in enumerate(prompts):
+                    ids = prompt_ids(tok, template, text, chat)
+                    n, stop_ids = (args.edit_max, tok.eot_ids) if chat else (args.n, ())
+                    pair = run_pair(model, ids, n, stop_ids, args, draft_path, first_speculative=(rnd + i) % 2 == 1)
                     plain, spec = pair["plain"], pair["speculative"]
                     ratio = spec.decode_tok_s / plain.decode_tok_s if plain.decode_tok_s > 0 else 0.0
                     ratios.append(ratio)

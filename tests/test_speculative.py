@@ -140,6 +140,52 @@ def test_lookup_drafter_proposes_what_followed_the_most_recent_match():
     assert d.propose([4, 5, 6, 4], 8).tokens == [5, 6, 4] and d.propose([4, 5, 6, 4], 8).kind == "lookup/1"
 
 
+def test_lookup_drafter_takes_the_occurrence_whose_context_matches_furthest_back():
+    """A copy in progress finds its own place again, not the most recent
+    occurrence of the last tokens; its kind is the match length's bucket."""
+    source = [10, 11, 12, 13, 1, 2, 3, 20, 21]       # the text being copied
+    other = [30, 1, 2, 3, 40, 41]                    # later, the same 3-gram elsewhere
+    copy = [10, 11, 12, 13, 1, 2, 3]                 # the copy so far
+    d = LookupDrafter()
+    draft = d.propose(source + other + copy, 2)
+    assert draft.tokens == [20, 21] and draft.kind == "lookup/6"  # matched 7 tokens back: bucket 6
+    assert d.propose(source + other + [99, 1, 2, 3], 2).tokens == [40, 41]  # equal contexts: most recent
+    assert d.propose(source + other + [99, 1, 2, 3], 2).kind == "lookup/3"
+    long = list(range(100, 130))
+    assert d.propose(long + [0] + long[:20], 3) == d.propose(long + [0] + long[:20], 3)  # same text, same draft
+    assert d.propose(long + [0] + long[:20], 3).kind == "lookup/12"
+    assert set(d.kinds) == {"lookup/1", "lookup/2", "lookup/3", "lookup/6", "lookup/12", "lookup/aligned"}
+
+
+def test_lookup_drafter_picks_up_a_copy_after_an_edit():
+    """After an edited word the context no longer matches, but of the
+    occurrences of the next token the one where the copy goes on wins, and
+    the draft is of kind lookup/aligned."""
+    source = [5, 6, 7, 8, 50, 9, 10, 11, 12, 13, 14, 15, 9, 30, 31]
+    d = LookupDrafter()
+    text = source + [5, 6, 7, 8]
+    assert d.propose(text, 3).tokens == [50, 9, 10]         # copying along
+    text += [77, 78]                                         # the model wrote 77 78 instead of 50
+    d.propose(text, 3)
+    text += [9]                                              # and goes on with the copy
+    draft = d.propose(text, 3)
+    assert draft.tokens == [10, 11, 12] and draft.kind == "lookup/aligned"  # not 30 31 after the later 9
+    fresh = LookupDrafter()
+    assert fresh.propose(text, 3).tokens == [30, 31, 5]       # without the copy in progress: most recent
+    assert fresh.propose(text, 3).kind == "lookup/1"
+    assert d.propose([1, 2, 9, 4, 9], 2).kind == "lookup/1"  # another text: no copy in progress
+
+
+def test_ngram_index_match_length():
+    from specee.ngram_index import NgramIndex
+
+    index = NgramIndex(3)
+    index.sync([5, 1, 2, 3, 9, 7, 5, 1, 2, 3])
+    assert index.earlier_matches(3) == [1]
+    assert index.match_length(1, 3, cap=10) == 4   # 5 1 2 3 both times; nothing before the first 5
+    assert index.match_length(1, 3, cap=3) == 3
+
+
 def test_draft_model_drafter_matches_plain_and_follows_the_text(tiny_model_factory):
     target_path, draft_path = tiny_model_factory(**UNTIED), tiny_model_factory(seed=1, **UNTIED)
     with Model(target_path) as m:
@@ -370,8 +416,40 @@ def test_free_drafts_are_scored_on_every_token_not_just_the_first():
     for step in range(400):
         policy.plain_step(draft, produced=1 if step % 2 == 0 else 2)  # the text: 1 2 1 2 ...
     stats = policy.stats["lookup/3"]
-    assert stats.accepted / stats.reached == pytest.approx(0.5, abs=0.02)
+    assert stats.first.accepted / stats.first.reached == pytest.approx(0.5, abs=0.02)  # the 1s
+    assert stats.rest.accepted / stats.rest.reached == pytest.approx(0.0, abs=0.02)    # never 1 1
     assert policy.choose(draft, 4) == 0  # half right is not worth a verification here
+
+
+QWEN_LIKE = CostCurve({1: 1.0, 2: 1.64, 4: 2.39, 8: 3.67, 9: 4.04})  # exact verification, Qwen2.5-Coder-1.5B
+
+
+def test_policy_keeps_first_token_and_continuation_acceptance_apart():
+    """Drafts right all along 60% of the time and wrong from their first
+    token otherwise: a long draft pays (5.4 tokens for 4.04), which one
+    per-token rate (about 0.83, a geometric run) would undervalue."""
+    policy = DraftPolicy(QWEN_LIKE, {"lookup/6": Kind(0.0, 0.5)})
+    draft = Draft([1] * 8, [0.5] * 8, "lookup/6")
+    for i in range(40):
+        policy.verified(draft, range(8) if i % 5 < 3 else [])
+    stats = policy.stats["lookup/6"]
+    assert stats.rate(first=True) == pytest.approx(0.6, abs=0.08) and stats.rate(first=False) > 0.9
+    pooled = policy.best_length([0.83] * 8, 0.0)  # one rate for all tokens
+    assert policy.choose(draft, 8) >= 7 > pooled and policy.limits(8)["lookup/6"] >= 7
+
+
+def test_followed_free_drafts_move_on_through_verifications():
+    """A free draft being followed is not dropped when a verification
+    moves the text on by several tokens: it is scored along them, so long
+    right drafts count (dropping them would keep only the wrong ones)."""
+    policy = DraftPolicy(QWEN_LIKE, {"lookup/3": Kind(0.0, 0.5), "other": Kind(0.0, 0.5)})
+    policy.plain_step(Draft([1, 2, 3, 4, 5], [0.5] * 5, "lookup/3"), produced=1)
+    policy.verified(Draft([2, 3, 9], [0.5] * 3, "other"), [0, 1], produced=[2, 3, 4])
+    stats = policy.stats["lookup/3"]
+    assert stats.first.reached == 0 and policy.scoring is False  # still followed
+    policy.plain_step(empty_draft(), produced=5)
+    assert (stats.first.reached, stats.first.accepted) == (1, 1)
+    assert (stats.rest.reached, stats.rest.accepted) == (4, 4)  # scored as a verification of all 5
 
 
 def test_policy_probes_a_costly_drafter_now_and_then():

@@ -20,10 +20,12 @@ class NgramIndex:
         self.tokens: list[int] = []
         self._starts: dict[tuple, list[int]] = defaultdict(list)  # n-gram -> start positions, ascending
 
-    def sync(self, tokens: Sequence[int]) -> None:
-        """Makes the index cover exactly `tokens`."""
+    def sync(self, tokens: Sequence[int]) -> bool:
+        """Makes the index cover exactly `tokens`; False when they do not
+        extend the tokens it covered (it was rebuilt)."""
         n_old = len(self.tokens)
-        if len(tokens) < n_old or list(tokens[:n_old]) != self.tokens:
+        extended = len(tokens) >= n_old and list(tokens[:n_old]) == self.tokens
+        if not extended:
             self.tokens, self._starts = [], defaultdict(list)
             n_old = 0
         for tok in tokens[n_old:]:
@@ -31,6 +33,7 @@ class NgramIndex:
             end = len(self.tokens)
             for n in range(1, min(self.max_n, end) + 1):
                 self._starts[tuple(self.tokens[end - n:])].append(end - n)
+        return extended
 
     def earlier_matches(self, n: int, since: int = 0) -> list[int]:
         """Start positions >= `since` of the earlier occurrences of the last
@@ -70,3 +73,12 @@ class NgramIndex:
             if i < last:
                 return self.tokens[i + n:i + n + max_len]
         return []
+
+    def match_length(self, start: int, n: int, cap: int) -> int:
+        """How many tokens before the end of the text equal those before
+        position start + n (the earlier occurrence of the last n tokens that
+        starts at `start`), counting those n; at most `cap`."""
+        t, end, length = self.tokens, start + n, n
+        while length < cap and end - length - 1 >= 0 and t[end - length - 1] == t[len(t) - length - 1]:
+            length += 1
+        return length

@@ -87,7 +87,7 @@ class SpeculativeDecoder:
             chosen = draft.cut(k)
             new, path = (verify_greedy(ctx, token, chosen) if self.sampler.greedy
                          else verify_sampled(ctx, token, chosen, self.sampler))
-            policy.verified(chosen, path)
+            policy.verified(chosen, path, new)
             self.drafted += k
             self.accepted += len(path)
             self.verify_steps += 1

@@ -34,34 +34,55 @@ from .tree import children_of
 
 DRAFT_MAX = Range(int, 1, 16)  # drafted tokens per verification
 MAX_CHANCE = 0.98              # no draft is ever a sure thing
+MAX_SHADOWS = 8                # free drafts followed at once to keep score
+
+
+@dataclass
+class Tally:
+    """Decayed counts of verified draft tokens of one kind at one place."""
+
+    reached: float = 0.0         # tokens whose predecessors were all accepted
+    reached_conf: float = 0.0    # their summed confidences
+    accepted: float = 0.0
+
+    def add(self, confidence: Sequence[float], n_accepted: int, decay: float) -> None:
+        self.reached = self.reached * decay + len(confidence)
+        self.reached_conf = self.reached_conf * decay + sum(confidence)
+        self.accepted = self.accepted * decay + n_accepted
 
 
 @dataclass
 class KindStats:
-    """Decayed counts of one kind's verified draft tokens."""
+    """Running acceptance of one kind of draft, kept apart for a draft's
+    first token and for the tokens after an accepted one: drafts tend to be
+    right all along or wrong from the start (a copy that goes on, or a
+    lookup match in the wrong place), which one per-token rate would turn
+    into a short geometric run and undervalue long drafts."""
 
     prior: float
     weight: float = 2.0          # how many observations the prior is worth
     decay: float = 0.95          # per verification: older outcomes fade
-    reached: float = 0.0         # tokens whose predecessors were all accepted
-    reached_conf: float = 0.0    # their summed confidences
-    accepted: float = 0.0
     since_verify: int = 0        # plain steps since this kind was last verified
+
+    def __post_init__(self) -> None:
+        self.first, self.rest = Tally(), Tally()
 
     def record(self, confidence: Sequence[float], n_accepted: int) -> None:
         """`confidence` of the tokens verified; the first n_accepted matched."""
         reached = confidence[:n_accepted + 1]
-        self.reached = self.reached * self.decay + len(reached)
-        self.reached_conf = self.reached_conf * self.decay + sum(reached)
-        self.accepted = self.accepted * self.decay + n_accepted
+        if reached:
+            self.first.add(reached[:1], min(n_accepted, 1), self.decay)
+            self.rest.add(reached[1:], max(n_accepted - 1, 0), self.decay)
 
-    def rate(self) -> float:
+    def rate(self, first: bool = True) -> float:
         """Acceptance per token, the prior blended with what was seen."""
-        return (self.accepted + self.weight * self.prior) / (self.reached + self.weight)
+        t = self.first if first else self.rest
+        return (t.accepted + self.weight * self.prior) / (t.reached + self.weight)
 
-    def scale(self) -> float:
+    def scale(self, first: bool = True) -> float:
         """Observed acceptance over what the confidences promised."""
-        return (self.accepted + self.weight) / (self.reached_conf + self.weight)
+        t = self.first if first else self.rest
+        return (t.accepted + self.weight) / (t.reached_conf + self.weight)
 
 
 class DraftPolicy:
@@ -73,14 +94,14 @@ class DraftPolicy:
         self.probe_interval = COUNT.check("probe_interval", probe_interval)
         self.probe_len = COUNT.check("probe_len", probe_len)
         self.stats = {name: KindStats(kind.prior) for name, kind in self.kinds.items()}
-        # an unverified free draft followed along plain steps: kind, chain, confidences, tokens matched
-        self._shadow: Optional[tuple[str, list[int], list[float], int]] = None
+        # unverified free drafts followed along plain steps: kind, chain, confidences, tokens matched
+        self._shadows: list[tuple[str, list[int], list[float], int]] = []
 
     @property
     def scoring(self) -> bool:
-        """Whether a free draft is being followed (the loop need not draft
-        just to keep score)."""
-        return self._shadow is not None
+        """Whether enough free drafts are being followed (the loop need not
+        draft just to keep score)."""
+        return len(self._shadows) >= MAX_SHADOWS
 
     # ---- the decision ----
 
@@ -108,7 +129,8 @@ class DraftPolicy:
         out = {}
         for name, kind in self.kinds.items():
             stats = self.stats[name]
-            k = self.best_length([min(stats.rate(), MAX_CHANCE)] * cap, kind.cost_per_token)
+            chances = [min(stats.rate(first=True), MAX_CHANCE)] + [min(stats.rate(first=False), MAX_CHANCE)] * (cap - 1)
+            k = self.best_length(chances, kind.cost_per_token)
             if k == 0 and kind.cost_per_token > 0 and stats.since_verify >= self.probe_interval \
                     and self.could_pay(kind, cap):
                 k = min(self.probe_len, cap)  # look again: the text may have changed
@@ -126,8 +148,8 @@ class DraftPolicy:
         if len(draft) == 0 or draft.kind not in self.stats:
             return 0
         stats = self.stats[draft.kind]
-        scale = stats.scale()
-        chances = [min(c * scale, MAX_CHANCE) for c in draft.confidence[:cap]]
+        scales = {True: stats.scale(first=True), False: stats.scale(first=False)}
+        chances = [min(c * scales[p < 0], MAX_CHANCE) for c, p in zip(draft.confidence[:cap], draft.parent_of)]
         k = self.best_size(draft.cut(len(chances)).path_chances(chances), 0.0)
         if k == 0 and self.kinds[draft.kind].cost_per_token > 0 and stats.since_verify >= self.probe_interval \
                 and self.could_pay(self.kinds[draft.kind], cap):
@@ -136,22 +158,25 @@ class DraftPolicy:
 
     # ---- what happened ----
 
-    def verified(self, draft: Draft, path: Sequence[int]) -> None:
-        """`draft` was verified and its nodes `path` accepted (in order)."""
+    def verified(self, draft: Draft, path: Sequence[int], produced: Sequence[int] = ()) -> None:
+        """`draft` was verified and its nodes `path` accepted (in order); the
+        verification produced `produced` (the accepted tokens and the
+        target's own), along which the free drafts being followed move on."""
         stats = self.stats[draft.kind]
         # what was reached: the accepted path, then the likeliest child where it stopped
         reached = [draft.confidence[i] for i in path]
         tried = [draft.confidence[i] for i in children_of(draft.parent_of).get(path[-1] if path else -1, [])]
         stats.record(reached + ([max(tried)] if tried else []), len(path))
         stats.since_verify = 0
-        self._shadow = None  # the text moved on by more than one token
+        self._follow(produced)
 
     def plain_step(self, draft: Draft, produced: int) -> None:
         """A plain step produced `produced`; `draft` (possibly empty) was not
-        verified. A free draft is followed along the next plain steps."""
+        verified. A free draft is followed along the tokens that come next,
+        as are those of the steps before it that are still right."""
         for stats in self.stats.values():
             stats.since_verify += 1
-        if self._shadow is None and len(draft) and draft.kind in self.stats and \
+        if len(self._shadows) < MAX_SHADOWS and len(draft) and draft.kind in self.stats and \
                 self.kinds[draft.kind].cost_per_token == 0:
             chain, conf, node = [], [], -1  # the best-first chain: each node's first child
             children = children_of(draft.parent_of)
@@ -159,13 +184,27 @@ class DraftPolicy:
                 node = children[node][0]
                 chain.append(draft.tokens[node])
                 conf.append(draft.confidence[node])
-            self._shadow = (draft.kind, chain, conf, 0)
-        if self._shadow is not None:
-            kind, chain, conf, matched = self._shadow
-            if chain[matched] == produced:
+            self._shadows.append((draft.kind, chain, conf, 0))
+        self._follow([produced])
+
+    def _follow(self, produced: Sequence[int]) -> None:
+        """Moves the followed drafts along `produced`; each is scored (as a
+        verification would have judged it) once it is wrong or used up. All
+        are followed to their end: scoring only those that end early would
+        count the wrong ones and drop the right ones."""
+        following = []
+        for kind, chain, conf, matched in self._shadows:
+            done = False
+            for token in produced:
+                if chain[matched] != token:
+                    done = True
+                    break
                 matched += 1
-                if matched < len(chain):
-                    self._shadow = (kind, chain, conf, matched)
-                    return
-            self.stats[kind].record(conf[:matched + 1], matched)
-            self._shadow = None
+                if matched == len(chain):
+                    done = True
+                    break
+            if done:
+                self.stats[kind].record(conf, matched)  # record() takes the reached prefix
+            else:
+                following.append((kind, chain, conf, matched))
+        self._shadows = following
