@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 from ..ranges import COUNT, Range
 from .cost import CostCurve
