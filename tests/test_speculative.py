@@ -440,16 +440,19 @@ def test_policy_keeps_first_token_and_continuation_acceptance_apart():
 
 def test_followed_free_drafts_move_on_through_verifications():
     """A free draft being followed is not dropped when a verification
-    moves the text on by several tokens: it is scored along them, so long
-    right drafts count (dropping them would keep only the wrong ones)."""
+    moves the text on by several tokens: it is scored along them, token by
+    token as the text shows them, so long right drafts count (dropping them
+    would keep only the wrong ones)."""
     policy = DraftPolicy(QWEN_LIKE, {"lookup/3": Kind(0.0, 0.5), "other": Kind(0.0, 0.5)})
     policy.plain_step(Draft([1, 2, 3, 4, 5], [0.5] * 5, "lookup/3"), produced=1)
-    policy.verified(Draft([2, 3, 9], [0.5] * 3, "other"), [0, 1], produced=[2, 3, 4])
     stats = policy.stats["lookup/3"]
-    assert stats.first.reached == 0 and policy.scoring is False  # still followed
+    assert (stats.first.reached, stats.first.accepted, stats.rest.reached) == (1, 1, 0)
+    policy.verified(Draft([2, 3, 9], [0.5] * 3, "other"), [0, 1], produced=[2, 3, 4])
+    assert (stats.rest.reached, stats.rest.accepted) == (3, 3) and policy._shadows  # still followed
     policy.plain_step(empty_draft(), produced=5)
     assert (stats.first.reached, stats.first.accepted) == (1, 1)
-    assert (stats.rest.reached, stats.rest.accepted) == (4, 4)  # scored as a verification of all 5
+    assert (stats.rest.reached, stats.rest.accepted) == (4, 4)  # as a verification of all 5 would have
+    assert not policy._shadows
 
 
 def test_policy_probes_a_costly_drafter_now_and_then():

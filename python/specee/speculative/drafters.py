@@ -128,7 +128,9 @@ class LookupDrafter:
             kind = self._kind(lengths[best])
             if lengths[best] < self.max_ngram and away[best] <= self.ALIGN_WINDOW:
                 kind = "lookup/aligned"
-            self._copy_from, self._copy_at = best + n, len(index.tokens)
+            if lengths[best] >= 2 or kind == "lookup/aligned" or len(starts) == 1:
+                # a copy's place: not a guess among many one-token matches
+                self._copy_from, self._copy_at = best + n, len(index.tokens)
             prior = self.kinds[kind].prior
             if len(found) == 1:
                 return Draft(found[0], [prior] * len(found[0]), kind)

@@ -74,6 +74,16 @@ class KindStats:
             self.first.add(reached[:1], min(n_accepted, 1), self.decay)
             self.rest.add(reached[1:], max(n_accepted - 1, 0), self.decay)
 
+    def observe(self, position: int, confidence: float, accepted: bool) -> None:
+        """One token of a followed free draft, scored as soon as the text
+        shows it: `position` in the draft (0: its first token, where older
+        outcomes fade as at a verification)."""
+        if position == 0:
+            self.first.add([confidence], int(accepted), self.decay)
+            self.rest.add([], 0, self.decay)
+        else:
+            self.rest.add([confidence], int(accepted), 1.0)
+
     def rate(self, first: bool = True) -> float:
         """Acceptance per token, the prior blended with what was seen."""
         t = self.first if first else self.rest
@@ -188,23 +198,21 @@ class DraftPolicy:
         self._follow([produced])
 
     def _follow(self, produced: Sequence[int]) -> None:
-        """Moves the followed drafts along `produced`; each is scored (as a
-        verification would have judged it) once it is wrong or used up. All
-        are followed to their end: scoring only those that end early would
-        count the wrong ones and drop the right ones."""
+        """Moves the followed drafts along `produced`, scoring each token as
+        a verification would have (right while all before it were), until a
+        draft is wrong or used up. All are followed to their end: scoring
+        only those that end early would count the wrong ones and drop the
+        right ones."""
         following = []
         for kind, chain, conf, matched in self._shadows:
-            done = False
+            stats, done = self.stats[kind], False
             for token in produced:
-                if chain[matched] != token:
+                right = chain[matched] == token
+                stats.observe(matched, conf[matched], right)
+                matched += right
+                if not right or matched == len(chain):
                     done = True
                     break
-                matched += 1
-                if matched == len(chain):
-                    done = True
-                    break
-            if done:
-                self.stats[kind].record(conf, matched)  # record() takes the reached prefix
-            else:
+            if not done:
                 following.append((kind, chain, conf, matched))
         self._shadows = following
