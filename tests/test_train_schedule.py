@@ -112,7 +112,21 @@ def test_cli_schedule(tmp_path, capsys):
     assert main(["train", "schedule", "--out", str(tmp_path), "--profile", str(profile),
                  "--thresholds", "0.5,0.9", "--check-ms", "0.1"]) == 0
     assert json.loads(capsys.readouterr().out)["chosen"]["layers"] == [1]
-    for bad in (["--thresholds", "0.5,1.5"], ["--min-agreement", "0"], ["--check-ms", "-1"]):
+    for bad in (["--thresholds", "0.5,1.5"], ["--thresholds", "-0.1"], ["--thresholds", ""],
+                ["--min-agreement", "0"], ["--check-ms", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(["train", "schedule", "--out", str(tmp_path), "--profile", str(profile), *bad])
         assert e.value.code == 2
+
+
+def test_threshold_list_takes_the_engines_range():
+    """--thresholds accepts exactly what reschedule and the engine accept:
+    [0, 1], ends included."""
+    import argparse
+
+    from specee.cli_args import threshold_list
+
+    assert threshold_list("0,0.5,1") == [0.0, 0.5, 1.0]
+    for bad in ("1.01", "-0.1", "nan", "a", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            threshold_list(bad)

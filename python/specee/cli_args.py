@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .datasets import known_datasets
 from .evaluate import parse_mode, sweep_modes
+from .ranges import THRESHOLD
 from .speculative.choice import parse_draft
 
 
@@ -36,13 +37,14 @@ def prompt_file(text: str) -> str:
 
 
 def threshold_list(text: str) -> list[float]:
-    """Comma-separated thresholds, each in (0, 1)."""
+    """Comma-separated predictor thresholds, each in THRESHOLD's range [0, 1]
+    (what the schedule search and the engine accept)."""
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or not all(0.0 < v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"give thresholds in (0, 1), comma-separated; got {text!r}")
+    if not values or not all(v in THRESHOLD for v in values):
+        raise argparse.ArgumentTypeError(f"give thresholds, each {THRESHOLD.describe()}, comma-separated; got {text!r}")
     return values
 
 

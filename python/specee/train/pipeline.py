@@ -33,6 +33,7 @@ from gguf.quants import dequantize
 from ..engine import Model
 from ..heads_file import QUANTIZED_DRAFT_TYPES, DraftHead, Predictor, constant_predictor, write_heads
 from ..ranges import THRESHOLD
+from . import atomic
 from .draft import DraftConfig, train_draft
 from .features import FeatureSet, extract_features
 from .predictors import PredictorConfig, Traces, collect_traces, train_predictors, write_report
@@ -126,7 +127,7 @@ def save_predictors(path: Path, preds: dict[int, Predictor], offline: list[int],
     for layer, p in preds.items():
         arrays.update({f"{layer}.{k}": v for k, v in (("w1", p.w1), ("b1", p.b1), ("w2", p.w2),
                                                       ("b2", np.float32(p.b2)))})
-    np.savez(path, **arrays)
+    atomic.savez(path, **arrays)
 
 
 def set_schedule(path: Path, offline: list[int], threshold: float) -> None:
@@ -134,9 +135,7 @@ def set_schedule(path: Path, offline: list[int], threshold: float) -> None:
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update(offline=np.asarray(sorted(offline), np.int32), threshold=np.float32(threshold))
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    atomic.savez(path, **arrays)
 
 
 def load_predictors(path: Path) -> tuple[dict[int, Predictor], list[int], float, bool]:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..engine import Heads, Model, exit_features
 from ..heads_file import Predictor
+from . import atomic
 from ..ranges import COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, THRESHOLD, ZERO_OR_MORE, check_fields
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Traces:
         arrays = {"cand_logits": self.cand_logits, "label": self.label, "in_cands": self.in_cands}
         if self.best_cand_ok is not None:
             arrays["best_cand_ok"] = self.best_cand_ok
-        np.savez_compressed(path, **arrays)
+        atomic.savez(path, compressed=True, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "Traces":
@@ -103,9 +104,7 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                     token, cands = step.token, step.next
             done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best)))
             if part is not None:
-                tmp = part.with_name(part.stem + ".tmp.npz")
-                done[-1].save(tmp)
-                tmp.replace(part)  # a part is there whole or not at all
+                done[-1].save(part)
             bar.update(1)
     return Traces(*(np.concatenate([getattr(t, f) for t in done]) for f in
                     ("cand_logits", "label", "in_cands", "best_cand_ok")))
