@@ -12,6 +12,14 @@ processing; specee does the same: one BOS prefilled, then n single-token
 decode steps, timed. Each round runs llama-bench once (-r 1) and specee
 once, the order flipping every round; the ratio reported is the median of
 the per-round ratios, as machines of this kind drift between minutes.
+
+With `--heads H` the specee side decodes with early exit instead, on MT-Bench
+first turns (one per round, in turn; early exit depends on the text, while
+llama.cpp's decode cost does not), and reports the teacher-forced agreement
+with full depth over the same steps: the fidelity that goes with the speed.
+
+    python bench/vanilla_vs_llama_bench.py --llama-bench PATH/llama-bench --model qwen2.5-coder-1.5b \
+        --heads python/specee/heads/qwen2.5-coder-1.5b.gguf --threshold 0.95 --amx-decode --rounds 6
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from specee.engine import Model
+from specee.engine import Heads, Model
 from specee.fetch import fetch_model
 
 
@@ -44,6 +52,30 @@ def specee_tok_s(model: Model, threads: int, n: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def early_exit_tok_s(model: Model, heads, prompt: list[int], threads: int, n: int,
+                     threshold: float | None) -> tuple[float, int, int]:
+    """Decode tok/s of early exit after `prompt`, and the teacher-forced
+    agreement (agreeing steps, steps) with full depth from the same prompt."""
+    from specee.early_exit import attach_heads, generate_specee
+    from specee.evaluate import teacher_forced
+
+    with model.context(n_ctx=len(prompt) + n + 8, n_threads=threads) as ctx:
+        attach_heads(ctx, heads, threshold)
+        r = generate_specee(ctx, prompt, n, heads.n_candidates)
+        agree, steps = teacher_forced(ctx, prompt, n, heads.n_candidates)
+    return r.decode_tok_s, agree, steps
+
+
+def mtbench_prompts(path: Path, count: int) -> list[list[int]]:
+    from specee.chat import chat_prompt_ids, read_chat_template
+    from specee.datasets import load_mtbench
+    from specee.tokenizer import Tokenizer
+
+    tok, template = Tokenizer.from_gguf(path), read_chat_template(path)
+    return [chat_prompt_ids(tok, template, [{"role": "user", "content": q.turns[0]}])
+            for q in load_mtbench(limit=count)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bench", required=True, help="path of llama.cpp's llama-bench")
@@ -55,28 +87,45 @@ def main() -> None:
     ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
     ap.add_argument("--llama-repack", type=int, choices=(0, 1), default=1,
                     help="llama-bench --repack (1, its default: weights in the CPU's repacked/AMX layout)")
+    ap.add_argument("--heads", help="specee decodes with early exit, with these heads, on MT-Bench prompts")
+    ap.add_argument("--threshold", type=float, help="with --heads: the predictor threshold (default: the file's)")
     args = ap.parse_args()
 
     results = {}
     for name in args.model:
         path = fetch_model(name)
         ratios, ours, theirs = [], [], []
+        agree = steps = 0
+        prompts = mtbench_prompts(path, args.rounds) if args.heads else []
         with Model(path, amx_decode=args.amx_decode) as model:
+            heads = Heads(model, args.heads) if args.heads else None
             specee_tok_s(model, args.threads, 16)  # warm-up: page in the weights
             for r in range(args.rounds):
                 order = ("llama", "specee") if r % 2 == 0 else ("specee", "llama")
                 got = {}
                 for engine in order:
-                    got[engine] = (llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack) if engine == "llama"
-                                   else specee_tok_s(model, args.threads, args.n))
+                    if engine == "llama":
+                        got[engine] = llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack)
+                    elif heads is not None:
+                        got[engine], a, s = early_exit_tok_s(model, heads, prompts[r % len(prompts)], args.threads,
+                                                             args.n, args.threshold)
+                        agree, steps = agree + a, steps + s
+                    else:
+                        got[engine] = specee_tok_s(model, args.threads, args.n)
                 ours.append(got["specee"])
                 theirs.append(got["llama"])
                 ratios.append(got["specee"] / got["llama"])
                 print(f"{name} round {r + 1}: specee {got['specee']:.1f} tok/s, llama-bench {got['llama']:.1f} tok/s, "
                       f"ratio {ratios[-1]:.3f}", flush=True)
-        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack, "specee_tok_s": ours, "llama_bench_tok_s": theirs, "ratios": ratios,
-                         "median_ratio": statistics.median(ratios)}
-        print(f"{name}: median ratio {results[name]['median_ratio']:.3f} over {len(ratios)} rounds")
+            if heads is not None:
+                heads.close()
+        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack, "specee_tok_s": ours,
+                         "llama_bench_tok_s": theirs, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+        if args.heads:
+            results[name].update(heads=args.heads, threshold=args.threshold,
+                                 teacher_forced_agreement=round(agree / steps, 4) if steps else None)
+        print(f"{name}: median ratio {results[name]['median_ratio']:.3f} over {len(ratios)} rounds"
+              + (f", teacher-forced agreement {agree / steps:.4f}" if steps else ""))
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "n": args.n, "rounds": args.rounds,
                                          "models": results}, indent=1))
