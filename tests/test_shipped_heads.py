@@ -24,6 +24,8 @@ def test_shipped_head_file(path):
     assert record["heads"] == path.name
     assert path.stem in known_models() and record["model"].startswith(path.stem)
     assert record["reproduce"].startswith(f"specee train draft --model {path.stem} ")
+    if "threshold" in record:  # the record says what the file holds
+        assert reader.get_field("specee.exit.threshold").contents() == pytest.approx(record["threshold"])
 
 
 def test_the_default_model_has_heads():
