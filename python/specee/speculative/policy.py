@@ -13,12 +13,14 @@ along it); drafters order tree nodes best first, so the loop verifies the
 prefix of k nodes that pays most.
 
 The chances come from the draft's confidences, rescaled per draft kind by
-the acceptance observed so far (recent verifications weigh more). A kind
-that is never drafted is still scored: free drafts (lookup) by following
-one unverified draft along the tokens plain decoding produces next, token
-by token, as a verification would have judged it (its first token alone
-would flatter long drafts); costly ones (a draft model) by a short probe
-every `probe_interval` plain steps.
+the acceptance observed so far (recent verifications weigh more), kept
+apart for a draft's first token and for the tokens after an accepted one.
+A kind that is never drafted is still scored: free drafts (lookup) by
+following up to MAX_SHADOWS unverified drafts along the tokens that come
+next (plain steps and verifications alike), token by token, as a
+verification would have judged them (their first token alone would flatter
+long drafts); costly ones (a draft model) by a short probe every
+`probe_interval` plain steps.
 """
 from __future__ import annotations
 
