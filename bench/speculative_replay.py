@@ -2,7 +2,9 @@
 plain greedy outputs, without running the model: a greedy verification
 accepts exactly the longest draft prefix that plain decoding produced next,
 so the outputs, the model's cached batch cost curve and the drafter give
-each run's drafts, acceptance, verifications and modelled cost.
+each run's drafts, acceptance, verifications and modelled cost. The plain
+outputs are made once with the model (cached with --outputs); the replay
+itself decodes nothing.
 
     python bench/speculative_replay.py --model qwen2.5-coder-1.5b --draft lookup --outputs plain.json
 
@@ -59,13 +61,15 @@ def accepted_path(draft, truth: list[int]) -> list[int]:
     return path
 
 
-def replay(prompt: list[int], output: list[int], drafter, policy: DraftPolicy, draft_max: int) -> dict:
+def replay(prompt: list[int], output: list[int], drafter, policy: DraftPolicy, draft_max: int,
+           max_tokens: int) -> dict:
+    """One generation of at most `max_tokens` whose plain output was `output`."""
     history = list(prompt) + output[:1]
     pos, spent, plain, verifies, drafted, accepted = 1, 0.0, 0, 0, 0, 0
     free = any(kind.cost_per_token == 0 for kind in drafter.kinds.values())
     while pos < len(output):
-        # as SpeculativeDecoder.step decides
-        cap = min(draft_max, len(output) - pos - 1)
+        # as SpeculativeDecoder.step decides (room for the drafts and one more token)
+        cap = min(draft_max, max_tokens - pos - 1)
         draft = empty_draft()
         if cap > 0:
             limits = policy.limits(cap)
@@ -119,11 +123,13 @@ def main() -> int:
         report = {}
         for group, prompts in groups.items():
             items = {}
-            for name, _, _ in prompts:
+            for name, _, chat in prompts:
                 drafter = open_drafter(args.draft, model, args.ctx_size, args.threads)
+                if any(kind.cost_per_token > 0 for kind in drafter.kinds.values()):
+                    sys.exit(f"{args.draft}: the replay prices free drafters only (lookup[:N])")
                 policy = DraftPolicy(curve, drafter.kinds)
                 items[name] = replay(outputs[name]["prompt"], outputs[name]["output"], drafter, policy,
-                                     args.draft_max)
+                                     args.draft_max, args.edit_max if chat else args.n)
                 drafter.close()
             report[group] = {"median_ratio": statistics.median(r["ratio"] for r in items.values()), "items": items}
     print(json.dumps(report, indent=1))

@@ -198,9 +198,10 @@ def test_eval_resumes_from_its_item_log(tiny_with_heads, tmp_path, monkeypatch):
                         "exact_prefix_tokens"):
                 assert a.get(key) == b.get(key), (name, mode, key)
 
-    ran.clear()
-    evaluate(path, ["mtbench", "csqa"], ["vanilla", "specee"], resume=False, **kwargs)
-    assert len(ran) == 4 * 2  # without resume the log starts over
+    before = log.read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):  # never overwritten without resume
+        evaluate(path, ["mtbench", "csqa"], ["vanilla", "specee"], resume=False, **kwargs)
+    assert log.read_bytes() == before
 
 
 def test_eval_refuses_to_resume_a_log_of_other_settings(tiny_with_heads, tmp_path):
@@ -213,6 +214,16 @@ def test_eval_refuses_to_resume_a_log_of_other_settings(tiny_with_heads, tmp_pat
     with pytest.raises(ValueError, match="other settings.*n_predict"):
         evaluate(path, ["mtbench"], ["vanilla"], n_predict=5, resume=True, **kwargs)
     assert log.read_text() == before
+    # a head file replaced under the same name (another threshold, say) is another evaluation
+    heads2 = tmp_path / "h.gguf"
+    heads2.write_bytes(heads.read_bytes())
+    log2 = tmp_path / "heads.items.jsonl"
+    kw = {**kwargs, "item_log": log2, "heads_path": heads2}
+    evaluate(path, ["mtbench"], ["specee"], n_predict=4, **kw)
+    with Model(path) as m:
+        write_heads(heads2, m, {l: constant_predictor(40.0) for l in range(3)}, exit_layers=[2], threshold=0.7)
+    with pytest.raises(ValueError, match="other settings.*heads_sha256"):
+        evaluate(path, ["mtbench"], ["specee"], n_predict=4, resume=True, **kw)
     log.write_text("not json\n")
     with pytest.raises(ValueError, match="not an evaluation item log"):
         evaluate(path, ["mtbench"], ["vanilla"], n_predict=4, resume=True, **kwargs)
@@ -227,9 +238,21 @@ def test_cli_eval_resume_needs_out(tiny_with_heads, capsys):
     assert "--resume needs --out" in capsys.readouterr().err
 
 
-def test_cli_eval_logs_items_beside_out(tiny_with_heads, tmp_path, monkeypatch):
+def test_cli_eval_logs_items_beside_out(tiny_with_heads, tmp_path, monkeypatch, capsys):
+    import json
+
+    from specee import evaluate as evaluate_module
+
     out = tmp_path / "res.json"
     assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 0
-    assert len(out.with_suffix(".items.jsonl").read_text().splitlines()) == 1 + 2 * 2
-    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots", "--resume") == 0
-    assert len(out.with_suffix(".items.jsonl").read_text().splitlines()) == 1 + 2 * 2
+    log = out.with_suffix(".items.jsonl")
+    logged, first = log.read_bytes(), json.loads(out.read_text())
+    assert len(logged.splitlines()) == 1 + 2 * 2
+    monkeypatch.setattr(evaluate_module, "run_item", lambda *a, **k: pytest.fail("an item ran again"))
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots", "--resume") == 0  # all from the log
+    assert log.read_bytes() == logged
+    again = json.loads(out.read_text())
+    assert again["datasets"]["csqa"]["specee"]["task_score"] == first["datasets"]["csqa"]["specee"]["task_score"]
+    capsys.readouterr()
+    assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 1  # not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err and log.read_bytes() == logged

@@ -173,7 +173,11 @@ def test_lookup_drafter_picks_up_a_copy_after_an_edit():
     fresh = LookupDrafter()
     assert fresh.propose(text, 3).tokens == [30, 31, 5]       # without the copy in progress: most recent
     assert fresh.propose(text, 3).kind == "lookup/1"
-    assert d.propose([1, 2, 9, 4, 9], 2).kind == "lookup/1"  # another text: no copy in progress
+    # another text, longer than the first, whose occurrences of its last token lie where the old
+    # copy would have gone on: no copy in progress there, so the most recent wins, as lookup/1
+    other = [70 + i for i in range(6)] + [9, 40] + [80 + i for i in range(14)] + [9, 41, 42, 9]
+    assert len(other) > len(text) and fresh.propose(other, 1).tokens == [41]
+    assert d.propose(other, 1).tokens == [41] and d.propose(other, 1).kind == "lookup/1"
 
 
 def test_ngram_index_match_length():
@@ -394,12 +398,12 @@ def test_policy_learns_acceptance_per_kind():
     good = Draft([1] * 7, [0.6] * 7, "lookup/3")
     assert policy.choose(good, 7) == 0 and policy.limits(7) == {"lookup/3": 0, "lookup/1": 0}
     for _ in range(20):
-        policy.verified(good, range(7))  # every draft accepted
+        policy.verified(good, range(7), [1] * 8)  # every draft accepted
     assert policy.choose(good, 7) == 7 and policy.limits(7)["lookup/3"] == 7
     # one draft token never pays here (2 tokens at most, for 2.3); lookup/1 learned nothing
     assert policy.limits(7)["lookup/1"] == 0 and policy.choose(good.cut(1), 1) == 0
     for _ in range(20):
-        policy.verified(good, [])  # the text moved on: all rejected
+        policy.verified(good, [], [2])  # the text moved on: all rejected
     assert policy.choose(good, 7) == 0
     # free drafts are scored while not verified: followed along the plain steps
     for _ in range(100):
@@ -431,7 +435,7 @@ def test_policy_keeps_first_token_and_continuation_acceptance_apart():
     policy = DraftPolicy(QWEN_LIKE, {"lookup/6": Kind(0.0, 0.5)})
     draft = Draft([1] * 8, [0.5] * 8, "lookup/6")
     for i in range(40):
-        policy.verified(draft, range(8) if i % 5 < 3 else [])
+        policy.verified(draft, *((range(8), [1] * 9) if i % 5 < 3 else ([], [2])))
     stats = policy.stats["lookup/6"]
     assert stats.rate(first=True) == pytest.approx(0.6, abs=0.08) and stats.rate(first=False) > 0.9
     pooled = policy.best_length([0.83] * 8, 0.0)  # one rate for all tokens
@@ -463,7 +467,7 @@ def test_policy_probes_a_costly_drafter_now_and_then():
     assert policy.limits(8) == {"model": 2}
     probe = Draft([3, 4], [0.2, 0.2], "model")
     assert policy.choose(probe, 8) == 2
-    policy.verified(probe, [])
+    policy.verified(probe, [], [probe.tokens[0] + 1])
     assert policy.limits(8) == {"model": 0}
 
 

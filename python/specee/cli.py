@@ -538,7 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError, FileNotFoundError) as e:
+    except (engine.SpeceeError, FetchError, TokenizerError, ChatTemplateError, ValueError, FileNotFoundError,
+            FileExistsError) as e:
         print(f"specee: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import logging
 import os
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from .datasets import known_datasets, load_dataset
 from .early_exit import PromptLookup, attach_heads, generate_specee
 from .engine import Heads, Model, system_info
 from .evaluate_log import ItemLog
+from .fetch import file_sha256
 from .generate import generate
 from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
 from .ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
@@ -209,8 +211,12 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
         heads = Heads(model, heads_path) if needs_heads else None
         needs_drafter = any(kind == "speculative" for kind, _ in parsed.values())
         drafter = open_drafter("auto", model, n_ctx, threads) if needs_drafter else None
+        # what the numbers depend on, file contents included (a head file
+        # replaced under the same name, say with another threshold, is another run)
         settings = {k: out[k] for k in ("model", "heads", "n_predict", "limit", "threads")}
-        settings.update(modes=list(modes), n_ctx=n_ctx, threshold=threshold, verify_full=verify_full)
+        settings.update(modes=list(modes), n_ctx=n_ctx, threshold=threshold, verify_full=verify_full,
+                        model_fingerprint=model.fingerprint,
+                        heads_sha256=file_sha256(Path(heads_path)) if heads_path is not None else None)
         log = ItemLog(item_log, settings, resume) if item_log is not None else None
         try:
             for i, name in enumerate(datasets):

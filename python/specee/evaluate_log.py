@@ -14,7 +14,8 @@ from pathlib import Path
 
 class ItemLog:
     """Append-only, flushed after every item. `resume` keeps the items of an
-    earlier run with equal settings; without it the file starts over."""
+    earlier run with equal settings; without it an existing log is refused
+    rather than overwritten (it may hold hours of work)."""
 
     def __init__(self, path: str | os.PathLike, settings: dict, resume: bool):
         self.path = Path(path)
@@ -23,6 +24,9 @@ class ItemLog:
         if resume and self.path.exists():
             self._read(settings)
             self._file = self.path.open("a", encoding="utf-8")
+        elif self.path.exists():
+            raise FileExistsError(f"{self.path} holds the items of an earlier evaluation: resume it (--resume) "
+                                  "or remove it to start over")
         else:
             self._file = self.path.open("w", encoding="utf-8")
             self._write({"settings": settings})

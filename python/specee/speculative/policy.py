@@ -170,7 +170,7 @@ class DraftPolicy:
 
     # ---- what happened ----
 
-    def verified(self, draft: Draft, path: Sequence[int], produced: Sequence[int] = ()) -> None:
+    def verified(self, draft: Draft, path: Sequence[int], produced: Sequence[int]) -> None:
         """`draft` was verified and its nodes `path` accepted (in order); the
         verification produced `produced` (the accepted tokens and the
         target's own), along which the free drafts being followed move on."""

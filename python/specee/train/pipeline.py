@@ -57,7 +57,7 @@ def save_draft(model_path: str | os.PathLike, out: Path, draft: DraftHead, dtype
     """OUT/draft/draft_head.npz (weights and their storage type in head
     files) and OUT/draft_only.gguf (with a never-firing predictor, for traces)."""
     (out / "draft").mkdir(parents=True, exist_ok=True)
-    np.savez(out / "draft" / "draft_head.npz", **draft.tensors(), storage_dtype=np.str_(dtype))
+    atomic.savez(out / "draft" / "draft_head.npz", **draft.tensors(), storage_dtype=np.str_(dtype))
     with Model(model_path) as m:
         write_heads(out / "draft_only.gguf", m, {0: constant_predictor(-40.0)}, draft=draft, draft_dtype=dtype)
 
