@@ -535,8 +535,11 @@ def test_load_200_requests_8_at_once(server):
 def test_serve_refuses_bad_flags(tiny, capsys):
     assert cli.main(["serve", "--model", tiny, "--parallel", "0"]) == 1
     assert "--parallel must be at least 1" in capsys.readouterr().err
-    assert cli.main(["serve", "--model", tiny, "--threshold", "1.5"]) == 1
-    assert "--threshold" in capsys.readouterr().err
+    for bad, words in ((["--threshold", "1.5"], "--threshold"), (["--port", "70000"], "--port"),
+                       (["--heads", "/no/such/heads.gguf"], "no such file")):
+        with pytest.raises(SystemExit) as e:  # refused by the command line, before the model is fetched
+            cli.main(["serve", "--model", tiny, *bad])
+        assert e.value.code == 2 and words in capsys.readouterr().err
 
 
 def test_serve_exits_when_the_model_cannot_serve_the_mode(tiny):

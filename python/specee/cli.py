@@ -17,7 +17,7 @@ from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
-from .ranges import (AGREEMENT, COUNT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P,
+from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P,
                      ZERO_OR_MORE)
 from .sampling import Sampler
 from .shipped_heads import default_heads
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model name ({', '.join(known_models())}) or GGUF path (default: {DEFAULT_MODEL})")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    s.add_argument("--port", type=LISTEN_PORT.arg, default=8080, help="port (default 8080; 0: any free port)")
     s.add_argument("--parallel", type=int, default=4,
                    help="slots: requests decoded at the same time, one context each (default 4)")
     s.add_argument("--queue", type=int, default=32,
@@ -419,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "once per slot at start")
     s.add_argument("--draft-max", type=DRAFT_MAX.arg, default=DEFAULT_DRAFT_MAX,
                    help=f"most drafted tokens per verification, in [1, 16] (default {DEFAULT_DRAFT_MAX})")
-    s.add_argument("--heads", help="SpecEE head file (default: the heads that ship for the model, if any)")
-    s.add_argument("--threshold", type=float, help="predictor threshold (default: the head file's)")
+    s.add_argument("--heads", type=existing_file,
+                   help="SpecEE head file (default: the heads that ship for the model, if any)")
+    s.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
     s.add_argument("--verify", choices=["full", "candidates"], help=VERIFY_HELP)
     s.add_argument("--max-tokens-limit", type=int, default=1024,
                    help="the most tokens one request may generate (default 1024; also the default max_tokens)")

@@ -38,11 +38,11 @@ class ItemLog:
         except (ValueError, KeyError, TypeError):
             header = None
         if header is None:
-            raise ValueError(f"{self.path}: not an evaluation item log; remove it or run without --resume")
+            raise ValueError(f"{self.path}: not an evaluation item log; remove it or give another --out")
         changed = sorted(k for k in set(header) | set(settings) if header.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{self.path}: logged with other settings ({', '.join(changed)}); "
-                             "run without --resume to start over")
+                             "remove it (or give another --out) to start over")
         kept = 1
         for line in lines[1:]:
             try:

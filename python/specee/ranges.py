@@ -87,6 +87,8 @@ TEMPERATURE = Range(float, lo=0.0)  # 0: greedy
 TOP_P = Range(float, 0.0, 1.0, lo_open=True)  # 1: off
 SEED = Range(int, lo=0)  # numpy's generators take non-negative seeds
 PORT = Range(int, 1, 65535)
+# a port to listen on: 0 lets the system choose a free one
+LISTEN_PORT = Range(int, 0, 65535)
 # tokens per training sequence: a sequence teaches the next token, so two at least
 SEQUENCE_LENGTH = Range(int, lo=2)
 LEARNING_RATE = Range(float, lo=0.0, lo_open=True)
