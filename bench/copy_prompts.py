@@ -113,3 +113,23 @@ def prompt_text(tok, template: str, text: str, chat: bool) -> str:
     from specee.chat import render_chat, special_texts
 
     return render_chat(template, [{"role": "user", "content": text}], **special_texts(tok)) if chat else text
+
+
+def add_prompt_arguments(parser) -> None:
+    """-n, --copy-set and --edit-max, as every speculative benchmark takes them."""
+    parser.add_argument("-n", type=int, default=96, help="tokens per raw prompt (no stop at end tokens)")
+    parser.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit",
+                        help="copy-heavy prompts: chat edit requests (stop at the end token) or the short raw "
+                             "completions of earlier rounds")
+    parser.add_argument("--edit-max", type=int, default=320,
+                        help="most tokens per chat prompt (they stop at the end token)")
+
+
+def max_tokens(args, chat: bool) -> int:
+    """The most tokens a prompt may generate (add_prompt_arguments)."""
+    return args.edit_max if chat else args.n
+
+
+def token_budget(args, tok, chat: bool) -> tuple[int, tuple]:
+    """(most tokens, stop ids) for a prompt: chat prompts stop at the end token."""
+    return max_tokens(args, chat), tuple(tok.eot_ids) if chat else ()

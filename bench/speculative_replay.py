@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from copy_prompts import COPY_SETS, prompt_ids
+from copy_prompts import COPY_SETS, add_prompt_arguments, max_tokens, prompt_ids, token_budget
 from speculative_vs_plain import OPEN_PROMPTS
 
 from specee.chat import read_chat_template
@@ -30,7 +30,7 @@ from specee.engine import Model
 from specee.fetch import fetch_model
 from specee.generate import generate
 from specee.speculative import cost, open_drafter
-from specee.speculative.draft import empty_draft
+from specee.speculative.loop import plan_draft
 from specee.speculative.policy import DraftPolicy
 from specee.speculative.tree import children_of
 from specee.tokenizer import Tokenizer
@@ -43,7 +43,8 @@ def plain_outputs(model: Model, path: Path, prompts, args) -> dict:
     for name, text, chat in prompts:
         ids = prompt_ids(tok, template, text, chat)
         with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
-            r = generate(ctx, ids, args.edit_max if chat else args.n, stop_ids=tok.eot_ids if chat else ())
+            n, stop_ids = token_budget(args, tok, chat)
+            r = generate(ctx, ids, n, stop_ids=stop_ids)
         out[name] = {"prompt": ids, "output": r.tokens}
     return out
 
@@ -68,14 +69,8 @@ def replay(prompt: list[int], output: list[int], drafter, policy: DraftPolicy, d
     pos, spent, plain, verifies, drafted, accepted = 1, 0.0, 0, 0, 0, 0
     free = any(kind.cost_per_token == 0 for kind in drafter.kinds.values())
     while pos < len(output):
-        # as SpeculativeDecoder.step decides (room for the drafts and one more token)
-        cap = min(draft_max, max_tokens - pos - 1)
-        draft = empty_draft()
-        if cap > 0:
-            limits = policy.limits(cap)
-            if any(limits.values()) or (free and not policy.scoring):
-                draft = drafter.propose(history, cap, None, limits)
-        k = policy.choose(draft, cap)
+        # SpeculativeDecoder.step's decision (room for the drafts and one more token)
+        draft, k, _ = plan_draft(drafter, policy, history, min(draft_max, max_tokens - pos - 1), None, free)
         if k == 0:
             policy.plain_step(draft, output[pos])
             new, spent, plain = [output[pos]], spent + 1.0, plain + 1
@@ -100,9 +95,7 @@ def main() -> int:
     p.add_argument("--draft", default="lookup", help="a free drafter: lookup[:N]")
     p.add_argument("--draft-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="the thread count whose cost curve is used")
-    p.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit")
-    p.add_argument("-n", type=int, default=96)
-    p.add_argument("--edit-max", type=int, default=320)
+    add_prompt_arguments(p)
     p.add_argument("--ctx-size", type=int, default=1024)
     p.add_argument("--outputs", help="plain outputs (.json): read if it exists, else made and written")
     args = p.parse_args()
@@ -129,7 +122,7 @@ def main() -> int:
                     sys.exit(f"{args.draft}: the replay prices free drafters only (lookup[:N])")
                 policy = DraftPolicy(curve, drafter.kinds)
                 items[name] = replay(outputs[name]["prompt"], outputs[name]["output"], drafter, policy,
-                                     args.draft_max, args.edit_max if chat else args.n)
+                                     args.draft_max, max_tokens(args, chat))
                 drafter.close()
             report[group] = {"median_ratio": statistics.median(r["ratio"] for r in items.values()), "items": items}
     print(json.dumps(report, indent=1))

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from copy_prompts import COPY_SETS, prompt_ids, prompt_text
+from copy_prompts import COPY_SETS, add_prompt_arguments, prompt_ids, prompt_text, token_budget
 from speculative_vs_plain import OPEN_PROMPTS
 
 from specee.chat import read_chat_template
@@ -68,10 +68,7 @@ def main() -> int:
     p.add_argument("--draft", default="lookup", help="specee's --draft spec (lookup, lookup:N, model:NAME_OR_PATH)")
     p.add_argument("--draft-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("-n", type=int, default=96, help="tokens per raw prompt")
-    p.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit",
-                   help="copy-heavy prompts (bench/copy_prompts.py); chat ones stop at the end token, both sides")
-    p.add_argument("--edit-max", type=int, default=320, help="most tokens per chat prompt")
+    add_prompt_arguments(p)
     p.add_argument("--out")
     args = p.parse_args()
     path = fetch_model(args.model, progress=False)
@@ -86,7 +83,7 @@ def main() -> int:
             items = []
             for i, (name, text, chat) in enumerate(prompts):
                 speeds, llama = {}, {}
-                n, stop_ids = (args.edit_max, tok.eot_ids) if chat else (args.n, ())
+                n, stop_ids = token_budget(args, tok, chat)
                 for which in (("llama", "specee") if i % 2 else ("specee", "llama")):
                     if which == "llama":
                         llama = llama_tool(args.llama_bin, path, prompt_text(tok, template, text, chat), n,

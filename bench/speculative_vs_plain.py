@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from copy_prompts import COPY_SETS, prompt_ids
+from copy_prompts import COPY_SETS, add_prompt_arguments, prompt_ids, token_budget
 from prompts import PROMPTS
 
 from specee.chat import read_chat_template
@@ -59,12 +59,7 @@ def main() -> int:
     p.add_argument("--draft-max", type=DRAFT_MAX.arg, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-size", type=int, default=1024)
-    p.add_argument("-n", type=int, default=96, help="tokens per raw prompt (no stop at end tokens)")
-    p.add_argument("--copy-set", choices=sorted(COPY_SETS), default="edit",
-                   help="copy-heavy prompts: chat edit requests (stop at the end token) or the short raw "
-                        "completions of earlier rounds (bench/copy_prompts.py)")
-    p.add_argument("--edit-max", type=int, default=320, help="most tokens per chat prompt (they stop at the end "
-                                                             "token)")
+    add_prompt_arguments(p)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batched-verify", action="store_true",
                    help="verify with ggml's batched kernels (Context(exact_verify=False)), as --batched-verify")
@@ -85,7 +80,7 @@ def main() -> int:
             for rnd in range(args.rounds):
                 for i, (name, text, chat) in enumerate(prompts):
                     ids = prompt_ids(tok, template, text, chat)
-                    n, stop_ids = (args.edit_max, tok.eot_ids) if chat else (args.n, ())
+                    n, stop_ids = token_budget(args, tok, chat)
                     pair = run_pair(model, ids, n, stop_ids, args, draft_path, first_speculative=(rnd + i) % 2 == 1)
                     plain, spec = pair["plain"], pair["speculative"]
                     ratio = spec.decode_tok_s / plain.decode_tok_s if plain.decode_tok_s > 0 else 0.0

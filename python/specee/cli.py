@@ -17,8 +17,8 @@ from .fetch import FetchError, fetch_model, known_models
 from .early_exit import attach_heads, generate_specee
 from .generate import generate
 from .heads_file import DRAFT_DTYPES
-from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE, THRESHOLD, TOP_P,
-                     ZERO_OR_MORE)
+from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE,
+                     THRESHOLD, TOP_P, ZERO_OR_MORE)
 from .sampling import Sampler
 from .shipped_heads import default_heads
 from .speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model

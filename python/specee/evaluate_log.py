@@ -69,4 +69,3 @@ class ItemLog:
 
     def close(self) -> None:
         self._file.close()
-

@@ -49,36 +49,6 @@ class NgramIndex:
         found = [i for i in starts if since <= i < last]
         return found if recent is None else found[-recent:]
 
-    def recent_continuations(self, n: int, max_len: int, limit: int) -> list[list[int]]:
-        """Up to `limit` continuations (each up to `max_len` tokens) of the
-        most recent earlier occurrences of the last `n` tokens, most recent
-        first, skipping repeats of a continuation already found."""
-        if not 1 <= n <= min(self.max_n, len(self.tokens)):
-            return []
-        starts = self._starts.get(tuple(self.tokens[-n:]), [])
-        last = len(self.tokens) - n
-        out: list[list[int]] = []
-        for i in reversed(starts):
-            if i < last:
-                follow = self.tokens[i + n:i + n + max_len]
-                if follow not in out:
-                    out.append(follow)
-                if len(out) == limit:
-                    break
-        return out
-
-    def most_recent_continuation(self, n: int, max_len: int) -> list[int]:
-        """Up to `max_len` tokens that followed the most recent earlier
-        occurrence of the last `n` tokens ([] if there is none)."""
-        if not 1 <= n <= min(self.max_n, len(self.tokens)):
-            return []
-        starts = self._starts.get(tuple(self.tokens[-n:]), [])
-        last = len(self.tokens) - n
-        for i in reversed(starts):  # the suffix itself comes last
-            if i < last:
-                return self.tokens[i + n:i + n + max_len]
-        return []
-
     def match_length(self, start: int, n: int, cap: int) -> int:
         """How many tokens before the end of the text equal those before
         position start + n (the earlier occurrence of the last n tokens that

@@ -51,13 +51,11 @@ class Drafter(Protocol):
         """Frees what the drafter holds."""
 
 
-
 def lookup_prior(match_length: int) -> float:
     """Prior acceptance per token of a lookup draft whose context matched
     this far back: cautious, since scoring unverified drafts is free."""
     return 0.2 if match_length < 2 else 0.35 if match_length < 3 else 0.5 if match_length < 6 else \
         0.65 if match_length < 12 else 0.75
-
 
 
 class LookupDrafter:
@@ -73,9 +71,9 @@ class LookupDrafter:
     2 max_ngram, 4 max_ngram and longer), or lookup/aligned for a shorter
     match at the copy's place, so the decode loop learns per kind how often
     such drafts are right: a long match is usually a copy in progress. With
-    branches > 1, the
-    continuations of up to that many occurrences, merged into one token tree
-    (each branch's confidence scaled by its share of them)."""
+    branches > 1, the continuations of up to that many occurrences, merged
+    into one token tree (each branch's confidence scaled by its share of
+    them)."""
 
     name = "lookup"
     RECENT = 64        # occurrences looked at per n-gram (the most recent ones)

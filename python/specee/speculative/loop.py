@@ -20,7 +20,8 @@ from ..generate import GenerationResult, check_request, decode_one_token, pick, 
 from ..sampling import Sampler
 from . import cost
 from .cost import CostCurve
-from .drafters import Drafter, empty_draft
+from .draft import Draft, empty_draft
+from .drafters import Drafter
 from .policy import DRAFT_MAX, DraftPolicy
 from .verify import verify_greedy, verify_sampled
 
@@ -37,6 +38,23 @@ def draft_sampler(sampler: Sampler) -> Optional[Sampler]:
     drafts = Sampler(sampler.temperature, sampler.top_k, sampler.top_p)
     drafts.rng = sampler.rng.spawn(1)[0]  # a child stream: reproducible from the target's seed
     return drafts
+
+
+def plan_draft(drafter: Drafter, policy: DraftPolicy, history: Sequence[int], cap: int,
+               sampler: Optional[Sampler], free_kind: bool) -> tuple[Draft, int, float]:
+    """One step's decision: the draft (possibly empty) and how many of its
+    tokens to verify (0: a plain step), at most `cap`; and the seconds spent
+    drafting. `free_kind`: whether the drafter has a kind that costs nothing
+    (then it drafts even when nothing is worth verifying, to keep score, as
+    long as the policy is not already following enough such drafts)."""
+    draft, t_draft = empty_draft(), 0.0
+    if cap > 0:
+        limits = policy.limits(cap)
+        if any(limits.values()) or (free_kind and not policy.scoring):
+            t0 = time.perf_counter()
+            draft = drafter.propose(history, cap, sampler, limits)
+            t_draft = time.perf_counter() - t0
+    return draft, policy.choose(draft, cap), t_draft
 
 
 class SpeculativeDecoder:
@@ -69,16 +87,8 @@ class SpeculativeDecoder:
         ctx, policy = self.ctx, self.policy
         # room for [token] + drafts in the cache, and for drafts + 1 in the output
         cap = min(self.draft_max, ctx.n_ctx - ctx.n_past - 1, room - 1)
-        draft = empty_draft()
-        if cap > 0:
-            limits = policy.limits(cap)
-            worth = any(limits.values())
-            # nothing worth verifying: draft only for a free drafter's score, when none is being followed
-            if worth or (self._has_free_kind and not policy.scoring):
-                td = time.perf_counter()
-                draft = self.drafter.propose(self.history, cap, self.d_sampler, limits)
-                self.t_draft += time.perf_counter() - td
-        k = policy.choose(draft, cap)
+        draft, k, t_draft = plan_draft(self.drafter, policy, self.history, cap, self.d_sampler, self._has_free_kind)
+        self.t_draft += t_draft
         if k == 0:
             new = [decode_one_token(ctx, token, self.sampler)]
             policy.plain_step(draft, new[0])
