@@ -470,6 +470,25 @@ int32_t specee_get_last_checks(const struct specee_context * ctx, int32_t * laye
     return int32_t(ls.size());
 }
 
+namespace {
+
+int32_t copy_out(const std::vector<float> & values, float * out, int32_t capacity) {
+    for (int32_t i = 0; out != nullptr && i < capacity && i < int32_t(values.size()); i++) {
+        out[i] = values[size_t(i)];
+    }
+    return int32_t(values.size());
+}
+
+} // namespace
+
+int32_t specee_get_trace_change(const struct specee_context * ctx, float * out, int32_t capacity) {
+    return ctx ? copy_out(ctx->last_trace_change(), out, capacity) : 0;
+}
+
+int32_t specee_get_draft_probs(const struct specee_context * ctx, float * out, int32_t capacity) {
+    return ctx ? copy_out(ctx->last_draft_probs(), out, capacity) : 0;
+}
+
 int32_t specee_get_exit_layer(const struct specee_context * ctx) { return ctx ? ctx->last_exit_layer() : -1; }
 
 int32_t specee_get_checked_layers(const struct specee_context * ctx, int32_t * out, int32_t capacity) {

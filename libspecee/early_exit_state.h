@@ -36,6 +36,7 @@ struct early_exit_state {
     std::vector<int32_t> last_check_layers;    // the last step's checks, in order
     std::vector<float>   last_check_features;  // [n checks, 3 n_cand] of them
     std::vector<int32_t> trace_argmax;         // [n_layer] of the last trace step
+    std::vector<float>   trace_change;         // [n_layer] of the last trace step: how much each layer moved it
 };
 
 } // namespace specee

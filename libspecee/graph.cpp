@@ -328,6 +328,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         if (plan.hidden_layer == il) {
             keep_hidden(x);
         }
+        ggml_tensor * layer_input = x;
         if (plan.n_cand > 0 && !plan.trace && il == plan.layer_end - 1 && il > 0) {
             // the exit features' change term: the candidates' logits after layer il - 1
             g.cand_logits_prev = mark_output(
@@ -361,6 +362,10 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
                                           "trace_argmax");  // [1] I32
             g.trace_cand.push_back(c);
             g.trace_argmax.push_back(a);
+            // how much this layer still moved the residual stream: |x_l - x_(l-1)| / |x_l|
+            ggml_tensor * moved = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, ggml_sub(ctx0, x, layer_input))));
+            ggml_tensor * size  = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, x)));
+            g.trace_change.push_back(mark_output(g.gf, ggml_div(ctx0, moved, size), "trace_change"));  // [1]
         }
     }
     if (plan.hidden_layer == plan.layer_end) {

@@ -68,6 +68,7 @@ struct forward_graph {
     ggml_tensor * cand_logits_prev = nullptr;   // [n_cand, 1] after layer_end - 2 (none if layer_end == 1)
     std::vector<ggml_tensor *> trace_cand;      // per layer: [n_cand, 1] candidate logits after it
     std::vector<ggml_tensor *> trace_argmax;    // per layer: [1] I32 full-vocabulary argmax after it
+    std::vector<ggml_tensor *> trace_change;    // per layer: [1] |x_l - x_(l-1)| / |x_l| of the residual stream
 };
 
 // Builds the graph into `ctx0` (a no_alloc context). `state` is the

@@ -65,6 +65,9 @@ def test_draft_candidates_match_reference(tiny6, tmp_path, reduced, attn_norm, d
             for tok, f in zip(nxt, want_features):
                 logits = dref.step(tok, f)
             assert cands == dref.top_k(logits, 4)
+            p = np.exp(logits - logits.max())
+            want_probs = np.sort(p / p.sum())[::-1][:4]  # softmax over the draft's own vocabulary
+            np.testing.assert_allclose(ctx.draft_probs(), want_probs, rtol=0, atol=2e-3)
             if reduced:
                 assert set(cands) <= set(draft.vocab.tolist())
 
@@ -203,3 +206,24 @@ def test_import_draft_round_trips_a_head_files_draft(tiny6, tmp_path, dtype):
 
     want = draft_tensors(tmp_path / "src.gguf")
     assert "draft.output.weight" in want and want == draft_tensors(tmp_path / "run" / "draft_only.gguf")
+
+
+def test_train_predictors_takes_its_draft_from_a_head_file_into_a_new_folder(tiny6, tmp_path, monkeypatch):
+    """`specee train predictors --draft-from HEADS --out NEW`: the draft is
+    imported into NEW before the traces, not asked for as already there."""
+    from specee import cli
+    from specee.train import pipeline
+
+    draft = random_draft(Reference(tiny6), seed=5, reduced=64)
+    with Model(tiny6) as m:
+        write_heads(tmp_path / "src.gguf", m, {2: constant_predictor(-40.0)}, draft=draft)
+    seen = []
+    monkeypatch.setattr(cli, "_sharegpt_slices", lambda *a, **k: (None, [[1, 2, 3]], ""))
+    monkeypatch.setattr(pipeline, "train_predictors_stage",
+                        lambda model, out, prompts, *a, **k: seen.append((out / "draft_only.gguf").exists())
+                        or (None, {}, [2], {}))
+    args = ["-q", "train", "predictors", "--model", str(tiny6), "--out", str(tmp_path / "new"), "--draft-from",
+            str(tmp_path / "src.gguf")]
+    assert cli.main(args) == 0 and seen == [True]
+    assert cli.main(args[:-2][:-2] + ["--out", str(tmp_path / "other")]) == 1  # no draft anywhere: refused
+    assert seen == [True]

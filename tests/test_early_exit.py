@@ -229,8 +229,9 @@ def test_bad_calls_leave_the_context_usable(tiny6, tmp_path):
 
 
 def test_trace_step_records_every_layer(tiny6, tmp_path):
-    """The predictors' training data: per layer, the candidates' logits and
-    the full-vocabulary argmax, against the numpy reference."""
+    """The predictors' training data: per layer, the candidates' logits, the
+    full-vocabulary argmax and how much the layer moved the residual stream,
+    against the numpy reference."""
     ref = Reference(tiny6)
     ref.forward(PROMPT)
     with Model(tiny6) as m, m.context(n_ctx=64) as ctx:
@@ -239,6 +240,15 @@ def test_trace_step_records_every_layer(tiny6, tmp_path):
         cands = [token, 3, 4, 5] if token not in (3, 4, 5) else [3, 4, 5, 6]
         step, cand_logits, layer_argmax = ctx.trace_step(token, cands)
         assert cand_logits.shape == (6, 4) and layer_argmax.shape == (6,)
+        change = ctx.trace_change()
+        assert change.shape == (6,)
+        for layer in range(6):
+            before, after = (Reference(tiny6) for _ in range(2))
+            for r in (before, after):
+                r.forward(PROMPT)
+            x0 = before.step(token, keep_hidden=layer)[1]
+            x1 = after.step(token, keep_hidden=layer + 1)[1]
+            assert change[layer] == pytest.approx(np.linalg.norm(x1 - x0) / np.linalg.norm(x1), rel=2e-3, abs=1e-4)
         for layer in range(6):
             ref_l = Reference(tiny6)
             ref_l.forward(PROMPT)

@@ -130,6 +130,10 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     assert t.best_cand_ok.shape == t.label.shape and t.best_cand_ok[:, -1].mean() == t.exit_ok(False)[:, -1].mean()
     assert not (t.exit_ok(True) & ~t.exit_ok(False)).any()
     assert t.exit_ok(False)[:, -1].sum() >= t.exit_ok(True)[:, -1].sum()
+    # and the signals for studying new features: each layer's move, the draft's probabilities (best first)
+    assert t.layer_change.shape == t.label.shape and (t.layer_change > 0).all() and np.isfinite(t.layer_change).all()
+    assert t.draft_probs.shape == (len(t.label), heads.n_candidates)
+    assert ((t.draft_probs > 0) & (t.draft_probs <= 1)).all() and (np.diff(t.draft_probs, axis=1) <= 0).all()
 
     # traces resume from their per-prompt parts: one part gone, only it is made again, same traces
     from specee.train.predictors import collect_traces
@@ -141,7 +145,7 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     again = collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts)
     assert {p.name: p.stat().st_mtime_ns for p in parts.iterdir() if p.name != "00002.npz"} == \
         {k: v for k, v in kept.items() if k != "00002.npz"}
-    for field in ("cand_logits", "label", "in_cands", "best_cand_ok"):
+    for field in ("cand_logits", "label", "in_cands") + Traces.OPTIONAL:
         np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
 
     # the stages one by one (as `specee train predictors` and `specee pack`):
@@ -290,3 +294,22 @@ def test_train_all_on_a_wide_head_qwen3(tiny_model_factory, tmp_path):
     assert 0 <= never.extra["draft_topk"] <= 1
     assert result.n_generated == 16 and len(result.extra["exit_layers"]) == 15
     assert all(1 <= layer <= 4 for layer in result.extra["exit_layers"])
+
+
+def test_traces_keep_an_optional_array_only_where_every_part_has_it(tmp_path):
+    from specee.train.predictors import Traces
+
+    def part(n: int, with_signals: bool) -> Traces:
+        z = np.zeros((n, 3), bool)
+        signals = dict(layer_change=np.ones((n, 3), np.float32), draft_probs=np.full((n, 2), 0.5, np.float32))
+        return Traces(np.zeros((n, 3, 2), np.float32), z, z, z, **(signals if with_signals else {}))
+
+    both = Traces.concatenate([part(2, True), part(3, True)])
+    assert both.layer_change.shape == (5, 3) and both.draft_probs.shape == (5, 2)
+    mixed = Traces.concatenate([part(2, True), part(3, False)])  # a part collected before the signals existed
+    assert mixed.layer_change is None and mixed.draft_probs is None and mixed.best_cand_ok.shape == (5, 3)
+    both.save(tmp_path / "t.npz")
+    back = Traces.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(back.draft_probs, both.draft_probs)
+    mixed.save(tmp_path / "m.npz")
+    assert Traces.load(tmp_path / "m.npz").layer_change is None

@@ -264,7 +264,7 @@ def cmd_train_recut(args: argparse.Namespace) -> int:
 def cmd_train_predictors(args: argparse.Namespace) -> int:
     pipeline = _train_modules()[2]
     out = output_dir(args.out, "--out")
-    if not (out / "draft_only.gguf").exists():  # before the data and model load
+    if not args.draft_from and not (out / "draft_only.gguf").exists():  # before the data and model load
         raise FileNotFoundError(f"{out / 'draft_only.gguf'} is missing: train the draft head first")
     model_path = fetch_model(args.model, progress=not args.quiet)
     if args.draft_from:

@@ -409,6 +409,20 @@ class Context(_Handle):
         step = Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
         return step, cand_logits, layer_argmax
 
+    def trace_change(self) -> np.ndarray:
+        """[n_layer] for the last trace_step: how much each layer still moved
+        the residual stream, |x_l - x_(l-1)| / |x_l| (empty before any)."""
+        out = np.zeros(self.model.n_layer, dtype=np.float32)
+        n = int(lib.specee_get_trace_change(self.ptr, ffi.from_buffer("float[]", out), len(out)))
+        return out[:n]
+
+    def draft_probs(self) -> np.ndarray:
+        """The draft head's probabilities of the candidates it proposed last
+        (draft_sync or a step's `next`), best first (empty before any)."""
+        out = np.zeros(lib.SPECEE_MAX_CANDIDATES, dtype=np.float32)
+        n = int(lib.specee_get_draft_probs(self.ptr, ffi.from_buffer("float[]", out), len(out)))
+        return out[:n]
+
     def last_checks(self) -> tuple[list[int], np.ndarray]:
         """What the last early-exit step's checks saw: the checked layers in
         order and their exit features [n_checks, 3k] (exit_features)."""

@@ -39,17 +39,30 @@ class Traces:
     label: np.ndarray         # [n_tokens, n_layer] bool: layer argmax == final token
     in_cands: np.ndarray      # [n_tokens, n_layer] bool: layer argmax is a candidate
     best_cand_ok: Optional[np.ndarray] = None  # [n_tokens, n_layer] bool: best candidate there == final token
+    # for studying new features (bench/exit_feature_ablation.py); absent in older traces
+    layer_change: Optional[np.ndarray] = None  # [n_tokens, n_layer] float32: how much each layer moved the state
+    draft_probs: Optional[np.ndarray] = None   # [n_tokens, k] float32: the draft's probabilities of the candidates
+
+    OPTIONAL = ("best_cand_ok", "layer_change", "draft_probs")
 
     def save(self, path: Path) -> None:
         arrays = {"cand_logits": self.cand_logits, "label": self.label, "in_cands": self.in_cands}
-        if self.best_cand_ok is not None:
-            arrays["best_cand_ok"] = self.best_cand_ok
+        arrays.update({f: getattr(self, f) for f in self.OPTIONAL if getattr(self, f) is not None})
         atomic.savez(path, compressed=True, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "Traces":
         z = np.load(path)
-        return cls(z["cand_logits"], z["label"], z["in_cands"], z["best_cand_ok"] if "best_cand_ok" in z else None)
+        return cls(z["cand_logits"], z["label"], z["in_cands"], **{f: z[f] for f in cls.OPTIONAL if f in z})
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Traces"]) -> "Traces":
+        """One Traces of all `parts`; an optional array only where every part has it."""
+        def joined(f: str) -> Optional[np.ndarray]:
+            arrays = [getattr(t, f) for t in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+        return cls(*(joined(f) for f in ("cand_logits", "label", "in_cands")),
+                   **{f: joined(f) for f in cls.OPTIONAL})
 
     def exit_ok(self, verify_full: bool) -> np.ndarray:
         """[n_tokens, n_layer] bool: an exit there gives the final token, with
@@ -88,7 +101,7 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                 done.append(Traces.load(part))
                 bar.update(1)
                 continue
-            cl, lab, inc, best = [], [], [], []
+            cl, lab, inc, best, change, dprobs = [], [], [], [], [], []
             prompt = list(prompt)[: n_ctx - n_new - 1]
             with m.context(n_ctx=n_ctx, n_threads=n_threads) as ctx:
                 ctx.set_heads(heads)
@@ -96,18 +109,20 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                 token = ctx.argmax()
                 cands = ctx.draft_sync(token)
                 for _ in range(n_new):
+                    dprobs.append(ctx.draft_probs())  # of `cands`, before the step moves the draft on
                     step, logits, argmax = ctx.trace_step(token, cands)
                     cl.append(logits)
                     lab.append(argmax == step.token)
                     inc.append(np.isin(argmax, cands))
                     best.append(np.asarray(cands)[logits.argmax(-1)] == step.token)
+                    change.append(ctx.trace_change())
                     token, cands = step.token, step.next
-            done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best)))
+            done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best),
+                               np.stack(change), np.stack(dprobs)))
             if part is not None:
                 done[-1].save(part)
             bar.update(1)
-    return Traces(*(np.concatenate([getattr(t, f) for t in done]) for f in
-                    ("cand_logits", "label", "in_cands", "best_cand_ok")))
+    return Traces.concatenate(done)
 
 
 # ---- features -----------------------------------------------------------------------
