@@ -23,6 +23,10 @@ and, where the traces hold them (collected since the trace signals exist):
   (|x_l - x_(l-1)| / |x_l|), and the mean over the last 4 layers;
 - draft: the draft head's own probabilities of the candidates.
 
+`--label settled` trains on "the best candidate is the full model's token
+at this layer and at every later one" instead of "at this layer" (the
+replay still scores an exit as right when the token is right there).
+
 The last row, "perfect", fires exactly where the best candidate is the full
 model's token: what any feature set could reach with these candidates and
 these costs.
@@ -55,7 +59,7 @@ def layers_best_held(cand_logits: np.ndarray) -> np.ndarray:
 
 
 def change_over(p: np.ndarray, layers: int) -> np.ndarray:
-    """p at each layer minus p `layers` earlier (zero before that)."""
+    """p at each layer minus p `layers` layers earlier (minus nothing in the first `layers` layers)."""
     earlier = np.zeros_like(p)
     earlier[:, layers:] = p[:, :-layers]
     return p - earlier
@@ -102,14 +106,20 @@ def feature_sets(traces: Traces) -> dict[str, np.ndarray]:
     return sets
 
 
-def replay_of(x: np.ndarray, ok: np.ndarray, held: np.ndarray, costs: StepCosts, cfg: PredictorConfig) -> ExitReplay:
-    """Per-layer predictors trained on x (all but the held-out tokens), their
-    outputs on the held-out tokens, as a replay."""
+def settled(ok: np.ndarray) -> np.ndarray:
+    """[n, L]: ok at this layer and at every later one."""
+    return np.flip(np.logical_and.accumulate(np.flip(ok, 1), 1), 1)
+
+
+def replay_of(x: np.ndarray, ok: np.ndarray, label: np.ndarray, held: np.ndarray, costs: StepCosts,
+              cfg: PredictorConfig) -> ExitReplay:
+    """Per-layer predictors trained on x against `label` (all but the
+    held-out tokens), their outputs on the held-out tokens, as a replay."""
     n_layer = ok.shape[1]
     probs = np.zeros((len(held), n_layer - 1), np.float32)
     for layer in range(n_layer - 1):
         xl = np.ascontiguousarray(x[:, layer], np.float32)
-        predictor, _ = train_one(xl, ok[:, layer], cfg)
+        predictor, _ = train_one(xl, label[:, layer], cfg)
         probs[:, layer] = predictor(xl[held])
     return ExitReplay(probs, ok[held], costs)
 
@@ -122,6 +132,7 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95")
     ap.add_argument("--min-agreement", default="0.98,0.985,0.99")
     ap.add_argument("--only", help="comma-separated feature sets to run (default: all)")
+    ap.add_argument("--label", choices=["exit", "settled"], default="exit", help="what the predictors learn")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
@@ -139,7 +150,7 @@ def main() -> None:
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.time()
-        replay = replay_of(x, ok, held, costs, cfg)
+        replay = replay_of(x, ok, settled(ok) if args.label == "settled" else ok, held, costs, cfg)
         results[name] = {"n_features": x.shape[-1], "by_min_agreement": {}}
         for floor in floors:
             best = max((replay.greedy_schedule(th, floor) for th in thresholds), key=lambda r: r["speedup"])
@@ -152,7 +163,8 @@ def main() -> None:
     print(f"  {'perfect':36s}: {results['perfect']['speedup']:.3f} / {results['perfect']['agreement']:.4f} / "
           f"{results['perfect']['exit_ratio']:.3f} ({len(results['perfect']['layers'])} layers)")
     if args.json:
-        args.json.write_text(json.dumps({"run": str(args.run), "epochs": args.epochs, "n_heldout": len(held),
+        args.json.write_text(json.dumps({"run": str(args.run), "label": args.label, "epochs": args.epochs,
+                                         "n_heldout": len(held),
                                          "costs_ms": costs.__dict__, "results": results}, indent=1))
 
 
