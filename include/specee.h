@@ -475,8 +475,9 @@ SPECEE_API int32_t specee_get_last_checks(
  * specee_get_trace_change: for the last specee_trace_step, how much each
  * layer l still moved the residual stream, |x_l - x_(l-1)| / |x_l| (x_(-1)
  * is the token's embedding). specee_get_draft_probs: the draft head's
- * probability (over its vocabulary) of each candidate it proposed last
- * (specee_draft_sync or a step's out->next), best first. Both write at most
+ * probabilities (over its vocabulary) of its k best tokens after its last
+ * pass, best first: after specee_draft_sync or an early-exit or trace step,
+ * those of the candidates it proposed (out->next). Both write at most
  * `capacity` values and return how many there are (0 before any). */
 SPECEE_API int32_t specee_get_trace_change(const struct specee_context * ctx, float * out, int32_t capacity);
 SPECEE_API int32_t specee_get_draft_probs(const struct specee_context * ctx, float * out, int32_t capacity);

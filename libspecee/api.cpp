@@ -60,6 +60,14 @@ specee_status on_context(specee_context * ctx, Fn && fn) {
     return guarded(ctx->last_error, [&] { fn(*ctx); });
 }
 
+// what the getters share: write at most `capacity` values, return how many there are
+template <typename T> int32_t copy_out(const std::vector<T> & values, T * out, int32_t capacity) {
+    for (int32_t i = 0; out != nullptr && i < capacity && i < int32_t(values.size()); i++) {
+        out[i] = values[size_t(i)];
+    }
+    return int32_t(values.size());
+}
+
 } // namespace
 
 extern "C" {
@@ -470,17 +478,6 @@ int32_t specee_get_last_checks(const struct specee_context * ctx, int32_t * laye
     return int32_t(ls.size());
 }
 
-namespace {
-
-int32_t copy_out(const std::vector<float> & values, float * out, int32_t capacity) {
-    for (int32_t i = 0; out != nullptr && i < capacity && i < int32_t(values.size()); i++) {
-        out[i] = values[size_t(i)];
-    }
-    return int32_t(values.size());
-}
-
-} // namespace
-
 int32_t specee_get_trace_change(const struct specee_context * ctx, float * out, int32_t capacity) {
     return ctx ? copy_out(ctx->last_trace_change(), out, capacity) : 0;
 }
@@ -495,11 +492,7 @@ int32_t specee_get_checked_layers(const struct specee_context * ctx, int32_t * o
     if (ctx == nullptr) {
         return 0;
     }
-    const std::vector<int32_t> layers = ctx->checked_layers();
-    for (int32_t i = 0; out != nullptr && i < capacity && i < int32_t(layers.size()); i++) {
-        out[i] = layers[size_t(i)];
-    }
-    return int32_t(layers.size());
+    return copy_out(ctx->checked_layers(), out, capacity);
 }
 
 enum specee_status specee_get_exit_stats(const struct specee_context * ctx, struct specee_exit_stats * out) {

@@ -35,11 +35,17 @@ std::vector<int32_t> context::draft_run(const int32_t * tokens, const float * fe
         draft_pass(tokens + done, features + size_t(done) * size_t(model_.hp.n_embd), chunk, /*every_row=*/false);
         done += chunk;
     }
-    // the probabilities cost one pass over the draft's (reduced) vocabulary, about 0.1% of a step
-    draft_.probs.resize(size_t(early_exit_.attached->n_cand));
-    std::vector<int32_t> top = draft_top(0, draft_.probs.size(), draft_.probs.data());
-    draft_.probs.resize(top.size());
-    return top;
+    return draft_top(0, size_t(early_exit_.attached->n_cand), nullptr);
+}
+
+std::vector<float> context::last_draft_probs() const {
+    // on demand from the last pass's logits: the decode steps never pay for the softmax
+    if (early_exit_.attached == nullptr || draft_.n_vocab == 0) {
+        return {};
+    }
+    std::vector<float> probs(size_t(early_exit_.attached->n_cand));
+    probs.resize(draft_top(0, probs.size(), probs.data()).size());
+    return probs;
 }
 
 void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row) {

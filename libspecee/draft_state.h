@@ -22,7 +22,6 @@ struct draft_state {
     size_t                    n_vocab = 0;       // the draft's output rows (a reduced vocabulary or the model's)
     std::vector<float>        hidden;            // the last pass's predicted features [rows, n_embd]
     std::vector<int32_t>      next_cands;        // its candidates after the last early-exit step
-    std::vector<float>        probs;             // its probabilities of the candidates draft_run returned last
 };
 
 } // namespace specee

@@ -417,8 +417,9 @@ class Context(_Handle):
         return out[:n]
 
     def draft_probs(self) -> np.ndarray:
-        """The draft head's probabilities of the candidates it proposed last
-        (draft_sync or a step's `next`), best first (empty before any)."""
+        """The draft head's probabilities of its k best tokens after its last
+        pass, best first: after draft_sync or a step, those of the candidates
+        it proposed (`next`). Empty before any pass."""
         out = np.zeros(lib.SPECEE_MAX_CANDIDATES, dtype=np.float32)
         n = int(lib.specee_get_draft_probs(self.ptr, ffi.from_buffer("float[]", out), len(out)))
         return out[:n]
