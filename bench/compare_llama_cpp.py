@@ -8,6 +8,15 @@ engine (bench/decode_runner.py); every prompt goes to each engine in turn,
 the order flipping every request, so both see the same machine load.
 Decode speed = generated tokens / decode wall time (prompt excluded); the
 ratio reported is the median over the paired (prompt, round) ratios.
+
+Every round starts its workers afresh, each round in an order rotated by
+one. On the KVM machines this project is measured on, the first gigabyte
+or so that a process allocates after others have freed memory decodes
+up to 14% slower than later allocations (three copies of Qwen2.5-Coder-1.5B's
+weights in one process: 14.4, 16.5, 16.5 tok/s; bench/memory_placement.py).
+Workers created in a fixed order always gave that slow memory to the same
+engine. Use as many rounds as there are engines to give each one the first
+place once.
 """
 from __future__ import annotations
 
@@ -80,6 +89,11 @@ class Worker:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait()
+
+
+def close_workers(workers: dict[str, Worker]) -> None:
+    for w in workers.values():
+        w.close()
 
 
 def run_engine(engine: str, job: dict, library: str | None = None) -> list[dict]:
@@ -159,9 +173,21 @@ def main() -> None:
                 raise SystemExit(f"{name}: give --heads or heads= in its --exit-config")
             engines[name] = ("specee", None, heads)
             exit_params[name] = params
-    workers = {name: Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name),
-                            no_repack=args.llama_no_repack and eng == "llama_cpp")
-               for name, (eng, lib, heads) in engines.items()}
+    def start_workers(first: int) -> dict[str, Worker]:
+        names = list(engines)
+        names = names[first % len(names):] + names[:first % len(names)]
+        print(f"workers started in the order {', '.join(names)}", flush=True)
+        started = {}
+        try:
+            for name in names:
+                eng, lib, heads = engines[name]
+                started[name] = Worker(eng, model_path, args.threads, 1024, lib, heads, exit_params.get(name),
+                                       no_repack=args.llama_no_repack and eng == "llama_cpp")
+        except BaseException:
+            close_workers(started)
+            raise
+        return started
+
     exit_totals: dict[str, dict[str, int]] = {name: {} for name in exit_params}
 
     decode_s = {name: 0.0 for name in engines}
@@ -169,8 +195,11 @@ def main() -> None:
     paired: dict[str, list[float]] = {name: [] for name in engines if name != "llama_cpp"}
     tokens: dict[str, list[list[int]]] = {name: [] for name in engines}
     k = 0
+    workers: dict[str, Worker] = {}
     try:
         for r in range(args.rounds):
+            close_workers(workers)
+            workers = start_workers(r)
             for i, (_, ids) in enumerate(named):
                 order = list(engines) if k % 2 == 0 else list(reversed(engines))
                 k += 1
@@ -195,10 +224,9 @@ def main() -> None:
             exit_totals[name]["tf_agree"] = sum(t["agree"] for t in tf)
             exit_totals[name]["tf_steps"] = sum(t["steps"] for t in tf)
     finally:
-        for w in workers.values():
-            w.close()
+        close_workers(workers)
 
-    n = args.check_tokens
+    n = min(args.check_tokens, args.n_predict)
     summary = {"model": model_path, "threads": args.threads, "n_predict": args.n_predict, "rounds": args.rounds,
                "check_tokens": n, "engines": {}}
     print(f"\ngreedy agreement with llama.cpp over the first {n} tokens (first divergence):")
