@@ -21,7 +21,11 @@ The extra features:
 and, where the traces hold them (collected since the trace signals exist):
 - moved: how much this layer and the one before moved the residual stream
   (|x_l - x_(l-1)| / |x_l|), and the mean over the last 4 layers;
-- draft: the draft head's own probabilities of the candidates.
+- draft: the draft head's own probabilities of the candidates;
+and where the traces keep hidden states (`specee train predictors
+--trace-hidden`):
+- hidden: the final-normed hidden state itself (n_embd values), what a
+  predictor that reads the state rather than the candidates would see.
 
 `--label settled` trains on "the best candidate is the full model's token
 at this layer and at every later one" instead of "at this layer" (the
@@ -103,6 +107,8 @@ def feature_sets(traces: Traces) -> dict[str, np.ndarray]:
     if len(extra) == 2:
         sets["shipped+moved+draft"] = np.concatenate([shipped, extra["moved"], extra["draft"]], -1)
         sets["shipped+moved+draft+stable"] = np.concatenate([sets["shipped+moved+draft"], stable], -1)
+    if traces.hidden is not None:
+        sets["shipped+hidden"] = np.concatenate([shipped, traces.hidden.astype(np.float32)], -1)
     return sets
 
 

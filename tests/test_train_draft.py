@@ -146,7 +146,29 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in parts.iterdir() if p.name != "00002.npz"} == \
         {k: v for k, v in kept.items() if k != "00002.npz"}
     for field in ("cand_logits", "label", "in_cands") + Traces.OPTIONAL:
-        np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
+        if field != "hidden":
+            np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
+    assert t.hidden is None and again.hidden is None  # only on request: they are large
+
+    # with hidden states (--trace-hidden): the same steps, and each token's
+    # state after each layer, whose argmax over the lm_head gives the labels
+    from reference import Reference
+
+    hid = collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts[:2], n_new=8, progress=False,
+                         keep_hidden=True)
+    first8 = np.r_[0:8, 16:24]  # prompts 0 and 1, their first 8 steps of 16
+    np.testing.assert_array_equal(hid.label, t.label[first8])
+    np.testing.assert_array_equal(hid.cand_logits, t.cand_logits[first8])
+    assert hid.hidden.dtype == np.float16 and hid.hidden.shape == (16, 4, Reference(path).out.shape[1])
+    layer_argmax = (hid.hidden.astype(np.float32) @ Reference(path).out.T).argmax(-1)  # [16, 4]
+    from specee.generate import generate
+
+    for i in range(2):
+        with Model(path) as m, m.context(n_ctx=128) as ctx:
+            greedy = generate(ctx, prompts[i], 9).tokens
+        assert list(layer_argmax[8 * i:8 * i + 8, -1]) == greedy[1:]  # step j's state chose token j + 1
+    same = layer_argmax == layer_argmax[:, -1:]
+    assert same[hid.label].mean() >= 0.95 and (~same[~hid.label]).mean() >= 0.95
 
     # the stages one by one (as `specee train predictors` and `specee pack`):
     # predictors for candidate-only exits over the same traces, packed with

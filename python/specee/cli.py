@@ -272,7 +272,8 @@ def cmd_train_predictors(args: argparse.Namespace) -> int:
     _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
     _, _, offline, report = pipeline.train_predictors_stage(model_path, out, prompts,
                                                             _predictor_config(args), n_new=args.trace_tokens,
-                                                            n_threads=args.threads, progress=not args.quiet)
+                                                            n_threads=args.threads, progress=not args.quiet,
+                                                            keep_hidden=args.trace_hidden)
     print(json.dumps({"offline_layers": offline, "predictors": str(out / "predictors.npz")}))
     return 0
 
@@ -481,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="traces with the trained draft, exit predictors, offline schedule (OUT/predictors.npz)")
     tp.add_argument("--draft-from", metavar="HEADS",
                     help="take the draft head from this head file (e.g. the shipped one) instead of OUT/draft")
+    tp.add_argument("--trace-hidden", action="store_true",
+                    help="traces also keep the hidden state after every layer, for studying hidden-state exit "
+                         "features (bench/exit_feature_ablation.py); n_layer x n_embd float16 values a token")
     tp.set_defaults(func=cmd_train_predictors)
     sc = tsub.add_parser("schedule", help="choose the checked layers and threshold by expected gain with the "
                                           "model's measured costs, on held-out traces (then pack)")

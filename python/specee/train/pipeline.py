@@ -103,9 +103,10 @@ def load_draft(out: Path) -> tuple[DraftHead, str]:
 
 def train_predictors_stage(model_path: str | os.PathLike, out: Path, prompts: Sequence[Sequence[int]],
                            cfg: PredictorConfig, n_new: int = 128, n_threads: int = 0,
-                           progress: bool = True) -> tuple[Traces, dict, list[int], dict]:
+                           progress: bool = True, keep_hidden: bool = False) -> tuple[Traces, dict, list[int], dict]:
     """Traces with the draft of OUT/draft_only.gguf, then one predictor per
-    layer and the offline schedule (OUT/predictors.npz, OUT/predictors.json)."""
+    layer and the offline schedule (OUT/predictors.npz, OUT/predictors.json).
+    `keep_hidden`: the traces also hold hidden states (collect_traces)."""
     if not (out / "draft_only.gguf").exists():
         raise FileNotFoundError(f"{out / 'draft_only.gguf'} is missing: train the draft head first")
     traces_path = out / "traces.npz"
@@ -113,7 +114,7 @@ def train_predictors_stage(model_path: str | os.PathLike, out: Path, prompts: Se
         traces = Traces.load(traces_path)
     else:
         traces = collect_traces(model_path, out / "draft_only.gguf", prompts, n_new=n_new, n_threads=n_threads,
-                                progress=progress, parts=out / "traces.parts")
+                                progress=progress, parts=out / "traces.parts", keep_hidden=keep_hidden)
         traces.save(traces_path)
     preds, offline, report = train_predictors(traces, cfg, progress=progress)
     write_report(out / "predictors.json", report, offline, traces, cfg.verify_full)
