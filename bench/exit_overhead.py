@@ -3,6 +3,11 @@ segment graphs, candidate logits, predictor, measured against plain full-depth
 decoding in one run (alternated), on the default model.
 
     python bench/exit_overhead.py --checks 8 --tokens 128 --rounds 3
+    python bench/exit_overhead.py --model qwen2.5-coder-1.5b --heads python/specee/heads/qwen2.5-coder-1.5b.gguf
+
+With --heads, a trained head file at threshold 1.0 (no predictor output
+exceeds it, so every step runs its checks, its draft and all layers)
+instead of random never-firing predictors.
 """
 from __future__ import annotations
 
@@ -74,26 +79,35 @@ def main() -> None:
     ap.add_argument("--draft-ff", type=int, default=1536, help="the draft layer's FFN width")
     ap.add_argument("--draft-vocab", type=int, default=0, help="reduced draft vocabulary size (0: the full output)")
     ap.add_argument("--draft-dtype", default="q8_0", choices=DRAFT_DTYPES)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--heads", type=Path, help="a trained head file, run at threshold 1.0 (the other options unused)")
     args = ap.parse_args()
 
-    with Model(fetch_model("smollm2-135m")) as m, tempfile.TemporaryDirectory() as tmp:
-        layers = sorted({int(x) for x in np.linspace(m.n_layer // 3, m.n_layer - 2, args.checks)})
-        draft = random_draft(m, args.draft_ff, args.draft_vocab) if args.draft else None
-        write_heads(Path(tmp) / "h.gguf", m, {l: never_firing() for l in layers}, exit_layers=layers, draft=draft,
-                    draft_dtype=args.draft_dtype)
-        heads = Heads(m, Path(tmp) / "h.gguf")
+    with Model(fetch_model(args.model)) as m, tempfile.TemporaryDirectory() as tmp:
+        if args.heads:
+            heads = Heads(m, args.heads)
+        else:
+            layers = sorted({int(x) for x in np.linspace(m.n_layer // 3, m.n_layer - 2, args.checks)})
+            draft = random_draft(m, args.draft_ff, args.draft_vocab) if args.draft else None
+            write_heads(Path(tmp) / "h.gguf", m, {l: never_firing() for l in layers}, exit_layers=layers,
+                        draft=draft, draft_dtype=args.draft_dtype)
+            heads = Heads(m, Path(tmp) / "h.gguf")
         # one context (one thread pool) for both, order flipped every round
         ctx = m.context(n_ctx=512, n_threads=args.threads)
         ctx.set_heads(heads)
+        if args.heads:
+            ctx.set_exit_params(threshold=1.0)
+            layers = ctx.checked_layers()
         v, s = [], []
         for r in range(args.rounds):
             for mode in ((False, True) if r % 2 == 0 else (True, False)):
                 (s if mode else v).append(per_token_ms(ctx, args.tokens, mode))
         perf = ctx.perf()
         vm, sm = statistics.median(v), statistics.median(s)
-        print(f"checked layers {layers}" + (f"; draft head ({args.draft_dtype}, n_ff {args.draft_ff}, "
+        print(f"checked layers {layers}" + (f"; heads {args.heads}" if args.heads else "")
+              + (f"; draft head ({args.draft_dtype}, n_ff {args.draft_ff}, "
                                               f"{'output rows ' + str(args.draft_vocab) if args.draft_vocab else 'target output matrix'})"
-                                              if args.draft else ""))
+                                              if args.draft and not args.heads else ""))
         print(f"vanilla {vm:.3f} ms/token, early exit never firing {sm:.3f} ms/token: overhead {sm - vm:+.3f} ms "
               f"({(sm / vm - 1) * 100:+.1f}% of a full-depth step); graphs per step "
               f"{(perf['n_graph_runs'] - args.rounds * (args.tokens + 1)) / (args.rounds * args.tokens):.1f}, "

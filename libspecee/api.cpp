@@ -482,6 +482,10 @@ int32_t specee_get_trace_change(const struct specee_context * ctx, float * out, 
     return ctx ? copy_out(ctx->last_trace_change(), out, capacity) : 0;
 }
 
+int32_t specee_get_trace_hidden(const struct specee_context * ctx, float * out, int32_t capacity) {
+    return ctx ? copy_out(ctx->last_trace_hidden(), out, capacity) : 0;
+}
+
 int32_t specee_get_draft_probs(const struct specee_context * ctx, float * out, int32_t capacity) {
     return ctx ? copy_out(ctx->last_draft_probs(), out, capacity) : 0;
 }

@@ -405,10 +405,12 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
         cand_logits_.clear();
         early_exit_.trace_argmax.resize(g.trace_argmax.size());
         early_exit_.trace_change.resize(g.trace_change.size());
+        early_exit_.trace_hidden.clear();
         for (size_t il = 0; il < g.trace_cand.size(); il++) {
             append_columns(g.trace_cand[il], cand_logits_);
             ggml_backend_tensor_get(g.trace_argmax[il], &early_exit_.trace_argmax[il], 0, sizeof(int32_t));
             ggml_backend_tensor_get(g.trace_change[il], &early_exit_.trace_change[il], 0, sizeof(float));
+            append_columns(g.trace_hidden[il], early_exit_.trace_hidden);
         }
     }
     perf_.t_run_us += ggml_time_us() - t_start;

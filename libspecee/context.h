@@ -89,6 +89,7 @@ public:
     const std::vector<int32_t> & last_check_layers() const { return early_exit_.last_check_layers; }
     const std::vector<float> &   last_check_features() const { return early_exit_.last_check_features; }
     const std::vector<float> &   last_trace_change() const { return early_exit_.trace_change; }
+    const std::vector<float> &   last_trace_hidden() const { return early_exit_.trace_hidden; }
     // the draft's probabilities of its k best tokens after its last pass, best first
     std::vector<float>           last_draft_probs() const;
     const exit_stats & stats() const { return early_exit_.stats; }

@@ -37,6 +37,7 @@ struct early_exit_state {
     std::vector<float>   last_check_features;  // [n checks, 3 n_cand] of them
     std::vector<int32_t> trace_argmax;         // [n_layer] of the last trace step
     std::vector<float>   trace_change;         // [n_layer] of the last trace step: how much each layer moved it
+    std::vector<float>   trace_hidden;         // [n_layer][n_embd] of the last trace step: final-normed states
 };
 
 } // namespace specee

@@ -362,6 +362,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
                                           "trace_argmax");  // [1] I32
             g.trace_cand.push_back(c);
             g.trace_argmax.push_back(a);
+            g.trace_hidden.push_back(mark_output(g.gf, h, "trace_hidden"));
             // how much this layer still moved the residual stream: |x_l - x_(l-1)| / |x_l|
             ggml_tensor * moved = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, ggml_sub(ctx0, x, layer_input))));
             ggml_tensor * size  = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, x)));

@@ -69,6 +69,7 @@ struct forward_graph {
     std::vector<ggml_tensor *> trace_cand;      // per layer: [n_cand, 1] candidate logits after it
     std::vector<ggml_tensor *> trace_argmax;    // per layer: [1] I32 full-vocabulary argmax after it
     std::vector<ggml_tensor *> trace_change;    // per layer: [1] |x_l - x_(l-1)| / |x_l| of the residual stream
+    std::vector<ggml_tensor *> trace_hidden;    // per layer: [n_embd, 1] final-normed hidden state after it
 };
 
 // Builds the graph into `ctx0` (a no_alloc context). `state` is the

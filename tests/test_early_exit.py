@@ -230,8 +230,8 @@ def test_bad_calls_leave_the_context_usable(tiny6, tmp_path):
 
 def test_trace_step_records_every_layer(tiny6, tmp_path):
     """The predictors' training data: per layer, the candidates' logits, the
-    full-vocabulary argmax and how much the layer moved the residual stream,
-    against the numpy reference."""
+    full-vocabulary argmax, how much the layer moved the residual stream and
+    the final-normed hidden state, against the numpy reference."""
     ref = Reference(tiny6)
     ref.forward(PROMPT)
     with Model(tiny6) as m, m.context(n_ctx=64) as ctx:
@@ -240,8 +240,8 @@ def test_trace_step_records_every_layer(tiny6, tmp_path):
         cands = [token, 3, 4, 5] if token not in (3, 4, 5) else [3, 4, 5, 6]
         step, cand_logits, layer_argmax = ctx.trace_step(token, cands)
         assert cand_logits.shape == (6, 4) and layer_argmax.shape == (6,)
-        change = ctx.trace_change()
-        assert change.shape == (6,)
+        change, hidden = ctx.trace_change(), ctx.trace_hidden()
+        assert change.shape == (6,) and hidden.shape == (6, ref.out.shape[1])
         for layer in range(6):
             before, after = (Reference(tiny6) for _ in range(2))
             for r in (before, after):
@@ -253,6 +253,7 @@ def test_trace_step_records_every_layer(tiny6, tmp_path):
             ref_l = Reference(tiny6)
             ref_l.forward(PROMPT)
             _, h = ref_l.step(token, keep_hidden=layer + 1, final_norm=True)
+            np.testing.assert_allclose(hidden[layer], h, rtol=0, atol=2e-3 * np.abs(h).max())
             want = ref.out @ h
             np.testing.assert_allclose(cand_logits[layer], want[cands], rtol=0, atol=2e-3 * np.abs(want).max())
             assert layer_argmax[layer] == int(np.argmax(want))

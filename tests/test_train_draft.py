@@ -166,8 +166,8 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     for i in range(2):
         with Model(path) as m, m.context(n_ctx=128) as ctx:
             greedy = generate(ctx, prompts[i], 9).tokens
-        assert list(layer_argmax[8 * i:8 * i + 8, -1]) == greedy[1:]  # step j's state chose token j + 1
-    same = layer_argmax == layer_argmax[:, -1:]
+        assert list(layer_argmax[8 * i:8 * i + 8, -1]) == greedy[1:]  # step j's last state chose token j + 1
+    same = layer_argmax == layer_argmax[:, -1:]  # the label: this layer's argmax is the final token
     assert same[hid.label].mean() >= 0.95 and (~same[~hid.label]).mean() >= 0.95
 
     # the stages one by one (as `specee train predictors` and `specee pack`):

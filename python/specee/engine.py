@@ -416,6 +416,13 @@ class Context(_Handle):
         n = int(lib.specee_get_trace_change(self.ptr, ffi.from_buffer("float[]", out), len(out)))
         return out[:n]
 
+    def trace_hidden(self) -> np.ndarray:
+        """[n_layer, n_embd] for the last trace_step: the final-normed hidden
+        state after each layer (empty before any)."""
+        out = np.zeros((self.model.n_layer, self._n_embd), dtype=np.float32)
+        n = int(lib.specee_get_trace_hidden(self.ptr, ffi.from_buffer("float[]", out), out.size))
+        return out[:n // self._n_embd]
+
     def draft_probs(self) -> np.ndarray:
         """The draft head's probabilities of its k best tokens after its last
         pass, best first: after draft_sync or a step, those of the candidates

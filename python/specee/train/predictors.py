@@ -83,8 +83,8 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
     draft head of `heads_path` proposing the candidates. `parts`: a folder
     that keeps each prompt's traces as it is done, so an interrupted run
     resumes where it stopped (a large model's traces take hours).
-    `keep_hidden`: also the hidden state each check would see (Traces.hidden;
-    n_layer extra prompt passes per prompt, and n_layer x n_embd values a token)."""
+    `keep_hidden`: also the hidden state each check would see (Traces.hidden:
+    n_layer x n_embd values a token)."""
     COUNT.check("n_new", n_new)
     ZERO_OR_MORE.check("n_threads", n_threads)
     if not (isinstance(n_ctx, int) and n_ctx > n_new + 1):
@@ -104,7 +104,7 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                 done.append(Traces.load(part))
                 bar.update(1)
                 continue
-            cl, lab, inc, best, change, dprobs, fed = [], [], [], [], [], [], []
+            cl, lab, inc, best, change, dprobs, hidden = [], [], [], [], [], [], []
             prompt = list(prompt)[: n_ctx - n_new - 1]
             with m.context(n_ctx=n_ctx, n_threads=n_threads) as ctx:
                 ctx.set_heads(heads)
@@ -113,37 +113,21 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                 cands = ctx.draft_sync(token)
                 for _ in range(n_new):
                     dprobs.append(ctx.draft_probs())  # of `cands`, before the step moves the draft on
-                    fed.append(token)
                     step, logits, argmax = ctx.trace_step(token, cands)
                     cl.append(logits)
                     lab.append(argmax == step.token)
                     inc.append(np.isin(argmax, cands))
                     best.append(np.asarray(cands)[logits.argmax(-1)] == step.token)
                     change.append(ctx.trace_change())
+                    if keep_hidden:
+                        hidden.append(ctx.trace_hidden().astype(np.float16))
                     token, cands = step.token, step.next
-            hidden = (hidden_after_layers(m, prompt + fed, len(prompt), n_ctx, n_threads) if keep_hidden
-                      else None)
             done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best),
-                               np.stack(change), np.stack(dprobs), hidden))
+                               np.stack(change), np.stack(dprobs), np.stack(hidden) if keep_hidden else None))
             if part is not None:
                 done[-1].save(part)
             bar.update(1)
     return Traces.concatenate(done)
-
-
-def hidden_after_layers(m: Model, tokens: Sequence[int], start: int, n_ctx: int, n_threads: int) -> np.ndarray:
-    """[len(tokens) - start, n_layer, n_embd] float16: for each position from
-    `start` on, the final-normed hidden state after layers 1..n_layer, which
-    a check after layer l - 1 of that token's step sees (one prompt pass per
-    layer; batched kernels round a little differently from a step's)."""
-    states = []
-    with m.context(n_ctx=n_ctx, n_threads=n_threads) as ctx:
-        for n_layers in range(1, m.n_layer + 1):
-            ctx.truncate(0)
-            ctx.set_hidden_output(n_layers, final_norm=True)
-            ctx.prefill(list(tokens))
-            states.append(ctx.hidden()[start:].astype(np.float16))
-    return np.stack(states, 1)
 
 
 # ---- features -----------------------------------------------------------------------
