@@ -149,6 +149,9 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
         if field != "hidden":
             np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
     assert t.hidden is None and again.hidden is None  # only on request: they are large
+    with pytest.raises(ValueError, match="without hidden states"):
+        collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts,
+                       keep_hidden=True)
 
     # with hidden states (--trace-hidden): the same steps, and each token's
     # state after each layer, whose argmax over the lm_head gives the labels

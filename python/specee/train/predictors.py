@@ -102,6 +102,8 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
             part = parts / f"{i:05d}.npz" if parts is not None else None
             if part is not None and part.exists():
                 done.append(Traces.load(part))
+                if keep_hidden and done[-1].hidden is None:
+                    raise ValueError(f"{part} was traced without hidden states: collect them in a new folder")
                 bar.update(1)
                 continue
             cl, lab, inc, best, change, dprobs, hidden = [], [], [], [], [], [], []
