@@ -25,7 +25,10 @@ and, where the traces hold them (collected since the trace signals exist):
 and where the traces keep hidden states (`specee train predictors
 --trace-hidden`):
 - hidden: the final-normed hidden state itself (n_embd values), what a
-  predictor that reads the state rather than the candidates would see.
+  predictor that reads the state rather than the candidates would see;
+- hidden_pc16, hidden_pc64: the state on its 16 or 64 principal directions
+  (per layer, fitted on the training tokens): the same at a cost the engine
+  could pay at every check.
 
 `--label settled` trains on "the best candidate is the full model's token
 at this layer and at every later one" instead of "at this layer" (the
@@ -38,6 +41,7 @@ these costs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -80,8 +84,22 @@ def moved_features(layer_change: np.ndarray) -> np.ndarray:
     return np.stack([layer_change, before, last4 / counts], -1)
 
 
-def feature_sets(traces: Traces) -> dict[str, np.ndarray]:
-    """Name -> [n, L, f] predictor inputs; "shipped" is the engine's set."""
+def principal_components(hidden: np.ndarray, train: np.ndarray, rank: int) -> np.ndarray:
+    """[n, L, rank]: each layer's hidden states on their `rank` main
+    directions, fitted on the training tokens only and scaled to unit
+    variance there; what a cheap projection in the engine would compute."""
+    out = np.empty(hidden.shape[:2] + (rank,), np.float32)
+    for layer in range(hidden.shape[1]):
+        h = hidden[:, layer].astype(np.float32)
+        mean = h[train].mean(0)
+        _, sv, vt = np.linalg.svd(h[train] - mean, full_matrices=False)
+        out[:, layer] = (h - mean) @ vt[:rank].T / (sv[:rank] / np.sqrt(len(train)) + 1e-6)
+    return out
+
+
+def feature_sets(traces: Traces, train: np.ndarray) -> dict[str, np.ndarray]:
+    """Name -> [n, L, f] predictor inputs; "shipped" is the engine's set.
+    `train`: the tokens the predictors train on (projections are fitted there)."""
     cand_logits = traces.cand_logits.astype(np.float32)
     shipped = layer_features(cand_logits)
     n_layer = cand_logits.shape[1]
@@ -109,6 +127,9 @@ def feature_sets(traces: Traces) -> dict[str, np.ndarray]:
         sets["shipped+moved+draft+stable"] = np.concatenate([sets["shipped+moved+draft"], stable], -1)
     if traces.hidden is not None:
         sets["shipped+hidden"] = np.concatenate([shipped, traces.hidden.astype(np.float32)], -1)
+        for rank in (16, 64):
+            sets[f"shipped+hidden_pc{rank}"] = np.concatenate(
+                [shipped, principal_components(traces.hidden, train, rank)], -1)
     return sets
 
 
@@ -117,15 +138,31 @@ def settled(ok: np.ndarray) -> np.ndarray:
     return np.flip(np.logical_and.accumulate(np.flip(ok, 1), 1), 1)
 
 
-def replay_of(x: np.ndarray, ok: np.ndarray, label: np.ndarray, held: np.ndarray, costs: StepCosts,
-              cfg: PredictorConfig) -> ExitReplay:
+def split(n: int, cfg: PredictorConfig, by: str, tokens_per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) token indices. "token": single tokens at random,
+    as `specee train` splits (a held-out token's neighbours from the same
+    continuation are then trained on); "prompt": whole continuations (every
+    prompt's tokens are consecutive, tokens_per_prompt each)."""
+    if by == "token":
+        return tuple(i.numpy() for i in heldout_split(n, cfg))
+    if n % tokens_per_prompt:
+        raise SystemExit(f"{n} traced tokens are not whole prompts of {tokens_per_prompt}")
+    n_prompts = n // tokens_per_prompt
+    held_prompts = np.random.default_rng(cfg.seed).permutation(n_prompts)[:round(n_prompts * cfg.heldout)]
+    is_held = np.isin(np.arange(n) // tokens_per_prompt, held_prompts)
+    return np.flatnonzero(is_held), np.flatnonzero(~is_held)
+
+
+def replay_of(x: np.ndarray, ok: np.ndarray, label: np.ndarray, held: np.ndarray, train: np.ndarray,
+              costs: StepCosts, cfg: PredictorConfig) -> ExitReplay:
     """Per-layer predictors trained on x against `label` (all but the
     held-out tokens), their outputs on the held-out tokens, as a replay."""
     n_layer = ok.shape[1]
     probs = np.zeros((len(held), n_layer - 1), np.float32)
+    inner = dataclasses.replace(cfg, heldout=0.05)  # train_one's own held-out part only feeds its metrics
     for layer in range(n_layer - 1):
         xl = np.ascontiguousarray(x[:, layer], np.float32)
-        predictor, _ = train_one(xl, label[:, layer], cfg)
+        predictor, _ = train_one(xl[train], label[train, layer], inner)
         probs[:, layer] = predictor(xl[held])
     return ExitReplay(probs, ok[held], costs)
 
@@ -139,6 +176,9 @@ def main() -> None:
     ap.add_argument("--min-agreement", default="0.98,0.985,0.99")
     ap.add_argument("--only", help="comma-separated feature sets to run (default: all)")
     ap.add_argument("--label", choices=["exit", "settled"], default="exit", help="what the predictors learn")
+    ap.add_argument("--split", choices=["token", "prompt"], default="token",
+                    help="held-out tokens: single tokens at random (as `specee train`) or whole prompts")
+    ap.add_argument("--tokens-per-prompt", type=int, default=128, help="the traces' --trace-tokens (--split prompt)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
@@ -146,17 +186,17 @@ def main() -> None:
     costs = StepCosts.from_profile(json.loads(args.profile.read_text()))
     cfg = PredictorConfig(epochs=args.epochs, verify_full=False)
     ok = traces.exit_ok(False)
-    held = heldout_split(len(ok), cfg)[0].numpy()
+    held, train = split(len(ok), cfg, args.split, args.tokens_per_prompt)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     floors = [float(a) for a in args.min_agreement.split(",")]
     print(f"{args.run}: {len(held)} held-out of {len(ok)} traced tokens; speedup over full depth / agreement / "
           "exit ratio of the fastest greedy schedule")
     results = {}
-    for name, x in feature_sets(traces).items():
+    for name, x in feature_sets(traces, train).items():
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.time()
-        replay = replay_of(x, ok, settled(ok) if args.label == "settled" else ok, held, costs, cfg)
+        replay = replay_of(x, ok, settled(ok) if args.label == "settled" else ok, held, train, costs, cfg)
         results[name] = {"n_features": x.shape[-1], "by_min_agreement": {}}
         for floor in floors:
             best = max((replay.greedy_schedule(th, floor) for th in thresholds), key=lambda r: r["speedup"])
@@ -169,7 +209,8 @@ def main() -> None:
     print(f"  {'perfect':36s}: {results['perfect']['speedup']:.3f} / {results['perfect']['agreement']:.4f} / "
           f"{results['perfect']['exit_ratio']:.3f} ({len(results['perfect']['layers'])} layers)")
     if args.json:
-        args.json.write_text(json.dumps({"run": str(args.run), "label": args.label, "epochs": args.epochs,
+        args.json.write_text(json.dumps({"run": str(args.run), "label": args.label, "split": args.split,
+                                         "epochs": args.epochs,
                                          "n_heldout": len(held),
                                          "costs_ms": costs.__dict__, "results": results}, indent=1))
 
