@@ -50,6 +50,7 @@ std::vector<float> context::last_draft_probs() const {
 
 void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row) {
     scoped_timer timer(perf_.t_draft_us);
+    scoped_timer run_timer(perf_.t_run_us);  // a graph run like run()'s: t_host = t_run - t_compute covers it
     forward_plan plan;
     plan.pos       = draft_.kv->n_past();
     plan.n_tokens  = n;

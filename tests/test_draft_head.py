@@ -155,7 +155,14 @@ def test_specee_loop_uses_the_draft_head(tiny6, tmp_path):
             with m.context(n_ctx=64) as ctx:
                 ctx.set_heads(heads)
                 result = generate_specee(ctx, PROMPT, 12, heads.n_candidates)
+                # a draft pass is a graph run too: host time (runs beyond their compute) never goes negative
+                ctx.truncate(0)
+                ctx.prefill(PROMPT)
+                ctx.reset_perf()
+                ctx.draft_sync(ctx.argmax())
+                perf = ctx.perf()
     assert result.tokens == vanilla  # never-firing predictors: exact
+    assert perf["n_graph_runs"] == 1 and perf["t_compute_ms"] > 0 and perf["t_host_ms"] >= 0
     assert result.extra["draft"] == "draft head"
     assert 0.0 <= result.extra["draft_top1"] <= result.extra["draft_topk"] <= 1.0
 
