@@ -127,9 +127,9 @@ def feature_sets(traces: Traces, train: np.ndarray) -> dict[str, np.ndarray]:
         sets["shipped+moved+draft+stable"] = np.concatenate([sets["shipped+moved+draft"], stable], -1)
     if traces.hidden is not None:
         sets["shipped+hidden"] = np.concatenate([shipped, traces.hidden.astype(np.float32)], -1)
+        components = principal_components(traces.hidden, train, 64)  # the first 16 of them are the rank-16 set
         for rank in (16, 64):
-            sets[f"shipped+hidden_pc{rank}"] = np.concatenate(
-                [shipped, principal_components(traces.hidden, train, rank)], -1)
+            sets[f"shipped+hidden_pc{rank}"] = np.concatenate([shipped, components[..., :rank]], -1)
     return sets
 
 

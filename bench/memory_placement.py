@@ -15,22 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
+from exit_overhead import per_token_ms
 from specee.engine import Model
 from specee.fetch import fetch_model
-
-PROMPT = list(range(1000, 1100))  # any ids: only the speed is read
-
-
-def decode_speed(ctx, n: int) -> float:
-    ctx.truncate(0)
-    ctx.prefill(PROMPT)
-    token = ctx.argmax()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        token = ctx.decode(token)
-    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -48,7 +36,7 @@ def main() -> None:
     speeds: list[list[float]] = [[] for _ in contexts]
     for r in range(args.rounds):
         for i, ctx in enumerate(contexts):
-            speeds[i].append(decode_speed(ctx, args.n_predict))
+            speeds[i].append(1e3 / per_token_ms(ctx, args.n_predict, specee=False))  # tok/s, plain decoding
         print(f"round {r + 1}: " + "  ".join(f"copy {i}: {s[-1]:.2f} tok/s" for i, s in enumerate(speeds)), flush=True)
     first = statistics.median(speeds[0])
     for i, s in enumerate(speeds[1:], start=1):

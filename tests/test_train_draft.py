@@ -146,8 +146,7 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in parts.iterdir() if p.name != "00002.npz"} == \
         {k: v for k, v in kept.items() if k != "00002.npz"}
     for field in ("cand_logits", "label", "in_cands") + Traces.OPTIONAL:
-        if field != "hidden":
-            np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
+        np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
     assert t.hidden is None and again.hidden is None  # only on request: they are large
     with pytest.raises(ValueError, match="without hidden states"):
         collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts,
@@ -162,8 +161,9 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     first8 = np.r_[0:8, 16:24]  # prompts 0 and 1, their first 8 steps of 16
     np.testing.assert_array_equal(hid.label, t.label[first8])
     np.testing.assert_array_equal(hid.cand_logits, t.cand_logits[first8])
-    assert hid.hidden.dtype == np.float16 and hid.hidden.shape == (16, 4, Reference(path).out.shape[1])
-    layer_argmax = (hid.hidden.astype(np.float32) @ Reference(path).out.T).argmax(-1)  # [16, 4]
+    lm_head = Reference(path).out
+    assert hid.hidden.dtype == np.float16 and hid.hidden.shape == (16, 4, lm_head.shape[1])
+    layer_argmax = (hid.hidden.astype(np.float32) @ lm_head.T).argmax(-1)  # [16, 4]
     from specee.generate import generate
 
     for i in range(2):
