@@ -138,19 +138,21 @@ def settled(ok: np.ndarray) -> np.ndarray:
     return np.flip(np.logical_and.accumulate(np.flip(ok, 1), 1), 1)
 
 
-def split(n: int, cfg: PredictorConfig, by: str, tokens_per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out, training) token indices. "token": single tokens at random,
-    as `specee train` splits (a held-out token's neighbours from the same
-    continuation are then trained on); "prompt": whole continuations (every
-    prompt's tokens are consecutive, tokens_per_prompt each)."""
+def split(t: Traces, cfg: PredictorConfig, by: str, tokens_per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) token indices. "token": single tokens at random
+    (a held-out token's neighbours from the same continuation are then
+    trained on); "prompt": whole continuations, as `specee train` holds out
+    (heldout_split), by the traces' prompt indices or, in traces from before
+    those, by counting tokens_per_prompt consecutive tokens a prompt."""
+    n = len(t.label)
     if by == "token":
         return tuple(i.numpy() for i in heldout_split(n, cfg))
-    if n % tokens_per_prompt:
-        raise SystemExit(f"{n} traced tokens are not whole prompts of {tokens_per_prompt}")
-    n_prompts = n // tokens_per_prompt
-    held_prompts = np.random.default_rng(cfg.seed).permutation(n_prompts)[:round(n_prompts * cfg.heldout)]
-    is_held = np.isin(np.arange(n) // tokens_per_prompt, held_prompts)
-    return np.flatnonzero(is_held), np.flatnonzero(~is_held)
+    prompt = t.prompt
+    if prompt is None:
+        if n % tokens_per_prompt:
+            raise SystemExit(f"{n} traced tokens are not whole prompts of {tokens_per_prompt}")
+        prompt = np.arange(n) // tokens_per_prompt
+    return tuple(np.sort(i.numpy()) for i in heldout_split(n, cfg, prompt))
 
 
 def replay_of(x: np.ndarray, ok: np.ndarray, label: np.ndarray, held: np.ndarray, train: np.ndarray,
@@ -177,7 +179,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated feature sets to run (default: all)")
     ap.add_argument("--label", choices=["exit", "settled"], default="exit", help="what the predictors learn")
     ap.add_argument("--split", choices=["token", "prompt"], default="token",
-                    help="held-out tokens: single tokens at random (as `specee train`) or whole prompts")
+                    help="held-out tokens: single tokens at random or whole prompts (as `specee train`)")
     ap.add_argument("--tokens-per-prompt", type=int, default=128, help="the traces' --trace-tokens (--split prompt)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -186,7 +188,7 @@ def main() -> None:
     costs = StepCosts.from_profile(json.loads(args.profile.read_text()))
     cfg = PredictorConfig(epochs=args.epochs, verify_full=False)
     ok = traces.exit_ok(False)
-    held, train = split(len(ok), cfg, args.split, args.tokens_per_prompt)
+    held, train = split(traces, cfg, args.split, args.tokens_per_prompt)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     floors = [float(a) for a in args.min_agreement.split(",")]
     print(f"{args.run}: {len(held)} held-out of {len(ok)} traced tokens; speedup over full depth / agreement / "

@@ -42,7 +42,7 @@ def main() -> None:
     costs = StepCosts.from_profile(prof, args.check_ms)
     if args.draft_ms is not None:
         costs = StepCosts(costs.layer_ms, costs.lm_head_ms, costs.check_ms, args.draft_ms)
-    sim, offline, _ = heldout_replay(args.run, costs)
+    sim, offline, _, _ = heldout_replay(args.run, costs)
     gated = ExitReplay(np.where(sim.ok[:, -1:], sim.probs, 0.0), sim.ok, costs)
     print(f"{len(sim.ok)} held-out traced tokens; full depth {sim.full_ms:.3f} ms, draft {costs.draft_ms:.3f} ms, "
           f"check {costs.check_ms:.3f} ms; speedup over full depth / agreement / exit ratio")

@@ -113,6 +113,9 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
                            PredictorConfig(hidden=16, epochs=3, n_offline=2), n_new=16, progress=False)
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["n_trace_tokens"] == 4 * 16 and len(record["predictors"]) == 3
+    # held out by prompt: one of the 4 continuations (20% rounds to 1), whole
+    assert {r["n_heldout"] for r in record["predictors"].values()} == {16}
+    assert json.loads((tmp_path / "run" / "predictors.json").read_text())["heldout_by"] == "prompt"
     assert 1 <= len(record["offline_layers"]) <= 2
     with Model(path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=128) as ctx:
         assert heads.has_draft
@@ -128,6 +131,7 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
 
     t = Traces.load(tmp_path / "run" / "traces.npz")
     assert t.best_cand_ok.shape == t.label.shape and t.best_cand_ok[:, -1].mean() == t.exit_ok(False)[:, -1].mean()
+    np.testing.assert_array_equal(t.prompt, np.repeat(np.arange(4), 16))
     assert not (t.exit_ok(True) & ~t.exit_ok(False)).any()
     assert t.exit_ok(False)[:, -1].sum() >= t.exit_ok(True)[:, -1].sum()
     # and the signals for studying new features: each layer's move, the draft's probabilities (best first)
@@ -147,6 +151,12 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
         {k: v for k, v in kept.items() if k != "00002.npz"}
     for field in ("cand_logits", "label", "in_cands") + Traces.OPTIONAL:
         np.testing.assert_array_equal(getattr(again, field), getattr(t, field))
+    # a part saved before prompt indices gets its prompt's index on resuming
+    old = Traces.load(parts / "00001.npz")
+    old.prompt = None
+    old.save(parts / "00001.npz")
+    again = collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts)
+    np.testing.assert_array_equal(again.prompt, t.prompt)
     assert t.hidden is None and again.hidden is None  # only on request: they are large
     with pytest.raises(ValueError, match="without hidden states"):
         collect_traces(path, tmp_path / "run" / "draft_only.gguf", prompts, n_new=16, progress=False, parts=parts,
@@ -338,3 +348,25 @@ def test_traces_keep_an_optional_array_only_where_every_part_has_it(tmp_path):
     np.testing.assert_array_equal(back.draft_probs, both.draft_probs)
     mixed.save(tmp_path / "m.npz")
     assert Traces.load(tmp_path / "m.npz").layer_change is None
+
+
+def test_heldout_split_holds_out_whole_prompts():
+    from specee.train.predictors import PredictorConfig, heldout_by, heldout_split
+
+    prompt = np.repeat(np.arange(10), 7)
+    held, train = heldout_split(len(prompt), PredictorConfig(heldout=0.2, seed=3), prompt)
+    held, train = held.numpy(), train.numpy()
+    assert sorted(np.r_[held, train]) == list(range(70))
+    held_prompts = set(prompt[held])
+    assert len(held_prompts) == 2 and not held_prompts & set(prompt[train])  # two prompts, whole
+    assert (np.diff(train) < 0).any()  # training order shuffled, not prompt by prompt
+    again, _ = heldout_split(len(prompt), PredictorConfig(heldout=0.2, seed=3), prompt)
+    np.testing.assert_array_equal(again.numpy(), held)
+    other, _ = heldout_split(len(prompt), PredictorConfig(heldout=0.2, seed=4), prompt)
+    assert set(prompt[other.numpy()]) != held_prompts or len(held_prompts) == 10
+    # traces from before prompt indices, or from one prompt: single tokens
+    assert heldout_by(prompt) == "prompt" and heldout_by(None) == "token" and heldout_by(np.zeros(9, int)) == "token"
+    held, train = heldout_split(70, PredictorConfig(heldout=0.2, seed=3))
+    assert len(held) == 14 and len(train) == 56
+    with pytest.raises(ValueError, match="prompt indices"):
+        heldout_split(69, PredictorConfig(), prompt)

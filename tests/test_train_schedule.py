@@ -92,6 +92,17 @@ def test_reschedule_writes_the_chosen_schedule_and_its_record(tmp_path):
     assert offline == [1] and threshold == pytest.approx(record["chosen"]["threshold"]) and not verify_full
     assert all(np.array_equal(preds[i].w1, before[i].w1) and preds[i].b2 == before[i].b2 for i in before)
     assert json.loads((tmp_path / "schedule.json").read_text())["chosen"]["layers"] == [1]
+    assert record["heldout_by"] == "token" and record["n_heldout_tokens"] == 40  # traces without prompt indices
+
+
+def test_reschedule_replays_the_held_out_prompts(tmp_path):
+    profile = hand_made_run(tmp_path)
+    t = Traces.load(tmp_path / "traces.npz")
+    t.prompt = np.repeat(np.arange(8), 25).astype(np.int32)
+    t.save(tmp_path / "traces.npz")
+    record = reschedule(tmp_path, profile, [0.5], min_agreement=0.98, check_ms=0.1)
+    assert record["heldout_by"] == "prompt" and record["n_heldout_tokens"] == 50  # 2 of 8 prompts, 25 tokens each
+    assert record["chosen"]["layers"] == [1]
 
 
 def test_reschedule_refuses_bad_input_and_leaves_the_run_as_it_was(tmp_path):

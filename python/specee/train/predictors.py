@@ -43,8 +43,9 @@ class Traces:
     layer_change: Optional[np.ndarray] = None  # [n_tokens, n_layer] float32: how much each layer moved the state
     draft_probs: Optional[np.ndarray] = None   # [n_tokens, k] float32: the draft's probabilities of the candidates
     hidden: Optional[np.ndarray] = None        # [n_tokens, n_layer, n_embd] float16: final-normed state after each layer
+    prompt: Optional[np.ndarray] = None        # [n_tokens] int32: which trace prompt each token continues
 
-    OPTIONAL = ("best_cand_ok", "layer_change", "draft_probs", "hidden")
+    OPTIONAL = ("best_cand_ok", "layer_change", "draft_probs", "hidden", "prompt")
 
     def save(self, path: Path) -> None:
         arrays = {"cand_logits": self.cand_logits, "label": self.label, "in_cands": self.in_cands}
@@ -104,6 +105,8 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                 done.append(Traces.load(part))
                 if keep_hidden and done[-1].hidden is None:
                     raise ValueError(f"{part} was traced without hidden states: collect them in a new folder")
+                if done[-1].prompt is None:  # parts from before prompt indices
+                    done[-1].prompt = np.full(len(done[-1].label), i, np.int32)
                 bar.update(1)
                 continue
             cl, lab, inc, best, change, dprobs, hidden = [], [], [], [], [], [], []
@@ -125,7 +128,8 @@ def collect_traces(model_path: str | os.PathLike, heads_path: str | os.PathLike,
                         hidden.append(ctx.trace_hidden().astype(np.float16))
                     token, cands = step.token, step.next
             done.append(Traces(np.stack(cl).astype(np.float32), np.stack(lab), np.stack(inc), np.stack(best),
-                               np.stack(change), np.stack(dprobs), np.stack(hidden) if keep_hidden else None))
+                               np.stack(change), np.stack(dprobs), np.stack(hidden) if keep_hidden else None,
+                               np.full(n_new, i, np.int32)))
             if part is not None:
                 done[-1].save(part)
             bar.update(1)
@@ -162,16 +166,36 @@ class PredictorConfig:
                             "heldout": HELD_OUT_SHARE, "threshold": THRESHOLD, "n_offline": COUNT, "seed": SEED})
 
 
-def heldout_split(n: int, cfg: PredictorConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out, training) token indices: the same split for every layer."""
+def heldout_split(n: int, cfg: PredictorConfig,
+                  prompt: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) token indices, the same for every layer, each in
+    a seeded random order. With `prompt` (Traces.prompt) whole prompts'
+    continuations are held out, cfg.heldout of the prompts: a token's
+    neighbours in one continuation are nearly the same sample, so holding out
+    single tokens overstates how well predictors do on text they have not
+    seen. Without it (traces from before prompt indices, or one prompt),
+    single tokens at random: see heldout_by."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-    n_held = max(1, int(n * cfg.heldout))
-    return perm[:n_held], perm[n_held:]
+    if heldout_by(prompt) == "token":
+        n_held = max(1, int(n * cfg.heldout))
+        return perm[:n_held], perm[n_held:]
+    if len(prompt) != n:
+        raise ValueError(f"{len(prompt)} prompt indices for {n} tokens")
+    ids = np.unique(prompt)
+    held_ids = np.random.default_rng(cfg.seed).permutation(ids)[:max(1, round(len(ids) * cfg.heldout))]
+    is_held = torch.from_numpy(np.isin(prompt, held_ids))[perm]
+    return perm[is_held], perm[~is_held]
 
 
-def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig) -> tuple[Predictor, dict]:
-    """One layer's MLP; metrics on the held-out part at cfg.threshold."""
-    held, train = heldout_split(len(x), cfg)
+def heldout_by(prompt: Optional[np.ndarray]) -> str:
+    """"prompt" where whole prompts can be held out, else "token"."""
+    return "token" if prompt is None or len(np.unique(prompt)) < 2 else "prompt"
+
+
+def train_one(x: np.ndarray, y: np.ndarray, cfg: PredictorConfig,
+              prompt: Optional[np.ndarray] = None) -> tuple[Predictor, dict]:
+    """One layer's MLP; metrics on the held-out part (heldout_split) at cfg.threshold."""
+    held, train = heldout_split(len(x), cfg, prompt)
     X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     torch.manual_seed(cfg.seed)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], cfg.hidden), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden, 1))
@@ -232,7 +256,7 @@ def train_predictors(t: Traces, cfg: PredictorConfig = PredictorConfig(),
     preds, report = {}, {}
     with tqdm(total=n_layer - 1, desc="predictors", unit="layer", disable=not progress) as bar:
         for l in range(n_layer - 1):
-            preds[l], report[l] = train_one(x[:, l], labels[:, l], cfg)
+            preds[l], report[l] = train_one(x[:, l], labels[:, l], cfg, t.prompt)
             bar.update(1)
     offline = choose_offline_layers(t, cfg.n_offline, report, verify_full=cfg.verify_full)
     log.info("offline layers %s", offline)
@@ -243,6 +267,7 @@ def write_report(path: Path, report: dict, offline: list[int], t: Traces, verify
     fel = first_exit_layers(t, verify_full)
     path.write_text(json.dumps({
         "offline_layers": offline,
+        "heldout_by": heldout_by(t.prompt),
         "first_exit_layer_histogram": np.bincount(fel, minlength=t.label.shape[1]).tolist(),
         "per_layer": {str(k): v for k, v in report.items()},
     }, indent=1))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..ranges import AGREEMENT, MILLISECONDS, THRESHOLD
 from .pipeline import load_predictors, set_schedule
-from .predictors import PredictorConfig, Traces, heldout_split, layer_features
+from .predictors import PredictorConfig, Traces, heldout_by, heldout_split, layer_features
 
 
 @dataclass(frozen=True)
@@ -83,20 +83,22 @@ class ExitReplay:
             best = max(trials, key=lambda r: r["speedup"])
 
 
-def heldout_replay(run: Path, costs: StepCosts) -> tuple[ExitReplay, list[int], float]:
+def heldout_replay(run: Path, costs: StepCosts) -> tuple[ExitReplay, list[int], float, str]:
     """The replay of RUN's held-out traced tokens (RUN/traces.npz,
-    RUN/predictors.npz trained with --verify candidates), with the trained
-    schedule and threshold."""
+    RUN/predictors.npz trained with --verify candidates: the split they
+    were trained with), the trained schedule and threshold, and what was
+    held out (heldout_by)."""
     t = Traces.load(run / "traces.npz")
     preds, offline, threshold, verify_full = load_predictors(run / "predictors.npz")
     if verify_full:
         raise ValueError(f"{run}: predictors trained for full verification; the replay prices candidate exits")
-    held = heldout_split(len(t.label), PredictorConfig())[0].numpy()
+    held = heldout_split(len(t.label), PredictorConfig(), t.prompt)[0].numpy()
     x = layer_features(t.cand_logits[held])
     probs = np.zeros((len(held), x.shape[1] - 1), np.float32)
     for layer, p in preds.items():
         probs[:, layer] = p(x[:, layer])
-    return ExitReplay(probs, t.exit_ok(False)[held], costs), offline, round(threshold, 6)  # stored as float32
+    replay = ExitReplay(probs, t.exit_ok(False)[held], costs)
+    return replay, offline, round(threshold, 6), heldout_by(t.prompt)  # threshold: stored as float32
 
 
 def choose_schedule(replay: ExitReplay, thresholds: Sequence[float], min_agreement: float) -> tuple[dict, list]:
@@ -120,12 +122,13 @@ def reschedule(run: Path, profile: Path, thresholds: Sequence[float], min_agreem
     for t in thresholds:
         THRESHOLD.check("threshold", t)
     costs = StepCosts.from_profile(json.loads(Path(profile).read_text()), check_ms)
-    replay, trained_layers, trained_threshold = heldout_replay(run, costs)
+    replay, trained_layers, trained_threshold, held_by = heldout_replay(run, costs)
     chosen, sweep = choose_schedule(replay, thresholds, min_agreement)
     if chosen is None:
         raise ValueError(f"no schedule keeps agreement >= {min_agreement} and is faster than full depth: "
                          "keep the trained one")
     record = {"costs_ms": costs.__dict__, "min_agreement": min_agreement, "n_heldout_tokens": len(replay.ok),
+              "heldout_by": held_by,
               "trained": replay.run(trained_layers, trained_threshold), "chosen": chosen, "sweep": sweep}
     set_schedule(run / "predictors.npz", chosen["layers"], chosen["threshold"])
     (run / "schedule.json").write_text(json.dumps(record, indent=1))
