@@ -18,6 +18,7 @@ from specee.metrics import (
     numbers_equal,
     pass_at_1,
     rouge_l,
+    humaneval_completion,
     run_humaneval,
     tokenize_words,
 )
@@ -169,6 +170,18 @@ def test_humaneval_correct_and_wrong() -> None:
     # a mapping works too, and a completion may restate the whole function
     as_dict = {"prompt": PROBLEM.prompt, "test": PROBLEM.test, "entry_point": "add"}
     assert run_humaneval(as_dict, "    return b + a\n\n\ndef add(a, b):\n    return a + b\n")
+
+
+def test_humaneval_completion_ends_where_the_body_ends() -> None:
+    body = "    if a:\n        return a + b  # sum\n    return b\n"
+    for tail in ("\n\ndef sub(a, b):\n", "\nclass A:\n", "\n# tests\n", "\nif __name__ == '__main__':\n",
+                 "\nprint(add(1, 2))\n"):
+        assert humaneval_completion(body + tail + "    more") == body + "\n" * tail.startswith("\n\n")
+    assert humaneval_completion(body) == body  # indented if, def or comment lines are the body's own
+    # the reason for the cut: a right body followed by extra code that the token limit broke off
+    cut_short = "    return a + b\n\ndef check_more(x):\n    \"\"\"Unfinished"
+    assert not run_humaneval(PROBLEM, cut_short)
+    assert run_humaneval(PROBLEM, humaneval_completion(cut_short))
 
 
 @pytest.mark.parametrize(

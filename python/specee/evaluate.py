@@ -25,7 +25,7 @@ from .engine import Heads, Model, system_info
 from .evaluate_log import ItemLog
 from .fetch import file_sha256
 from .generate import generate
-from .metrics import extract_choice, extract_number, numbers_equal, rouge_l, run_humaneval
+from .metrics import extract_choice, extract_number, humaneval_completion, numbers_equal, rouge_l, run_humaneval
 from .ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
 from .shipped_heads import default_heads
 from .speculative import generate_speculative, open_drafter
@@ -54,7 +54,8 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
             first = next((t["content"] for t in r.conversations if t["role"] == "user"), "")
             tasks.append(Task(first, True, None))
         elif name == "humaneval":
-            tasks.append(Task(r.prompt, False, lambda out, r=r: float(run_humaneval(r, out))))
+            tasks.append(Task(r.prompt, False,
+                              lambda out, r=r: float(run_humaneval(r, humaneval_completion(out)))))
         elif name == "csqa":
             choices = "\n".join(f"{k}. {v}" for k, v in r.choices.items())
             prompt = f"{r.question}\n{choices}\nAnswer with the letter of the correct choice."

@@ -7,7 +7,8 @@ library, so evaluation results do not depend on a scoring package's version.
   early-exit output against full-depth output (docs/design.md#fidelity).
 - :func:`extract_choice` reads a CommonsenseQA answer letter out of free text.
 - :func:`extract_number` / :func:`numbers_equal` score ASDiv answers.
-- :func:`run_humaneval` / :func:`pass_at_1` score HumanEval completions.
+- :func:`humaneval_completion` cuts a generated continuation where the
+  function body ends; :func:`run_humaneval` / :func:`pass_at_1` score it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "normalize_number",
     "extract_number",
     "numbers_equal",
+    "humaneval_completion",
     "run_humaneval",
     "pass_at_1",
 ]
@@ -237,6 +239,22 @@ def _field(problem: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"HumanEval problem field {name!r} must be a string, got {type(value).__name__}")
     return value
+
+
+# HumanEval's own protocol (Chen et al. 2021, sec. 2.3): a completion ends at
+# the first line that starts one of these at the top level
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def humaneval_completion(text: str) -> str:
+    """``text`` up to the first top-level line that starts a class, a def, a
+    comment, an ``if`` or a ``print`` (HUMANEVAL_STOPS): the function body
+    the prompt asked for. Without the cut, whatever a model writes after the
+    body (more functions, a test driver) is run too, and a continuation cut
+    at the token limit in the middle of such extra code fails with a syntax
+    error although the body was right."""
+    cut = min((i for i in (text.find(s) for s in HUMANEVAL_STOPS) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def run_humaneval(problem: Any, completion: str, timeout: float = 5.0) -> bool:
