@@ -31,7 +31,7 @@ from pathlib import Path
 
 from prompts import PROMPTS
 
-from specee.chat import chat_prompt_ids, read_chat_template
+from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
 from specee.fetch import fetch_model
 from specee.tokenizer import Tokenizer
 
@@ -43,7 +43,7 @@ def prompt_set(name: str, limit: int | None) -> list[tuple[str, str, bool]]:
     first turns as chat prompts."""
     if name == "bench":
         return PROMPTS[:limit]
-    from specee.datasets import load_mtbench
+    from specee.evaluation.datasets import load_mtbench
 
     return [(f"mtbench-{q.question_id}", q.turns[0], True) for q in load_mtbench(limit=limit)]
 

@@ -102,7 +102,7 @@ COPY_SETS = {"edit": EDIT_PROMPTS, "raw": RAW_COPY_PROMPTS}
 
 def prompt_ids(tok, template: str, text: str, chat: bool) -> list[int]:
     """The token ids specee decodes from: chat prompts in the model's template."""
-    from specee.chat import chat_prompt_ids
+    from specee.tokenizer.chat_template import chat_prompt_ids
 
     return chat_prompt_ids(tok, template, [{"role": "user", "content": text}]) if chat \
         else tok.encode(text, parse_special=False)
@@ -110,7 +110,7 @@ def prompt_ids(tok, template: str, text: str, chat: bool) -> list[int]:
 
 def prompt_text(tok, template: str, text: str, chat: bool) -> str:
     """The same prompt as text for llama.cpp's tools (they parse special tokens)."""
-    from specee.chat import render_chat, special_texts
+    from specee.tokenizer.chat_template import render_chat, special_texts
 
     return render_chat(template, [{"role": "user", "content": text}], **special_texts(tok)) if chat else text
 

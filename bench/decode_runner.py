@@ -56,8 +56,8 @@ def specee_decoder(job: dict) -> Decoder:
 
 def specee_exit_decoder(model, ctx, heads) -> Decoder:
     """Greedy early exit; candidates from the heads' draft head, or prompt lookup."""
-    from specee import evaluate
-    from specee.early_exit import PromptLookup
+    from specee.evaluation import run as evaluate
+    from specee.decoding.early_exit import PromptLookup
 
     ctx.set_heads(heads)
     lookup = PromptLookup()

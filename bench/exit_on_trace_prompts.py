@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from specee.early_exit import attach_heads, generate_specee
-from specee.evaluate import teacher_forced
+from specee.decoding.early_exit import attach_heads, generate_specee
+from specee.evaluation.run import teacher_forced
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
-from specee.generate import generate
-from specee.shipped_heads import default_heads
-from specee.datasets import load_sharegpt
+from specee.decoding.plain import generate
+from specee.heads.shipped import default_heads
+from specee.evaluation.datasets import load_sharegpt
 from specee.train.corpus import conversation_prompts
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
-from specee.heads_file import DRAFT_DTYPES, DraftHead, Predictor, write_heads
+from specee.heads.head_file import DRAFT_DTYPES, DraftHead, Predictor, write_heads
 
 import numpy as np
 

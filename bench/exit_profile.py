@@ -19,10 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-from specee.early_exit import attach_heads
+from specee.decoding.early_exit import attach_heads
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
-from specee.shipped_heads import default_heads
+from specee.heads.shipped import default_heads
 
 from compare_llama_cpp import prompt_set, tokenize_prompts
 

@@ -15,11 +15,11 @@ import numpy as np
 from copy_prompts import EDIT_PROMPTS, RAW_COPY_PROMPTS, prompt_ids
 from speculative_vs_plain import OPEN_PROMPTS
 
-from specee.chat import read_chat_template
+from specee.tokenizer.chat_template import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
-from specee.generate import generate
-from specee.speculative import generate_speculative, open_drafter
+from specee.decoding.plain import generate
+from specee.decoding.speculative import generate_speculative, open_drafter
 from specee.tokenizer import Tokenizer
 
 

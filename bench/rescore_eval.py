@@ -15,8 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from specee.datasets import load_dataset
-from specee.evaluate import make_tasks
+from specee.evaluation.datasets import load_dataset
+from specee.evaluation.run import make_tasks
 
 
 def read_items(path: Path) -> tuple[dict, dict[str, list[dict]]]:

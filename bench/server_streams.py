@@ -113,7 +113,7 @@ def one_stream_vs_generate(client: openai.OpenAI, base: str, model: str, threads
     the cores with the server), and by curl (the speed the server reports)."""
     from specee.engine import Model
     from specee.fetch import fetch_model
-    from specee.generate import generate
+    from specee.decoding.plain import generate
     from specee.tokenizer import Tokenizer
 
     path = fetch_model(model, progress=False)

@@ -25,14 +25,14 @@ from pathlib import Path
 from copy_prompts import COPY_SETS, add_prompt_arguments, max_tokens, prompt_ids, token_budget
 from speculative_vs_plain import OPEN_PROMPTS
 
-from specee.chat import read_chat_template
+from specee.tokenizer.chat_template import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
-from specee.generate import generate
-from specee.speculative import cost, open_drafter
-from specee.speculative.loop import plan_draft
-from specee.speculative.policy import DraftPolicy
-from specee.speculative.tree import children_of
+from specee.decoding.plain import generate
+from specee.decoding.speculative import cost, open_drafter
+from specee.decoding.speculative.loop import plan_draft
+from specee.decoding.speculative.policy import DraftPolicy
+from specee.decoding.speculative.tree import children_of
 from specee.tokenizer import Tokenizer
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from copy_prompts import COPY_SETS, add_prompt_arguments, prompt_ids, prompt_text, token_budget
 from speculative_vs_plain import OPEN_PROMPTS
 
-from specee.chat import read_chat_template
+from specee.tokenizer.chat_template import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
-from specee.speculative import generate_speculative, open_drafter
+from specee.decoding.speculative import generate_speculative, open_drafter
 from specee.tokenizer import Tokenizer
 
 DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")

@@ -22,11 +22,11 @@ from pathlib import Path
 from copy_prompts import COPY_SETS, add_prompt_arguments, prompt_ids, token_budget
 from prompts import PROMPTS
 
-from specee.chat import read_chat_template
+from specee.tokenizer.chat_template import read_chat_template
 from specee.engine import Model
 from specee.fetch import fetch_model
-from specee.generate import generate
-from specee.speculative import DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
+from specee.decoding.plain import generate
+from specee.decoding.speculative import DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
 from specee.tokenizer import Tokenizer
 
 OPEN_PROMPTS = [x for x in PROMPTS if not x[2]]  # the benchmark prompts that are not chat-formatted

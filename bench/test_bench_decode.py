@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from specee import engine
-from specee.early_exit import exit_stats_summary
+from specee.decoding.early_exit import exit_stats_summary
 from specee.fetch import fetch_model
-from specee.shipped_heads import default_heads
+from specee.heads.shipped import default_heads
 
 PROMPT = [6403, 1980, 253, 655, 28, 281, 253, 6560]  # "Once upon a time, in a village"
 ROUNDS = 300

@@ -56,8 +56,8 @@ def early_exit_tok_s(model: Model, heads, prompt: list[int], threads: int, n: in
                      threshold: float | None) -> tuple[float, int, int]:
     """Decode tok/s of early exit after `prompt`, and the teacher-forced
     agreement (agreeing steps, steps) with full depth from the same prompt."""
-    from specee.early_exit import attach_heads, generate_specee
-    from specee.evaluate import teacher_forced
+    from specee.decoding.early_exit import attach_heads, generate_specee
+    from specee.evaluation.run import teacher_forced
 
     with model.context(n_ctx=len(prompt) + n + 8, n_threads=threads) as ctx:
         attach_heads(ctx, heads, threshold)
@@ -67,8 +67,8 @@ def early_exit_tok_s(model: Model, heads, prompt: list[int], threads: int, n: in
 
 
 def mtbench_prompts(path: Path, count: int) -> list[list[int]]:
-    from specee.chat import chat_prompt_ids, read_chat_template
-    from specee.datasets import load_mtbench
+    from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
+    from specee.evaluation.datasets import load_mtbench
     from specee.tokenizer import Tokenizer
 
     tok, template = Tokenizer.from_gguf(path), read_chat_template(path)

@@ -16,7 +16,7 @@ import pytest
 
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidModelError, Model, UnsupportedModelError
-from specee.heads_file import constant_predictor, write_heads
+from specee.heads.head_file import constant_predictor, write_heads
 from test_forward import batched_and_stepped_logits, rel_err
 from tiny_model import TinyConfig, write_tiny_model
 
@@ -136,7 +136,7 @@ def test_early_exit_matches_reference(tiny_model_factory, tmp_path, name, fill_k
 @pytest.mark.parametrize("name", ["llama3", "phi3-partial", "qwen3"])
 def test_draft_head_keeps_plain_rope(tiny_model_factory, tmp_path, name):
     """The draft layer is trained with plain RoPE over whole heads
-    (train/draft.py), whatever scaling the target uses, with the target's head
+    (train/draft_head.py), whatever scaling the target uses, with the target's head
     size (qwen3: wider than n_embd / n_head): its candidates in libspecee
     match the numpy draft doing the same."""
     from test_draft_head import random_draft

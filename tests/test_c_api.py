@@ -79,10 +79,10 @@ def test_c_program_links_and_runs(tmp_path, tiny_llama):
 
 def test_ctypes_example_decodes_like_the_package(tmp_path):
     """examples/ctypes_decode.py (ctypes alone) gives the tokens and exit
-    layers of specee.early_exit.generate_specee for the same heads."""
+    layers of specee.decoding.early_exit.generate_specee for the same heads."""
     sys.path.insert(0, str(HERE / "fuzz"))
     import seeds
-    from specee.early_exit import generate_specee
+    from specee.decoding.early_exit import generate_specee
     from specee.engine import Heads, Model
 
     model_path = seeds.write_models(tmp_path / "model")[seeds.SEED_MODEL]

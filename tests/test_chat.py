@@ -8,7 +8,7 @@ import gguf
 import pytest
 from tiny_vocab import TINY_CHAT_TEMPLATE, write_tiny_vocab_gguf
 
-from specee.chat import ChatTemplateError, chat_prompt_ids, read_chat_template, render_chat
+from specee.tokenizer.chat_template import ChatTemplateError, chat_prompt_ids, read_chat_template, render_chat
 from specee.gguf_meta import read_gguf_metadata
 from specee.tokenizer import Tokenizer
 

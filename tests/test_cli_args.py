@@ -7,10 +7,10 @@ import math
 import pytest
 
 from specee import cli
-from specee.early_exit import PromptLookup, attach_heads
-from specee.evaluate import check_evaluation
+from specee.decoding.early_exit import PromptLookup, attach_heads
+from specee.evaluation.run import check_evaluation
 from specee.ranges import COUNT, THRESHOLD, TOP_P, Range
-from specee.sampling import Sampler, sample
+from specee.decoding.sampling import Sampler, sample
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_evaluate_arguments(kwargs, message):
                                           ("heldout", 1.0), ("draft_vocab", -1), ("seed", -1)])
 def test_draft_config_ranges(field, value):
     pytest.importorskip("torch")
-    from specee.train.draft import DraftConfig
+    from specee.train.draft_head import DraftConfig
 
     with pytest.raises(ValueError, match=f"^{field} must be"):
         DraftConfig(**{field: value})

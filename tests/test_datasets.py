@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from specee import datasets, fetch
-from specee.datasets import (
+from specee import fetch
+from specee.evaluation import datasets
+from specee.evaluation.datasets import (
     DATASETS,
     SOURCES,
     ASDivItem,
@@ -34,7 +35,7 @@ from specee.datasets import (
     load_xsum,
     sharegpt_split_of,
 )
-from specee.metrics import run_humaneval
+from specee.evaluation.scoring import run_humaneval
 
 DATA = Path(__file__).parent / "data" / "datasets"
 
@@ -223,7 +224,7 @@ def test_split_keeps_parts_of_a_conversation_together() -> None:
 
 
 def test_sharegpt_truncated_sample(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="specee.datasets"):
+    with caplog.at_level("WARNING", logger="specee.evaluation.datasets"):
         convs = load_sharegpt("all", path=DATA / "sharegpt_truncated.json")
     assert [c.id for c in convs] == ["conv001_0", "conv001_4", "conv007_0"]
     assert "cut off after record 3" in caplog.text

@@ -8,7 +8,7 @@ from gguf.quants import dequantize, quantize
 
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidArgumentError, Model
-from specee.heads_file import DraftHead, constant_predictor, write_heads
+from specee.heads.head_file import DraftHead, constant_predictor, write_heads
 
 PROMPT = [5, 77, 200, 13, 300, 42]
 
@@ -142,8 +142,8 @@ def test_bad_draft_tensors_are_refused(tiny6, tmp_path):
 
 
 def test_specee_loop_uses_the_draft_head(tiny6, tmp_path):
-    from specee.early_exit import generate_specee
-    from specee.generate import generate
+    from specee.decoding.early_exit import generate_specee
+    from specee.decoding.plain import generate
 
     ref = Reference(tiny6)
     with Model(tiny6) as m:

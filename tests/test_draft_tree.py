@@ -9,9 +9,9 @@ import pytest
 
 from reference import DraftReference, Reference
 from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model
-from specee.heads_file import constant_predictor, write_heads
-from specee.speculative import EagleDrafter, generate_speculative, open_drafter
-from specee.speculative.choice import eagle_shape, parse_draft
+from specee.heads.head_file import constant_predictor, write_heads
+from specee.decoding.speculative import EagleDrafter, generate_speculative, open_drafter
+from specee.decoding.speculative.choice import eagle_shape, parse_draft
 from test_draft_head import random_draft
 from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain
 

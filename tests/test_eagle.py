@@ -9,8 +9,8 @@ import pytest
 
 from reference import DraftReference, Reference
 from specee.engine import Heads, InvalidArgumentError, Model
-from specee.heads_file import constant_predictor, write_heads
-from specee.speculative import EagleDrafter, MergedDrafter, generate_speculative, open_drafter
+from specee.heads.head_file import constant_predictor, write_heads
+from specee.decoding.speculative import EagleDrafter, MergedDrafter, generate_speculative, open_drafter
 from test_draft_head import random_draft
 from test_draft_tree import after_prompt
 from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain

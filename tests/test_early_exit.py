@@ -6,7 +6,7 @@ import pytest
 
 from reference import Reference
 from specee.engine import Heads, InvalidArgumentError, InvalidModelError, Model, ModelIOError
-from specee.heads_file import Predictor, constant_predictor, write_heads
+from specee.heads.head_file import Predictor, constant_predictor, write_heads
 
 PROMPT = [5, 77, 200, 13, 300, 42]
 NEVER, ALWAYS = -40.0, 40.0  # predictor logits: sigmoid gives 0 or 1
@@ -304,8 +304,8 @@ def test_candidate_only_verification_exits_with_the_best_candidate(tiny6, tmp_pa
 
 
 def test_sampling_needs_full_verification(tiny6, tmp_path):
-    from specee.early_exit import generate_specee
-    from specee.sampling import Sampler
+    from specee.decoding.early_exit import generate_specee
+    from specee.decoding.sampling import Sampler
 
     with Model(tiny6) as m, make_heads(tmp_path, m, ALWAYS, layers=[1], exit_layers=[1]) as heads, \
             m.context(n_ctx=64) as ctx:

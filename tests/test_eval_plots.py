@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from specee import evaluate_plots
-from specee.evaluate_plots import INSTALL_HINT, PlotsUnavailable, write_plots
+from specee.evaluation import plots as evaluate_plots
+from specee.evaluation.plots import INSTALL_HINT, PlotsUnavailable, write_plots
 
 WIDTH, HEIGHT = (round(inches * evaluate_plots.DPI) for inches in evaluate_plots.FIGSIZE)
 
@@ -77,7 +77,7 @@ def test_inference_modules_do_not_import_matplotlib():
     """Importing the engine, generation and evaluation loads no plotting library."""
     import subprocess
 
-    code = ("import sys, specee.cli, specee.evaluate, specee.evaluate_plots, specee.early_exit; "
+    code = ("import sys, specee.cli, specee.evaluation.run, specee.evaluation.plots, specee.decoding.early_exit; "
             "print(any(m.startswith('matplotlib') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

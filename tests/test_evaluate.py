@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from specee.engine import Model
-from specee.evaluate import evaluate, markdown_table
-from specee.heads_file import constant_predictor, write_heads
+from specee.evaluation.run import evaluate, markdown_table
+from specee.heads.head_file import constant_predictor, write_heads
 
 DATA = Path(__file__).parent / "data" / "datasets"
 PATHS = {"mtbench": DATA / "mtbench.jsonl", "csqa": DATA / "csqa.jsonl", "asdiv": DATA / "asdiv.jsonl",
@@ -46,7 +46,7 @@ def test_eval_needs_heads_for_specee(tiny_with_heads):
 
 
 def test_parse_mode_and_sweep():
-    from specee.evaluate import parse_mode, sweep_modes
+    from specee.evaluation.run import parse_mode, sweep_modes
 
     assert parse_mode("vanilla") == ("vanilla", None)
     assert parse_mode("specee") == ("specee", None)
@@ -78,7 +78,7 @@ def test_eval_threshold_modes_differ(tiny_with_heads, tmp_path):
 
 
 def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monkeypatch):
-    from specee import shipped_heads
+    from specee.heads import shipped as shipped_heads
 
     path, heads = tiny_with_heads
     shipped = tmp_path / "shipped"
@@ -98,7 +98,8 @@ def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monke
 
 def run_cli_eval(tiny_with_heads, monkeypatch, out, *extra) -> int:
     """`specee eval` on the tiny model with the bundled data-set samples."""
-    from specee import cli, evaluate as evaluate_module
+    from specee import cli
+    from specee.evaluation import run as evaluate_module
 
     path, heads = tiny_with_heads
     real = evaluate_module.evaluate
@@ -149,8 +150,8 @@ def test_cli_eval_keeps_the_data_sets_done_when_a_later_one_fails(tiny_with_head
     leaves the first on disk, marked incomplete."""
     import json
 
-    from specee import evaluate as evaluate_module
-    from specee.datasets import DatasetError
+    from specee.evaluation import run as evaluate_module
+    from specee.evaluation.datasets import DatasetError
 
     real_load = evaluate_module.load_dataset
 
@@ -174,7 +175,7 @@ def test_eval_resumes_from_its_item_log(tiny_with_heads, tmp_path, monkeypatch):
     item not logged, and ends with the same figures as one unbroken run."""
     import json
 
-    from specee import evaluate as evaluate_module
+    from specee.evaluation import run as evaluate_module
 
     path, heads = tiny_with_heads
     log = tmp_path / "res.items.jsonl"
@@ -241,7 +242,7 @@ def test_cli_eval_resume_needs_out(tiny_with_heads, capsys):
 def test_cli_eval_logs_items_beside_out(tiny_with_heads, tmp_path, monkeypatch, capsys):
     import json
 
-    from specee import evaluate as evaluate_module
+    from specee.evaluation import run as evaluate_module
 
     out = tmp_path / "res.json"
     assert run_cli_eval(tiny_with_heads, monkeypatch, out, "--no-plots") == 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import specee.heads_file as heads_file
+import specee.heads.head_file as heads_file
 from specee.engine import EXIT_FEATURE_VERSION, Heads, InvalidArgumentError, Model, UnsupportedModelError, exit_features
-from specee.heads_file import Predictor, write_heads
+from specee.heads.head_file import Predictor, write_heads
 from specee.train.predictors import layer_features
 
 PROMPT = [5, 77, 200, 13, 300, 42]

@@ -7,8 +7,8 @@ import pytest
 
 from specee import cli
 from specee.engine import InvalidArgumentError, Model
-from specee.generate import generate
-from specee.sampling import Sampler
+from specee.decoding.plain import generate
+from specee.decoding.sampling import Sampler
 
 PROMPT = [5, 77, 200, 13, 300, 42]
 
@@ -106,7 +106,7 @@ def test_cli_reports_library_errors(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny6_heads(tiny_model_factory, tmp_path_factory):
-    from specee.heads_file import constant_predictor, write_heads
+    from specee.heads.head_file import constant_predictor, write_heads
 
     path = tiny_model_factory(n_layer=6, tied=False, seed=3)
     out = {}
@@ -118,7 +118,7 @@ def tiny6_heads(tiny_model_factory, tmp_path_factory):
 
 
 def test_specee_loop_with_never_firing_heads_equals_vanilla(tiny6_heads):
-    from specee.early_exit import generate_specee
+    from specee.decoding.early_exit import generate_specee
     from specee.engine import Heads
 
     path, heads = tiny6_heads
@@ -134,7 +134,7 @@ def test_specee_loop_with_never_firing_heads_equals_vanilla(tiny6_heads):
 
 
 def test_prompt_lookup_candidates():
-    from specee.early_exit import PromptLookup
+    from specee.decoding.early_exit import PromptLookup
 
     src = PromptLookup()
     # after "1 2 3" came 4 twice and 9 once; after "3" also 7

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from specee.datasets import HumanEvalProblem
-from specee.metrics import (
+from specee.evaluation.datasets import HumanEvalProblem
+from specee.evaluation.scoring import (
     extract_choice,
     extract_number,
     normalize_number,

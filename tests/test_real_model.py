@@ -76,7 +76,7 @@ def test_never_firing_exit_heads_give_vanilla_tokens(smollm2, tmp_path):
     segments (checks after each of layers 0-28): the tokens must be the
     vanilla ones."""
     from specee.engine import Heads
-    from specee.heads_file import constant_predictor, write_heads
+    from specee.heads.head_file import constant_predictor, write_heads
 
     write_heads(tmp_path / "never.gguf", smollm2, {l: constant_predictor(-40.0) for l in range(smollm2.n_layer - 1)})
     case = GOLDEN["cases"][0]
@@ -102,7 +102,7 @@ def test_shipped_heads_load_and_exit_with_high_agreement(smollm2):
     """The heads that ship for the default model are found by its fingerprint,
     carry a draft head, and early exit with them agrees with full depth on
     nearly every teacher-forced step of a chat answer."""
-    from specee.shipped_heads import HEADS_DIR, default_heads
+    from specee.heads.shipped import HEADS_DIR, default_heads
 
     path = default_heads(smollm2.fingerprint)
     assert path == HEADS_DIR / "smollm2-135m.gguf" and path.stat().st_size < 20 * 2**20

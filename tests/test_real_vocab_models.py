@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from reference import Reference
-from specee.chat import chat_prompt_ids, read_chat_template, render_chat, special_texts
-from specee.early_exit import generate_specee
+from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template, render_chat, special_texts
+from specee.decoding.early_exit import generate_specee
 from specee.engine import Heads, Model
-from specee.generate import generate
-from specee.heads_file import constant_predictor, write_heads
-from specee.speculative import ModelDrafter, generate_speculative
+from specee.decoding.plain import generate
+from specee.heads.head_file import constant_predictor, write_heads
+from specee.decoding.speculative import ModelDrafter, generate_speculative
 from specee.tokenizer import Tokenizer
 from test_architectures import ALWAYS, engine_greedy, reference_greedy
 from test_speculative import AlwaysDraft

@@ -141,7 +141,7 @@ def test_draft_tree_with_offloaded_layers(tiny_model_factory, rpc_server, tmp_pa
     ggml's scheduler, the target's layers on the server: the local tree."""
     from reference import Reference
     from specee.engine import Heads
-    from specee.heads_file import constant_predictor, write_heads
+    from specee.heads.head_file import constant_predictor, write_heads
     from test_draft_head import random_draft
 
     path = tiny_model_factory(n_layer=3, tied=False, seed=3, qtype="Q8_0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specee.sampling import Sampler, sample
+from specee.decoding.sampling import Sampler, sample
 
 
 @pytest.fixture

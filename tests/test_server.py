@@ -19,11 +19,11 @@ pytest.importorskip("starlette")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from specee import cli  # noqa: E402
-from specee.chat import chat_prompt_ids, read_chat_template  # noqa: E402
+from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template  # noqa: E402
 from specee.engine import Model  # noqa: E402
-from specee.generate import generate  # noqa: E402
-from specee.heads_file import constant_predictor, write_heads  # noqa: E402
-from specee.sampling import Sampler  # noqa: E402
+from specee.decoding.plain import generate  # noqa: E402
+from specee.heads.head_file import constant_predictor, write_heads  # noqa: E402
+from specee.decoding.sampling import Sampler  # noqa: E402
 from specee.server.app import create_app  # noqa: E402
 from specee.server.config import ServerConfig  # noqa: E402
 from specee.server.decoding import Job  # noqa: E402
@@ -270,7 +270,7 @@ def test_early_exit_per_request(server, tiny):
 def drafting_always_pays(monkeypatch):
     """Verification priced as one token: the policy drafts whenever lookup has a match."""
     from specee.server.speculative import ServedDrafting
-    from specee.speculative import CostCurve
+    from specee.decoding.speculative import CostCurve
 
     monkeypatch.setattr(ServedDrafting, "curve", lambda self, ctx, prompt: CostCurve({1: 1.0, 17: 1.0}))
 
@@ -566,9 +566,9 @@ def test_serve_refuses_a_bad_drafter(tiny, capsys):
 def test_real_model_early_exit_with_the_draft_head_matches_the_library(real_model_path):
     """The shipped SmolLM2 heads (with a draft head): the server's stepwise
     early exit gives the tokens generate_specee gives."""
-    from specee.early_exit import attach_heads, generate_specee
+    from specee.decoding.early_exit import attach_heads, generate_specee
     from specee.engine import Heads
-    from specee.shipped_heads import default_heads
+    from specee.heads.shipped import default_heads
 
     messages = [{"role": "user", "content": "Name three colours."}]
     tok = Tokenizer.from_gguf(real_model_path)

@@ -9,7 +9,7 @@ import pytest
 
 from specee.engine import EXIT_FEATURE_VERSION
 from specee.fetch import known_models
-from specee.shipped_heads import shipped_heads
+from specee.heads.shipped import shipped_heads
 
 MAX_BYTES = 30 * 2**20  # the limit for a shipped head file
 

@@ -12,12 +12,12 @@ from scipy.stats import chisquare
 
 from specee import cli
 from specee.engine import Model
-from specee.generate import generate
-from specee.sampling import Sampler, probabilities
-from specee.speculative import (CostCurve, Draft, DraftPolicy, Kind, LookupDrafter, ModelDrafter,
+from specee.decoding.plain import generate
+from specee.decoding.sampling import Sampler, probabilities
+from specee.decoding.speculative import (CostCurve, Draft, DraftPolicy, Kind, LookupDrafter, ModelDrafter,
                                 VocabularyMismatchError, generate_speculative, open_drafter, parse_draft)
-from specee.speculative import cost as cost_module
-from specee.speculative.drafters import empty_draft
+from specee.decoding.speculative import cost as cost_module
+from specee.decoding.speculative.drafters import empty_draft
 
 PROMPT = [5, 77, 200, 13, 300, 42]
 COPY_PROMPT = [5, 77, 200, 13, 300, 42, 9, 5, 77, 200, 13, 300]  # lookup finds a 5-token repeat
@@ -181,7 +181,7 @@ def test_lookup_drafter_picks_up_a_copy_after_an_edit():
 
 
 def test_ngram_index_match_length():
-    from specee.ngram_index import NgramIndex
+    from specee.decoding.speculative.ngram_index import NgramIndex
 
     index = NgramIndex(3)
     index.sync([5, 1, 2, 3, 9, 7, 5, 1, 2, 3])
@@ -537,7 +537,7 @@ def test_adaptive_policy_with_measured_curve_stays_exact(untied, tmp_path, monke
 def test_eval_speculative_mode_reproduces_vanilla(untied, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from specee.evaluate import evaluate, parse_mode
+    from specee.evaluation.run import evaluate, parse_mode
 
     monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
     assert parse_mode("speculative") == ("speculative", None)

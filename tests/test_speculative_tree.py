@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from specee.engine import Model
-from specee.speculative import (Draft, Kind, LookupDrafter, MergedDrafter, merge_drafts,
+from specee.decoding.speculative import (Draft, Kind, LookupDrafter, MergedDrafter, merge_drafts,
                                 open_drafter, parse_draft)
 from test_speculative import COPY_PROMPT, PROMPT, UNTIED, plain, speculative
 

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from specee.engine import Heads, Model
-from specee.heads_file import constant_predictor, write_heads
+from specee.heads.head_file import constant_predictor, write_heads
 
 PROMPTS = ([5, 77, 200, 13, 300, 42], [9, 8, 150, 3, 31])
 N_TOKENS, ROUNDS = 32, 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from specee.engine import Heads, InvalidArgumentError, Model, decode_batch
-from specee.heads_file import constant_predictor, write_heads
+from specee.heads.head_file import constant_predictor, write_heads
 from test_draft_head import random_draft
 from reference import Reference
 

@@ -17,7 +17,7 @@ import pytest
 from tiny_vocab import TINY_BOS_ID, TINY_CHAT_TEMPLATE, TINY_EOS_ID, tiny_vocab, write_tiny_vocab_gguf
 
 from specee.gguf_meta import GGUFMetaError, read_gguf_metadata
-from specee.pretokenizers import PRE_TOKENIZERS
+from specee.tokenizer.pretokenizers import PRE_TOKENIZERS
 from specee.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 ROUND_TRIP_TEXTS = [

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from spm_reference import reference_spm_encode
 
-from specee.special_tokens import SpecialToken, partition
+from specee.tokenizer.special_tokens import SpecialToken, partition
 from specee.tokenizer import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED, Tokenizer
-from specee.tokenizer_spm import escape_spaces
+from specee.tokenizer.spm import escape_spaces
 
 _BYTES = [f"<0x{b:02X}>" for b in range(256)]
 # (text, score, type); ids are positions in this list

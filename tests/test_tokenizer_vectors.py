@@ -18,7 +18,7 @@ from spm_reference import reference_spm_encode
 
 from specee.gguf_meta import read_gguf_metadata
 from specee.tokenizer import Tokenizer, TokenizerError
-from specee.tokenizer_spm import escape_spaces
+from specee.tokenizer.spm import escape_spaces
 
 # family -> (tokenizer.ggml.model, tokenizer.ggml.pre) of its vocabulary file
 FAMILIES = {

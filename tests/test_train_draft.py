@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from specee.engine import Heads, Model  # noqa: E402
-from specee.heads_file import constant_predictor, write_heads  # noqa: E402
-from specee.train.draft import DraftConfig, DraftNet, _batch, _chunks, _losses, read_target, train_draft  # noqa: E402
-from specee.train.features import extract_features, load_features  # noqa: E402
+from specee.heads.head_file import constant_predictor, write_heads  # noqa: E402
+from specee.train.draft_head import DraftConfig, DraftNet, _batch, _chunks, _losses, read_target, train_draft  # noqa: E402
+from specee.train.draft_head_targets import extract_features, load_features  # noqa: E402
 
 
 def corpus(n_vocab: int, n: int = 24, seed: int = 0) -> list[list[int]]:
@@ -101,7 +101,7 @@ def test_trained_draft_runs_in_libspecee_as_in_torch(tiny_model_factory, tmp_pat
 
 def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     """features -> draft -> traces -> predictors -> pack -> load -> decode, on the tiny model."""
-    from specee.early_exit import generate_specee
+    from specee.decoding.early_exit import generate_specee
     from specee.train.predictors import PredictorConfig
     from specee.train.pipeline import train_all
 
@@ -174,7 +174,7 @@ def test_train_all_end_to_end(tiny_model_factory, tmp_path):
     lm_head = Reference(path).out
     assert hid.hidden.dtype == np.float16 and hid.hidden.shape == (16, 4, lm_head.shape[1])
     layer_argmax = (hid.hidden.astype(np.float32) @ lm_head.T).argmax(-1)  # [16, 4]
-    from specee.generate import generate
+    from specee.decoding.plain import generate
 
     for i in range(2):
         with Model(path) as m, m.context(n_ctx=128) as ctx:
@@ -301,8 +301,8 @@ def test_read_target_pairs_and_head_size(tiny_model_factory):
 def test_train_all_on_a_wide_head_qwen3(tiny_model_factory, tmp_path):
     """`train all` on a qwen3 whose heads are wider than n_embd / n_head: the
     packed draft has the target's head size, and early exit decodes with it."""
-    from specee.early_exit import generate_specee
-    from specee.generate import generate
+    from specee.decoding.early_exit import generate_specee
+    from specee.decoding.plain import generate
     from specee.train.pipeline import train_all
     from specee.train.predictors import PredictorConfig
 

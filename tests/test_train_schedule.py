@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")  # the training extra
 from specee.cli import main  # noqa: E402
-from specee.heads_file import Predictor  # noqa: E402
+from specee.heads.head_file import Predictor  # noqa: E402
 from specee.train.pipeline import load_predictors, save_predictors  # noqa: E402
 from specee.train.predictors import PredictorConfig, Traces  # noqa: E402
 from specee.train.schedule import ExitReplay, StepCosts, choose_schedule, reschedule  # noqa: E402

@@ -12,18 +12,18 @@ from typing import Optional, Sequence
 from . import engine
 from .cli_args import (dataset_list, draft_spec, existing_dir, existing_file, mode_list, output_dir,
                        output_file, prompt_file, threshold_list, threshold_sweep)
-from .chat import ChatTemplateError, chat_prompt_ids, read_chat_template
+from .tokenizer.chat_template import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
-from .early_exit import attach_heads, generate_specee
-from .generate import generate
-from .heads_file import DRAFT_DTYPES
+from .decoding.early_exit import attach_heads, generate_specee
+from .decoding.plain import generate
+from .heads.head_file import DRAFT_DTYPES
 from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE,
                      THRESHOLD, TOP_P, ZERO_OR_MORE)
-from .sampling import Sampler
-from .shipped_heads import default_heads
-from .speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
-from .speculative.loop import DEFAULT_DRAFT_MAX
-from .tokenizer import Tokenizer, TokenizerError
+from .decoding.sampling import Sampler
+from .heads.shipped import default_heads
+from .decoding.speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
+from .decoding.speculative.loop import DEFAULT_DRAFT_MAX
+from .tokenizer.gguf_tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger("specee")
 
@@ -192,17 +192,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _train_modules():
     try:
-        from .train import corpus, draft, pipeline, predictors
+        from .train import corpus, draft_head, pipeline, predictors
     except ImportError as e:
         raise SystemExit(f'specee: training needs the optional extra: pip install "specee[train]" ({e})')
-    return corpus, draft, pipeline, predictors
+    return corpus, draft_head, pipeline, predictors
 
 
 def _sharegpt_slices(args: argparse.Namespace, model_path: Path, sequences: bool, prompts: bool):
     """ShareGPT train split: conversations [0, N) for the draft head, the next
     --trace-prompts for predictor traces (never the evaluation split)."""
     corpus = _train_modules()[0]
-    from .datasets import load_sharegpt
+    from .evaluation.datasets import load_sharegpt
 
     n_conv = args.conversations
     n_prompts = getattr(args, "trace_prompts", 0) if prompts else 0
@@ -296,8 +296,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import check_evaluation, evaluate, markdown_table
-    from .evaluate_plots import INSTALL_HINT, plots_available, write_plots
+    from .evaluation.run import check_evaluation, evaluate, markdown_table
+    from .evaluation.plots import INSTALL_HINT, plots_available, write_plots
 
     modes = args.modes
     if args.sweep_threshold:

@@ -11,10 +11,10 @@ import argparse
 import os
 from pathlib import Path
 
-from .datasets import known_datasets
-from .evaluate import parse_mode, sweep_modes
+from .evaluation.datasets import known_datasets
+from .evaluation.run import parse_mode, sweep_modes
 from .ranges import THRESHOLD
-from .speculative.choice import parse_draft
+from .decoding.speculative.choice import parse_draft
 
 
 def existing_file(text: str) -> str:

@@ -34,7 +34,7 @@ def write_models(out_dir: Path) -> dict[str, Path]:
 
 
 def _draft(cfg: TinyConfig, rng: np.random.Generator, n_rows: int):
-    from specee.heads_file import DraftHead
+    from specee.heads.head_file import DraftHead
 
     d, hd = cfg.n_embd, cfg.n_embd // cfg.n_head
     q, kv, ff = cfg.n_head * hd, cfg.n_head_kv * hd, 64
@@ -57,7 +57,7 @@ def write_heads_seeds(model_path: Path, out_dir: Path) -> list[Path]:
     """Head files for the model at `model_path` (needs libspecee); each one
     loads, so that fuzzing starts past the loader's checks."""
     from specee.engine import Heads, Model
-    from specee.heads_file import constant_predictor, write_heads
+    from specee.heads.head_file import constant_predictor, write_heads
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = MODELS[model_path.name]

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from ..engine import default_threads
 from .config import ServerConfig
 from .decoding import Job
-from .metrics import ServerMetrics
+from .prometheus import ServerMetrics
 from .outbox import Outbox
 from .responses import SSE_DONE, Responses, sse
 from .runtime import Runtime, load_runtime

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..speculative import DRAFT_MAX, parse_draft
+from ..decoding.speculative import DRAFT_MAX, parse_draft
 
 MODES = ("vanilla", "specee", "speculative")
 

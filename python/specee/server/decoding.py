@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from ..early_exit import PromptLookup, exit_stats_summary
+from ..decoding.early_exit import PromptLookup, exit_stats_summary
 from ..engine import Context, Heads
-from ..generate import decode_one_token, pick, why_stop
-from ..sampling import Sampler
-from ..tokenizer import Tokenizer
+from ..decoding.plain import decode_one_token, pick, why_stop
+from ..decoding.sampling import Sampler
+from ..tokenizer.gguf_tokenizer import Tokenizer
 from .schemas import DecodeOptions
 from .speculative import ServedDrafting, SpeculativeStepper
 from .stop_text import StopText

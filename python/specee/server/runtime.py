@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..chat import ChatTemplateError, chat_prompt_ids, read_chat_template
+from ..tokenizer.chat_template import ChatTemplateError, chat_prompt_ids, read_chat_template
 from ..engine import Heads, Model
-from ..shipped_heads import default_heads
-from ..tokenizer import Tokenizer
+from ..heads.shipped import default_heads
+from ..tokenizer.gguf_tokenizer import Tokenizer
 from .config import ServerConfig
 from .decoding import ServedHeads
-from .metrics import ServerMetrics
+from .prometheus import ServerMetrics
 from .scheduler import Scheduler
 from .speculative import ServedDrafting
 from .schemas import bad_request

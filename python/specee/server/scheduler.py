@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from ..engine import Context, SpeceeError, decode_batch
 from .decoding import Job, ServedHeads
-from .metrics import ServerMetrics
+from .prometheus import ServerMetrics
 from .speculative import ServedDrafting
 
 log = logging.getLogger(__name__)

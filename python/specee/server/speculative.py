@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..engine import Context, Heads, Model
-from ..sampling import Sampler
-from ..speculative import DraftPolicy, Drafter, ModelDrafter, open_drafter
-from ..speculative import cost
-from ..speculative.choice import parse_draft, resolve_draft_model
-from ..speculative.loop import SpeculativeDecoder
+from ..decoding.sampling import Sampler
+from ..decoding.speculative import DraftPolicy, Drafter, ModelDrafter, open_drafter
+from ..decoding.speculative import cost
+from ..decoding.speculative.choice import parse_draft, resolve_draft_model
+from ..decoding.speculative.loop import SpeculativeDecoder
 
 
 class ServedDrafting:

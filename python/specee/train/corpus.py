@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Iterable, Mapping, Sequence
 
-from ..chat import chat_prompt_ids, read_chat_template
-from ..tokenizer import Tokenizer
+from ..tokenizer.chat_template import chat_prompt_ids, read_chat_template
+from ..tokenizer.gguf_tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

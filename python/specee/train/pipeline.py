@@ -5,7 +5,7 @@ Every stage writes into one output directory and is skipped when its output
 is already there, so an interrupted run picks up where it stopped; each CLI
 stage runs the ones before it that have not run yet:
 
-    OUT/features/        target features (features.py)
+    OUT/features/        target features (draft_head_targets.py)
     OUT/draft/           draft checkpoints and log (draft.py), draft_head.npz
     OUT/draft_only.gguf  the draft head with a placeholder predictor (for traces)
     OUT/traces.parts/    one file per trace prompt while traces are collected (an interrupted run resumes)
@@ -31,11 +31,11 @@ import numpy as np
 from gguf.quants import dequantize
 
 from ..engine import Model
-from ..heads_file import QUANTIZED_DRAFT_TYPES, DraftHead, Predictor, constant_predictor, write_heads
+from ..heads.head_file import QUANTIZED_DRAFT_TYPES, DraftHead, Predictor, constant_predictor, write_heads
 from ..ranges import THRESHOLD
 from . import atomic
-from .draft import DraftConfig, train_draft
-from .features import FeatureSet, extract_features
+from .draft_head import DraftConfig, train_draft
+from .draft_head_targets import FeatureSet, extract_features
 from .predictors import PredictorConfig, Traces, collect_traces, train_predictors, write_report
 
 log = logging.getLogger(__name__)

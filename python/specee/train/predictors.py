@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..engine import Heads, Model, exit_features
-from ..heads_file import Predictor
+from ..heads.head_file import Predictor
 from . import atomic
 from ..ranges import COUNT, HELD_OUT_SHARE, LEARNING_RATE, SEED, THRESHOLD, ZERO_OR_MORE, check_fields
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heads_file import check_draft_dtype
+from ..heads.head_file import check_draft_dtype
 from ..ranges import ZERO_OR_MORE
-from .draft import evaluate, heldout_split, load_checkpoint, read_target, target_tokens, vocab_rows
-from .features import load_features
+from .draft_head import evaluate, heldout_split, load_checkpoint, read_target, target_tokens, vocab_rows
+from .draft_head_targets import load_features
 from .pipeline import save_draft
 
 

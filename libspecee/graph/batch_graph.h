@@ -1,0 +1,36 @@
+// batch_graph.h — one forward pass over one new token from each of several
+// sequences, each with its own KV cache (continuous batching): the matrix
+// products run once over all of them, attention per sequence.
+#pragma once
+
+#include "graph/graph.h"
+
+#include <vector>
+
+namespace specee {
+
+struct batch_graph {
+    ggml_cgraph * gf        = nullptr;
+    ggml_tensor * tokens    = nullptr;  // [n] I32
+    ggml_tensor * positions = nullptr;  // [n] I32
+    struct sequence {
+        ggml_tensor *              k_idx = nullptr;  // [1] I64: the cell this token writes
+        ggml_tensor *              v_idx = nullptr;  // [n_embd_kv] I64 if V is transposed, else == k_idx
+        std::vector<ggml_tensor *> masks;            // unique masks, [n_kv, 1]
+        std::vector<int>           mask_layer;       // a layer each mask serves
+        std::vector<int>           mask_of_layer;    // assign_masks() of this sequence
+    };
+    std::vector<sequence> seqs;
+    ggml_tensor * logits = nullptr;     // [n_vocab, n]
+    ggml_tensor * hidden = nullptr;     // [n_embd, n] after the final norm, when asked for
+};
+
+// plans[s]: sequence s's token at plans[s].pos over cells [0, plans[s].n_kv)
+// of *kvs[s], every layer.
+batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std::vector<const kv_cache *> & kvs,
+                                const std::vector<forward_plan> & plans, bool want_hidden, int graph_size);
+
+// Nodes a batch graph of n sequences may need.
+int batch_graph_size(const model & m, int n);
+
+} // namespace specee

@@ -1,0 +1,446 @@
+// graph.cpp — the Llama-family decoder as a ggml graph: llama, qwen2 (Q/K/V
+// biases), qwen3 (per-head Q/K RMSNorm), phi3 (fused QKV and gate/up).
+// ref: llama.cpp src/models/{llama,qwen2,qwen3,phi3}.cpp (graph shapes).
+#include "graph/graph.h"
+#include "graph/graph_parts.h"
+
+#include <cmath>
+
+namespace specee {
+
+// RMSNorm with a learned scale: x / rms(x) * w
+ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, float eps) {
+    return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
+}
+
+// The last column of a [ne0, n] tensor, as [ne0, 1].
+static ggml_tensor * last_column(ggml_context * ctx0, ggml_tensor * t) {
+    return ggml_view_2d(ctx0, t, t->ne[0], 1, t->nb[1], size_t(t->ne[1] - 1) * t->nb[1]);
+}
+
+// y = W x (+ b)
+// final_norm(x) . the candidates' lm_head rows: what an exit check sees
+// (ref: SpecEE sec. 4, the predictor's inputs). [n_cand, 1].
+static ggml_tensor * candidate_logits(ggml_context * ctx0, const model & m, ggml_tensor * cand_rows, ggml_tensor * x) {
+    return ggml_mul_mat(ctx0, cand_rows, rms_norm(ctx0, x, m.output_norm, m.hp.rms_eps));
+}
+
+// How many columns of x one product plane may hold so that ggml computes
+// each column exactly as a one-column product: 3 for a repacked matrix
+// (its gemm starts at four columns, below that it runs its gemv column by
+// column), else 1 (llamafile's sgemm takes F32/F16/BF16/Q8_0/Q4_0/... from
+// two columns on, and the K-quants were measured to differ too; ggml's own
+// loops still read each block of W once for all planes).
+static int64_t exact_plane_width(const ggml_tensor * w) {
+    const bool repacked = w->buffer != nullptr && ggml_backend_buffer_is_host(w->buffer) &&
+                          ggml_backend_buffer_get_type(w->buffer) != ggml_backend_cpu_buffer_type();
+    return repacked ? 3 : 1;
+}
+
+ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
+    const int64_t n     = x->ne[1];
+    const int64_t width = as_steps ? exact_plane_width(w) : n;
+    if (n <= width) {
+        return ggml_mul_mat(ctx0, w, x);
+    }
+    if (!ggml_is_contiguous(x)) {
+        x = ggml_cont(ctx0, x);
+    }
+    const int64_t padded = (n + width - 1) / width * width;
+    if (padded != n) {
+        x = ggml_pad(ctx0, x, 0, int(padded - n), 0, 0);  // zero columns, dropped below
+    }
+    ggml_tensor * y = ggml_mul_mat(ctx0, w, ggml_reshape_3d(ctx0, x, x->ne[0], width, padded / width));
+    y = ggml_reshape_2d(ctx0, y, y->ne[0], padded);                    // [m, padded]
+    return padded == n ? y : ggml_view_2d(ctx0, y, y->ne[0], n, y->nb[1], 0);
+}
+
+ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps) {
+    ggml_tensor * y = product(ctx0, w, x, as_steps);
+    return b ? ggml_add(ctx0, y, b) : y;
+}
+
+rope_params model_rope(const model & m, const kv_cache & kv) {
+    const hparams & hp = m.hp;
+    return {hp.n_rot, hp.rope_mode, hp.n_ctx_orig, hp.rope_base, hp.rope_freq_scale, hp.rope_attn_factor,
+            m.rope_factors(kv.n_ctx())};
+}
+
+// The draft head is trained with plain RoPE over whole heads (train/draft.py).
+static rope_params draft_rope(const hparams & hp) {
+    return {hp.n_embd_head, hp.rope_mode, hp.n_ctx_train, hp.rope_base, 1.0f, 1.0f, nullptr};
+}
+
+// x: [head size, heads, n]; ext_factor 0 (no YaRN), beta values unused then.
+static ggml_tensor * rope(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * positions, const rope_params & r) {
+    return ggml_rope_ext(ctx0, x, positions, r.factors, r.n_dims, r.mode, r.n_ctx_orig, r.base, r.freq_scale,
+                         0.0f, r.attn_factor, 32.0f, 1.0f);
+}
+
+qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+                      ggml_tensor * positions, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q,
+                      bool as_steps) {
+    const int64_t hd = hp.n_embd_head, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
+    qkv_heads out;
+    ggml_tensor * q = nullptr;
+    ggml_tensor * k;
+    if (L.wqkv) {
+        // one product, then views of its row ranges: Q, K, V (phi3)
+        ggml_tensor * qkv = product(ctx0, L.wqkv, cur, as_steps);      // [Q + 2 KV, n]
+        const size_t  es  = ggml_element_size(qkv);
+        q      = ggml_view_3d(ctx0, qkv, hd, hp.n_head,    n, hd * es, qkv->nb[1], 0);
+        k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
+        out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
+    } else {
+        if (want_q) {
+            q = ggml_reshape_3d(ctx0, linear(ctx0, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);
+        }
+        k     = ggml_reshape_3d(ctx0, linear(ctx0, L.wk, L.bk, cur, as_steps), hd, hp.n_head_kv, n);
+        out.v = linear(ctx0, L.wv, L.bv, cur, as_steps);
+    }
+    if (L.k_norm) {  // qwen3: RMSNorm over each head, before RoPE
+        k = rms_norm(ctx0, k, L.k_norm, hp.rms_eps);
+    }
+    out.k = rope(ctx0, k, positions, r);
+    if (want_q) {
+        if (L.q_norm) {
+            q = rms_norm(ctx0, q, L.q_norm, hp.rms_eps);
+        }
+        out.q = rope(ctx0, q, positions, r);
+    }
+    return out;
+}
+
+// This batch's K ([n_embd_kv, n]) and V ([n_embd_kv, n]) of layer il
+// written to the cells k_idx / v_idx name; expanded now so the writes come
+// before any reads of the cache in graph order. Indices are inputs, so the
+// graph does not depend on the position.
+void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+              ggml_tensor * k_idx, ggml_tensor * v_idx, int64_t n, ggml_tensor * k, ggml_tensor * v) {
+    const int64_t n_kv_embd = hp.n_embd_kv();
+    ggml_tensor * k_cache = kv.k(il);                                // [n_embd_kv, n_ctx] F16
+    ggml_tensor * v_cache = kv.v(il);
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, k_cache, ggml_reshape_2d(ctx0, k, n_kv_embd, n), k_idx));
+    if (kv.v_trans()) {
+        // v_cache is [n_ctx, n_embd_kv]: write element by element, one
+        // "row" of 1 value each, at d * n_ctx + cell (see v_idx)
+        ggml_tensor * dst = ggml_reshape_2d(ctx0, v_cache, 1, ggml_nelements(v_cache));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, dst, ggml_reshape_2d(ctx0, v, 1, n_kv_embd * n), v_idx));
+    } else {                                                         // v_cache: [n_embd_kv, n_ctx]
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, v_cache, v, v_idx));
+    }
+}
+
+static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const kv_cache & kv, int il,
+                     const forward_graph & g, int64_t n, const qkv_heads & h) {
+    store_kv(ctx0, gf, hp, kv, il, g.k_idx, g.v_idx, n, h.k, h.v);
+}
+
+// Attention of queries q ([hd, n_head, n], rotated) over cells [0, n_kv) of
+// layer il of the cache under `kq_mask` ([n_kv, n]): [n_embd_q, n], before
+// the output projection.
+ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
+                     ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps) {
+    const int64_t hd = hp.n_embd_head;
+    ggml_tensor * k_cache = kv.k(il);
+    ggml_tensor * v_cache = kv.v(il);
+    const float   scale = 1.0f / std::sqrt(float(hd));
+    const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
+    ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+    ggml_tensor * qp = ggml_permute(ctx0, q, 0, 2, 1, 3);            // [hd, n, n_head]
+    if (kv.v_trans()) {
+        // unfused: softmax(K^T q * scale + mask), then V^T times it; the
+        // graph llama.cpp builds when flash attention is off (its default)
+        ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, n_kv, hd, hp.n_head_kv,
+                                        v_cache->nb[1], v_cache->nb[1] * hd, 0);  // [n_kv, hd, n_head_kv]
+        if (as_steps && n > 1) {
+            // every query its own plane, [., 1, n_head, n]: one-column products, as a step has
+            ggml_tensor * kq = ggml_mul_mat(ctx0, ks, ggml_reshape_4d(ctx0, q, hd, 1, hp.n_head, n));  // [n_kv, 1, n_head, n]
+            kq = ggml_cont(ctx0, ggml_permute(ctx0, kq, 0, 3, 2, 1));                                   // [n_kv, n, n_head]
+            kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
+            kq = ggml_cont(ctx0, ggml_permute(ctx0, kq, 0, 3, 2, 1));                                   // [n_kv, 1, n_head, n]
+            return ggml_reshape_2d(ctx0, ggml_mul_mat(ctx0, vs, kq), hp.n_embd_q(), n);                 // [n_embd_q, n]
+        }
+        ggml_tensor * kq = ggml_mul_mat(ctx0, ks, qp);               // [n_kv, n, n_head]
+        kq = ggml_soft_max_ext(ctx0, kq, kq_mask, scale, 0.0f);
+        ggml_tensor * kqv = ggml_mul_mat(ctx0, vs, kq);              // [hd, n, n_head]
+        return ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hp.n_embd_q(), n);  // [n_embd_q, n]
+    }
+    ggml_tensor * vs = ggml_view_3d(ctx0, v_cache, hd, n_kv, hp.n_head_kv, v_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
+    ggml_tensor * o = ggml_flash_attn_ext(ctx0, qp, ks, vs, kq_mask, scale, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);                  // [hd, n_head, n]
+    return ggml_reshape_2d(ctx0, o, hp.n_embd_q(), n);               // [n_embd_q, n]
+}
+
+// Self-attention with weights L over layer il of the cache; writes this
+// batch's K/V first.
+static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
+                               const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
+                               const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+    const int64_t   n = plan.n_tokens;
+    const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true, plan.as_steps);
+    store_kv(ctx0, gf, hp, kv, il, g, n, h);
+    return product(ctx0, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n, plan.as_steps),
+                   plan.as_steps);  // [n_embd, n]
+}
+
+// SwiGLU feed-forward: down(silu(gate x) * up x)
+ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur, bool as_steps) {
+    if (L.ffn_gate == nullptr) {
+        // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
+        ggml_tensor * gate_up = product(ctx0, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
+        return product(ctx0, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
+    }
+    ggml_tensor * gate = product(ctx0, L.ffn_gate, cur, as_steps);   // [n_ff, n]
+    ggml_tensor * up   = product(ctx0, L.ffn_up,   cur, as_steps);   // [n_ff, n]
+    return product(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up), as_steps);  // [n_embd, n]
+}
+
+ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) {
+    ggml_set_name(t, name);
+    ggml_set_output(t);
+    ggml_build_forward_expand(gf, t);
+    return t;
+}
+
+void set_input(ggml_tensor * t, const void * data, size_t offset, size_t size) {
+    if (t->buffer != nullptr || t->data != nullptr) {
+        ggml_backend_tensor_set(t, data, offset, size);
+    }
+}
+
+void set_mask_input(ggml_tensor * t, const float * mask, size_t n, std::vector<ggml_fp16_t> & scratch) {
+    if (t->type == GGML_TYPE_F16) {
+        scratch.resize(n);
+        ggml_fp32_to_fp16_row(mask, scratch.data(), int64_t(n));
+        set_input(t, scratch.data(), 0, n * sizeof(ggml_fp16_t));
+    } else {
+        set_input(t, mask, 0, n * sizeof(float));
+    }
+}
+
+// Positions and the cells K/V go to: every graph that writes the cache has them.
+static void add_position_inputs(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int64_t n,
+                                forward_graph & g) {
+    g.positions = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+    ggml_set_name(g.positions, "inp_pos");
+    ggml_set_input(g.positions);
+    g.k_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n);
+    ggml_set_name(g.k_idx, "inp_k_idx");
+    ggml_set_input(g.k_idx);
+    if (kv.v_trans()) {
+        g.v_idx = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n * hp.n_embd_kv());
+        ggml_set_name(g.v_idx, "inp_v_idx");
+        ggml_set_input(g.v_idx);
+    } else {
+        g.v_idx = g.k_idx;
+    }
+}
+
+std::vector<int> assign_masks(const kv_cache & kv, const forward_plan & plan, int n_layer) {
+    std::vector<int> of_layer(size_t(n_layer), -1);
+    std::vector<int> representative;  // a layer per mask
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        for (size_t u = 0; u < representative.size() && of_layer[size_t(il)] < 0; u++) {
+            if (kv.same_validity(il, representative[u], plan.pos)) {
+                of_layer[size_t(il)] = int(u);
+            }
+        }
+        if (of_layer[size_t(il)] < 0) {
+            of_layer[size_t(il)] = int(representative.size());
+            representative.push_back(il);
+        }
+    }
+    return of_layer;
+}
+
+forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache & kv,
+                            ggml_tensor * state, const forward_plan & plan, int graph_size) {
+    const hparams & hp = m.hp;
+    const int64_t   n  = plan.n_tokens;
+    forward_graph   g;
+    g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
+
+    const rope_params r = model_rope(m, kv);
+
+    // ---- inputs ----
+    add_position_inputs(ctx0, hp, kv, n, g);
+    const ggml_type mask_type = kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16;  // the fused kernel wants F16
+
+    g.mask_of_layer = assign_masks(kv, plan, hp.n_layer);
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        const size_t u = size_t(g.mask_of_layer[size_t(il)]);
+        if (u == g.masks.size()) {
+            ggml_tensor * mask = ggml_new_tensor_2d(ctx0, mask_type, plan.n_kv, n);  // [n_kv, n]
+            ggml_format_name(mask, "kq_mask_%zu", u);
+            ggml_set_input(mask);
+            g.masks.push_back(mask);
+            g.mask_layer.push_back(il);
+        }
+    }
+
+    ggml_tensor * x;                                                 // [n_embd, n] residual stream
+    if (plan.layer_begin == 0) {
+        g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+        ggml_set_name(g.tokens, "inp_tokens");
+        ggml_set_input(g.tokens);
+        x = ggml_get_rows(ctx0, m.tok_embd, g.tokens);
+    } else {
+        x = ggml_view_2d(ctx0, state, hp.n_embd, n, state->nb[1], 0);
+    }
+
+    auto keep_hidden = [&](ggml_tensor * h) {
+        if (plan.hidden_norm) {
+            h = rms_norm(ctx0, h, m.output_norm, hp.rms_eps);
+        } else {
+            h = ggml_cont(ctx0, h);  // a copy, so later in-place ops cannot touch it
+        }
+        g.hidden = mark_output(g.gf, h, "hidden_out");
+    };
+
+    // The last layer can skip every row but the last when nothing else
+    // needs them.
+    const bool last_only = plan.n_logits == 1 && n > 1 && !plan.save_state &&
+                           plan.layer_end == hp.n_layer && plan.hidden_layer != hp.n_layer;
+    const int  last_only_from = last_only ? hp.n_layer - 1 : -1;
+    int64_t    n_rows = n;
+
+    ggml_tensor * cand_rows = nullptr;  // [n_embd, n_cand] lm_head rows of the candidates
+    if (plan.n_cand > 0) {
+        g.cand_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, plan.n_cand);
+        ggml_set_name(g.cand_ids, "inp_cand_ids");
+        ggml_set_input(g.cand_ids);
+        cand_rows = ggml_get_rows(ctx0, m.output, g.cand_ids);
+    }
+
+    // ---- layers ----
+    if (plan.fill_kv) {
+        // K/V for layers an early exit skipped, from the exit hidden state
+        // (docs/design.md#skipped-layers-kv-cache, the alternative to masking)
+        for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+            const layer_weights & L = m.layer(il, n);
+            ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
+            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/false));
+        }
+        return g;
+    }
+    for (int il = plan.layer_begin; il < plan.layer_end; il++) {
+        if (plan.hidden_layer == il) {
+            keep_hidden(x);
+        }
+        ggml_tensor * layer_input = x;
+        if (plan.n_cand > 0 && !plan.trace && il == plan.layer_end - 1 && il > 0) {
+            // the exit features' change term: the candidates' logits after layer il - 1
+            g.cand_logits_prev = mark_output(
+                g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x), "cand_logits_prev");
+        }
+        const layer_weights & L = m.layer(il, n);
+        ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
+
+        ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
+        cur = attention(ctx0, g.gf, hp, L, r, kv, il, plan, g, mask, cur);
+        if (il == last_only_from) {
+            // only the last token's output is wanted: its FFN alone, as
+            // llama.cpp does (batch-size dependent kernels would otherwise
+            // round differently from it)
+            cur = last_column(ctx0, cur);                            // [n_embd, 1]
+            x   = last_column(ctx0, x);
+            n_rows = 1;
+        }
+        x   = ggml_add(ctx0, x, cur);
+
+        cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
+        cur = feed_forward(ctx0, L, cur, plan.as_steps);
+        x   = ggml_add(ctx0, x, cur);
+
+        if (plan.trace) {
+            // training data for the exit predictors (ref: SpecEE sec. 4.3):
+            // what a check after this layer would see, and what it would pick
+            ggml_tensor * c = mark_output(g.gf, candidate_logits(ctx0, m, cand_rows, x), "trace_cand");  // [n_cand, 1]
+            ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);  // [n_embd, 1]
+            ggml_tensor * a = mark_output(g.gf, ggml_argmax(ctx0, ggml_mul_mat(ctx0, m.output_for(n), h)),
+                                          "trace_argmax");  // [1] I32
+            g.trace_cand.push_back(c);
+            g.trace_argmax.push_back(a);
+            g.trace_hidden.push_back(mark_output(g.gf, h, "trace_hidden"));
+            // how much this layer still moved the residual stream: |x_l - x_(l-1)| / |x_l|
+            ggml_tensor * moved = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, ggml_sub(ctx0, x, layer_input))));
+            ggml_tensor * size  = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, x)));
+            g.trace_change.push_back(mark_output(g.gf, ggml_div(ctx0, moved, size), "trace_change"));  // [1]
+        }
+    }
+    if (plan.hidden_layer == plan.layer_end) {
+        keep_hidden(x);
+    }
+    if (plan.save_state) {
+        ggml_build_forward_expand(g.gf, ggml_cpy(ctx0, x, ggml_view_2d(ctx0, state, hp.n_embd, n, state->nb[1], 0)));
+    }
+
+    // ---- output ----
+    if (plan.n_cand > 0 && !plan.trace) {
+        // early-exit features: final_norm(h) . lm_head rows of the candidates
+        // ref: SpecEE sec. 4 (predictor inputs); only the last token's row
+        g.cand_logits = mark_output(g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x),
+                                    "cand_logits");
+    }
+    if (plan.n_logits > 0) {
+        if (plan.n_logits == 1 && n_rows > 1) {
+            x = last_column(ctx0, x);                                 // [n_embd, 1]
+        }
+        ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
+        g.logits = mark_output(g.gf, product(ctx0, m.output_for(n), h, plan.as_steps), "logits");  // [n_vocab, n_logits]
+    }
+    return g;
+}
+
+} // namespace specee
+
+namespace specee {
+
+forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weights & d, const kv_cache & kv,
+                          const forward_plan & plan, int graph_size) {
+    const hparams & hp = m.hp;
+    const int64_t   n  = plan.n_tokens;
+    forward_graph   g;
+    g.gf = ggml_new_graph_custom(ctx0, graph_size, false);
+
+    // ---- inputs ----
+    add_position_inputs(ctx0, hp, kv, n, g);
+    g.tokens   = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+    g.features = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n);
+    ggml_tensor * mask = ggml_new_tensor_2d(ctx0, kv.v_trans() ? GGML_TYPE_F32 : GGML_TYPE_F16, plan.n_kv, n);
+    ggml_set_name(g.tokens, "draft_tokens");
+    ggml_set_name(g.features, "draft_features");
+    ggml_set_name(mask, "draft_kq_mask");
+    for (ggml_tensor * t : {g.tokens, g.features, mask}) {
+        ggml_set_input(t);
+    }
+    g.masks.push_back(mask);
+    g.mask_layer.push_back(0);
+
+    // ---- fc over [embed(token), feature] ----
+    ggml_tensor * e = ggml_get_rows(ctx0, m.tok_embd, g.tokens);               // [n_embd, n]
+    ggml_tensor * x = linear(ctx0, d.fc, d.fc_b, ggml_concat(ctx0, e, g.features, 0));  // [n_embd, n]
+
+    // ---- one decoder layer ----
+    const layer_weights & L = d.layer;
+    ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
+    cur = attention(ctx0, g.gf, hp, L, draft_rope(hp), kv, 0, plan, g, mask, cur);
+    x   = ggml_add(ctx0, x, cur);
+    cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
+    x   = ggml_add(ctx0, x, cur);
+
+    // ---- logits of the last pair, or of every pair (a draft tree's level):
+    // the draft predicts the next feature, already final-normed like the
+    // features it is trained on ----
+    if (n > 1 && plan.n_logits != n) {
+        x = last_column(ctx0, x);
+    }
+    // the predicted features: what further draft steps are fed (EAGLE)
+    g.hidden = mark_output(g.gf, ggml_cont(ctx0, x), "draft_hidden");
+    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, d.output ? d.output : m.output, x),
+                           "draft_logits");  // [n_draft_vocab, 1 or n]
+    return g;
+}
+
+} // namespace specee

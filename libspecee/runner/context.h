@@ -1,0 +1,253 @@
+// context.h — one sequence: KV cache, compute buffers, threads, outputs.
+#pragma once
+
+#include "graph/batch_graph.h"
+#include "heads/draft_state.h"
+#include "heads/early_exit_state.h"
+#include "heads/exit_policy.h"
+#include "graph/graph.h"
+#include "heads/heads.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace specee {
+
+class context {
+public:
+    context(const model & m, const specee_context_params & params);
+    ~context();
+    context(const context &) = delete;
+    context & operator=(const context &) = delete;
+
+    const model & mdl() const { return model_; }
+    uint32_t n_ctx()     const { return kv_.n_ctx(); }
+    uint32_t n_past()    const { return kv_.n_past(); }
+    int32_t  n_threads() const { return n_threads_; }
+    const kv_cache & kv() const { return kv_; }
+
+    // Full-depth forward passes (see specee.h for the contracts).
+    void prefill(const int32_t * tokens, int32_t n_tokens, bool logits_all);
+    void decode(int32_t token);
+    void truncate(uint32_t n_past);
+    void set_hidden_output(int32_t layer, bool final_norm);
+
+    const float * logits(int32_t i) const;
+    int32_t       n_outputs() const { return n_outputs_; }
+    int32_t       argmax(int32_t i) const;
+    const float * hidden(int32_t * n_tokens) const;
+
+    // ---- speculative early exit (context_exit.cpp) ----
+    using exit_params = specee::exit_params;
+    using exit_stats  = specee::exit_stats;
+    void set_heads(const heads * h);  // nullptr detaches
+    void set_exit_params(const exit_params & p);
+    const exit_params & get_exit_params() const { return early_exit_.params; }
+    // One decode step with early exit; returns the chosen token. With
+    // full_depth, *out_full receives the full model's token (else -1).
+    int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
+    int32_t last_exit_layer() const { return early_exit_.last_exit_layer; }
+    // A full-depth step that records, after every layer, the candidates'
+    // logits ([n_layer, n_cand] into cand_logits) and the full-vocabulary
+    // argmax ([n_layer] into layer_argmax): the predictors' training data.
+    int32_t trace_step(int32_t token, const int32_t * cands, int32_t n_cand, float * cand_logits,
+                       int32_t * layer_argmax);
+
+    // ---- draft head (context_draft.cpp) ----
+    bool has_draft() const { return draft_.kv != nullptr; }
+    // Runs the draft over the pairs (feature, next token) it has not seen:
+    // features of positions [draft n_past, n_past) with the tokens after
+    // them, the last of which is `next_token`; returns its top-k candidates
+    // for the token after `next_token`.
+    std::vector<int32_t> draft_sync(int32_t next_token);
+    // draft_sync(next_token), then the draft head runs ahead of the target
+    // for n_steps - 1 more steps, each fed its own predicted feature and
+    // best token (EAGLE); per step the k best tokens and their draft
+    // probabilities ([n_steps, k] each). Its cache keeps the synced positions only.
+    void draft_chain(int32_t next_token, int32_t n_steps, int32_t k, int32_t * out_tokens, float * out_probs);
+    // EAGLE-2: draft_sync(next_token), then a tree grown `depth` levels
+    // deep, the `width` likeliest nodes of each level expanded with their k
+    // best children in one pass; the `capacity` likeliest nodes of it come
+    // back best first (see specee_draft_tree). Returns how many. Its cache
+    // keeps the synced positions only. (context_draft_tree.cpp)
+    int32_t draft_tree(int32_t next_token, int32_t depth, int32_t width, int32_t k, int32_t capacity,
+                       int32_t * out_tokens, int32_t * out_parents, float * out_probs, float * out_path);
+    uint32_t draft_n_past() const { return draft_.kv ? draft_.kv->n_past() : 0; }
+    // the draft's candidates after the last early-exit step (empty without a draft)
+    const std::vector<int32_t> & next_candidates() const { return draft_.next_cands; }
+    std::vector<int32_t> checked_layers() const;
+    // what the last early-exit step's checks saw: layer indices, and
+    // exit_features() of each ([n, 3 n_cand]), in check order
+    const std::vector<int32_t> & last_check_layers() const { return early_exit_.last_check_layers; }
+    const std::vector<float> &   last_check_features() const { return early_exit_.last_check_features; }
+    const std::vector<float> &   last_trace_change() const { return early_exit_.trace_change; }
+    const std::vector<float> &   last_trace_hidden() const { return early_exit_.trace_hidden; }
+    // the draft's probabilities of its k best tokens after its last pass, best first
+    std::vector<float>           last_draft_probs() const;
+    const exit_stats & stats() const { return early_exit_.stats; }
+    void reset_stats() { early_exit_.stats = exit_stats(); }
+
+    // ---- token trees (context_tree.cpp) ----
+    // One pass over a token tree after the cache (see specee_decode_tree).
+    void decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n);
+    // Keeps one path of the pending tree, compacted into place (see specee_tree_accept).
+    void tree_accept(const int32_t * rows, int32_t n);
+    bool tree_pending() const { return tree_.n > 0; }
+
+    // Computes on `with`'s thread pool from now on (see specee_context_share_threads).
+    void share_threads(context & with);
+
+    // ---- several contexts in one pass (batch_decode.cpp) ----
+    // One full-depth token for each context (see specee_decode_batch).
+    static void decode_batch(context * const * contexts, const int32_t * tokens, int32_t n);
+
+    std::string last_error;
+
+    // adds the time until it goes out of scope to a counter
+    struct scoped_timer {
+        int64_t & total;
+        int64_t   t0;
+        explicit scoped_timer(int64_t & t) : total(t), t0(ggml_time_us()) {}
+        ~scoped_timer() { total += ggml_time_us() - t0; }
+        scoped_timer(const scoped_timer &) = delete;
+        scoped_timer & operator=(const scoped_timer &) = delete;
+    };
+    struct perf_counters {
+        uint64_t n_graph_runs   = 0;
+        uint64_t n_graph_builds = 0;
+        int64_t  t_compute_us   = 0;
+        int64_t  t_run_us       = 0;  // whole run(), compute included
+        int64_t  t_draft_us     = 0;  // early-exit stages (see struct specee_perf)
+        int64_t  t_predictor_us = 0;
+        int64_t  t_verify_us    = 0;
+        int64_t  t_exit_step_us = 0;
+    };
+    const perf_counters & perf() const { return perf_; }
+    void reset_perf() { perf_ = perf_counters(); }
+
+private:
+    // Built graphs kept for reuse (see run()): slot 0 holds multi-token
+    // (prefill) graphs, the others single-token graphs, one per shape
+    // (full depth, or the segments between early-exit checks).
+    struct graph_slot {
+        std::vector<uint8_t> meta;               // memory for the graph and tensor structs
+        ggml_context       * ctx    = nullptr;
+        ggml_gallocr_t       galloc = nullptr;   // each slot keeps its own compute buffer
+        forward_graph        g;
+        forward_plan         plan;
+        bool                 ready     = false;
+        uint64_t             last_used = 0;
+        // a fresh ggml context for a graph of up to graph_size nodes (and a
+        // gallocr of its own when with_galloc: CPU-only contexts)
+        void reset(int graph_size, bool with_galloc);
+        bool allocate(ggml_cgraph * gf);  // a new graph's tensors in the slot's buffer (CPU only)
+        ~graph_slot();
+    };
+
+    // A tree decode_tree ran, until tree_accept keeps a path of it: where
+    // it starts, each token's parent and depth, who is whose ancestor, and
+    // the draft head's features of its tokens.
+    struct token_tree {
+        uint32_t             base = 0;
+        uint32_t             n    = 0;
+        std::vector<int32_t> tokens, parents, depth;
+        std::vector<uint8_t> ancestor;  // [n, n]: 1 where j is i or an ancestor of i
+        std::vector<float>   features;  // [n, n_embd], with a draft head only
+    };
+    static token_tree make_tree(const int32_t * tokens, const int32_t * parents, int32_t n, uint32_t base);
+    token_tree         tree_;
+    const token_tree * laying_out_ = nullptr;  // during decode_tree's pass: compute() takes positions and masks from it
+    void require_no_tree() const;
+
+    // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
+    void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr);
+    // Fills a built graph's inputs and computes it.
+    void compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv, const int32_t * tokens,
+                 const int32_t * cands, const float * features);
+    void check_tokens(const int32_t * tokens, int32_t n) const;
+    void clear_outputs();                           // logits and hidden states of the last call
+    void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
+    uint32_t padded_n_kv(uint32_t n_used) const;
+    graph_slot & slot_for(const forward_plan & plan, bool & reuse);
+    void         build_into(graph_slot & slot, const forward_plan & plan, bool draft = false);
+
+    const model & model_;
+    kv_cache      kv_;
+    uint32_t      n_batch_;
+    int32_t       n_threads_;
+    bool          exact_verify_ = true;  // tree passes as one-token steps (specee_context_params.exact_verify)
+
+    ggml_backend_t     backend_    = nullptr;   // the CPU
+    std::shared_ptr<ggml_threadpool> threadpool_;  // shared by contexts that share_threads()
+    std::vector<ggml_backend_t> offload_backends_;  // one per offload device of the model
+    ggml_backend_sched_t        sched_ = nullptr;   // only with offload devices
+    bool has_offload() const { return sched_ != nullptr; }
+    void release();                                  // frees what the constructor made
+    int                graph_size_ = 0;
+    std::vector<std::unique_ptr<graph_slot>> slots_;
+    graph_slot           batch_slot_;   // decode_batch's graph, when this context leads one,
+    batch_graph          batch_graph_;  // kept while the same contexts decode together
+    std::vector<int64_t> batch_key_;    // what it was built for (decode_batch)
+    const uint64_t       id_;           // unique in the process (a freed context's address may come back)
+    std::vector<std::unique_ptr<graph_slot>> batch_slots_;  // graphs of 2..max_kept_batch tokens, by shape
+    static constexpr uint32_t max_kept_batch = 16;
+    uint64_t           n_runs_ = 0;
+
+    ggml_context          * state_ctx_    = nullptr;
+    ggml_backend_buffer_t   state_buffer_ = nullptr;
+    ggml_tensor           * state_        = nullptr;  // [n_embd, n_batch] residual between segments
+
+    std::vector<float>       logits_;       // [n_outputs, n_vocab]
+    int32_t                  n_outputs_ = 0;
+    std::vector<float>       hidden_;       // [n_hidden_tokens, n_embd]
+    std::vector<float>       cand_logits_;  // [n_cand] of the last segment that asked for them
+    std::vector<float>       cand_logits_prev_;  // [n_cand] the layer before (empty when it was layer 0)
+    int32_t                  n_hidden_  = 0;
+    int32_t                  hidden_layer_ = -1;
+    bool                     hidden_norm_  = false;
+    perf_counters            perf_;
+
+    // early exit
+    int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
+    // checks a step's token and candidates, catches the draft up, clears outputs
+    void    begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand);
+    // runs layers [from, to) from the saved state (none if from == to) and
+    // keeps the last token's logits and, with a draft head, its feature
+    void    run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to);
+    early_exit_state early_exit_;
+
+    // draft head: its one-layer cache, the target tokens and features it
+    // has not consumed yet ([n_pending, n_embd]), its graphs
+    std::vector<int32_t> draft_run(const int32_t * tokens, const float * features, uint32_t n);
+    // one graph over n pairs at the draft's n_past (under laying_out_'s
+    // tree mask when set), committed to its cache; keeps the logits and
+    // predicted features of the last pair, or of every pair
+    void                 draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row);
+    void                 keep_pending(const int32_t * tokens, uint32_t n);
+    void                 require_draft_k(int32_t k) const;  // a draft head with at least k tokens
+    void                 keep_pending(const int32_t * tokens, const float * features, uint32_t n);
+    draft_state                draft_;
+    graph_slot                 draft_slots_[3];   // multi-token, single-token, tree level (every row's logits)
+    // the k best tokens of row `row` of the last draft logits (and their probabilities)
+    std::vector<int32_t>       draft_top(size_t row, size_t k, float * probs) const;
+
+    std::vector<int64_t>     k_idx_buf_;
+    std::vector<int64_t>     v_idx_buf_;
+    std::vector<float>       mask_buf_;
+    std::vector<ggml_fp16_t> mask_f16_;
+    std::vector<int32_t>     pos_buf_;
+};
+
+} // namespace specee
+
+struct specee_context : specee::context {
+    using specee::context::context;
+};

@@ -1,0 +1,120 @@
+// context_tree.cpp — token trees: many drafted continuations verified in one
+// pass, each token attending to the cache and to its own ancestors only
+// (ref: SpecInfer's tree attention; docs/speculative.md), then the accepted
+// path compacted into place.
+#include "runner/context.h"
+
+#include "api/error.h"
+
+#include <algorithm>
+
+namespace specee {
+
+void context::require_no_tree() const {
+    if (tree_pending()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT,
+             "a token tree is pending: keep a path of it (specee_tree_accept) or truncate to at most %u first",
+             tree_.base);
+    }
+}
+
+context::token_tree context::make_tree(const int32_t * tokens, const int32_t * parents, int32_t n, uint32_t base) {
+    token_tree t;
+    t.base = base;
+    t.n    = uint32_t(n);
+    t.tokens.assign(tokens, tokens + n);
+    t.parents.resize(size_t(n));
+    t.depth.resize(size_t(n));
+    t.ancestor.assign(size_t(n) * size_t(n), 0);
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t p = parents ? parents[i] : i - 1;  // no parents: a chain
+        if (p < -1 || p >= i) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT,
+                 "parent %d of tree token %d must be -1 (follows the cache) or an earlier token in [0, %d)", p, i, i);
+        }
+        t.parents[size_t(i)] = p;
+        t.depth[size_t(i)]   = p < 0 ? 0 : t.depth[size_t(p)] + 1;
+        uint8_t * row = &t.ancestor[size_t(i) * size_t(n)];
+        if (p >= 0) {
+            const uint8_t * prow = &t.ancestor[size_t(p) * size_t(n)];
+            std::copy(prow, prow + p + 1, row);
+        }
+        row[i] = 1;
+    }
+    return t;
+}
+
+void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n) {
+    check_tokens(tokens, n);
+    if (uint32_t(n) > n_batch_) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "a token tree of %d tokens is larger than n_batch = %u", n, n_batch_);
+    }
+    token_tree t = make_tree(tokens, parents, n, kv_.n_past());
+    clear_outputs();
+
+    forward_plan plan;
+    plan.pos          = t.base;
+    plan.n_tokens     = t.n;
+    plan.n_kv         = padded_n_kv(t.base + t.n);
+    plan.layer_end    = model_.hp.n_layer;
+    plan.n_logits     = n;
+    plan.as_steps     = exact_verify_;  // each row's logits exactly a plain step's: greedy keeps plain output
+    ask_hidden(plan);
+    laying_out_ = &t;
+    try {
+        run(tokens, plan);
+    } catch (...) {
+        laying_out_ = nullptr;
+        clear_outputs();
+        throw;
+    }
+    laying_out_ = nullptr;
+    kv_.commit(t.base, t.n, model_.hp.n_layer);
+    if (has_draft()) {
+        t.features.assign(hidden_.end() - long(size_t(n) * size_t(model_.hp.n_embd)), hidden_.end());
+    }
+    tree_ = std::move(t);
+}
+
+void context::tree_accept(const int32_t * rows, int32_t n) {
+    if (!tree_pending()) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "no token tree is pending (specee_decode_tree makes one)");
+    }
+    if (n < 0 || uint32_t(n) > tree_.n || (n > 0 && rows == nullptr)) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "a path of 0 to %u tree tokens is needed, not %d", tree_.n, n);
+    }
+    std::vector<std::pair<uint32_t, uint32_t>> moves;  // (from cell, to cell)
+    std::vector<int32_t> path_tokens;
+    std::vector<float>   path_features;
+    const size_t n_embd = size_t(model_.hp.n_embd);
+    for (int32_t k = 0; k < n; k++) {
+        const int32_t r = rows[k];
+        if (r < 0 || uint32_t(r) >= tree_.n) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "path row %d is outside the tree's [0, %u)", r, tree_.n);
+        }
+        const int32_t want = k == 0 ? -1 : rows[k - 1];
+        if (tree_.parents[size_t(r)] != want) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "path row %d (step %d) has parent %d, not %d: not a path from a root",
+                 r, k, tree_.parents[size_t(r)], want);
+        }
+        if (r != k) {
+            moves.emplace_back(tree_.base + uint32_t(r), tree_.base + uint32_t(k));
+        }
+        path_tokens.push_back(tree_.tokens[size_t(r)]);
+        if (!tree_.features.empty()) {
+            const float * f = &tree_.features[size_t(r) * n_embd];
+            path_features.insert(path_features.end(), f, f + n_embd);
+        }
+    }
+    // rows ascend along a path (parents come first), so a move's source is
+    // never an earlier move's destination
+    kv_.move_cells(moves);
+    const uint32_t base = tree_.base;
+    tree_ = token_tree();
+    kv_.truncate(base + uint32_t(n));
+    if (has_draft() && n > 0) {
+        keep_pending(path_tokens.data(), path_features.data(), uint32_t(n));
+    }
+}
+
+} // namespace specee
