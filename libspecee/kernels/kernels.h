@@ -1,0 +1,75 @@
+// kernels.h — specee's own CPU matrix kernels for k-quant weights.
+//
+// A weight matrix of n_rows x n_cols in one of ggml's k-quant block formats
+// is repacked once, at load, into a row-interleaved layout: 16 rows side by
+// side, so that one 512-bit register holds 4 consecutive weights of 16 rows
+// and a dot product over 4 activation bytes (VNNI vpdpbusd) advances 16 rows
+// at once, with no horizontal sums (docs/kernels.md has the layouts).
+//
+// mul_mat computes y = W x for 1..n columns of activations quantized to
+// Q8_K (ggml's block_q8_K layout). Every column is computed by the same
+// sequence of operations whatever the number of columns in the call: the
+// weights of a tile are unpacked once and reused by every column, but each
+// column has its own accumulators and the same order of integer and
+// floating-point steps. A column of a batched call is therefore bit for bit
+// the one-column result: verification rows equal one-token steps.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace specee::kernels {
+
+constexpr int QK        = 256;  // weights per k-quant block (ggml's QK_K)
+constexpr int ROW_GROUP = 16;   // rows interleaved in a repacked block
+
+// ggml's k-quant block layouts (ggml-common.h), read from the GGUF as bytes.
+struct block_q4_k {  // 144 bytes: w = d * sc[j] * q - dmin * m[j], 8 sub-blocks of 32
+    uint16_t d, dmin;     // fp16
+    uint8_t  scales[12];  // 6-bit scales and mins, packed
+    uint8_t  qs[128];     // 4-bit quants
+};
+struct block_q6_k {  // 210 bytes: w = d * sc[j] * (q - 32), 16 sub-blocks of 16
+    uint8_t  ql[128];     // low 4 bits
+    uint8_t  qh[64];      // high 2 bits
+    int8_t   scales[16];
+    uint16_t d;           // fp16
+};
+struct block_q8_k {  // activations: x = d * qs, bsums: sums of 16 qs
+    float   d;
+    int8_t  qs[QK];
+    int16_t bsums[QK / 16];
+};
+static_assert(sizeof(block_q4_k) == 144, "Q4_K block");
+static_assert(sizeof(block_q6_k) == 210, "Q6_K block");
+static_assert(sizeof(block_q8_k) == 292, "Q8_K block");
+
+enum class weight_type { q4_k, q6_k };
+enum class isa { reference, avx512_vnni };
+
+// What this CPU can run (chosen at run time, not at build time).
+isa best_isa();
+const char * isa_name(isa i);
+
+// A repacked matrix. n_rows must be a multiple of ROW_GROUP and n_cols of QK.
+struct packed_matrix {
+    weight_type          type   = weight_type::q4_k;
+    int64_t              n_rows = 0;
+    int64_t              n_cols = 0;
+    std::vector<uint8_t> data;  // n_rows / 16 groups of n_cols / 256 repacked blocks
+    size_t block_bytes() const;  // bytes of one repacked block (16 rows x 256 weights)
+};
+
+// Repacks rows of ggml blocks (n_rows x n_cols / 256 blocks, row-major).
+// Returns false (and says why) when the shape does not fit the layout.
+bool repack(weight_type type, const void * blocks, int64_t n_rows, int64_t n_cols, packed_matrix & out,
+            std::string * why = nullptr);
+
+// y[c * ldy + r] = sum_k W[r, k] x_c[k] for rows [row_begin, row_end) (multiples
+// of 16) and columns c < n_x; x holds n_x rows of n_cols / 256 Q8_K blocks.
+void mul_mat(isa i, const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+             int64_t row_begin, int64_t row_end);
+
+} // namespace specee::kernels

@@ -1,0 +1,263 @@
+// repack.cpp — ggml's Q4_K / Q6_K blocks into the 16-row layouts of
+// layouts.h, the reference kernels over those layouts, and the dispatch.
+#include "kernels/layouts.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace specee::kernels {
+
+float fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t) (h & 0x8000) << 16;
+    const uint32_t exp  = (h >> 10) & 0x1f;
+    const uint32_t man  = h & 0x3ff;
+    float f;
+    if (exp == 0) {
+        f = std::ldexp((float) man, -24);  // zero or subnormal
+    } else if (exp == 31) {
+        f = man ? NAN : INFINITY;
+    } else {
+        const uint32_t bits = ((exp + 112) << 23) | (man << 13);
+        std::memcpy(&f, &bits, sizeof f);
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    bits |= sign;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+size_t packed_matrix::block_bytes() const {
+    return type == weight_type::q4_k ? sizeof(block_q4_k_r16) : sizeof(block_q6_k_r16);
+}
+
+// ---- ggml's blocks, unpacked to one byte a weight (the format, ggml-common.h)
+
+// q[256] in 0..63, w = d * scales[i / 16] * (q[i] - 32)
+static void unpack_q6_k(const block_q6_k & b, uint8_t * q) {
+    for (int h = 0; h < 2; ++h) {
+        const uint8_t * ql = b.ql + 64 * h;
+        const uint8_t * qh = b.qh + 32 * h;
+        uint8_t *       o  = q + 128 * h;
+        for (int l = 0; l < 32; ++l) {
+            o[l]      = (ql[l] & 0xf) | ((qh[l] >> 0) & 3) << 4;
+            o[l + 32] = (ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4;
+            o[l + 64] = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4;
+            o[l + 96] = (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4;
+        }
+    }
+}
+
+// q[256] in 0..15, w = d * sc[i / 32] * q[i] - dmin * m[i / 32]
+static void unpack_q4_k(const block_q4_k & b, uint8_t * q, uint8_t * sc, uint8_t * m) {
+    const uint8_t * s = b.scales;
+    for (int j = 0; j < 8; ++j) {
+        if (j < 4) {
+            sc[j] = s[j] & 63;
+            m[j]  = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
+            m[j]  = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    for (int c = 0; c < 4; ++c) {
+        for (int l = 0; l < 32; ++l) {
+            q[64 * c + l]      = b.qs[32 * c + l] & 0xf;
+            q[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
+        }
+    }
+}
+
+// Line p of the low nibbles: quad 2p in the low nibble, quad 2p + 1 in the high one.
+static void pack_nibbles(const uint8_t (*q)[QK], uint8_t (*lo)[64]) {
+    for (int p = 0; p < 32; ++p) {
+        for (int r = 0; r < ROW_GROUP; ++r) {
+            for (int i = 0; i < 4; ++i) {
+                lo[p][4 * r + i] = (uint8_t) ((q[r][8 * p + i] & 0xf) | (q[r][8 * p + 4 + i] & 0xf) << 4);
+            }
+        }
+    }
+}
+
+static void repack_q6_k(const block_q6_k * const * rows, block_q6_k_r16 & out) {
+    uint8_t q[ROW_GROUP][QK];
+    for (int r = 0; r < ROW_GROUP; ++r) {
+        unpack_q6_k(*rows[r], q[r]);
+        out.d[r] = rows[r]->d;
+        for (int g = 0; g < 16; ++g) {
+            out.scales[g][r] = rows[r]->scales[g];
+        }
+    }
+    pack_nibbles(q, out.lo);
+    for (int g = 0; g < 16; ++g) {
+        for (int r = 0; r < ROW_GROUP; ++r) {
+            for (int i = 0; i < 4; ++i) {
+                uint8_t h = 0;
+                for (int j = 0; j < 4; ++j) {
+                    h |= (uint8_t) (((q[r][16 * g + 4 * j + i] >> 4) & 3) << (2 * j));
+                }
+                out.hi[g][4 * r + i] = h;
+            }
+        }
+    }
+}
+
+static void repack_q4_k(const block_q4_k * const * rows, block_q4_k_r16 & out) {
+    uint8_t q[ROW_GROUP][QK];
+    for (int r = 0; r < ROW_GROUP; ++r) {
+        uint8_t sc[8], m[8];
+        unpack_q4_k(*rows[r], q[r], sc, m);
+        out.d[r]    = rows[r]->d;
+        out.dmin[r] = rows[r]->dmin;
+        for (int j = 0; j < 8; ++j) {
+            out.scales[j][r] = sc[j];
+            out.mins[j][r]   = m[j];
+        }
+    }
+    pack_nibbles(q, out.lo);
+}
+
+bool repack(weight_type type, const void * blocks, int64_t n_rows, int64_t n_cols, packed_matrix & out,
+            std::string * why) {
+    if (n_rows <= 0 || n_rows % ROW_GROUP != 0 || n_cols <= 0 || n_cols % QK != 0) {
+        if (why) {
+            *why = "shape " + std::to_string(n_rows) + " x " + std::to_string(n_cols) +
+                   ": rows must be a multiple of 16 and columns of 256";
+        }
+        return false;
+    }
+    out.type   = type;
+    out.n_rows = n_rows;
+    out.n_cols = n_cols;
+    const int64_t nb = n_cols / QK;
+    out.data.resize((size_t) (n_rows / ROW_GROUP * nb) * out.block_bytes());
+    const size_t src_block = type == weight_type::q4_k ? sizeof(block_q4_k) : sizeof(block_q6_k);
+    const auto * src = static_cast<const uint8_t *>(blocks);
+    for (int64_t g = 0; g < n_rows / ROW_GROUP; ++g) {
+        for (int64_t b = 0; b < nb; ++b) {
+            const void * rows[ROW_GROUP];
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                rows[r] = src + ((g * ROW_GROUP + r) * nb + b) * src_block;
+            }
+            uint8_t * dst = out.data.data() + (size_t) (g * nb + b) * out.block_bytes();
+            if (type == weight_type::q4_k) {
+                repack_q4_k(reinterpret_cast<const block_q4_k * const *>(rows), *reinterpret_cast<block_q4_k_r16 *>(dst));
+            } else {
+                repack_q6_k(reinterpret_cast<const block_q6_k * const *>(rows), *reinterpret_cast<block_q6_k_r16 *>(dst));
+            }
+        }
+    }
+    return true;
+}
+
+// ---- reference kernels: the same integer sums and the same float steps, in
+// the same order, as the SIMD kernels (so the tests can ask for equality).
+
+void mul_mat_q6_k_reference(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                            int64_t row_begin, int64_t row_end) {
+    const int64_t nb  = w.n_cols / QK;
+    const auto *  blk = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int c = 0; c < n_x; ++c) {
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const block_q6_k_r16 & B  = blk[g * nb + b];
+                    const block_q8_k &     X  = x[c * nb + b];
+                    int32_t                sb = 0;
+                    for (int s = 0; s < 16; ++s) {
+                        int32_t sum = 0;
+                        for (int j = 0; j < 4; ++j) {  // quad 4s + j
+                            const int     quad = 4 * s + j;
+                            for (int i = 0; i < 4; ++i) {
+                                const uint8_t lo = (B.lo[quad / 2][4 * r + i] >> (4 * (quad % 2))) & 0xf;
+                                const uint8_t hi = (B.hi[s][4 * r + i] >> (2 * j)) & 3;
+                                sum += (int32_t) (lo | hi << 4) * X.qs[16 * s + 4 * j + i];
+                            }
+                        }
+                        sum -= 32 * X.bsums[s];
+                        sb += sum * B.scales[s][r];
+                    }
+                    const float dxw = fp16_to_fp32(B.d[r]) * X.d;
+                    acc             = std::fma((float) sb, dxw, acc);
+                }
+                y[c * ldy + g * ROW_GROUP + r] = acc;
+            }
+        }
+    }
+}
+
+void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                            int64_t row_begin, int64_t row_end) {
+    const int64_t nb  = w.n_cols / QK;
+    const auto *  blk = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int c = 0; c < n_x; ++c) {
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const block_q4_k_r16 & B  = blk[g * nb + b];
+                    const block_q8_k &     X  = x[c * nb + b];
+                    int32_t                sb = 0, sm = 0;
+                    for (int s = 0; s < 8; ++s) {
+                        int32_t sum = 0;
+                        for (int j = 0; j < 8; ++j) {  // quad 8s + j
+                            const int quad = 8 * s + j;
+                            for (int i = 0; i < 4; ++i) {
+                                const uint8_t q = (B.lo[quad / 2][4 * r + i] >> (4 * (quad % 2))) & 0xf;
+                                sum += (int32_t) q * X.qs[32 * s + 4 * j + i];
+                            }
+                        }
+                        sb += sum * B.scales[s][r];
+                        sm += bsum32(X, s) * B.mins[s][r];
+                    }
+                    acc = std::fma((float) sb, fp16_to_fp32(B.d[r]) * X.d, acc);
+                    acc = std::fma(-(float) sm, fp16_to_fp32(B.dmin[r]) * X.d, acc);
+                }
+                y[c * ldy + g * ROW_GROUP + r] = acc;
+            }
+        }
+    }
+}
+
+// ---- dispatch
+
+isa best_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+        return isa::avx512_vnni;
+    }
+#endif
+    return isa::reference;
+}
+
+const char * isa_name(isa i) {
+    switch (i) {
+        case isa::avx512_vnni: return "avx512_vnni";
+        case isa::reference:   return "reference";
+    }
+    return "?";
+}
+
+void mul_mat(isa i, const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+             int64_t row_begin, int64_t row_end) {
+#if defined(__x86_64__)
+    if (i == isa::avx512_vnni) {
+        if (w.type == weight_type::q4_k) {
+            mul_mat_q4_k_avx512_vnni(w, x, n_x, y, ldy, row_begin, row_end);
+        } else {
+            mul_mat_q6_k_avx512_vnni(w, x, n_x, y, ldy, row_begin, row_end);
+        }
+        return;
+    }
+#endif
+    if (w.type == weight_type::q4_k) {
+        mul_mat_q4_k_reference(w, x, n_x, y, ldy, row_begin, row_end);
+    } else {
+        mul_mat_q6_k_reference(w, x, n_x, y, ldy, row_begin, row_end);
+    }
+}
+
+} // namespace specee::kernels

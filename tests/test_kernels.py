@@ -1,0 +1,86 @@
+"""specee's own CPU kernels (libspecee/kernels/, docs/kernels.md), driven by
+tests/c/kernel_check.cpp without ggml: the reference kernel against numpy
+over gguf's own dequantization, the CPU's fastest kernel against the
+reference bit for bit, and every column of a batched call against the
+one-column call bit for bit (what makes a verification row equal a
+one-token step)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "libspecee" / "kernels"
+CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
+TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q6_k": GGMLQuantizationType.Q6_K}
+
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def kernel_check(tmp_path_factory) -> Path:
+    """The driver, compiled as CMakeLists.txt compiles the kernels."""
+    out = tmp_path_factory.mktemp("kernels")
+    common = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+              "-Wno-maybe-uninitialized", f"-I{ROOT / 'libspecee'}", "-c"]
+    objs = []
+    for src, extra in [(KERNELS / "repack.cpp", []), (KERNELS / "mul_mat_avx512_vnni.cpp", AVX512_FLAGS),
+                       (ROOT / "tests" / "c" / "kernel_check.cpp", [])]:
+        obj = out / (src.stem + ".o")
+        subprocess.run(common + extra + [str(src), "-o", str(obj)], check=True)
+        objs.append(str(obj))
+    exe = out / "kernel_check"
+    subprocess.run([CXX, *objs, "-o", str(exe)], check=True)
+    return exe
+
+
+def run_check(exe: Path, tmp_path: Path, kind: str, rows: int, cols: int, n_x: int, seed: int, *extra: str):
+    run = subprocess.run([str(exe), kind, str(rows), str(cols), str(n_x), str(seed), str(tmp_path), *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    y = {name: np.fromfile(tmp_path / f"y_{name}.f32", dtype=np.float32).reshape(n_x, rows)
+         for name in ("reference", "batched", "one")}
+    return run.stdout.strip(), y
+
+
+def q8_k_columns(path: Path, n_x: int, cols: int) -> np.ndarray:
+    """x = d * qs from Q8_K blocks (float d, 256 int8 qs, 16 int16 sums)."""
+    block = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+    b = np.fromfile(path, dtype=block).reshape(n_x, cols // 256)
+    return (b["d"][..., None].astype(np.float64) * b["qs"]).reshape(n_x, cols)
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+@pytest.mark.parametrize("n_x", [1, 5, 9])  # one tile, a tile and a leftover, two tiles and a leftover
+def test_kernels_match_numpy_and_each_other(kernel_check, tmp_path, kind, n_x):
+    rows, cols = 64, 512
+    isa, y = run_check(kernel_check, tmp_path, kind, rows, cols, n_x, seed=n_x)
+    raw = np.fromfile(tmp_path / "weights.bin", dtype=np.uint8).reshape(rows, -1)
+    w = dequantize(raw, TYPES[kind]).astype(np.float64)
+    x = q8_k_columns(tmp_path / "x.bin", n_x, cols)
+    want = x @ w.T
+    scale = np.abs(x) @ np.abs(w).T  # what rounding in the sums is relative to
+    assert np.all(np.abs(y["reference"] - want) <= 1e-5 * scale + 1e-30), "reference kernel vs numpy"
+    assert y["batched"].tobytes() == y["reference"].tobytes(), f"{isa} kernel vs reference"
+    assert y["one"].tobytes() == y["batched"].tobytes(), "a batched column vs the one-column call"
+
+
+def test_forced_reference_is_the_reference(kernel_check, tmp_path):
+    isa, y = run_check(kernel_check, tmp_path, "q6_k", 32, 256, 3, 7, "reference")
+    assert isa == "reference"
+    assert y["batched"].tobytes() == y["reference"].tobytes() == y["one"].tobytes()
+
+
+@pytest.mark.parametrize("rows, cols", [(24, 256), (32, 300), (0, 256)])
+def test_repack_refuses_shapes_off_the_layout(kernel_check, tmp_path, rows, cols):
+    run = subprocess.run([str(kernel_check), "q4_k", str(rows), str(cols), "1", "1", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "rows must be a multiple of 16 and columns of 256" in run.stderr
