@@ -76,6 +76,13 @@ def mtbench_prompts(path: Path, count: int) -> list[list[int]]:
             for q in load_mtbench(limit=count)]
 
 
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bench", required=True, help="path of llama.cpp's llama-bench")
@@ -85,47 +92,65 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128, help="tokens decoded per measurement (llama-bench tg N)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
+    ap.add_argument("--kernels", default="ggml",
+                    help="comma-separated kernel choices for specee (ggml, specee), each its own model, all "
+                         "alternated with llama-bench in every round")
     ap.add_argument("--llama-repack", type=int, choices=(0, 1), default=1,
                     help="llama-bench --repack (1, its default: weights in the CPU's repacked/AMX layout)")
     ap.add_argument("--heads", help="specee decodes with early exit, with these heads, on MT-Bench prompts")
     ap.add_argument("--threshold", type=float, help="with --heads: the predictor threshold (default: the file's)")
     args = ap.parse_args()
 
+    kernels = args.kernels.split(",")
     results = {}
     for name in args.model:
         path = fetch_model(name)
-        ratios, ours, theirs = [], [], []
-        agree = steps = 0
+        ours = {k: [] for k in kernels}
+        ratios = {k: [] for k in kernels}
+        theirs = []
+        agree = {k: 0 for k in kernels}
+        steps = {k: 0 for k in kernels}
         prompts = mtbench_prompts(path, args.rounds) if args.heads else []
-        with Model(path, amx_decode=args.amx_decode) as model:
-            heads = Heads(model, args.heads) if args.heads else None
-            specee_tok_s(model, args.threads, 16)  # warm-up: page in the weights
+        models = {k: Model(path, amx_decode=args.amx_decode, kernels=k) for k in kernels}
+        heads = {k: Heads(models[k], args.heads) for k in kernels} if args.heads else None
+        try:
+            for k in kernels:
+                specee_tok_s(models[k], args.threads, 16)  # warm-up: page in the weights
+            engines = ["llama"] + kernels
             for r in range(args.rounds):
-                order = ("llama", "specee") if r % 2 == 0 else ("specee", "llama")
+                order = engines if r % 2 == 0 else engines[::-1]
                 got = {}
                 for engine in order:
                     if engine == "llama":
                         got[engine] = llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack)
                     elif heads is not None:
-                        got[engine], a, s = early_exit_tok_s(model, heads, prompts[r % len(prompts)], args.threads,
-                                                             args.n, args.threshold)
-                        agree, steps = agree + a, steps + s
+                        got[engine], a, s = early_exit_tok_s(models[engine], heads[engine], prompts[r % len(prompts)],
+                                                             args.threads, args.n, args.threshold)
+                        agree[engine], steps[engine] = agree[engine] + a, steps[engine] + s
                     else:
-                        got[engine] = specee_tok_s(model, args.threads, args.n)
-                ours.append(got["specee"])
+                        got[engine] = specee_tok_s(models[engine], args.threads, args.n)
                 theirs.append(got["llama"])
-                ratios.append(got["specee"] / got["llama"])
-                print(f"{name} round {r + 1}: specee {got['specee']:.1f} tok/s, llama-bench {got['llama']:.1f} tok/s, "
-                      f"ratio {ratios[-1]:.3f}", flush=True)
-            if heads is not None:
-                heads.close()
-        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack, "specee_tok_s": ours,
-                         "llama_bench_tok_s": theirs, "ratios": ratios, "median_ratio": statistics.median(ratios)}
-        if args.heads:
-            results[name].update(heads=args.heads, threshold=args.threshold,
-                                 teacher_forced_agreement=round(agree / steps, 4) if steps else None)
-        print(f"{name}: median ratio {results[name]['median_ratio']:.3f} over {len(ratios)} rounds"
-              + (f", teacher-forced agreement {agree / steps:.4f}" if steps else ""))
+                for k in kernels:
+                    ours[k].append(got[k])
+                    ratios[k].append(got[k] / got["llama"])
+                print(f"{name} round {r + 1}: llama-bench {got['llama']:.1f} tok/s, "
+                      + ", ".join(f"specee[{k}] {got[k]:.1f} tok/s (x{ratios[k][-1]:.3f})" for k in kernels),
+                      flush=True)
+        finally:
+            for k in kernels:
+                if heads is not None:
+                    heads[k].close()
+                models[k].close()
+        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack,
+                         "llama_bench_tok_s": theirs, "cpu": cpu_model(), "kernels": {}}
+        for k in kernels:
+            res = {"specee_tok_s": ours[k], "ratios": ratios[k], "median_ratio": statistics.median(ratios[k])}
+            if args.heads:
+                res.update(heads=args.heads, threshold=args.threshold,
+                           teacher_forced_agreement=round(agree[k] / steps[k], 4) if steps[k] else None)
+            results[name]["kernels"][k] = res
+            print(f"{name} specee[{k}]: median ratio {res['median_ratio']:.3f} over {len(ratios[k])} rounds"
+                  + (f", teacher-forced agreement {agree[k] / steps[k]:.4f}" if steps[k] else ""))
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "n": args.n, "rounds": args.rounds,
                                          "models": results}, indent=1))

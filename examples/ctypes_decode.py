@@ -21,7 +21,7 @@ STATUS_OK = 0
 
 class ModelParams(C.Structure):
     _fields_ = [("check_tensors", C.c_bool), ("use_repack", C.c_bool), ("n_gpu_layers", C.c_int32),
-                ("rpc_servers", C.c_char_p), ("amx_decode", C.c_bool)]
+                ("rpc_servers", C.c_char_p), ("amx_decode", C.c_bool), ("kernels", C.c_int32)]
 
 
 class ContextParams(C.Structure):

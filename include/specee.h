@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 4
+#define SPECEE_API_VERSION 5
 
 #ifdef __cplusplus
 extern "C" {
@@ -139,6 +139,15 @@ struct specee_exit_stats {
     uint64_t n_draft_topk;     /* steps whose token was one of the candidates */
 };
 
+/* Whose CPU kernels multiply the weight matrices (docs/kernels.md). */
+enum specee_kernels {
+    SPECEE_KERNELS_GGML   = 0, /* ggml's own (default): the numerics of llama.cpp with flash attention off */
+    SPECEE_KERNELS_SPECEE = 1, /* specee's where it has one for the CPU and weight type (Q4_K, Q6_K with
+                                  AVX-512 VNNI), in passes of up to 16 tokens; ggml's elsewhere. Every row of
+                                  a pass is computed exactly as a one-token step computes it. The matrices
+                                  get a second copy in specee's layout (weight memory grows by their size). */
+};
+
 struct specee_model_params {
     bool check_tensors;  /* scan the weights for NaN/Inf and bad block scales while loading (slower) */
     bool use_repack;     /* put matrices ggml can repack (Q4_0, Q4_K, ...) in its faster CPU layout, as llama.cpp does */
@@ -152,6 +161,7 @@ struct specee_model_params {
                                    layout, read by single-token graphs. Decode about 2x faster on SmolLM2 here,
                                    twice the weight memory, and other rounding than the plain kernels (SmolLM2:
                                    95.6% teacher-forced argmax agreement). Default false. No effect elsewhere. */
+    int32_t      kernels;       /* enum specee_kernels: whose CPU kernels multiply the matrices */
 };
 
 struct specee_context_params {
@@ -171,6 +181,8 @@ SPECEE_API uint32_t     specee_api_version(void);              /* == SPECEE_API_
 SPECEE_API const char * specee_status_name(enum specee_status status);  /* "SPECEE_STATUS_OK", ... */
 SPECEE_API const char * specee_system_info(void);              /* ggml's CPU features, for logs */
 SPECEE_API const char * specee_ggml_version(void);             /* version of the ggml linked at run time, "0.20.2" */
+SPECEE_API const char * specee_kernels_isa(void);              /* what specee's kernels run on this CPU: "avx512_vnni",
+                                                                   or "none" (SPECEE_KERNELS_SPECEE then changes nothing) */
 
 /* Whether this build has a GPU backend (CUDA) / ggml's RPC backend. */
 SPECEE_API bool specee_has_gpu(void);
@@ -211,6 +223,8 @@ SPECEE_API uint64_t     specee_model_n_params   (const struct specee_model * mod
 SPECEE_API uint64_t     specee_model_size_bytes (const struct specee_model * model);  /* weight bytes */
 SPECEE_API int32_t      specee_model_n_repacked (const struct specee_model * model);  /* matrices in ggml's repacked CPU layout */
 SPECEE_API int32_t      specee_model_n_decode_copies(const struct specee_model * model);  /* AMX copies (amx_decode) */
+SPECEE_API int32_t      specee_model_n_packed(const struct specee_model * model);  /* matrices with a copy in specee's
+                                                                                   kernel layout (kernels = SPECEE) */
 
 /* ---- context (one sequence, its KV cache and its compute buffers) ---- */
 

@@ -75,6 +75,10 @@ extern "C" {
 // ---- library ----
 
 uint32_t specee_api_version(void) { return SPECEE_API_VERSION; }
+const char * specee_kernels_isa(void) {
+    const specee::kernels::isa i = specee::kernels::best_isa();
+    return i == specee::kernels::isa::reference ? "none" : specee::kernels::isa_name(i);
+}
 
 const char * specee_status_name(enum specee_status status) {
     switch (status) {
@@ -134,6 +138,7 @@ struct specee_model_params specee_model_default_params(void) {
     p.n_gpu_layers  = 0;
     p.rpc_servers   = nullptr;
     p.amx_decode    = false;
+    p.kernels       = SPECEE_KERNELS_GGML;
     return p;
 }
 
@@ -171,6 +176,7 @@ uint64_t specee_model_n_params(const struct specee_model * m)   { return m ? m->
 uint64_t specee_model_size_bytes(const struct specee_model * m) { return m ? m->size_bytes : 0; }
 int32_t specee_model_n_repacked(const struct specee_model * m)  { return m ? m->n_repacked : 0; }
 int32_t specee_model_n_decode_copies(const struct specee_model * m) { return m ? m->n_decode_copies : 0; }
+int32_t specee_model_n_packed(const struct specee_model * m) { return m ? int32_t(m->packed.size()) : 0; }
 
 // ---- context ----
 

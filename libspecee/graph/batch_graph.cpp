@@ -52,7 +52,7 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
     for (int il = 0; il < hp.n_layer; il++) {
         const layer_weights & L = m.layers[size_t(il)];
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true);
+        const qkv_heads h = project_qkv(ctx0, m, L, r, g.positions, n, cur, /*want_q=*/true);
         ggml_tensor * o = nullptr;                                         // [n_embd_q, n]
         for (size_t s = 0; s < size_t(n); s++) {
             const batch_graph::sequence & q = g.seqs[s];
@@ -64,8 +64,8 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
             ggml_tensor * o_s  = attend(ctx0, hp, *kvs[s], il, plans[s].n_kv, mask, q_s, 1);
             o = o ? ggml_concat(ctx0, o, o_s, 1) : o_s;
         }
-        x   = ggml_add(ctx0, x, ggml_mul_mat(ctx0, L.wo, o));
-        cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
+        x   = ggml_add(ctx0, x, product(ctx0, m, L.wo, o, false));
+        cur = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
         x   = ggml_add(ctx0, x, cur);
     }
 
@@ -74,7 +74,7 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
     if (want_hidden) {
         g.hidden = mark_output(g.gf, ggml_cont(ctx0, normed), "batch_hidden");
     }
-    g.logits = mark_output(g.gf, ggml_mul_mat(ctx0, m.output, normed), "batch_logits");  // [n_vocab, n]
+    g.logits = mark_output(g.gf, product(ctx0, m, m.output, normed, false), "batch_logits");  // [n_vocab, n]
     return g;
 }
 

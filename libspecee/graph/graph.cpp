@@ -3,6 +3,7 @@
 // ref: llama.cpp src/models/{llama,qwen2,qwen3,phi3}.cpp (graph shapes).
 #include "graph/graph.h"
 #include "graph/graph_parts.h"
+#include "graph/packed_product.h"
 
 #include <cmath>
 
@@ -37,8 +38,11 @@ static int64_t exact_plane_width(const ggml_tensor * w) {
     return repacked ? 3 : 1;
 }
 
-ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
+ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
     const int64_t n     = x->ne[1];
+    if (const model::packed_weight * pw = m.packed_for(w); pw && n <= max_packed_columns && x->ne[2] == 1) {
+        return packed_product(ctx0, *pw, w, x);  // every column as a one-column step, no planes needed
+    }
     const int64_t width = as_steps ? exact_plane_width(w) : n;
     if (n <= width) {
         return ggml_mul_mat(ctx0, w, x);
@@ -55,8 +59,9 @@ ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, boo
     return padded == n ? y : ggml_view_2d(ctx0, y, y->ne[0], n, y->nb[1], 0);
 }
 
-ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps) {
-    ggml_tensor * y = product(ctx0, w, x, as_steps);
+ggml_tensor * linear(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x,
+                     bool as_steps) {
+    ggml_tensor * y = product(ctx0, m, w, x, as_steps);
     return b ? ggml_add(ctx0, y, b) : y;
 }
 
@@ -77,26 +82,27 @@ static ggml_tensor * rope(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * po
                          0.0f, r.attn_factor, 32.0f, 1.0f);
 }
 
-qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+qkv_heads project_qkv(ggml_context * ctx0, const model & m, const layer_weights & L, const rope_params & r,
                       ggml_tensor * positions, int64_t n, ggml_tensor * cur /* [n_embd, n] */, bool want_q,
                       bool as_steps) {
+    const hparams & hp = m.hp;
     const int64_t hd = hp.n_embd_head, Q = hp.n_embd_q(), KV = hp.n_embd_kv();
     qkv_heads out;
     ggml_tensor * q = nullptr;
     ggml_tensor * k;
     if (L.wqkv) {
         // one product, then views of its row ranges: Q, K, V (phi3)
-        ggml_tensor * qkv = product(ctx0, L.wqkv, cur, as_steps);      // [Q + 2 KV, n]
+        ggml_tensor * qkv = product(ctx0, m, L.wqkv, cur, as_steps);      // [Q + 2 KV, n]
         const size_t  es  = ggml_element_size(qkv);
         q      = ggml_view_3d(ctx0, qkv, hd, hp.n_head,    n, hd * es, qkv->nb[1], 0);
         k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
         out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
     } else {
         if (want_q) {
-            q = ggml_reshape_3d(ctx0, linear(ctx0, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);
+            q = ggml_reshape_3d(ctx0, linear(ctx0, m, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);
         }
-        k     = ggml_reshape_3d(ctx0, linear(ctx0, L.wk, L.bk, cur, as_steps), hd, hp.n_head_kv, n);
-        out.v = linear(ctx0, L.wv, L.bv, cur, as_steps);
+        k     = ggml_reshape_3d(ctx0, linear(ctx0, m, L.wk, L.bk, cur, as_steps), hd, hp.n_head_kv, n);
+        out.v = linear(ctx0, m, L.wv, L.bv, cur, as_steps);
     }
     if (L.k_norm) {  // qwen3: RMSNorm over each head, before RoPE
         k = rms_norm(ctx0, k, L.k_norm, hp.rms_eps);
@@ -174,26 +180,28 @@ ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & k
 
 // Self-attention with weights L over layer il of the cache; writes this
 // batch's K/V first.
-static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const layer_weights & L,
+static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const layer_weights & L,
                                const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
                                const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
-    const int64_t   n = plan.n_tokens;
-    const qkv_heads h = project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/true, plan.as_steps);
+    const hparams & hp = m.hp;
+    const int64_t   n  = plan.n_tokens;
+    const qkv_heads h  = project_qkv(ctx0, m, L, r, g.positions, n, cur, /*want_q=*/true, plan.as_steps);
     store_kv(ctx0, gf, hp, kv, il, g, n, h);
-    return product(ctx0, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n, plan.as_steps),
+    return product(ctx0, m, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n, plan.as_steps),
                    plan.as_steps);  // [n_embd, n]
 }
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
-ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur, bool as_steps) {
+ggml_tensor * feed_forward(ggml_context * ctx0, const model & m, const layer_weights & L, ggml_tensor * cur,
+                           bool as_steps) {
     if (L.ffn_gate == nullptr) {
         // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
-        ggml_tensor * gate_up = product(ctx0, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
-        return product(ctx0, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
+        ggml_tensor * gate_up = product(ctx0, m, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
+        return product(ctx0, m, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
     }
-    ggml_tensor * gate = product(ctx0, L.ffn_gate, cur, as_steps);   // [n_ff, n]
-    ggml_tensor * up   = product(ctx0, L.ffn_up,   cur, as_steps);   // [n_ff, n]
-    return product(ctx0, L.ffn_down, ggml_swiglu_split(ctx0, gate, up), as_steps);  // [n_embd, n]
+    ggml_tensor * gate = product(ctx0, m, L.ffn_gate, cur, as_steps);   // [n_ff, n]
+    ggml_tensor * up   = product(ctx0, m, L.ffn_up,   cur, as_steps);   // [n_ff, n]
+    return product(ctx0, m, L.ffn_down, ggml_swiglu_split(ctx0, gate, up), as_steps);  // [n_embd, n]
 }
 
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) {
@@ -320,7 +328,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         for (int il = plan.layer_begin; il < plan.layer_end; il++) {
             const layer_weights & L = m.layer(il, n);
             ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, hp, L, r, g.positions, n, cur, /*want_q=*/false));
+            store_kv(ctx0, g.gf, hp, kv, il, g, n, project_qkv(ctx0, m, L, r, g.positions, n, cur, /*want_q=*/false));
         }
         return g;
     }
@@ -338,7 +346,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, hp, L, r, kv, il, plan, g, mask, cur);
+        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, g, mask, cur);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
@@ -350,7 +358,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         x   = ggml_add(ctx0, x, cur);
 
         cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
-        cur = feed_forward(ctx0, L, cur, plan.as_steps);
+        cur = feed_forward(ctx0, m, L, cur, plan.as_steps);
         x   = ggml_add(ctx0, x, cur);
 
         if (plan.trace) {
@@ -388,7 +396,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);
-        g.logits = mark_output(g.gf, product(ctx0, m.output_for(n), h, plan.as_steps), "logits");  // [n_vocab, n_logits]
+        g.logits = mark_output(g.gf, product(ctx0, m, m.output_for(n), h, plan.as_steps), "logits");  // [n_vocab, n_logits]
     }
     return g;
 }
@@ -420,14 +428,14 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
 
     // ---- fc over [embed(token), feature] ----
     ggml_tensor * e = ggml_get_rows(ctx0, m.tok_embd, g.tokens);               // [n_embd, n]
-    ggml_tensor * x = linear(ctx0, d.fc, d.fc_b, ggml_concat(ctx0, e, g.features, 0));  // [n_embd, n]
+    ggml_tensor * x = linear(ctx0, m, d.fc, d.fc_b, ggml_concat(ctx0, e, g.features, 0));  // [n_embd, n]
 
     // ---- one decoder layer ----
     const layer_weights & L = d.layer;
     ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
-    cur = attention(ctx0, g.gf, hp, L, draft_rope(hp), kv, 0, plan, g, mask, cur);
+    cur = attention(ctx0, g.gf, m, L, draft_rope(hp), kv, 0, plan, g, mask, cur);
     x   = ggml_add(ctx0, x, cur);
-    cur = feed_forward(ctx0, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
+    cur = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
     x   = ggml_add(ctx0, x, cur);
 
     // ---- logits of the last pair, or of every pair (a draft tree's level):

@@ -21,10 +21,14 @@ ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, fl
 // many columns as W's kernels treat one by one (ggml broadcasts W over the
 // planes), which keeps one-column kernels while W is still read once per
 // pass.
-ggml_tensor * product(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * x, bool as_steps);
+// With a packed copy of W (model::packed_for: kernels = SPECEE_KERNELS_SPECEE)
+// and at most max_packed_columns columns, specee's kernels compute it, every
+// column as a one-column step in any case.
+ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x, bool as_steps);
 
 // y = W x (+ b)
-ggml_tensor * linear(ggml_context * ctx0, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, bool as_steps = false);
+ggml_tensor * linear(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x,
+                     bool as_steps = false);
 
 // How a graph rotates Q and K: the model's RoPE (its rotary dimensions,
 // scaling and frequency factors), or the draft head's plain one.
@@ -46,7 +50,7 @@ struct qkv_heads {
     ggml_tensor * k = nullptr;  // [hd, n_head_kv, n]
     ggml_tensor * v = nullptr;  // [n_embd_kv, n]
 };
-qkv_heads project_qkv(ggml_context * ctx0, const hparams & hp, const layer_weights & L, const rope_params & r,
+qkv_heads project_qkv(ggml_context * ctx0, const model & m, const layer_weights & L, const rope_params & r,
                       ggml_tensor * positions, int64_t n, ggml_tensor * cur, bool want_q, bool as_steps = false);
 
 // Writes K and V of n tokens ([n_embd_kv, n] each, contiguous) into layer
@@ -61,7 +65,8 @@ ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & k
                      ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps = false);
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)
-ggml_tensor * feed_forward(ggml_context * ctx0, const layer_weights & L, ggml_tensor * cur, bool as_steps = false);
+ggml_tensor * feed_forward(ggml_context * ctx0, const model & m, const layer_weights & L, ggml_tensor * cur,
+                           bool as_steps = false);
 
 // Names t, marks it as a graph output and adds it to gf; returns t.
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name);

@@ -484,7 +484,42 @@ static void hash_bytes(uint64_t & h, const uint8_t * p, size_t n) {
     }
 }
 
-static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check) {
+// The matrices specee's kernels take (kernels = SPECEE_KERNELS_SPECEE): the
+// layers' matrices and the output matrix of a type they cover, on a CPU
+// that runs them, in a model that offloads nothing. Empty otherwise.
+static std::set<const ggml_tensor *> matrices_to_pack(model & m, const specee_model_params & params) {
+    std::set<const ggml_tensor *> out;
+    if (params.kernels != SPECEE_KERNELS_SPECEE || kernels::best_isa() == kernels::isa::reference ||
+        m.devices.any_offload()) {
+        return out;
+    }
+    auto consider = [&](const ggml_tensor * t) {
+        if (t != nullptr && (t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q6_K) &&
+            t->ne[1] % kernels::ROW_GROUP == 0 && t->ne[0] % kernels::QK == 0) {
+            out.insert(t);
+        }
+    };
+    for (auto & L : m.layers) {
+        for (ggml_tensor ** t : matrix_slots(L)) {
+            consider(*t);
+        }
+    }
+    consider(m.output);
+    return out;
+}
+
+static void pack_matrix(model & m, const ggml_tensor * t, const void * bytes) {
+    model::packed_weight & pw = m.packed[t];
+    pw.isa                    = kernels::best_isa();
+    std::string why;
+    const auto  type = t->type == GGML_TYPE_Q4_K ? kernels::weight_type::q4_k : kernels::weight_type::q6_k;
+    if (!kernels::repack(type, bytes, t->ne[1], t->ne[0], pw.matrix, &why)) {
+        fail(SPECEE_STATUS_INTERNAL, "cannot repack %s: %s", ggml_get_name(t), why.c_str());
+    }
+}
+
+static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check,
+                         const std::set<const ggml_tensor *> & to_pack) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
     const int64_t  n_tensors   = gguf_get_n_tensors(gctx);
     const std::string fp_names[3] = {ggml_get_name(m.output_norm), ggml_get_name(m.layers.front().attn_norm),
@@ -518,6 +553,9 @@ static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check) {
             for (ggml_tensor * c : copies) {
                 ggml_backend_tensor_set(c, dst, 0, nbytes);
             }
+        }
+        if (to_pack.count(t)) {
+            pack_matrix(m, t, dst);
         }
         for (int k = 0; k < 3; k++) {
             if (fp_names[k] == name) {
@@ -569,8 +607,16 @@ void load_model(model & m, const char * path, const specee_model_params & params
     m.devices = plan_devices(m.hp.n_layer, params.n_gpu_layers, params.rpc_servers);
     // The CPU layers of a partly offloaded model stay in the plain layout:
     // ggml's repacked layouts are not exercised under its scheduler here.
+    if (params.kernels != SPECEE_KERNELS_GGML && params.kernels != SPECEE_KERNELS_SPECEE) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "kernels = %d: expected SPECEE_KERNELS_GGML (0) or SPECEE_KERNELS_SPECEE (1)",
+             int(params.kernels));
+    }
+    if (params.kernels == SPECEE_KERNELS_SPECEE && params.amx_decode) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "amx_decode and kernels = SPECEE_KERNELS_SPECEE both choose the "
+             "single-token kernels: ask for one of them");
+    }
     place_weights(m, params.use_repack && !m.devices.any_offload(), params.amx_decode);
-    read_weights(m, gctx, f.get(), params.check_tensors);
+    read_weights(m, gctx, f.get(), params.check_tensors, matrices_to_pack(m, params));
 }
 
 } // namespace specee

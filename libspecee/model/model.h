@@ -6,11 +6,13 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include "kernels/kernels.h"
 #include "model/devices.h"
 #include "model/tensor_stores.h"
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace specee {
@@ -110,6 +112,18 @@ struct model {
     }
     ggml_tensor * output_for(int64_t n_tokens) const {
         return n_tokens == 1 && decode_output != nullptr ? decode_output : output;
+    }
+    // kernels = SPECEE_KERNELS_SPECEE: a second copy of the Q4_K / Q6_K
+    // matrices in the layout of specee's kernels (docs/kernels.md), which
+    // passes of up to 16 tokens read; by the placed tensor.
+    struct packed_weight {
+        kernels::packed_matrix matrix;
+        kernels::isa           isa = kernels::isa::reference;
+    };
+    std::unordered_map<const ggml_tensor *, packed_weight> packed;
+    const packed_weight * packed_for(const ggml_tensor * w) const {
+        const auto it = packed.find(w);
+        return it == packed.end() ? nullptr : &it->second;
     }
     bool                       output_copied = false;  // tied output offloaded: a second copy of tok_embd
     std::string                fingerprint;       // 16 hex digits, see fingerprint_of()

@@ -33,6 +33,9 @@ DEFAULT_MODEL = "smollm2-135m"
 # ---- generate -------------------------------------------------------------------
 
 
+KERNELS_HELP = ("whose CPU kernels multiply the matrices: ggml (default; llama.cpp's numerics) or specee "
+                "(its own for Q4_K and Q6_K on AVX-512 VNNI CPUs, passes of up to 16 tokens, every row as a "
+                "one-token step; docs/kernels.md)")
 AMX_DECODE_HELP = ("on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
                    "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
 
@@ -82,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
     with engine.Model(model_path, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc,
-                      amx_decode=args.amx_decode) as model, \
+                      amx_decode=args.amx_decode, kernels=args.kernels) as model, \
             model.context(n_ctx=args.ctx_size, n_threads=args.threads, flash_attn=args.flash_attn,
                           exact_verify=not args.batched_verify) as ctx:
         heads = None
@@ -160,7 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
         threshold=args.threshold, verify=args.verify, draft=args.draft, draft_max=args.draft_max,
-        max_tokens_limit=args.max_tokens_limit, batching=not args.no_batching, amx_decode=args.amx_decode)
+        max_tokens_limit=args.max_tokens_limit, batching=not args.no_batching, amx_decode=args.amx_decode,
+        kernels=args.kernels)
     config.check()
     if args.threads > engine.default_threads():
         log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
@@ -185,7 +189,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = {"path": str(path), "arch": m.arch, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
                 "n_head_kv": m.n_head_kv, "n_vocab": m.n_vocab, "n_ctx_train": m.n_ctx_train, "bos": m.bos,
                 "eos": m.eos, "n_params": m.n_params, "size_bytes": m.size_bytes,
-                "system": engine.system_info()}
+                "system": engine.system_info(), "specee_kernels_isa": engine.kernels_isa()}
     print(json.dumps(info, indent=2))
     return 0
 
@@ -366,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
                         "has no authentication, so use trusted networks only")
     g.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
+    g.add_argument("--kernels", choices=sorted(engine.KERNELS), default="ggml", help=KERNELS_HELP)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="full depth (vanilla, default), speculative early exit (specee), or lossless "
@@ -408,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
     s.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
+    s.add_argument("--kernels", choices=sorted(engine.KERNELS), default="ggml", help=KERNELS_HELP)
     s.add_argument("--no-batching", action="store_true",
                    help="step every slot alone instead of decoding the full-depth slots in one batched pass")
     s.add_argument("--threads", type=int, default=0,

@@ -64,6 +64,15 @@ def check(status: int, message: str) -> None:
         raise _ERRORS.get(status, SpeceeError)(message or ffi.string(lib.specee_status_name(status)).decode())
 
 
+# Whose CPU kernels multiply the matrices (enum specee_kernels).
+KERNELS = {"ggml": 0, "specee": 1}
+
+
+def kernels_isa() -> str:
+    """The instruction set specee's kernels use on this CPU, or "none"."""
+    return ffi.string(lib.specee_kernels_isa()).decode()
+
+
 def api_version() -> int:
     return int(lib.specee_api_version())
 
@@ -111,12 +120,15 @@ class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True,
-                 n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None, amx_decode: bool = False):
+                 n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None, amx_decode: bool = False,
+                 kernels: str = "ggml"):
         """`n_gpu_layers`: llama.cpp's -ngl, the last N layers (N > n_layer:
         and the output layer) on the offload devices: `rpc_servers`
         ("host:port" each, `specee rpc-server`), then GPUs of a CUDA build.
         `amx_decode`: on AMX CPUs, decode steps read a second copy of the
-        matrices in ggml's AMX layout (faster, other rounding; specee.h)."""
+        matrices in ggml's AMX layout (faster, other rounding; specee.h).
+        `kernels`: "ggml" (llama.cpp's numerics) or "specee" (specee's own
+        kernels where the CPU and weight type have one: docs/kernels.md)."""
         self.path = os.fspath(path)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
             raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")
@@ -126,6 +138,10 @@ class Model(_Handle):
         params.use_repack = use_repack
         params.n_gpu_layers = n_gpu_layers
         params.amx_decode = amx_decode
+        if kernels not in KERNELS:
+            raise InvalidArgumentError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        params.kernels = KERNELS[kernels]
+        self.kernels = kernels
         servers_c = ffi.new("char[]", servers.encode()) if servers else ffi.NULL
         params.rpc_servers = servers_c
         out = ffi.new("struct specee_model **")
@@ -134,6 +150,11 @@ class Model(_Handle):
         check(status, ffi.string(err).decode(errors="replace"))
         self._ptr = out[0]
         self._contexts: list = []
+
+    @property
+    def n_packed(self) -> int:
+        """Matrices with a copy in specee's kernel layout (kernels="specee")."""
+        return int(lib.specee_model_n_packed(self.ptr))
 
     @property
     def n_decode_copies(self) -> int:

@@ -67,7 +67,7 @@ class Runtime:
 
 def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
     """Loads everything and starts the compute thread (takes seconds on a real model)."""
-    model = Model(config.model_path, amx_decode=config.amx_decode)
+    model = Model(config.model_path, amx_decode=config.amx_decode, kernels=config.kernels)
     try:
         tokenizer = Tokenizer.from_gguf(config.model_path)
         try:

@@ -1,0 +1,19 @@
+// packed_product.h — y = W x through specee's own kernels (libspecee/kernels/),
+// as two ggml custom operations, so ggml's graph, allocator and thread pool
+// run them like any other node: quantize x to Q8_K, then multiply.
+#pragma once
+
+#include "model/model.h"
+
+namespace specee {
+
+// Passes of up to this many tokens use specee's kernels; longer ones (prompt
+// chunks) keep ggml's, whose matrix-matrix kernels are built for them.
+constexpr int64_t max_packed_columns = 16;
+
+// y = W x for x = [k, n] F32 (n <= max_packed_columns), W given by its
+// packed copy; `w` is the ggml tensor it was packed from. Every column of y
+// is computed as a one-column call computes it.
+ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x);
+
+} // namespace specee

@@ -1,0 +1,83 @@
+"""kernels="specee": specee's own Q4_K / Q6_K kernels in the forward graphs
+(docs/kernels.md) — the logits against the numpy reference, every row of a
+verification pass against a one-token step bit for bit, threads that do not
+change the output, and ggml's kernels left as they were otherwise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import Reference
+from specee.engine import InvalidArgumentError, Model, kernels_isa
+from test_forward import QUANT_TOLERANCE, TOKENS, batched_and_stepped_logits, rel_err
+from test_token_tree import PROMPT, TREE_TOKENS
+
+needs_kernels = pytest.mark.skipif(kernels_isa() == "none", reason="no specee kernel runs on this CPU")
+QTYPES = ["Q4_K", "Q6_K"]
+
+
+@pytest.fixture(scope="module", params=QTYPES)
+def model_path(request, tiny_model_factory) -> str:
+    # untied: the output matrix is Q4_K / Q6_K too (its rows, the tiny vocabulary, are not a multiple of 16,
+    # so it stays with ggml; the layers' matrices all go to specee's kernels)
+    return tiny_model_factory(arch="qwen2", qtype=request.param, tied=False, n_layer=2, seed=3)
+
+
+@needs_kernels
+def test_every_layer_matrix_is_packed(model_path):
+    with Model(model_path, kernels="specee") as m:
+        assert m.n_packed == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+        assert m.kernels == "specee"
+    with Model(model_path) as m:
+        assert m.n_packed == 0 and m.kernels == "ggml"
+
+
+@needs_kernels
+def test_logits_match_the_reference(model_path):
+    want = Reference(model_path).forward(TOKENS)
+    with Model(model_path, kernels="specee") as m, m.context(n_ctx=64, n_threads=2) as ctx:
+        batched, stepped = batched_and_stepped_logits(ctx, TOKENS)
+    assert rel_err(stepped, want) < QUANT_TOLERANCE
+    assert rel_err(batched, want) < QUANT_TOLERANCE  # a prompt of more than 16 tokens: ggml's kernels
+
+
+@needs_kernels
+def test_chain_rows_are_plain_steps_bit_for_bit(model_path):
+    """The matrices of a verification pass go through specee's kernels, every
+    column as one column: with the attention's planes (exact_verify) each row
+    is the one-token step to the last bit."""
+    with Model(model_path, kernels="specee") as m, m.context(n_ctx=64) as chain, m.context(n_ctx=64) as steps:
+        chain.prefill(PROMPT)
+        chain.decode_tree(TREE_TOKENS)
+        steps.prefill(PROMPT)
+        for i, token in enumerate(TREE_TOKENS):
+            steps.decode(token)
+            np.testing.assert_array_equal(chain.all_logits()[i], steps.logits(), err_msg=f"chain row {i}")
+
+
+@needs_kernels
+def test_the_thread_count_does_not_change_the_output(model_path):
+    out = {}
+    for threads in (1, 2):
+        with Model(model_path, kernels="specee") as m, m.context(n_ctx=64, n_threads=threads) as ctx:
+            ctx.prefill(PROMPT)
+            ctx.decode(7)
+            ctx.decode_tree(TREE_TOKENS)
+            out[threads] = ctx.all_logits()
+    np.testing.assert_array_equal(out[1], out[2])
+
+
+def test_ggml_kernels_are_the_default_and_unchanged(model_path):
+    with Model(model_path) as a, Model(model_path, kernels="ggml") as b, \
+            a.context(n_ctx=64) as ca, b.context(n_ctx=64) as cb:
+        for c in (ca, cb):
+            c.prefill(PROMPT)
+            c.decode(7)
+        np.testing.assert_array_equal(ca.logits(), cb.logits())
+
+
+def test_bad_kernel_choices_are_refused(model_path):
+    with pytest.raises(InvalidArgumentError, match="kernels must be one of"):
+        Model(model_path, kernels="fast")
+    with pytest.raises(InvalidArgumentError, match="amx_decode and kernels"):
+        Model(model_path, kernels="specee", amx_decode=True)
