@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,8 +39,9 @@ def build(build_dir: Path) -> Path:
     return build_dir / "specee-kernel-bench"
 
 
-def run(exe: Path, *args) -> list[dict]:
-    out = subprocess.run([str(exe), *map(str, args)], check=True, capture_output=True, text=True).stdout
+def run(exe: Path, *args, isa: str | None = None) -> list[dict]:
+    env = {**os.environ, "SPECEE_KERNELS_ISA": isa} if isa else None
+    out = subprocess.run([str(exe), *map(str, args)], check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-columns", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement (best run counts)")
     ap.add_argument("--exe", type=Path, help="a built specee-kernel-bench")
+    ap.add_argument("--isa", choices=["avx2", "avx512_vnni"], help="cap specee's kernel set (default: the CPU's best)")
     ap.add_argument("--build-dir", type=Path, default=ROOT / "build-bench")
     ap.add_argument("--json", type=Path, help="write every record here")
     args = ap.parse_args(argv)
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         records += run(exe, "bandwidth", 1024, 0, t, 0, args.seconds)
         for kind in args.types:
             rows, cols = SHAPES[kind]
-            records += run(exe, kind, rows, cols, t, args.max_columns, args.seconds)
+            records += run(exe, kind, rows, cols, t, args.max_columns, args.seconds, isa=args.isa)
     cpu = cpu_model()
     print(f"CPU: {cpu}")
     bw = {r["threads"]: r["gb_s"] for r in records if r["kind"] == "bandwidth"}

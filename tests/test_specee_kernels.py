@@ -81,3 +81,20 @@ def test_bad_kernel_choices_are_refused(model_path):
         Model(model_path, kernels="fast")
     with pytest.raises(InvalidArgumentError, match="amx_decode and kernels"):
         Model(model_path, kernels="specee", amx_decode=True)
+
+
+@needs_kernels
+def test_the_avx2_kernels_give_the_same_bits(model_path, monkeypatch):
+    """AVX-512 and AVX2 kernels do the same integer sums and float steps (and
+    so does the reference: test_kernels.py): a model gives the same logits
+    on either, and the AVX2 path is tested on AVX-512 machines too
+    (SPECEE_KERNELS_ISA caps the kernel set chosen at load)."""
+    def run() -> np.ndarray:
+        with Model(model_path, kernels="specee") as m, m.context(n_ctx=64, n_threads=2) as ctx:
+            assert m.n_packed > 0
+            ctx.prefill(PROMPT)
+            ctx.decode_tree(TREE_TOKENS)
+            return ctx.all_logits()
+    best = run()
+    monkeypatch.setenv("SPECEE_KERNELS_ISA", "avx2")
+    np.testing.assert_array_equal(run(), best)

@@ -47,11 +47,14 @@ static_assert(sizeof(block_q6_k) == 210, "Q6_K block");
 static_assert(sizeof(block_q8_k) == 292, "Q8_K block");
 
 enum class weight_type { q4_k, q6_k };
-enum class isa { reference, avx512_vnni };
+enum class isa { reference, avx2, avx512_vnni };  // in order: a CPU with one runs those before it
 
-// What this CPU can run (chosen at run time, not at build time).
+// The best kernels this CPU runs, chosen at run time (not at build time);
+// SPECEE_KERNELS_ISA=avx2 or =reference in the environment caps the choice
+// (to test the AVX2 path on an AVX-512 machine).
 isa best_isa();
 const char * isa_name(isa i);
+bool         cpu_has(isa i);
 
 // A repacked matrix. n_rows must be a multiple of ROW_GROUP and n_cols of QK.
 struct packed_matrix {

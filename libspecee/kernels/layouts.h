@@ -43,6 +43,10 @@ void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                             int64_t row_begin, int64_t row_end);
 void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end);
+void mul_mat_q6_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                       int64_t row_begin, int64_t row_end);
+void mul_mat_q4_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                       int64_t row_begin, int64_t row_end);
 void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end);
 

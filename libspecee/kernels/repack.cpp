@@ -3,6 +3,7 @@
 #include "kernels/layouts.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 namespace specee::kernels {
@@ -222,20 +223,49 @@ void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n
 
 // ---- dispatch
 
-isa best_isa() {
+static bool cpu_supports(isa i) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
-        return isa::avx512_vnni;
+    switch (i) {
+        case isa::reference: return true;
+        case isa::avx2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c");
+        case isa::avx512_vnni:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                   __builtin_cpu_supports("f16c");
     }
 #endif
+    return i == isa::reference;
+}
+
+bool cpu_has(isa i) {
+    static const bool has[3] = {true, cpu_supports(isa::avx2), cpu_supports(isa::avx512_vnni)};
+    return has[int(i)];
+}
+
+isa best_isa() {
+    isa cap = isa::avx512_vnni;
+    if (const char * env = std::getenv("SPECEE_KERNELS_ISA")) {
+        for (isa i : {isa::reference, isa::avx2, isa::avx512_vnni}) {
+            if (std::strcmp(env, isa_name(i)) == 0) {
+                cap = i;
+            }
+        }
+    }
+    for (isa i : {isa::avx512_vnni, isa::avx2}) {
+        if (i <= cap && cpu_has(i)) {
+            return i;
+        }
+    }
     return isa::reference;
 }
 
 const char * isa_name(isa i) {
     switch (i) {
         case isa::avx512_vnni: return "avx512_vnni";
+        case isa::avx2:        return "avx2";
         case isa::reference:   return "reference";
     }
     return "?";
@@ -243,20 +273,16 @@ const char * isa_name(isa i) {
 
 void mul_mat(isa i, const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end) {
+    const bool q4 = w.type == weight_type::q4_k;
+    switch (cpu_has(i) ? i : isa::reference) {
 #if defined(__x86_64__)
-    if (i == isa::avx512_vnni) {
-        if (w.type == weight_type::q4_k) {
-            mul_mat_q4_k_avx512_vnni(w, x, n_x, y, ldy, row_begin, row_end);
-        } else {
-            mul_mat_q6_k_avx512_vnni(w, x, n_x, y, ldy, row_begin, row_end);
-        }
-        return;
-    }
+        case isa::avx512_vnni:
+            return (q4 ? mul_mat_q4_k_avx512_vnni : mul_mat_q6_k_avx512_vnni)(w, x, n_x, y, ldy, row_begin, row_end);
+        case isa::avx2:
+            return (q4 ? mul_mat_q4_k_avx2 : mul_mat_q6_k_avx2)(w, x, n_x, y, ldy, row_begin, row_end);
 #endif
-    if (w.type == weight_type::q4_k) {
-        mul_mat_q4_k_reference(w, x, n_x, y, ldy, row_begin, row_end);
-    } else {
-        mul_mat_q6_k_reference(w, x, n_x, y, ldy, row_begin, row_end);
+        default:
+            return (q4 ? mul_mat_q4_k_reference : mul_mat_q6_k_reference)(w, x, n_x, y, ldy, row_begin, row_end);
     }
 }
 

@@ -7,7 +7,8 @@
 // usage: kernel_check TYPE ROWS COLS N_COLUMNS SEED OUT_DIR [isa]
 // writes OUT_DIR/weights.bin (ggml blocks), x.bin (Q8_K blocks) and
 // y_reference.f32, y_batched.f32, y_one.f32 ([N_COLUMNS, ROWS] each);
-// prints the ISA of the fast kernel. isa: "reference" forces the reference.
+// prints the ISA of the fast kernel. isa: a kernel set to use instead of the
+// CPU's best ("reference", "avx2", "avx512_vnni"); exit status 3 if the CPU lacks it.
 #include "kernels/kernels.h"
 
 #include <cstdio>
@@ -70,7 +71,20 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "repack: %s\n", why.c_str());
         return 1;
     }
-    const isa fast = argc > 7 && std::string(argv[7]) == "reference" ? isa::reference : best_isa();
+    isa fast = best_isa();
+    if (argc > 7) {
+        bool found = false;
+        for (isa i : {isa::reference, isa::avx2, isa::avx512_vnni}) {
+            if (std::string(argv[7]) == isa_name(i)) {
+                fast  = i;
+                found = true;
+            }
+        }
+        if (!found || !cpu_has(fast)) {
+            fprintf(stderr, "this CPU cannot run kernel set %s\n", argv[7]);
+            return 3;
+        }
+    }
     std::vector<float> y_ref((size_t) n_x * rows), y_batched((size_t) n_x * rows), y_one((size_t) n_x * rows);
     mul_mat(isa::reference, pm, x.data(), n_x, y_ref.data(), rows, 0, rows);
     mul_mat(fast, pm, x.data(), n_x, y_batched.data(), rows, 0, rows);

@@ -1,0 +1,204 @@
+// mul_mat_avx2.cpp — Q4_K and Q6_K kernels over the 16-row layouts
+// (layouts.h) with AVX2, for CPUs without AVX-512 VNNI. Compiled with AVX2,
+// FMA and F16C enabled (CMakeLists.txt), called only where the CPU has them.
+//
+// A 256-bit register holds half a 64-byte line: 8 rows x 4 weights. Without
+// VNNI the 4-byte dot product is vpmaddubsw (pairs into 16 bits: at most
+// 2 x 63 x 128, no saturation) then vpmaddwd by ones (pairs into 32 bits):
+// the same exact integer as vpdpbusd. The float steps are those of the
+// AVX-512 kernel and of the reference, so all three agree bit for bit.
+// Tiles are 8 rows x up to 2 columns (16 registers); the other half of a
+// block's lines is read again from L1/L2 by the next half's pass.
+#include "kernels/layouts.h"
+
+#include <immintrin.h>
+
+namespace specee::kernels {
+
+namespace {
+
+constexpr int MAX_TILE        = 2;
+constexpr int PREFETCH_BLOCKS = 2;  // as in the AVX-512 kernel
+
+inline __m256i load_half(const uint8_t * line, int half) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(line + 32 * half));
+}
+
+inline __m256i bcast_quad(const int8_t * p) {
+    int32_t v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+// sum of 4 u8 x s8 products in each 32-bit lane
+inline __m256i dot4(__m256i w, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+}
+
+inline __m256 load_fp16x8(const uint16_t * p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+}
+
+inline __m256i load_i8x8(const int8_t * p) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
+}
+
+inline __m256i load_u8x8(const uint8_t * p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
+}
+
+template <int NC>
+void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, int half, const block_q8_k * const * x, float * const * y) {
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    const __m256i m30 = _mm256_set1_epi8(0x30);
+    __m256        acc[NC];
+    for (int c = 0; c < NC; ++c) {
+        acc[c] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+        const block_q6_k_r16 & B = blocks[b];
+        if (half == 0 && b + PREFETCH_BLOCKS < nb) {
+            const auto * p = reinterpret_cast<const char *>(&blocks[b + PREFETCH_BLOCKS]);
+            for (size_t off = 0; off < sizeof(block_q6_k_r16); off += 64) {
+                _mm_prefetch(p + off, _MM_HINT_T0);
+            }
+        }
+        __m256i sb[NC];
+        for (int c = 0; c < NC; ++c) {
+            sb[c] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 16; ++s) {
+            const __m256i h  = load_half(B.hi[s], half);
+            const __m256i l0 = load_half(B.lo[2 * s], half);
+            const __m256i l1 = load_half(B.lo[2 * s + 1], half);
+            const __m256i w0 = _mm256_or_si256(_mm256_and_si256(l0, m0f), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+            const __m256i w1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m0f),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+            const __m256i w2 = _mm256_or_si256(_mm256_and_si256(l1, m0f), _mm256_and_si256(h, m30));
+            const __m256i w3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m0f),
+                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+            const __m256i sc = load_i8x8(B.scales[s] + 8 * half);
+            for (int c = 0; c < NC; ++c) {
+                const int8_t * q = x[c][b].qs + 16 * s;
+                __m256i        d = dot4(w0, bcast_quad(q));
+                d                = _mm256_add_epi32(d, dot4(w1, bcast_quad(q + 4)));
+                d                = _mm256_add_epi32(d, dot4(w2, bcast_quad(q + 8)));
+                d                = _mm256_add_epi32(d, dot4(w3, bcast_quad(q + 12)));
+                d                = _mm256_sub_epi32(d, _mm256_set1_epi32(32 * x[c][b].bsums[s]));
+                sb[c]            = _mm256_add_epi32(sb[c], _mm256_mullo_epi32(d, sc));
+            }
+        }
+        const __m256 dw = load_fp16x8(B.d + 8 * half);
+        for (int c = 0; c < NC; ++c) {
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb[c]), _mm256_mul_ps(dw, _mm256_set1_ps(x[c][b].d)), acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; ++c) {
+        _mm256_storeu_ps(y[c] + 8 * half, acc[c]);
+    }
+}
+
+template <int NC>
+void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, int half, const block_q8_k * const * x, float * const * y) {
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    __m256        acc[NC];
+    for (int c = 0; c < NC; ++c) {
+        acc[c] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+        const block_q4_k_r16 & B = blocks[b];
+        if (half == 0 && b + PREFETCH_BLOCKS < nb) {
+            const auto * p = reinterpret_cast<const char *>(&blocks[b + PREFETCH_BLOCKS]);
+            for (size_t off = 0; off < sizeof(block_q4_k_r16); off += 64) {
+                _mm_prefetch(p + off, _MM_HINT_T0);
+            }
+        }
+        __m256i sb[NC], sm[NC];
+        for (int c = 0; c < NC; ++c) {
+            sb[c] = _mm256_setzero_si256();
+            sm[c] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 8; ++s) {
+            __m256i d[NC];
+            for (int c = 0; c < NC; ++c) {
+                d[c] = _mm256_setzero_si256();
+            }
+            for (int p = 0; p < 4; ++p) {  // line 4s + p: quads 8s + 2p (low nibbles) and 8s + 2p + 1 (high)
+                const __m256i l  = load_half(B.lo[4 * s + p], half);
+                const __m256i wl = _mm256_and_si256(l, m0f);
+                const __m256i wh = _mm256_and_si256(_mm256_srli_epi16(l, 4), m0f);
+                for (int c = 0; c < NC; ++c) {
+                    const int8_t * q = x[c][b].qs + 32 * s + 8 * p;
+                    d[c] = _mm256_add_epi32(d[c], dot4(wl, bcast_quad(q)));
+                    d[c] = _mm256_add_epi32(d[c], dot4(wh, bcast_quad(q + 4)));
+                }
+            }
+            const __m256i sc = load_u8x8(B.scales[s] + 8 * half);
+            const __m256i mn = load_u8x8(B.mins[s] + 8 * half);
+            for (int c = 0; c < NC; ++c) {
+                sb[c] = _mm256_add_epi32(sb[c], _mm256_mullo_epi32(d[c], sc));
+                sm[c] = _mm256_add_epi32(sm[c], _mm256_mullo_epi32(mn, _mm256_set1_epi32(bsum32(x[c][b], s))));
+            }
+        }
+        const __m256 dw = load_fp16x8(B.d + 8 * half);
+        const __m256 mw = load_fp16x8(B.dmin + 8 * half);
+        for (int c = 0; c < NC; ++c) {
+            const __m256 dx = _mm256_set1_ps(x[c][b].d);
+            acc[c]          = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb[c]), _mm256_mul_ps(dw, dx), acc[c]);
+            acc[c]          = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm[c]), _mm256_mul_ps(mw, dx), acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; ++c) {
+        _mm256_storeu_ps(y[c] + 8 * half, acc[c]);
+    }
+}
+
+template <typename Block, template <int> class Tile>
+void run_tiles(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy, int64_t row_begin,
+               int64_t row_end) {
+    const int64_t nb     = w.n_cols / QK;
+    const auto *  blocks = reinterpret_cast<const Block *>(w.data.data());
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int half = 0; half < 2; ++half) {
+            for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
+                const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
+                const block_q8_k * xs[MAX_TILE];
+                float *            ys[MAX_TILE];
+                for (int c = 0; c < nc; ++c) {
+                    xs[c] = x + (c0 + c) * nb;
+                    ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
+                }
+                if (nc == 1) {
+                    Tile<1>::run(blocks + g * nb, nb, half, xs, ys);
+                } else {
+                    Tile<2>::run(blocks + g * nb, nb, half, xs, ys);
+                }
+            }
+        }
+    }
+}
+
+template <int NC> struct q6_k_tiles {
+    static void run(const block_q6_k_r16 * b, int64_t nb, int h, const block_q8_k * const * x, float * const * y) {
+        q6_k_tile<NC>(b, nb, h, x, y);
+    }
+};
+template <int NC> struct q4_k_tiles {
+    static void run(const block_q4_k_r16 * b, int64_t nb, int h, const block_q8_k * const * x, float * const * y) {
+        q4_k_tile<NC>(b, nb, h, x, y);
+    }
+};
+
+} // namespace
+
+void mul_mat_q6_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                       int64_t row_begin, int64_t row_end) {
+    run_tiles<block_q6_k_r16, q6_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+}
+
+void mul_mat_q4_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+                       int64_t row_begin, int64_t row_end) {
+    run_tiles<block_q4_k_r16, q4_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+}
+
+} // namespace specee::kernels
