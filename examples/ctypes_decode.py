@@ -25,7 +25,8 @@ class ModelParams(C.Structure):
 
 
 class ContextParams(C.Structure):
-    _fields_ = [("n_ctx", C.c_uint32), ("n_batch", C.c_uint32), ("n_threads", C.c_int32), ("flash_attn", C.c_bool)]
+    _fields_ = [("n_ctx", C.c_uint32), ("n_batch", C.c_uint32), ("n_threads", C.c_int32), ("flash_attn", C.c_bool),
+                ("exact_verify", C.c_bool)]
 
 
 class Step(C.Structure):

@@ -53,6 +53,9 @@ def test_ctypes_example_structs_match_the_header(tmp_path):
     for line, (c, py) in zip(got, pairs.items()):
         want = [C.sizeof(py)] + [getattr(py, name).offset for name, _ in py._fields_]
         assert [int(x) for x in line.split()] == want, c
+        # and every field of the header's struct, in order: a field left out
+        # can hide in padding and still pass the size check
+        assert [name for name, _ in py._fields_] == [name for name, _ in _ffi.ffi.typeof(f"struct {c}").fields], c
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
