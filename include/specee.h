@@ -485,21 +485,6 @@ SPECEE_API int32_t specee_get_last_checks(
         float                       * features,
         int32_t                       capacity);
 
-/* Signals for studying new exit features (bench/exit_feature_ablation.py).
- * specee_get_trace_change: for the last specee_trace_step, how much each
- * layer l still moved the residual stream, |x_l - x_(l-1)| / |x_l| (x_(-1)
- * is the token's embedding). specee_get_draft_probs: the draft head's
- * probabilities (over its vocabulary) of its k best tokens after its last
- * pass, best first: after specee_draft_sync or an early-exit or trace step,
- * those of the candidates it proposed (out->next). Both write at most
- * `capacity` values and return how many there are (0 before any). */
-SPECEE_API int32_t specee_get_trace_change(const struct specee_context * ctx, float * out, int32_t capacity);
-/* specee_get_trace_hidden: for the last specee_trace_step, the hidden state
- * after each layer, final-normed (what the lm_head reads): [n_layer][n_embd],
- * at most `capacity` values; returns how many there are (0 before any). */
-SPECEE_API int32_t specee_get_trace_hidden(const struct specee_context * ctx, float * out, int32_t capacity);
-SPECEE_API int32_t specee_get_draft_probs(const struct specee_context * ctx, float * out, int32_t capacity);
-
 /* Layers computed by the last early-exit step (n_layer = no exit), -1 before any. */
 SPECEE_API int32_t specee_get_exit_layer(const struct specee_context * ctx);
 

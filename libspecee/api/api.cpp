@@ -1,6 +1,7 @@
 // api.cpp — the C API shim: argument checks, exception-to-status mapping,
 // per-context error messages. No logic of its own.
 #include "specee.h"
+#include "specee_research.h"
 
 #include "runner/context.h"
 #include "model/devices.h"

@@ -14,12 +14,12 @@ import cffi
 _PKG_DIR = Path(__file__).resolve().parent
 
 
-def _header_path() -> Path:
-    installed = _PKG_DIR / "include" / "specee.h"
+def _header_path(name: str = "specee.h") -> Path:
+    installed = _PKG_DIR / "include" / name
     if installed.exists():
         return installed
     # running from a source checkout (python/specee next to include/)
-    return _PKG_DIR.parent.parent / "include" / "specee.h"
+    return _PKG_DIR.parent.parent / "include" / name
 
 
 def _library_path() -> Path:
@@ -29,11 +29,11 @@ def _library_path() -> Path:
 
 
 def _cdef_from_header(text: str) -> str:
-    """The part of specee.h between the cffi-begin and cffi-end markers,
+    """The part of a header between the cffi-begin and cffi-end markers,
     without the export macro."""
     match = re.search(r"/\* cffi-begin.*?\*/(.*?)/\* cffi-end \*/", text, re.S)
     if match is None:
-        raise ImportError("specee.h has no cffi-begin/cffi-end block")
+        raise ImportError("a libspecee header has no cffi-begin/cffi-end block")
     body = match.group(1).replace("SPECEE_API ", "")
     # cffi understands integer #defines; other preprocessor lines go
     keep = [line for line in body.splitlines()
@@ -43,6 +43,8 @@ def _cdef_from_header(text: str) -> str:
 
 ffi = cffi.FFI()
 ffi.cdef(_cdef_from_header(_header_path().read_text()))
+# the research hooks (trace signals), kept out of the stable header
+ffi.cdef(_cdef_from_header(_header_path("specee_research.h").read_text()))
 
 LIBRARY_PATH = _library_path()
 if not LIBRARY_PATH.exists():
