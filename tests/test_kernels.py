@@ -21,7 +21,8 @@ CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 FLAGS = {"mul_mat_avx2.cpp": ["-mavx2", "-mf16c", "-mfma"],
          "mul_mat_avx512_vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]}
 ISAS = ["avx2", "avx512_vnni"]
-TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q6_k": GGMLQuantizationType.Q6_K}
+TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q6_k": GGMLQuantizationType.Q6_K, "q8_0": GGMLQuantizationType.Q8_0,
+         "q5_0": GGMLQuantizationType.Q5_0, "q4_1": GGMLQuantizationType.Q4_1}
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
@@ -54,10 +55,14 @@ def run_check(exe: Path, tmp_path: Path, kind: str, rows: int, cols: int, n_x: i
     return run.stdout.strip(), y
 
 
-def q8_k_columns(path: Path, n_x: int, cols: int) -> np.ndarray:
-    """x = d * qs from Q8_K blocks (float d, 256 int8 qs, 16 int16 sums)."""
-    block = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
-    b = np.fromfile(path, dtype=block).reshape(n_x, cols // 256)
+def activation_columns(path: Path, kind: str, n_x: int, cols: int) -> np.ndarray:
+    """x = d * qs from the activation blocks: Q8_K (float d, 256 int8, 16 int16
+    sums) for the k-quants, Q8_0 (fp16 d, 32 int8) for the others."""
+    if kind.endswith("_k"):
+        block = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+    else:
+        block = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
+    b = np.fromfile(path, dtype=block).reshape(n_x, -1)
     return (b["d"][..., None].astype(np.float64) * b["qs"]).reshape(n_x, cols)
 
 
@@ -71,12 +76,24 @@ def test_kernels_match_numpy_and_each_other(kernel_check, tmp_path, kind, n_x, i
     assert got_isa == isa
     raw = np.fromfile(tmp_path / "weights.bin", dtype=np.uint8).reshape(rows, -1)
     w = dequantize(raw, TYPES[kind]).astype(np.float64)
-    x = q8_k_columns(tmp_path / "x.bin", n_x, cols)
+    x = activation_columns(tmp_path / "x.bin", kind, n_x, cols)
     want = x @ w.T
     scale = np.abs(x) @ np.abs(w).T  # what rounding in the sums is relative to
     assert np.all(np.abs(y["reference"] - want) <= 1e-5 * scale + 1e-30), "reference kernel vs numpy"
     assert y["batched"].tobytes() == y["reference"].tobytes(), f"{isa} kernel vs reference"
     assert y["one"].tobytes() == y["batched"].tobytes(), "a batched column vs the one-column call"
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q5_0", "q4_1"])
+def test_rows_of_any_multiple_of_32(kernel_check, tmp_path, kind):
+    """SmolLM2's rows are 576 long, Qwen2.5-Coder-0.5B's 896: not multiples of 256."""
+    rows, cols, n_x = 32, 576, 3
+    _, y = run_check(kernel_check, tmp_path, kind, rows, cols, n_x, 11)
+    w = dequantize(np.fromfile(tmp_path / "weights.bin", dtype=np.uint8).reshape(rows, -1), TYPES[kind])
+    x = activation_columns(tmp_path / "x.bin", kind, n_x, cols)
+    want = x @ w.astype(np.float64).T
+    assert np.all(np.abs(y["reference"] - want) <= 1e-5 * (np.abs(x) @ np.abs(w).T) + 1e-30)
+    assert y["batched"].tobytes() == y["reference"].tobytes() == y["one"].tobytes()
 
 
 def test_forced_reference_is_the_reference(kernel_check, tmp_path):

@@ -13,7 +13,7 @@ from test_forward import QUANT_TOLERANCE, TOKENS, batched_and_stepped_logits, re
 from test_token_tree import PROMPT, TREE_TOKENS
 
 needs_kernels = pytest.mark.skipif(kernels_isa() == "none", reason="no specee kernel runs on this CPU")
-QTYPES = ["Q4_K", "Q6_K"]
+QTYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_1"]
 
 
 @pytest.fixture(scope="module", params=QTYPES)

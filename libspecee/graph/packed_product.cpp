@@ -9,21 +9,24 @@ namespace specee {
 
 namespace {
 
-// x [k, n] F32 -> Q8_K blocks, n rows of k / 256 blocks. Threads split the
+// The activations' type for a weight type: Q8_K for the k-quants, Q8_0 else.
+ggml_type activation_type(kernels::weight_type t) { return kernels::takes_q8_k(t) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0; }
+
+// x [k, n] F32 -> ggml's activation blocks, n rows of them. Threads split the
 // blocks; a block's quantization does not depend on how they are split.
-void quantize_q8_k(ggml_tensor * dst, int ith, int nth, void *) {
-    const ggml_tensor * x      = dst->src[0];
-    const int64_t       nb     = x->ne[0] / kernels::QK;
-    const int64_t       total  = nb * x->ne[1];
-    const int64_t       first  = total * ith / nth;
-    const int64_t       last   = total * (ith + 1) / nth;
-    const auto          quant  = ggml_get_type_traits_cpu(GGML_TYPE_Q8_K)->from_float;
-    auto *              out    = static_cast<kernels::block_q8_k *>(dst->data);
-    for (int64_t i = first; i < last; ++i) {
+void quantize(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto &        pw    = *static_cast<const model::packed_weight *>(userdata);
+    const ggml_type     type  = activation_type(pw.matrix.type);
+    const ggml_tensor * x     = dst->src[0];
+    const int64_t       per   = ggml_blck_size(type);
+    const size_t        bytes = ggml_type_size(type);
+    const int64_t       nb    = x->ne[0] / per;
+    const int64_t       total = nb * x->ne[1];
+    const auto          quant = ggml_get_type_traits_cpu(type)->from_float;
+    for (int64_t i = total * ith / nth; i < total * (ith + 1) / nth; ++i) {
         const int64_t col = i / nb, b = i % nb;
-        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + col * x->nb[1]) +
-                            b * kernels::QK;
-        quant(src, out + i, kernels::QK);
+        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + col * x->nb[1]) + b * per;
+        quant(src, static_cast<char *>(dst->data) + i * bytes, per);
     }
 }
 
@@ -35,8 +38,7 @@ void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
     if (g0 == g1) {
         return;
     }
-    const auto * xq = static_cast<const kernels::block_q8_k *>(dst->src[0]->data);
-    kernels::mul_mat(pw.isa, pw.matrix, xq, int(dst->ne[1]), static_cast<float *>(dst->data),
+    kernels::mul_mat(pw.isa, pw.matrix, dst->src[0]->data, int(dst->ne[1]), static_cast<float *>(dst->data),
                      dst->nb[1] / sizeof(float), g0 * kernels::ROW_GROUP, g1 * kernels::ROW_GROUP);
 }
 
@@ -49,12 +51,11 @@ ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & p
         x = ggml_cont(ctx0, x);
     }
     const int64_t n  = x->ne[1];
-    const int64_t nb = x->ne[0] / kernels::QK;
-    ggml_tensor * xq = ggml_custom_4d(ctx0, GGML_TYPE_I8, nb * int64_t(sizeof(kernels::block_q8_k)), n, 1, 1, &x, 1,
-                                      quantize_q8_k, GGML_N_TASKS_MAX, nullptr);  // [Q8_K bytes, n]
+    void *        ud = const_cast<model::packed_weight *>(&pw);
+    ggml_tensor * xq = ggml_custom_4d(ctx0, GGML_TYPE_I8, int64_t(ggml_row_size(activation_type(pw.matrix.type), x->ne[0])),
+                                      n, 1, 1, &x, 1, quantize, GGML_N_TASKS_MAX, ud);  // [activation bytes, n]
     ggml_tensor * args[2] = {xq, w};  // w: only so that the graph knows what the node reads
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, n, 1, 1, args, 2, multiply, GGML_N_TASKS_MAX,
-                          const_cast<model::packed_weight *>(&pw));  // [m, n]
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, n, 1, 1, args, 2, multiply, GGML_N_TASKS_MAX, ud);  // [m, n]
 }
 
 } // namespace specee

@@ -1,6 +1,7 @@
 // packed_product.h — y = W x through specee's own kernels (libspecee/kernels/),
 // as two ggml custom operations, so ggml's graph, allocator and thread pool
-// run them like any other node: quantize x to Q8_K, then multiply.
+// run them like any other node: quantize x (to Q8_K or Q8_0, the activation
+// type ggml pairs with the weight type), then multiply.
 #pragma once
 
 #include "model/model.h"

@@ -42,11 +42,35 @@ struct block_q8_k {  // activations: x = d * qs, bsums: sums of 16 qs
     int8_t  qs[QK];
     int16_t bsums[QK / 16];
 };
+// ggml's 32-weight blocks: w = d * q (Q8_0), d * (q - 16) (Q5_0), d * q + m (Q4_1)
+struct block_q8_0 {  // 34 bytes; also the activations of these types (ggml's Q8_0 quantizer)
+    uint16_t d;           // fp16
+    int8_t   qs[32];
+};
+struct block_q5_0 {  // 22 bytes
+    uint16_t d;
+    uint8_t  qh[4];       // bit j: the 5th bit of weight j
+    uint8_t  qs[16];      // weight j: low nibble of qs[j] (j < 16), high nibble of qs[j - 16]
+};
+struct block_q4_1 {  // 20 bytes
+    uint16_t d, m;
+    uint8_t  qs[16];
+};
+static_assert(sizeof(block_q8_0) == 34, "Q8_0 block");
+static_assert(sizeof(block_q5_0) == 22, "Q5_0 block");
+static_assert(sizeof(block_q4_1) == 20, "Q4_1 block");
 static_assert(sizeof(block_q4_k) == 144, "Q4_K block");
 static_assert(sizeof(block_q6_k) == 210, "Q6_K block");
 static_assert(sizeof(block_q8_k) == 292, "Q8_K block");
 
-enum class weight_type { q4_k, q6_k };
+enum class weight_type { q4_k, q6_k, q8_0, q5_0, q4_1 };
+
+// k-quants take activations in ggml's Q8_K blocks (one scale per 256), the
+// 32-weight types in ggml's Q8_0 blocks (one per 32), as ggml's own kernels do.
+inline bool takes_q8_k(weight_type t) { return t == weight_type::q4_k || t == weight_type::q6_k; }
+// bytes of one ggml block of this type, and weights in it
+size_t      source_block_bytes(weight_type t);
+int         source_block_weights(weight_type t);
 enum class isa { reference, avx2, avx512_vnni };  // in order: a CPU with one runs those before it
 
 // The best kernels this CPU runs, chosen at run time (not at build time);
@@ -56,13 +80,15 @@ isa best_isa();
 const char * isa_name(isa i);
 bool         cpu_has(isa i);
 
-// A repacked matrix. n_rows must be a multiple of ROW_GROUP and n_cols of QK.
+// A repacked matrix. n_rows must be a multiple of ROW_GROUP and n_cols of
+// the type's block (256 weights for the k-quants, 32 for the others).
 struct packed_matrix {
     weight_type          type   = weight_type::q4_k;
     int64_t              n_rows = 0;
     int64_t              n_cols = 0;
-    std::vector<uint8_t> data;  // n_rows / 16 groups of n_cols / 256 repacked blocks
-    size_t block_bytes() const;  // bytes of one repacked block (16 rows x 256 weights)
+    std::vector<uint8_t> data;  // n_rows / 16 groups of n_blocks() repacked blocks
+    size_t  block_bytes() const;  // bytes of one repacked block (16 rows x one block of weights)
+    int64_t n_blocks() const { return n_cols / source_block_weights(type); }  // blocks along a row
 };
 
 // Repacks rows of ggml blocks (n_rows x n_cols / 256 blocks, row-major).
@@ -71,8 +97,9 @@ bool repack(weight_type type, const void * blocks, int64_t n_rows, int64_t n_col
             std::string * why = nullptr);
 
 // y[c * ldy + r] = sum_k W[r, k] x_c[k] for rows [row_begin, row_end) (multiples
-// of 16) and columns c < n_x; x holds n_x rows of n_cols / 256 Q8_K blocks.
-void mul_mat(isa i, const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+// of 16) and columns c < n_x; x holds n_x rows of activation blocks
+// (takes_q8_k(w.type): n_cols / 256 Q8_K blocks, else n_cols / 32 Q8_0 blocks).
+void mul_mat(isa i, const packed_matrix & w, const void * x, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end);
 
 } // namespace specee::kernels

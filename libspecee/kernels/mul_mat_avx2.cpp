@@ -4,7 +4,8 @@
 //
 // A 256-bit register holds half a 64-byte line: 8 rows x 4 weights. Without
 // VNNI the 4-byte dot product is vpmaddubsw (pairs into 16 bits: at most
-// 2 x 63 x 128, no saturation) then vpmaddwd by ones (pairs into 32 bits):
+// 2 x 63 x 128, no saturation; Q8_0 goes signed, below) then vpmaddwd by
+// ones (pairs into 32 bits):
 // the same exact integer as vpdpbusd. The float steps are those of the
 // AVX-512 kernel and of the reference, so all three agree bit for bit.
 // Tiles are 8 rows x up to 2 columns (16 registers); the other half of a
@@ -156,7 +157,7 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, int half, const block_
 template <typename Block, template <int> class Tile>
 void run_tiles(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy, int64_t row_begin,
                int64_t row_end) {
-    const int64_t nb     = w.n_cols / QK;
+    const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const Block *>(w.data.data());
     for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
         for (int half = 0; half < 2; ++half) {
@@ -199,6 +200,143 @@ void mul_mat_q6_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, f
 void mul_mat_q4_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                        int64_t row_begin, int64_t row_end) {
     run_tiles<block_q4_k_r16, q4_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+}
+
+} // namespace specee::kernels
+
+// ---- the 32-weight types (Q8_0, Q5_0, Q4_1), as in mul_mat_avx512_vnni.cpp
+
+namespace specee::kernels {
+
+namespace {
+
+inline void load_nibble_lines(const uint8_t (*lo)[64], int half, __m256i * w) {
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    for (int p = 0; p < 4; ++p) {
+        const __m256i l = load_half(lo[p], half);
+        w[2 * p]        = _mm256_and_si256(l, m0f);
+        w[2 * p + 1]    = _mm256_and_si256(_mm256_srli_epi16(l, 4), m0f);
+    }
+}
+
+template <weight_type T> struct q32_block;
+
+template <> struct q32_block<weight_type::q8_0> {
+    using type = block_q8_0_r16;
+    // the signed q (q + 128 times x would overflow vpmaddubsw's 16-bit pairs)
+    static void load(const type & b, int half, __m256i * w) {
+        for (int j = 0; j < 8; ++j) w[j] = _mm256_xor_si256(load_half(b.q[j], half), _mm256_set1_epi8(-128));
+    }
+    // |q| times x with q's sign: pairs within 2 x 128 x 127, the same integer
+    // as (q + 128) . x - 128 sum(x)
+    static __m256i dot(const __m256i * w, const int8_t * x, int32_t) {
+        __m256i d = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+            d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]),
+                                                                           _mm256_sign_epi8(bcast_quad(x + 4 * j), w[j])),
+                                                      _mm256_set1_epi16(1)));
+        }
+        return d;
+    }
+};
+
+inline __m256i unsigned_dot(const __m256i * w, const int8_t * x) {
+    __m256i d = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) d = _mm256_add_epi32(d, dot4(w[j], bcast_quad(x + 4 * j)));
+    return d;
+}
+
+template <> struct q32_block<weight_type::q5_0> {
+    using type = block_q5_0_r16;
+    static void load(const type & b, int half, __m256i * w) {
+        load_nibble_lines(b.lo, half, w);
+        const __m256i m10   = _mm256_set1_epi8(0x10);
+        const __m256i h     = load_half(b.hi, half);
+        const __m256i hs[8] = {_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3), _mm256_slli_epi16(h, 2),
+                               _mm256_slli_epi16(h, 1), h, _mm256_srli_epi16(h, 1), _mm256_srli_epi16(h, 2),
+                               _mm256_srli_epi16(h, 3)};
+        for (int j = 0; j < 8; ++j) w[j] = _mm256_or_si256(w[j], _mm256_and_si256(hs[j], m10));
+    }
+    static __m256i dot(const __m256i * w, const int8_t * x, int32_t xs) {
+        return _mm256_sub_epi32(unsigned_dot(w, x), _mm256_set1_epi32(16 * xs));
+    }
+};
+
+template <> struct q32_block<weight_type::q4_1> {
+    using type = block_q4_1_r16;
+    static void load(const type & b, int half, __m256i * w) { load_nibble_lines(b.lo, half, w); }
+    static __m256i dot(const __m256i * w, const int8_t * x, int32_t) { return unsigned_dot(w, x); }
+};
+
+template <weight_type T, int NC>
+void q32_tile(const typename q32_block<T>::type * blocks, int64_t nb, int half, const block_q8_0 * const * x,
+              const int32_t * const * sums, float * const * y) {
+    using B_t = typename q32_block<T>::type;
+    constexpr int ahead = (PREFETCH_BLOCKS * 3360 + sizeof(B_t) - 1) / sizeof(B_t);
+    __m256 acc[NC];
+    for (int c = 0; c < NC; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const B_t & B = blocks[b];
+        if (half == 0 && b + ahead < nb) {
+            for (size_t off = 0; off < sizeof(B_t); off += 64) {
+                _mm_prefetch(reinterpret_cast<const char *>(&blocks[b + ahead]) + off, _MM_HINT_T0);
+            }
+        }
+        __m256i w[8];
+        q32_block<T>::load(B, half, w);
+        const __m256 dw = load_fp16x8(B.d + 8 * half);
+        for (int c = 0; c < NC; ++c) {
+            const block_q8_0 & X  = x[c][b];
+            const int32_t      xs = sums[c][b];
+            const __m256i      d  = q32_block<T>::dot(w, X.qs, xs);
+            const float        dx = _cvtsh_ss(X.d);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[c]);
+            if constexpr (T == weight_type::q4_1) {
+                acc[c] = _mm256_fmadd_ps(load_fp16x8(B.m + 8 * half), _mm256_set1_ps(dx * (float) xs), acc[c]);
+            }
+        }
+    }
+    for (int c = 0; c < NC; ++c) _mm256_storeu_ps(y[c] + 8 * half, acc[c]);
+}
+
+template <weight_type T>
+void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y, int64_t ldy,
+             int64_t row_begin, int64_t row_end) {
+    using B_t            = typename q32_block<T>::type;
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const B_t *>(w.data.data());
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int half = 0; half < 2; ++half) {
+            for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
+                const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
+                const block_q8_0 * xs[MAX_TILE];
+                const int32_t *    ss[MAX_TILE];
+                float *            ys[MAX_TILE];
+                for (int c = 0; c < nc; ++c) {
+                    xs[c] = x + (c0 + c) * nb;
+                    ss[c] = sums + (c0 + c) * nb;
+                    ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
+                }
+                if (nc == 1) {
+                    q32_tile<T, 1>(blocks + g * nb, nb, half, xs, ss, ys);
+                } else {
+                    q32_tile<T, 2>(blocks + g * nb, nb, half, xs, ss, ys);
+                }
+            }
+        }
+    }
+}
+
+} // namespace
+
+void mul_mat_q32_avx2(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y,
+                      int64_t ldy, int64_t row_begin, int64_t row_end) {
+    switch (w.type) {
+        case weight_type::q8_0: return q32_run<weight_type::q8_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        case weight_type::q5_0: return q32_run<weight_type::q5_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        case weight_type::q4_1: return q32_run<weight_type::q4_1>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        default: break;
+    }
 }
 
 } // namespace specee::kernels

@@ -143,7 +143,7 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * con
 template <typename Block, template <int> class Tile>
 void run_tiles(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy, int64_t row_begin,
                int64_t row_end) {
-    const int64_t nb     = w.n_cols / QK;
+    const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const Block *>(w.data.data());
     for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
         for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
@@ -182,6 +182,133 @@ void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
 void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end) {
     run_tiles<block_q4_k_r16, q4_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+}
+
+} // namespace specee::kernels
+
+// ---- the 32-weight types (Q8_0, Q5_0, Q4_1): a repacked block is one block
+// of 32 weights of 16 rows, with one scale each: one fused multiply-add per
+// block and column
+
+namespace specee::kernels {
+
+namespace {
+
+// The 8 quads of a block as unsigned bytes (16 rows each), its scales.
+template <weight_type T> struct q32_block;
+
+template <> struct q32_block<weight_type::q8_0> {
+    using type = block_q8_0_r16;
+    static constexpr int32_t offset = 128;
+    static void load(const type & b, __m512i * w) {
+        for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(b.q[j]);
+    }
+};
+
+inline void load_nibble_lines(const uint8_t (*lo)[64], __m512i * w) {
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    for (int p = 0; p < 4; ++p) {
+        const __m512i l = _mm512_loadu_si512(lo[p]);
+        w[2 * p]        = _mm512_and_si512(l, m0f);
+        w[2 * p + 1]    = _mm512_and_si512(_mm512_srli_epi16(l, 4), m0f);
+    }
+}
+
+template <> struct q32_block<weight_type::q5_0> {
+    using type = block_q5_0_r16;
+    static constexpr int32_t offset = 16;
+    static void load(const type & b, __m512i * w) {
+        load_nibble_lines(b.lo, w);
+        const __m512i m10 = _mm512_set1_epi8(0x10);
+        const __m512i h   = _mm512_loadu_si512(b.hi);
+        // bit j of h to bit 4 of quad j's bytes; 0xF8: A | (B & C)
+        w[0] = _mm512_ternarylogic_epi32(w[0], _mm512_slli_epi16(h, 4), m10, 0xF8);
+        w[1] = _mm512_ternarylogic_epi32(w[1], _mm512_slli_epi16(h, 3), m10, 0xF8);
+        w[2] = _mm512_ternarylogic_epi32(w[2], _mm512_slli_epi16(h, 2), m10, 0xF8);
+        w[3] = _mm512_ternarylogic_epi32(w[3], _mm512_slli_epi16(h, 1), m10, 0xF8);
+        w[4] = _mm512_ternarylogic_epi32(w[4], h, m10, 0xF8);
+        w[5] = _mm512_ternarylogic_epi32(w[5], _mm512_srli_epi16(h, 1), m10, 0xF8);
+        w[6] = _mm512_ternarylogic_epi32(w[6], _mm512_srli_epi16(h, 2), m10, 0xF8);
+        w[7] = _mm512_ternarylogic_epi32(w[7], _mm512_srli_epi16(h, 3), m10, 0xF8);
+    }
+};
+
+template <> struct q32_block<weight_type::q4_1> {
+    using type = block_q4_1_r16;
+    static constexpr int32_t offset = 0;
+    static void load(const type & b, __m512i * w) { load_nibble_lines(b.lo, w); }
+};
+
+template <weight_type T, int NC>
+void q32_tile(const typename q32_block<T>::type * blocks, int64_t nb, const block_q8_0 * const * x,
+              const int32_t * const * sums, float * const * y) {
+    using B_t = typename q32_block<T>::type;
+    constexpr int ahead = (PREFETCH_BLOCKS * 3360 + sizeof(B_t) - 1) / sizeof(B_t);  // as far ahead in bytes as the k-quants
+    __m512 acc[NC];
+    for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const B_t & B = blocks[b];
+        if (b + ahead < nb) {
+            for (size_t off = 0; off < sizeof(B_t); off += 64) prefetch(reinterpret_cast<const char *>(&blocks[b + ahead]) + off);
+        }
+        __m512i w[8];
+        q32_block<T>::load(B, w);
+        const __m512 dw = load_fp16x16(B.d);
+        for (int c = 0; c < NC; ++c) {
+            const block_q8_0 & X  = x[c][b];
+            const int32_t      xs = sums[c][b];
+            __m512i            d  = _mm512_setzero_si512();
+            for (int j = 0; j < 8; ++j) d = _mm512_dpbusd_epi32(d, w[j], bcast_quad(X.qs + 4 * j));
+            if constexpr (q32_block<T>::offset != 0) {
+                d = _mm512_sub_epi32(d, _mm512_set1_epi32(q32_block<T>::offset * xs));
+            }
+            const float dx = _cvtsh_ss(X.d);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[c]);
+            if constexpr (T == weight_type::q4_1) {
+                acc[c] = _mm512_fmadd_ps(load_fp16x16(B.m), _mm512_set1_ps(dx * (float) xs), acc[c]);
+            }
+        }
+    }
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(y[c], acc[c]);
+}
+
+template <weight_type T>
+void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y, int64_t ldy,
+             int64_t row_begin, int64_t row_end) {
+    using B_t        = typename q32_block<T>::type;
+    const int64_t nb = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const B_t *>(w.data.data());
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
+            const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
+            const block_q8_0 * xs[MAX_TILE];
+            const int32_t *    ss[MAX_TILE];
+            float *            ys[MAX_TILE];
+            for (int c = 0; c < nc; ++c) {
+                xs[c] = x + (c0 + c) * nb;
+                ss[c] = sums + (c0 + c) * nb;
+                ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
+            }
+            switch (nc) {
+                case 1: q32_tile<T, 1>(blocks + g * nb, nb, xs, ss, ys); break;
+                case 2: q32_tile<T, 2>(blocks + g * nb, nb, xs, ss, ys); break;
+                case 3: q32_tile<T, 3>(blocks + g * nb, nb, xs, ss, ys); break;
+                default: q32_tile<T, 4>(blocks + g * nb, nb, xs, ss, ys); break;
+            }
+        }
+    }
+}
+
+} // namespace
+
+void mul_mat_q32_avx512_vnni(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y,
+                             int64_t ldy, int64_t row_begin, int64_t row_end) {
+    switch (w.type) {
+        case weight_type::q8_0: return q32_run<weight_type::q8_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        case weight_type::q5_0: return q32_run<weight_type::q5_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        case weight_type::q4_1: return q32_run<weight_type::q4_1>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+        default: break;
+    }
 }
 
 } // namespace specee::kernels

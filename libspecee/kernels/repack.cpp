@@ -29,8 +29,28 @@ float fp16_to_fp32(uint16_t h) {
 }
 
 size_t packed_matrix::block_bytes() const {
-    return type == weight_type::q4_k ? sizeof(block_q4_k_r16) : sizeof(block_q6_k_r16);
+    switch (type) {
+        case weight_type::q4_k: return sizeof(block_q4_k_r16);
+        case weight_type::q6_k: return sizeof(block_q6_k_r16);
+        case weight_type::q8_0: return sizeof(block_q8_0_r16);
+        case weight_type::q5_0: return sizeof(block_q5_0_r16);
+        case weight_type::q4_1: return sizeof(block_q4_1_r16);
+    }
+    return 0;
 }
+
+size_t source_block_bytes(weight_type t) {
+    switch (t) {
+        case weight_type::q4_k: return sizeof(block_q4_k);
+        case weight_type::q6_k: return sizeof(block_q6_k);
+        case weight_type::q8_0: return sizeof(block_q8_0);
+        case weight_type::q5_0: return sizeof(block_q5_0);
+        case weight_type::q4_1: return sizeof(block_q4_1);
+    }
+    return 0;
+}
+
+int source_block_weights(weight_type t) { return takes_q8_k(t) ? QK : 32; }
 
 // ---- ggml's blocks, unpacked to one byte a weight (the format, ggml-common.h)
 
@@ -80,6 +100,76 @@ static void pack_nibbles(const uint8_t (*q)[QK], uint8_t (*lo)[64]) {
     }
 }
 
+// One 32-weight block as stored values (Q8_0: q + 128; Q5_0: 0..31; Q4_1: 0..15).
+static void unpack_q32(weight_type t, const uint8_t * src, uint8_t * q, uint16_t & d, uint16_t & m) {
+    m = 0;
+    if (t == weight_type::q8_0) {
+        const auto & b = *reinterpret_cast<const block_q8_0 *>(src);
+        d              = b.d;
+        for (int j = 0; j < 32; ++j) q[j] = (uint8_t) (b.qs[j] + 128);
+    } else if (t == weight_type::q5_0) {
+        const auto & b = *reinterpret_cast<const block_q5_0 *>(src);
+        uint32_t     qh;
+        std::memcpy(&qh, b.qh, sizeof qh);
+        d = b.d;
+        for (int j = 0; j < 16; ++j) {
+            q[j]      = (uint8_t) ((b.qs[j] & 0xf) | ((qh >> j) & 1) << 4);
+            q[j + 16] = (uint8_t) ((b.qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
+        }
+    } else {
+        const auto & b = *reinterpret_cast<const block_q4_1 *>(src);
+        d              = b.d;
+        m              = b.m;
+        for (int j = 0; j < 16; ++j) {
+            q[j]      = b.qs[j] & 0xf;
+            q[j + 16] = b.qs[j] >> 4;
+        }
+    }
+}
+
+// 16 rows x 32 weights of a 32-weight type.
+static void repack_q32(weight_type t, const uint8_t * const * rows, uint8_t * dst) {
+    uint8_t  q[ROW_GROUP][32];
+    uint16_t d[ROW_GROUP], m[ROW_GROUP];
+    for (int r = 0; r < ROW_GROUP; ++r) {
+        unpack_q32(t, rows[r], q[r], d[r], m[r]);
+    }
+    auto nibbles = [&](uint8_t (*lo)[64]) {
+        for (int p = 0; p < 4; ++p) {
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                for (int i = 0; i < 4; ++i) {
+                    lo[p][4 * r + i] = (uint8_t) ((q[r][8 * p + i] & 0xf) | (q[r][8 * p + 4 + i] & 0xf) << 4);
+                }
+            }
+        }
+    };
+    if (t == weight_type::q8_0) {
+        auto & out = *reinterpret_cast<block_q8_0_r16 *>(dst);
+        for (int j = 0; j < 8; ++j) {
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                for (int i = 0; i < 4; ++i) out.q[j][4 * r + i] = q[r][4 * j + i];
+            }
+        }
+        std::memcpy(out.d, d, sizeof d);
+    } else if (t == weight_type::q5_0) {
+        auto & out = *reinterpret_cast<block_q5_0_r16 *>(dst);
+        nibbles(out.lo);
+        for (int r = 0; r < ROW_GROUP; ++r) {
+            for (int i = 0; i < 4; ++i) {
+                uint8_t h = 0;
+                for (int j = 0; j < 8; ++j) h |= (uint8_t) (((q[r][4 * j + i] >> 4) & 1) << j);
+                out.hi[4 * r + i] = h;
+            }
+        }
+        std::memcpy(out.d, d, sizeof d);
+    } else {
+        auto & out = *reinterpret_cast<block_q4_1_r16 *>(dst);
+        nibbles(out.lo);
+        std::memcpy(out.d, d, sizeof d);
+        std::memcpy(out.m, m, sizeof m);
+    }
+}
+
 static void repack_q6_k(const block_q6_k * const * rows, block_q6_k_r16 & out) {
     uint8_t q[ROW_GROUP][QK];
     for (int r = 0; r < ROW_GROUP; ++r) {
@@ -120,35 +210,49 @@ static void repack_q4_k(const block_q4_k * const * rows, block_q4_k_r16 & out) {
 
 bool repack(weight_type type, const void * blocks, int64_t n_rows, int64_t n_cols, packed_matrix & out,
             std::string * why) {
-    if (n_rows <= 0 || n_rows % ROW_GROUP != 0 || n_cols <= 0 || n_cols % QK != 0) {
+    const int per_block = source_block_weights(type);
+    if (n_rows <= 0 || n_rows % ROW_GROUP != 0 || n_cols <= 0 || n_cols % per_block != 0) {
         if (why) {
             *why = "shape " + std::to_string(n_rows) + " x " + std::to_string(n_cols) +
-                   ": rows must be a multiple of 16 and columns of 256";
+                   ": rows must be a multiple of 16 and columns of " + std::to_string(per_block);
         }
         return false;
     }
     out.type   = type;
     out.n_rows = n_rows;
     out.n_cols = n_cols;
-    const int64_t nb = n_cols / QK;
+    const int64_t nb = out.n_blocks();
     out.data.resize((size_t) (n_rows / ROW_GROUP * nb) * out.block_bytes());
-    const size_t src_block = type == weight_type::q4_k ? sizeof(block_q4_k) : sizeof(block_q6_k);
+    const size_t sb  = source_block_bytes(type);
     const auto * src = static_cast<const uint8_t *>(blocks);
     for (int64_t g = 0; g < n_rows / ROW_GROUP; ++g) {
         for (int64_t b = 0; b < nb; ++b) {
-            const void * rows[ROW_GROUP];
+            const uint8_t * rows[ROW_GROUP];
             for (int r = 0; r < ROW_GROUP; ++r) {
-                rows[r] = src + ((g * ROW_GROUP + r) * nb + b) * src_block;
+                rows[r] = src + ((g * ROW_GROUP + r) * nb + b) * sb;
             }
             uint8_t * dst = out.data.data() + (size_t) (g * nb + b) * out.block_bytes();
-            if (type == weight_type::q4_k) {
-                repack_q4_k(reinterpret_cast<const block_q4_k * const *>(rows), *reinterpret_cast<block_q4_k_r16 *>(dst));
-            } else {
-                repack_q6_k(reinterpret_cast<const block_q6_k * const *>(rows), *reinterpret_cast<block_q6_k_r16 *>(dst));
+            switch (type) {
+                case weight_type::q4_k:
+                    repack_q4_k(reinterpret_cast<const block_q4_k * const *>(rows), *reinterpret_cast<block_q4_k_r16 *>(dst));
+                    break;
+                case weight_type::q6_k:
+                    repack_q6_k(reinterpret_cast<const block_q6_k * const *>(rows), *reinterpret_cast<block_q6_k_r16 *>(dst));
+                    break;
+                default:
+                    repack_q32(type, rows, dst);
             }
         }
     }
     return true;
+}
+
+void q8_0_sums(const block_q8_0 * x, int64_t n_blocks, int32_t * out) {
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        int32_t s = 0;
+        for (int j = 0; j < 32; ++j) s += x[i].qs[j];
+        out[i] = s;
+    }
 }
 
 // ---- reference kernels: the same integer sums and the same float steps, in
@@ -181,6 +285,58 @@ void mul_mat_q6_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                     }
                     const float dxw = fp16_to_fp32(B.d[r]) * X.d;
                     acc             = std::fma((float) sb, dxw, acc);
+                }
+                y[c * ldy + g * ROW_GROUP + r] = acc;
+            }
+        }
+    }
+}
+
+// Per 32-weight block: the exact integer sum, the offset taken off, then
+// acc = fma(float(sum), d_w * d_x, acc) (Q4_1: then fma(m_w, d_x * sum_x, acc)).
+void mul_mat_q32_reference(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y,
+                           int64_t ldy, int64_t row_begin, int64_t row_end) {
+    const int64_t nb     = w.n_blocks();
+    const int32_t offset = w.type == weight_type::q8_0 ? 128 : w.type == weight_type::q5_0 ? 16 : 0;
+    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
+        for (int c = 0; c < n_x; ++c) {
+            for (int r = 0; r < ROW_GROUP; ++r) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const uint8_t *    blk = w.data.data() + (size_t) (g * nb + b) * w.block_bytes();
+                    const block_q8_0 & X   = x[c * nb + b];
+                    const int32_t      xs  = sums[c * nb + b];
+                    int32_t            sum = 0;
+                    uint16_t           dw, mw = 0;
+                    for (int j = 0; j < 8; ++j) {
+                        for (int i = 0; i < 4; ++i) {
+                            uint8_t q;
+                            if (w.type == weight_type::q8_0) {
+                                q = reinterpret_cast<const block_q8_0_r16 *>(blk)->q[j][4 * r + i];
+                            } else if (w.type == weight_type::q5_0) {
+                                const auto * B = reinterpret_cast<const block_q5_0_r16 *>(blk);
+                                q = (uint8_t) (((B->lo[j / 2][4 * r + i] >> (4 * (j % 2))) & 0xf) |
+                                               ((B->hi[4 * r + i] >> j) & 1) << 4);
+                            } else {
+                                q = (reinterpret_cast<const block_q4_1_r16 *>(blk)->lo[j / 2][4 * r + i] >> (4 * (j % 2))) & 0xf;
+                            }
+                            sum += (int32_t) q * X.qs[4 * j + i];
+                        }
+                    }
+                    sum -= offset * xs;
+                    if (w.type == weight_type::q8_0) {
+                        dw = reinterpret_cast<const block_q8_0_r16 *>(blk)->d[r];
+                    } else if (w.type == weight_type::q5_0) {
+                        dw = reinterpret_cast<const block_q5_0_r16 *>(blk)->d[r];
+                    } else {
+                        dw = reinterpret_cast<const block_q4_1_r16 *>(blk)->d[r];
+                        mw = reinterpret_cast<const block_q4_1_r16 *>(blk)->m[r];
+                    }
+                    const float dx = fp16_to_fp32(X.d);
+                    acc            = std::fma((float) sum, fp16_to_fp32(dw) * dx, acc);
+                    if (w.type == weight_type::q4_1) {
+                        acc = std::fma(fp16_to_fp32(mw), dx * (float) xs, acc);
+                    }
                 }
                 y[c * ldy + g * ROW_GROUP + r] = acc;
             }
@@ -271,18 +427,34 @@ const char * isa_name(isa i) {
     return "?";
 }
 
-void mul_mat(isa i, const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
+void mul_mat(isa i, const packed_matrix & w, const void * x, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end) {
-    const bool q4 = w.type == weight_type::q4_k;
-    switch (cpu_has(i) ? i : isa::reference) {
+    const isa use = cpu_has(i) ? i : isa::reference;
+    if (!takes_q8_k(w.type)) {
+        const auto *         xq = static_cast<const block_q8_0 *>(x);
+        const int64_t        n  = (int64_t) n_x * (w.n_cols / 32);
+        thread_local std::vector<int32_t> sums;  // each thread of a product sums the activations it reads
+        sums.resize((size_t) n);
+        q8_0_sums(xq, n, sums.data());
+        switch (use) {
+#if defined(__x86_64__)
+            case isa::avx512_vnni: return mul_mat_q32_avx512_vnni(w, xq, sums.data(), n_x, y, ldy, row_begin, row_end);
+            case isa::avx2:        return mul_mat_q32_avx2(w, xq, sums.data(), n_x, y, ldy, row_begin, row_end);
+#endif
+            default:               return mul_mat_q32_reference(w, xq, sums.data(), n_x, y, ldy, row_begin, row_end);
+        }
+    }
+    const auto * xk = static_cast<const block_q8_k *>(x);
+    const bool   q4 = w.type == weight_type::q4_k;
+    switch (use) {
 #if defined(__x86_64__)
         case isa::avx512_vnni:
-            return (q4 ? mul_mat_q4_k_avx512_vnni : mul_mat_q6_k_avx512_vnni)(w, x, n_x, y, ldy, row_begin, row_end);
+            return (q4 ? mul_mat_q4_k_avx512_vnni : mul_mat_q6_k_avx512_vnni)(w, xk, n_x, y, ldy, row_begin, row_end);
         case isa::avx2:
-            return (q4 ? mul_mat_q4_k_avx2 : mul_mat_q6_k_avx2)(w, x, n_x, y, ldy, row_begin, row_end);
+            return (q4 ? mul_mat_q4_k_avx2 : mul_mat_q6_k_avx2)(w, xk, n_x, y, ldy, row_begin, row_end);
 #endif
         default:
-            return (q4 ? mul_mat_q4_k_reference : mul_mat_q6_k_reference)(w, x, n_x, y, ldy, row_begin, row_end);
+            return (q4 ? mul_mat_q4_k_reference : mul_mat_q6_k_reference)(w, xk, n_x, y, ldy, row_begin, row_end);
     }
 }
 

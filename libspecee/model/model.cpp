@@ -484,6 +484,18 @@ static void hash_bytes(uint64_t & h, const uint8_t * p, size_t n) {
     }
 }
 
+// The weight types specee's kernels cover, as theirs.
+static bool kernel_type(ggml_type t, kernels::weight_type & out) {
+    switch (t) {
+        case GGML_TYPE_Q4_K: out = kernels::weight_type::q4_k; return true;
+        case GGML_TYPE_Q6_K: out = kernels::weight_type::q6_k; return true;
+        case GGML_TYPE_Q8_0: out = kernels::weight_type::q8_0; return true;
+        case GGML_TYPE_Q5_0: out = kernels::weight_type::q5_0; return true;
+        case GGML_TYPE_Q4_1: out = kernels::weight_type::q4_1; return true;
+        default:             return false;
+    }
+}
+
 // The matrices specee's kernels take (kernels = SPECEE_KERNELS_SPECEE): the
 // layers' matrices and the output matrix of a type they cover, on a CPU
 // that runs them, in a model that offloads nothing. Empty otherwise.
@@ -494,8 +506,9 @@ static std::set<const ggml_tensor *> matrices_to_pack(model & m, const specee_mo
         return out;
     }
     auto consider = [&](const ggml_tensor * t) {
-        if (t != nullptr && (t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q6_K) &&
-            t->ne[1] % kernels::ROW_GROUP == 0 && t->ne[0] % kernels::QK == 0) {
+        kernels::weight_type type;
+        if (t != nullptr && kernel_type(t->type, type) && t->ne[1] % kernels::ROW_GROUP == 0 &&
+            t->ne[0] % kernels::source_block_weights(type) == 0) {
             out.insert(t);
         }
     };
@@ -511,8 +524,9 @@ static std::set<const ggml_tensor *> matrices_to_pack(model & m, const specee_mo
 static void pack_matrix(model & m, const ggml_tensor * t, const void * bytes) {
     model::packed_weight & pw = m.packed[t];
     pw.isa                    = kernels::best_isa();
-    std::string why;
-    const auto  type = t->type == GGML_TYPE_Q4_K ? kernels::weight_type::q4_k : kernels::weight_type::q6_k;
+    std::string          why;
+    kernels::weight_type type = kernels::weight_type::q4_k;
+    kernel_type(t->type, type);
     if (!kernels::repack(type, bytes, t->ne[1], t->ne[0], pw.matrix, &why)) {
         fail(SPECEE_STATUS_INTERNAL, "cannot repack %s: %s", ggml_get_name(t), why.c_str());
     }

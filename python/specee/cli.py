@@ -34,8 +34,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 KERNELS_HELP = ("whose CPU kernels multiply the matrices: ggml (default; llama.cpp's numerics) or specee "
-                "(its own for Q4_K and Q6_K on AVX-512 VNNI CPUs, passes of up to 16 tokens, every row as a "
-                "one-token step; docs/kernels.md)")
+                "(its own for Q4_K, Q6_K, Q8_0, Q5_0, Q4_1 on AVX-512 VNNI or AVX2 CPUs, passes of up to 16 "
+                "tokens, every row as a one-token step; docs/kernels.md)")
 AMX_DECODE_HELP = ("on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
                    "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
 
