@@ -42,6 +42,14 @@ def llama_bench_tok_s(binary: str, model: Path, threads: int, n: int, repack: in
     return float(record["avg_ts"])
 
 
+def ik_llama_bench_tok_s(binary: str, model: Path, threads: int, n: int) -> float:
+    """ik_llama.cpp's llama-bench, run-time repacking on (-rtr 1), flash attention off."""
+    out = subprocess.run([binary, "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n), "-r", "1",
+                          "-fa", "0", "-rtr", "1", "-o", "json"], capture_output=True, text=True, check=True).stdout
+    (record,) = [r for r in json.loads(out[out.index("["):]) if r.get("n_gen") == n]
+    return float(record["avg_ts"])
+
+
 def specee_tok_s(model: Model, threads: int, n: int) -> float:
     with model.context(n_ctx=max(256, n + 8), n_threads=threads) as ctx:
         ctx.prefill([model.bos if model.bos >= 0 else 0])
@@ -92,6 +100,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128, help="tokens decoded per measurement (llama-bench tg N)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
+    ap.add_argument("--ik-llama-bench", help="ik_llama.cpp's llama-bench (-rtr 1), measured in the same rounds")
     ap.add_argument("--kernels", default="ggml",
                     help="comma-separated kernel choices for specee (ggml, specee), each its own model, all "
                          "alternated with llama-bench in every round")
@@ -107,7 +116,7 @@ def main() -> None:
         path = fetch_model(name)
         ours = {k: [] for k in kernels}
         ratios = {k: [] for k in kernels}
-        theirs = []
+        theirs, ik = [], []
         agree = {k: 0 for k in kernels}
         steps = {k: 0 for k in kernels}
         prompts = mtbench_prompts(path, args.rounds) if args.heads else []
@@ -116,13 +125,15 @@ def main() -> None:
         try:
             for k in kernels:
                 specee_tok_s(models[k], args.threads, 16)  # warm-up: page in the weights
-            engines = ["llama"] + kernels
+            engines = ["llama"] + kernels + (["ik"] if args.ik_llama_bench else [])
             for r in range(args.rounds):
                 order = engines if r % 2 == 0 else engines[::-1]
                 got = {}
                 for engine in order:
                     if engine == "llama":
                         got[engine] = llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack)
+                    elif engine == "ik":
+                        got[engine] = ik_llama_bench_tok_s(args.ik_llama_bench, path, args.threads, args.n)
                     elif heads is not None:
                         got[engine], a, s = early_exit_tok_s(models[engine], heads[engine], prompts[r % len(prompts)],
                                                              args.threads, args.n, args.threshold)
@@ -130,11 +141,14 @@ def main() -> None:
                     else:
                         got[engine] = specee_tok_s(models[engine], args.threads, args.n)
                 theirs.append(got["llama"])
+                if "ik" in got:
+                    ik.append(got["ik"])
                 for k in kernels:
                     ours[k].append(got[k])
                     ratios[k].append(got[k] / got["llama"])
                 print(f"{name} round {r + 1}: llama-bench {got['llama']:.1f} tok/s, "
-                      + ", ".join(f"specee[{k}] {got[k]:.1f} tok/s (x{ratios[k][-1]:.3f})" for k in kernels),
+                      + ", ".join(f"specee[{k}] {got[k]:.1f} tok/s (x{ratios[k][-1]:.3f})" for k in kernels)
+                      + (f", ik_llama.cpp {got['ik']:.1f} tok/s (x{got['ik'] / got['llama']:.3f})" if "ik" in got else ""),
                       flush=True)
         finally:
             for k in kernels:
@@ -143,6 +157,9 @@ def main() -> None:
                 models[k].close()
         results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack,
                          "llama_bench_tok_s": theirs, "cpu": cpu_model(), "kernels": {}}
+        if ik:
+            results[name]["ik_llama_bench_tok_s"] = ik
+            results[name]["ik_median_ratio"] = statistics.median(a / b for a, b in zip(ik, theirs))
         for k in kernels:
             res = {"specee_tok_s": ours[k], "ratios": ratios[k], "median_ratio": statistics.median(ratios[k])}
             if args.heads:
