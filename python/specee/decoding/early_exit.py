@@ -16,7 +16,8 @@ from collections import Counter
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from ..engine import Context, InvalidArgumentError
-from .plain import GenerationResult, check_request, pick, why_stop
+from .decoders import decode
+from .steps import GenerationResult, pick
 from .speculative.ngram_index import NgramIndex
 from ..ranges import COUNT, THRESHOLD
 from .sampling import Sampler
@@ -91,6 +92,61 @@ def attach_heads(ctx: Context, heads, threshold: Optional[float] = None, verify_
         ctx.set_exit_params(**changes)
 
 
+class EarlyExitDecoder:
+    """SpecEE's early exit (docs/design.md#exit-verification), one token a
+    step: the context has heads attached; candidates come from their draft
+    head when they have one and no `source` is given, else from `source`
+    (prompt lookup by default). With sampling, the token is drawn from the
+    logits of the layer the step stopped at."""
+
+    mode = "specee"
+    batchable = False
+
+    def __init__(self, ctx: Context, sampler: Sampler, k: int, source: Optional[CandidateSource] = None):
+        if ctx.heads is None:
+            raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
+        COUNT.check("k (candidates per step)", k)
+        self.ctx, self.sampler, self.k = ctx, sampler, k
+        self.use_draft = ctx.heads.has_draft and source is None
+        self.source = source or PromptLookup()
+        self.history: list[int] = []
+        self.exit_layers: list[int] = []
+        self.next_cands: Optional[list[int]] = None
+        self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
+
+    def first(self, prompt: Sequence[int]) -> int:
+        self.ctx.reset_exit_stats()
+        self.ctx.prefill(prompt)
+        token = pick(self.ctx, self.sampler)
+        self.history = list(prompt) + [token]
+        return token
+
+    def step(self, token: int, room: int) -> list[int]:
+        ctx = self.ctx
+        if self.use_draft:
+            # the draft head catches up on the prompt at the first step
+            cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
+        else:
+            t0 = time.perf_counter()
+            cands = self.source.candidates(self.history, self.k)
+            self.t_draft += time.perf_counter() - t0
+        step = ctx.decode_with_candidates(token, cands)
+        self.next_cands = step.next
+        # with sampling, the draft head has already stepped on the exit layer's
+        # argmax; its next guesses then condition on that token (a known
+        # approximation: candidates are only guesses, the output stays exact)
+        nxt = step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())
+        self.exit_layers.append(step.exit_layer)
+        self.history.append(nxt)
+        return [nxt]
+
+    def stats(self) -> dict:
+        out = exit_stats_summary(self.ctx.exit_stats(), self.ctx.model.n_layer, self.exit_layers)
+        out["draft"] = "draft head" if self.use_draft else type(self.source).__name__
+        out["draft_s"] = round(self.t_draft, 6)  # outside the library; the draft head's time is in decode_s
+        return out
+
+
 def generate_specee(
     ctx: Context,
     prompt: Sequence[int],
@@ -101,63 +157,14 @@ def generate_specee(
     stop_ids: Iterable[int] = (),
     on_token: Optional[Callable[[int], None]] = None,
 ) -> GenerationResult:
-    """Like generate.generate, with early exit: the context must have heads
-    attached (Context.set_heads). Sampling with temperature draws from the
-    logits of the layer the step exited at."""
-    heads = ctx.heads
-    if heads is None:
-        raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
-    use_draft = heads.has_draft and source is None
-    COUNT.check("k (candidates per step)", k)
-    check_request(ctx, prompt, max_tokens)
+    """Like plain.generate, with early exit: the context must have heads
+    attached (Context.set_heads). Sampling needs each step's
+    full-vocabulary logits (verify_full)."""
     sampler = sampler or Sampler()
+    decoder = EarlyExitDecoder(ctx, sampler, k, source)
     if not sampler.greedy and not ctx.exit_params()["verify_full"]:
         raise InvalidArgumentError("sampling needs each step's full-vocabulary logits: set verify_full=True")
-    source = source or PromptLookup()
-    stop = frozenset(stop_ids)
-    ctx.reset_exit_stats()
-
-    t0 = time.perf_counter()
-    ctx.prefill(prompt)
-    token = pick(ctx, sampler)
-    t1 = time.perf_counter()
-    history = list(prompt) + [token]
-    tokens, exit_layers = [token], []
-    t_draft = 0.0
-    next_cands: list[int] = []
-    if use_draft and token not in stop and max_tokens > 1:
-        td = time.perf_counter()
-        next_cands = ctx.draft_sync(token)
-        t_draft += time.perf_counter() - td
-    if on_token:
-        on_token(token)
-    steps = 0
-    while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
-        if use_draft:
-            cands = next_cands
-        else:
-            td = time.perf_counter()
-            cands = source.candidates(history, k)
-            t_draft += time.perf_counter() - td
-        step = ctx.decode_with_candidates(token, cands)
-        next_cands = step.next
-        # with sampling, the draft head has already stepped on the exit layer's
-        # argmax; its next guesses then condition on that token (a known
-        # approximation: candidates are only guesses, the output stays exact)
-        token = step.token if sampler.greedy else sampler.sample(ctx.logits())
-        steps += 1
-        exit_layers.append(step.exit_layer)
-        tokens.append(token)
-        history.append(token)
-        if on_token:
-            on_token(token)
-    t2 = time.perf_counter()
-
-    result = GenerationResult(tokens=tokens, n_prompt=len(prompt), prefill_s=t1 - t0, decode_s=t2 - t1,
-                              n_decode_steps=steps, stop_reason=stop_reason)
-    result.extra = exit_stats_summary(ctx.exit_stats(), ctx.model.n_layer, exit_layers)
-    result.extra["draft"] = "draft head" if use_draft else type(source).__name__
-    result.extra["draft_s"] = round(t_draft, 6)  # outside the library; the draft head's time is in decode_s
-    log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", steps,
+    result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
+    log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", result.n_decode_steps,
              result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])
     return result

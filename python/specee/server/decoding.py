@@ -1,11 +1,12 @@
-"""One request's decoding, one token at a time, on whichever slot's context
+"""One request's decoding, a step at a time, on whichever slot's context
 the scheduler lends it.
 
-`generate.generate` and `early_exit.generate_specee` run a whole request in
-one loop; a server must interleave requests, so the same steps are cut into
-`first` (prefill and the first token) and `next` (one decode step) here.
-Everything runs on the scheduler's compute thread; results leave through
-`Job.emit`, which the web side makes thread-safe.
+The decoders are the ones the CLI and the Python API run
+(decoding/decoders.py: `first`, then `step` after `step`); a server must
+interleave requests, so the Job applies the stop rules itself, step by step,
+instead of decoders.decode's loop. Everything runs on the scheduler's
+compute thread; results leave through `Job.emit`, which the web side makes
+thread-safe.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
-from ..decoding.early_exit import PromptLookup, exit_stats_summary
+from ..decoding.decoders import Decoder, PlainDecoder
+from ..decoding.early_exit import EarlyExitDecoder
 from ..engine import Context, Heads
-from ..decoding.plain import decode_one_token, pick, why_stop
 from ..decoding.sampling import Sampler
+from ..decoding.steps import why_stop
 from ..tokenizer.gguf_tokenizer import Tokenizer
 from .schemas import DecodeOptions
 from .speculative import ServedDrafting, SpeculativeStepper
@@ -26,86 +28,6 @@ from .stop_text import StopText
 
 _FINISH = {"eos": "stop", "length": "length", "context": "length"}  # generate.why_stop -> OpenAI finish_reason
 _ids = itertools.count(1)
-
-
-class Stepper(Protocol):
-    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
-        """Prefill the prompt; return the first new token."""
-
-    def next(self, ctx: Context, token: int, room: int) -> list[int]:
-        """Feed `token`; return the tokens after it (at least one, at most `room`)."""
-
-    def stats(self, ctx: Context) -> dict:
-        """What the response reports about the decoding (early-exit statistics)."""
-
-
-class VanillaStepper:
-    """Full-depth decoding, as generate.generate. Batchable: the scheduler
-    may feed several slots' tokens in one engine.decode_batch call and then
-    let each pick its next token from its own logits (`pick_next`)."""
-
-    mode = "vanilla"
-    batchable = True
-
-    def __init__(self, sampler: Sampler):
-        self.sampler = sampler
-
-    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
-        ctx.prefill(prompt)
-        return pick(ctx, self.sampler)
-
-    def next(self, ctx: Context, token: int, room: int) -> list[int]:
-        return [decode_one_token(ctx, token, self.sampler)]
-
-    def pick_next(self, ctx: Context) -> int:
-        """The next token after a batched step fed this slot's last one."""
-        return pick(ctx, self.sampler)
-
-    def stats(self, ctx: Context) -> dict:
-        return {}
-
-
-class SpeceeStepper:
-    """Early-exit decoding, as early_exit.generate_specee: candidates from the
-    heads' draft head when they have one, else from prompt lookup."""
-
-    mode = "specee"
-    batchable = False
-
-    def __init__(self, sampler: Sampler, heads: Heads):
-        self.sampler = sampler
-        self.use_draft = heads.has_draft
-        self.k = heads.n_candidates
-        self.lookup = PromptLookup()
-        self.history: list[int] = []
-        self.exit_layers: list[int] = []
-        self.next_cands: Optional[list[int]] = None
-
-    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
-        ctx.reset_exit_stats()
-        ctx.prefill(prompt)
-        token = pick(ctx, self.sampler)
-        self.history = list(prompt) + [token]
-        return token
-
-    def next(self, ctx: Context, token: int, room: int) -> list[int]:
-        if self.use_draft:
-            # the draft head catches up on the prompt lazily, at the first step
-            cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
-        else:
-            cands = self.lookup.candidates(self.history, self.k)
-        step = ctx.decode_with_candidates(token, cands)
-        self.next_cands = step.next
-        nxt = step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())
-        self.exit_layers.append(step.exit_layer)
-        self.history.append(nxt)
-        return [nxt]
-
-    def stats(self, ctx: Context) -> dict:
-        raw = ctx.exit_stats()
-        summary = exit_stats_summary(raw, ctx.model.n_layer, self.exit_layers)
-        del summary["exit_layers"]  # one entry per token: too long for a response
-        return {**summary, **{k: raw[k] for k in ("n_steps", "n_exits", "sum_exit_layers")}}
 
 
 @dataclass
@@ -126,19 +48,19 @@ class ServedHeads:
 
 
 def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
-            drafting: Optional[ServedDrafting] = None, slot: int = 0) -> Stepper:
+            drafting: Optional[ServedDrafting] = None, slot: int = 0) -> Decoder:
     """Empties the slot's context and sets it up for `options`' mode; returns
-    the stepper that decodes with it."""
+    the decoder that decodes with it."""
     sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed)
     ctx.truncate(0)
     if options.mode in ("vanilla", "speculative"):
         if ctx.heads is not None:
             ctx.set_heads(None)  # the eagle drafter attaches them again
         if options.mode == "vanilla":
-            return VanillaStepper(sampler)
+            return PlainDecoder(ctx, sampler)
         if drafting is None:
             raise ValueError("speculative decoding was asked for but the server has no drafter")
-        return SpeculativeStepper(sampler, drafting,
+        return SpeculativeStepper(ctx, sampler, drafting,
                                   drafting.drafter(slot, ctx, served.heads if served is not None else None))
     if served is None:
         raise ValueError("early exit was asked for but the server has no heads")  # schemas/app refuse it first
@@ -152,7 +74,20 @@ def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
     if not sampler.greedy:
         params["verify_full"] = True  # sampling draws from each step's full-vocabulary logits
     ctx.set_exit_params(**params)
-    return SpeceeStepper(sampler, served.heads)
+    return EarlyExitDecoder(ctx, sampler, served.heads.n_candidates)
+
+
+def response_stats(decoder: Decoder) -> dict:
+    """A decoder's stats as a response reports them: early exit without the
+    per-token exit layers (too long) and with the library's raw counters."""
+    out = decoder.stats()
+    if isinstance(decoder, EarlyExitDecoder):
+        raw = decoder.ctx.exit_stats()
+        del out["exit_layers"]
+        out.update({k: raw[k] for k in ("n_steps", "n_exits", "sum_exit_layers")})
+        for k in ("draft", "draft_s"):  # what the server's responses never carried
+            out.pop(k, None)
+    return out
 
 
 class Job:
@@ -172,7 +107,7 @@ class Job:
         self.n_steps = 0
         self.finish_reason: Optional[str] = None
         self.summary: dict = {}
-        self._stepper: Optional[Stepper] = None
+        self._decoder: Optional[Decoder] = None
         self._text = tokenizer.stream_decoder(skip_special=True)
         self._stop = StopText(options.stop)
         self._t_start = self._t_first = 0.0
@@ -188,15 +123,15 @@ class Job:
               slot: int = 0) -> None:
         """Sets up slot `slot` (its context `ctx`), runs the prompt and takes the first token."""
         self._t_start = time.perf_counter()
-        self._stepper = prepare(ctx, heads, self.options, drafting, slot)
-        token = self._stepper.first(ctx, self.prompt)
+        self._decoder = prepare(ctx, heads, self.options, drafting, slot)
+        token = self._decoder.first(self.prompt)
         self._t_first = time.perf_counter()
         self._accept(ctx, token)
 
     def step(self, ctx: Context) -> None:
         """One decode step (only while not done): one token, or with
         speculative decoding every token its verification accepted."""
-        new = self._stepper.next(ctx, self.tokens[-1], self.options.max_tokens - len(self.tokens))
+        new = self._decoder.step(self.tokens[-1], self.options.max_tokens - len(self.tokens))
         for token in new:
             self.n_steps += 1
             self._accept(ctx, token)
@@ -206,12 +141,12 @@ class Job:
     @property
     def batchable(self) -> bool:
         """Whether the next step may run inside a batched call."""
-        return self._stepper is not None and self._stepper.batchable
+        return self._decoder is not None and self._decoder.batchable
 
     def step_batched(self, ctx: Context) -> None:
         """Finishes a step whose decoding a batched call already did (it fed
         `tokens[-1]`): picks the next token from the slot's logits."""
-        token = self._stepper.pick_next(ctx)
+        token = self._decoder.pick_next()
         self.n_steps += 1
         self._accept(ctx, token)
 
@@ -245,7 +180,7 @@ class Job:
                         "prompt_per_second": round(len(self.prompt) / prefill_s, 2) if prefill_s > 0 else 0.0,
                         "predicted_n": len(self.tokens), "predicted_ms": round(decode_s * 1e3, 3),
                         "predicted_per_second": round(self.n_steps / decode_s, 2) if decode_s > 0 else 0.0},
-            "specee": {"mode": self.options.mode, **self._stepper.stats(ctx)},
+            "specee": {"mode": self.options.mode, **response_stats(self._decoder)},
         }
         self.emit(("done", self.summary))
 

@@ -63,25 +63,25 @@ class ServedDrafting:
 
 
 class SpeculativeStepper:
-    """Lossless speculative decoding, as speculative.generate_speculative:
-    each step returns every token its verification accepted (and the
-    target's own next one)."""
+    """Lossless speculative decoding for one request, in the decoders' shape
+    (decoding/decoders.py): a speculative.loop.SpeculativeDecoder made at
+    `first`, when the prompt is known, since the server's batch cost curve is
+    measured on the first request's prompt."""
 
     mode = "speculative"
     batchable = False
 
-    def __init__(self, sampler: Sampler, drafting: ServedDrafting, drafter: Drafter):
-        self.sampler, self.drafting, self.drafter = sampler, drafting, drafter
+    def __init__(self, ctx: Context, sampler: Sampler, drafting: ServedDrafting, drafter: Drafter):
+        self.ctx, self.sampler, self.drafting, self.drafter = ctx, sampler, drafting, drafter
         self.decoder: Optional[SpeculativeDecoder] = None
 
-    def first(self, ctx: Context, prompt: Sequence[int]) -> int:
-        policy = DraftPolicy(self.drafting.curve(ctx, prompt), self.drafter.kinds)
-        self.decoder = SpeculativeDecoder(ctx, self.drafter, self.sampler, policy, self.drafting.draft_max)
+    def first(self, prompt: Sequence[int]) -> int:
+        policy = DraftPolicy(self.drafting.curve(self.ctx, prompt), self.drafter.kinds)
+        self.decoder = SpeculativeDecoder(self.ctx, self.drafter, self.sampler, policy, self.drafting.draft_max)
         return self.decoder.first(prompt)
 
-    def next(self, ctx: Context, token: int, room: int) -> list[int]:
+    def step(self, token: int, room: int) -> list[int]:
         return self.decoder.step(token, room)
 
-    def stats(self, ctx: Context) -> dict:
+    def stats(self) -> dict:
         return self.decoder.stats() if self.decoder is not None else {}
-

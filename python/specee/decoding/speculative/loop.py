@@ -3,7 +3,7 @@ target stands behind; or a plain step when drafting would not pay.
 
 Output: greedy, exactly plain greedy decoding's tokens; sampling, tokens
 distributed exactly as plain sampling's (verify.py). Stop rules and
-`on_token` streaming are generate.generate's: a stop token ends the output
+`on_token` streaming are decoders.decode's, as for every mode: a stop token ends the output
 even when more accepted tokens came after it in the same verification, and
 drafts never run past max_tokens or the context (a verification that would
 not fit is shortened, so a full context ends with the tokens accepted so
@@ -16,7 +16,8 @@ import time
 from typing import Callable, Iterable, Optional, Sequence
 
 from ...engine import Context
-from ..plain import GenerationResult, check_request, decode_one_token, pick, why_stop
+from ..decoders import decode
+from ..steps import GenerationResult, check_request, decode_one_token, pick
 from ..sampling import Sampler
 from . import cost
 from .cost import CostCurve
@@ -62,7 +63,10 @@ class SpeculativeDecoder:
     prefills the prompt, each `step` drafts and verifies (or takes a plain
     step when drafting would not pay) and returns the new tokens. It keeps
     the text so far for the drafter, the policy's running acceptance and the
-    counters; stop rules are the caller's (generate_speculative, the server)."""
+    counters; stop rules are the caller's (decoders.decode, the server)."""
+
+    mode = "speculative"
+    batchable = False
 
     def __init__(self, ctx: Context, drafter: Drafter, sampler: Sampler, policy: DraftPolicy,
                  draft_max: int = DEFAULT_DRAFT_MAX):
@@ -136,34 +140,15 @@ def generate_speculative(
     thread count, measured on first use); `policy`: decides the draft
     lengths (default: a DraftPolicy on that curve)."""
     DRAFT_MAX.check("draft_max", draft_max)
-    check_request(ctx, prompt, max_tokens)
     sampler = sampler or Sampler()
-    stop = frozenset(stop_ids)
     t0 = time.perf_counter()
     if policy is None:
+        check_request(ctx, prompt, max_tokens)  # before the curve's calibration runs the prompt
         policy = DraftPolicy(curve or cost.for_context(ctx, prompt, draft_max + 1), drafter.kinds)
     decoder = SpeculativeDecoder(ctx, drafter, sampler, policy, draft_max)
     t_calibrate = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    token = decoder.first(prompt)
-    t1 = time.perf_counter()
-    tokens = [token]
-    if on_token:
-        on_token(token)
-
-    while (stop_reason := why_stop(ctx, token, tokens, stop, max_tokens)) is None:
-        for token in decoder.step(token, max_tokens - len(tokens)):
-            tokens.append(token)
-            if on_token:
-                on_token(token)
-            if token in stop:
-                break
-    t2 = time.perf_counter()
-
-    result = GenerationResult(tokens=tokens, n_prompt=len(prompt), prefill_s=t1 - t0, decode_s=t2 - t1,
-                              n_decode_steps=len(tokens) - 1, stop_reason=stop_reason)
-    result.extra = {**decoder.stats(), "calibrate_s": round(t_calibrate, 6)}
+    result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
+    result.extra["calibrate_s"] = round(t_calibrate, 6)
     x = result.extra
     log.info("speculative (%s): %d verifications (%.2f tokens each), %d plain steps, acceptance %.3f",
              drafter.name, x["verify_steps"], x["tokens_per_verify"], x["plain_steps"], x["acceptance_rate"])
