@@ -506,6 +506,20 @@ def test_cost_curve_interpolates_and_is_cached(tmp_path, monkeypatch, tiny_llama
         assert values == sorted(values) and all(c <= n for n, c in measured.points.items())
 
 
+def test_cost_curves_are_cached_per_kernel_choice(tmp_path, monkeypatch, tiny_llama):
+    """A pass costs what its kernels cost: a curve measured with ggml's
+    kernels is never read back for specee's, and the other way round."""
+    monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
+    with Model(tiny_llama) as m:
+        cost_module.save(CostCurve({1: 1.0, 2: 1.9, 3: 2.8}), m.fingerprint, 1)
+        assert cost_module.load(m.fingerprint, 1, 3, kernels="specee") is None
+        assert cost_module.load(m.fingerprint, 1, 3).points[2] == 1.9
+    with Model(tiny_llama, kernels="specee") as m, m.context(n_ctx=64, n_threads=1) as ctx:
+        cost_module.for_context(ctx, PROMPT, 3)  # measured, not the ggml curve
+        assert cost_module.cache_path(m.fingerprint, 1, kernels="specee").exists()
+        assert cost_module.load(m.fingerprint, 1, 3).points[2] == 1.9  # the ggml one untouched
+
+
 def test_draft_model_step_cost_is_measured_once_and_cached(tiny_model_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
     target_path, draft_path = tiny_model_factory(n_layer=4, seed=3), tiny_model_factory(n_layer=1, seed=3)

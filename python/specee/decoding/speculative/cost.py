@@ -96,9 +96,11 @@ def measure(ctx: Context, tokens: Sequence[int], max_n: int, reps: int = 3) -> C
     return CostCurve(points)
 
 
-def cache_path(fingerprint: str, n_threads: int, exact: bool = True) -> Path:
-    kernels = "" if exact else "-batched"  # verification passes cost what their kernels cost
-    return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}{kernels}.json"
+def cache_path(fingerprint: str, n_threads: int, exact: bool = True, kernels: str = "ggml") -> Path:
+    # verification passes cost what their kernels cost: ggml's exact planes,
+    # its batched kernels, or specee's (Model(kernels=...))
+    suffix = ("" if exact else "-batched") + ("" if kernels == "ggml" else f"-k{kernels}")
+    return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}{suffix}.json"
 
 
 def _read_record(path: Path) -> Optional[dict]:
@@ -122,9 +124,10 @@ def _write_record(path: Path, record: dict, what: str) -> None:
         log.warning("cannot cache %s at %s: %s", what, path, e)
 
 
-def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True) -> Optional[CostCurve]:
+def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True,
+         kernels: str = "ggml") -> Optional[CostCurve]:
     """The cached curve if there is one that reaches max_n."""
-    record = _read_record(cache_path(fingerprint, n_threads, exact))
+    record = _read_record(cache_path(fingerprint, n_threads, exact, kernels))
     try:
         curve = CostCurve({int(n): c for n, c in record["points"].items()})
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -132,23 +135,23 @@ def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True) -> Op
     return curve if curve.max_measured >= max_n else None
 
 
-def save(curve: CostCurve, fingerprint: str, n_threads: int, exact: bool = True) -> None:
-    _write_record(cache_path(fingerprint, n_threads, exact),
+def save(curve: CostCurve, fingerprint: str, n_threads: int, exact: bool = True, kernels: str = "ggml") -> None:
+    _write_record(cache_path(fingerprint, n_threads, exact, kernels),
                   {"model": fingerprint, "threads": n_threads, "points": curve.points}, "the batch cost curve")
 
 
 def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
     """The cached curve for this model and thread count, else a fresh
     measurement (cached for next time)."""
-    fingerprint, threads, exact = ctx.model.fingerprint, ctx.n_threads, ctx.exact_verify
-    curve = load(fingerprint, threads, max_n, exact)
+    fingerprint, threads, exact, kernels = ctx.model.fingerprint, ctx.n_threads, ctx.exact_verify, ctx.model.kernels
+    curve = load(fingerprint, threads, max_n, exact, kernels)
     if curve is None:
         t0 = time.perf_counter()
         curve = measure(ctx, tokens, max_n)
         log.info("batch cost curve measured in %.2f s: %s", time.perf_counter() - t0,
                  {n: round(c, 2) for n, c in curve.points.items()})
         if curve.max_measured >= max_n:  # not cut short by a small context
-            save(curve, fingerprint, threads, exact)
+            save(curve, fingerprint, threads, exact, kernels)
     return curve
 
 
