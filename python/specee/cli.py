@@ -14,14 +14,14 @@ from .cli_args import (dataset_list, draft_spec, existing_dir, existing_file, mo
                        output_file, prompt_file, threshold_list, threshold_sweep)
 from .tokenizer.chat_template import ChatTemplateError, chat_prompt_ids, read_chat_template
 from .fetch import FetchError, fetch_model, known_models
-from .decoding.early_exit import attach_heads, generate_specee
-from .decoding.plain import generate
+from .decoding.decoders import decode
+from .decoding.modes import check_mode, open_decoder
 from .heads.head_file import DRAFT_DTYPES
 from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE,
                      THRESHOLD, TOP_P, ZERO_OR_MORE)
 from .decoding.sampling import Sampler
 from .heads.shipped import default_heads
-from .decoding.speculative import DRAFT_HELP, DRAFT_MAX, generate_speculative, open_drafter, resolve_draft_model
+from .decoding.speculative import DRAFT_HELP, DRAFT_MAX, open_drafter, resolve_draft_model
 from .decoding.speculative.loop import DEFAULT_DRAFT_MAX
 from .tokenizer.gguf_tokenizer import Tokenizer, TokenizerError
 
@@ -70,9 +70,8 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.mode == "specee" and args.temp > 0 and args.verify == "candidates":
-        raise ValueError("--temp > 0 samples from each step's full-vocabulary logits, which --verify candidates "
-                         "skips: use --verify full or --temp 0")
+    sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    check_mode(args.mode, sampler.greedy, args.verify)
     if args.mode != "speculative" and (args.draft is not None or args.draft_max is not None):
         raise SystemExit("specee: --draft and --draft-max go with --mode speculative")
     text = _read_prompt(args)
@@ -82,7 +81,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         draft_path = resolve_draft_model(args.draft or "auto", model_path, progress=not args.quiet)
     tok = Tokenizer.from_gguf(model_path)
     ids = _prompt_ids(args, model_path, tok, text)
-    sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
     with engine.Model(model_path, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc,
                       amx_decode=args.amx_decode, kernels=args.kernels) as model, \
@@ -95,11 +93,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise SystemExit(f"specee: no trained heads ship for {model_path.name}; give --heads PATH "
                                  "(train them with `specee train all`)")
             heads = engine.Heads(model, heads_path)
-            attach_heads(ctx, heads, args.threshold, None if args.verify is None else args.verify == "full")
         drafter = None
         if args.mode == "speculative":
             drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path, ctx=ctx,
                                    heads_path=args.heads)
+        decoder = open_decoder(ctx, args.mode, sampler, heads=heads, threshold=args.threshold, verify=args.verify,
+                               drafter=drafter, draft_max=args.draft_max)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -108,17 +107,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if piece:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-        if heads is not None:
-            result = generate_specee(ctx, ids, args.n, heads.n_candidates, sampler=sampler, stop_ids=tok.eot_ids,
-                                     on_token=echo)
-        elif drafter is not None:
-            try:
-                result = generate_speculative(ctx, ids, args.n, drafter, sampler, stop_ids=tok.eot_ids,
-                                              on_token=echo, draft_max=args.draft_max or DEFAULT_DRAFT_MAX)
-            finally:
+        try:
+            result = decode(decoder, ctx, ids, args.n, stop_ids=tok.eot_ids, on_token=echo)
+        finally:
+            if drafter is not None:
                 drafter.close()
-        else:
-            result = generate(ctx, ids, args.n, sampler, stop_ids=tok.eot_ids, on_token=echo)
         n_threads = ctx.n_threads
         if heads is not None:
             heads.close()

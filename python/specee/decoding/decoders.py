@@ -33,6 +33,8 @@ class Decoder(Protocol):
     def stats(self) -> dict:
         """What the mode did (early-exit statistics, drafts and acceptance)."""
 
+    # optional: prepare(prompt), one-time work before the prompt runs and is timed
+
 
 class PlainDecoder:
     """Full depth, one token a step: the output every other mode reproduces."""
@@ -66,6 +68,9 @@ def decode(decoder: Decoder, ctx: Context, prompt: Sequence[int], max_tokens: in
     result.extra is the decoder's stats()."""
     check_request(ctx, prompt, max_tokens)
     stop = frozenset(stop_ids)
+    prepare = getattr(decoder, "prepare", None)  # one-time work that is not the prompt's (a cost calibration)
+    if prepare is not None:
+        prepare(prompt)
     t0 = time.perf_counter()
     token = decoder.first(prompt)
     t1 = time.perf_counter()

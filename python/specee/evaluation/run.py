@@ -20,15 +20,17 @@ from tqdm import tqdm
 
 from ..tokenizer.chat_template import chat_prompt_ids, read_chat_template
 from .datasets import known_datasets, load_dataset
-from ..decoding.early_exit import PromptLookup, attach_heads, generate_specee
+from ..decoding.decoders import decode
+from ..decoding.early_exit import PromptLookup
+from ..decoding.modes import open_decoder
+from ..decoding.sampling import Sampler
 from ..engine import Heads, Model, system_info
 from .item_log import ItemLog
 from ..fetch import file_sha256
-from ..decoding.plain import generate
 from .scoring import extract_choice, extract_number, humaneval_completion, numbers_equal, rouge_l, run_humaneval
 from ..ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
 from ..heads.shipped import default_heads
-from ..decoding.speculative import generate_speculative, open_drafter
+from ..decoding.speculative import open_drafter
 from ..tokenizer.gguf_tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -265,17 +267,17 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
     kind, mode_threshold = mode
     rec = {"exit_layers": [], "tf_agree": 0, "tf_steps": 0, "drafted": 0, "accepted": 0}
     with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
+        decoder = open_decoder(ctx, kind, Sampler(), heads=heads,
+                               threshold=mode_threshold if mode_threshold is not None else threshold,
+                               verify=None if verify_full is None else "full" if verify_full else "candidates",
+                               drafter=drafter)
+        g = decode(decoder, ctx, ids, n_predict, stop_ids=tok.eot_ids)
         if kind == "specee":
-            attach_heads(ctx, heads, mode_threshold if mode_threshold is not None else threshold, verify_full)
             out["verify_full"] = ctx.exit_params()["verify_full"]
-            g = generate_specee(ctx, ids, n_predict, heads.n_candidates, stop_ids=tok.eot_ids)
             rec["exit_layers"] = [int(e) for e in g.extra["exit_layers"]]
             rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
         elif kind == "speculative":
-            g = generate_speculative(ctx, ids, n_predict, drafter, stop_ids=tok.eot_ids)
             rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
-        else:
-            g = generate(ctx, ids, n_predict, stop_ids=tok.eot_ids)
     body = [t for t in g.tokens if t not in tok.eot_ids]
     text = tok.decode(body, skip_special=True)
     rec.update(tokens=[int(t) for t in body], text=text, decode_s=g.decode_s, n_decode=g.n_decode_steps,

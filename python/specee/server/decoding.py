@@ -16,14 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from ..decoding.decoders import Decoder, PlainDecoder
+from ..decoding.decoders import Decoder
 from ..decoding.early_exit import EarlyExitDecoder
+from ..decoding.modes import open_decoder
 from ..engine import Context, Heads
 from ..decoding.sampling import Sampler
 from ..decoding.steps import why_stop
 from ..tokenizer.gguf_tokenizer import Tokenizer
 from .schemas import DecodeOptions
-from .speculative import ServedDrafting, SpeculativeStepper
+from .speculative import ServedDrafting
 from .stop_text import StopText
 
 _FINISH = {"eos": "stop", "length": "length", "context": "length"}  # generate.why_stop -> OpenAI finish_reason
@@ -53,28 +54,22 @@ def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
     the decoder that decodes with it."""
     sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed)
     ctx.truncate(0)
-    if options.mode in ("vanilla", "speculative"):
-        if ctx.heads is not None:
-            ctx.set_heads(None)  # the eagle drafter attaches them again
-        if options.mode == "vanilla":
-            return PlainDecoder(ctx, sampler)
+    heads = served.heads if served is not None else None
+    if options.mode != "specee" and ctx.heads is not None:
+        ctx.set_heads(None)  # the eagle drafter attaches them again
+    if options.mode == "specee":
+        if served is None:
+            raise ValueError("early exit was asked for but the server has no heads")  # schemas/app refuse it first
+        if ctx.heads is served.heads:
+            ctx.set_exit_params(**served.defaults)  # a previous request's overrides go
+    drafter = None
+    if options.mode == "speculative":
         if drafting is None:
             raise ValueError("speculative decoding was asked for but the server has no drafter")
-        return SpeculativeStepper(ctx, sampler, drafting,
-                                  drafting.drafter(slot, ctx, served.heads if served is not None else None))
-    if served is None:
-        raise ValueError("early exit was asked for but the server has no heads")  # schemas/app refuse it first
-    if ctx.heads is not served.heads:
-        ctx.set_heads(served.heads)  # on an empty cache, as a draft head needs
-    params = dict(served.defaults)
-    if options.threshold is not None:
-        params["threshold"] = options.threshold
-    if options.verify is not None:
-        params["verify_full"] = options.verify == "full"
-    if not sampler.greedy:
-        params["verify_full"] = True  # sampling draws from each step's full-vocabulary logits
-    ctx.set_exit_params(**params)
-    return EarlyExitDecoder(ctx, sampler, served.heads.n_candidates)
+        drafter = drafting.drafter(slot, ctx, heads)
+    return open_decoder(ctx, options.mode, sampler, heads=heads, threshold=options.threshold, verify=options.verify,
+                        drafter=drafter, draft_max=drafting.draft_max if drafting is not None else None,
+                        curve=(lambda prompt: drafting.curve(ctx, prompt)) if drafting is not None else None)
 
 
 def response_stats(decoder: Decoder) -> dict:

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from ..decoding.modes import check_mode
+from ..engine import InvalidArgumentError
 from .config import MODES, ServerConfig
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -195,7 +197,7 @@ def _options(body: dict, config: ServerConfig) -> DecodeOptions:
     if model is not None and not isinstance(model, str):
         raise bad_request("model", "'model' must be a string")
     mode, threshold, verify = _extension(body, config)
-    return DecodeOptions(
+    options = DecodeOptions(
         max_tokens=_max_tokens(body, config.max_tokens_limit),
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
@@ -204,6 +206,15 @@ def _options(body: dict, config: ServerConfig) -> DecodeOptions:
         stop=_stop(body),
         mode=mode, threshold=threshold, verify=verify,
     )
+    greedy = options.temperature == 0.0 or options.top_k == 1
+    if not greedy and verify == "candidates":
+        if "verify" in (body.get("specee") or {}):
+            try:
+                check_mode(mode, greedy, verify)  # the request asked for it: refused, as everywhere
+            except InvalidArgumentError as e:
+                raise bad_request("specee.verify", str(e))
+        options.verify = None  # the server's default: a sampled request verifies fully (open_decoder)
+    return options
 
 
 def _streaming(body: dict) -> dict:

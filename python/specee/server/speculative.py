@@ -1,6 +1,6 @@
 """Lossless speculative decoding in the server: the drafter the server was
-started with (`--draft`), opened per slot and request, and the stepper that
-runs speculative.SpeculativeDecoder one round at a time.
+started with (`--draft`), opened per slot and request (the decoder is
+modes.open_decoder's, as everywhere).
 
 Drafters that keep no model of their own (prompt lookup, the EAGLE draft
 head of the served heads) are made fresh for each request; a draft model
@@ -12,11 +12,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..engine import Context, Heads, Model
-from ..decoding.sampling import Sampler
-from ..decoding.speculative import DraftPolicy, Drafter, ModelDrafter, open_drafter
+from ..decoding.speculative import Drafter, ModelDrafter, open_drafter
 from ..decoding.speculative import cost
 from ..decoding.speculative.choice import parse_draft, resolve_draft_model
-from ..decoding.speculative.loop import SpeculativeDecoder
 
 
 class ServedDrafting:
@@ -60,28 +58,3 @@ class ServedDrafting:
             if d is not None:
                 d.close()
         self.model_drafters = []
-
-
-class SpeculativeStepper:
-    """Lossless speculative decoding for one request, in the decoders' shape
-    (decoding/decoders.py): a speculative.loop.SpeculativeDecoder made at
-    `first`, when the prompt is known, since the server's batch cost curve is
-    measured on the first request's prompt."""
-
-    mode = "speculative"
-    batchable = False
-
-    def __init__(self, ctx: Context, sampler: Sampler, drafting: ServedDrafting, drafter: Drafter):
-        self.ctx, self.sampler, self.drafting, self.drafter = ctx, sampler, drafting, drafter
-        self.decoder: Optional[SpeculativeDecoder] = None
-
-    def first(self, prompt: Sequence[int]) -> int:
-        policy = DraftPolicy(self.drafting.curve(self.ctx, prompt), self.drafter.kinds)
-        self.decoder = SpeculativeDecoder(self.ctx, self.drafter, self.sampler, policy, self.drafting.draft_max)
-        return self.decoder.first(prompt)
-
-    def step(self, token: int, room: int) -> list[int]:
-        return self.decoder.step(token, room)
-
-    def stats(self) -> dict:
-        return self.decoder.stats() if self.decoder is not None else {}

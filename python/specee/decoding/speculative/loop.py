@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from ...engine import Context
 from ..decoders import decode
-from ..steps import GenerationResult, check_request, decode_one_token, pick
+from ..steps import GenerationResult, decode_one_token, pick
 from ..sampling import Sampler
 from . import cost
 from .cost import CostCurve
@@ -68,18 +68,31 @@ class SpeculativeDecoder:
     mode = "speculative"
     batchable = False
 
-    def __init__(self, ctx: Context, drafter: Drafter, sampler: Sampler, policy: DraftPolicy,
-                 draft_max: int = DEFAULT_DRAFT_MAX):
+    def __init__(self, ctx: Context, drafter: Drafter, sampler: Sampler, policy: Optional[DraftPolicy] = None,
+                 draft_max: int = DEFAULT_DRAFT_MAX, curve: Optional[Callable[[Sequence[int]], CostCurve]] = None):
+        """`policy`: decides the draft lengths; None: a DraftPolicy on the batch
+        cost curve, which `prepare` gets from `curve(prompt)` (default: cached
+        per model, thread count and kernels, measured on first use)."""
         DRAFT_MAX.check("draft_max", draft_max)
         self.ctx, self.drafter, self.sampler, self.policy, self.draft_max = ctx, drafter, sampler, policy, draft_max
+        self.curve = curve or (lambda prompt: cost.for_context(ctx, prompt, draft_max + 1))
         self.d_sampler = draft_sampler(sampler)
         self.history: list[int] = []
         self.drafted = self.accepted = self.verify_steps = self.plain_steps = 0
-        self.t_draft = 0.0
+        self.t_draft = self.t_calibrate = 0.0
         self._has_free_kind = any(k.cost_per_token == 0 for k in drafter.kinds.values())
+
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """The draft policy, before the prompt runs (decoders.decode keeps
+        this out of the prompt's time): the cost curve may be measured now."""
+        if self.policy is None:
+            t0 = time.perf_counter()
+            self.policy = DraftPolicy(self.curve(prompt), self.drafter.kinds)
+            self.t_calibrate = time.perf_counter() - t0
 
     def first(self, prompt: Sequence[int]) -> int:
         """Prefills `prompt`; returns the first new token."""
+        self.prepare(prompt)
         self.ctx.prefill(prompt)
         token = pick(self.ctx, self.sampler)
         self.history = list(prompt) + [token]
@@ -120,6 +133,7 @@ class SpeculativeDecoder:
             "tokens_per_verify": (round((self.accepted + self.verify_steps) / self.verify_steps, 3)
                                   if self.verify_steps else 0.0),
             "draft_s": round(self.t_draft, 6),
+            "calibrate_s": round(self.t_calibrate, 6),
         }
 
 
@@ -139,16 +153,9 @@ def generate_speculative(
     target. `curve`: the batch cost curve (default: cached per model and
     thread count, measured on first use); `policy`: decides the draft
     lengths (default: a DraftPolicy on that curve)."""
-    DRAFT_MAX.check("draft_max", draft_max)
-    sampler = sampler or Sampler()
-    t0 = time.perf_counter()
-    if policy is None:
-        check_request(ctx, prompt, max_tokens)  # before the curve's calibration runs the prompt
-        policy = DraftPolicy(curve or cost.for_context(ctx, prompt, draft_max + 1), drafter.kinds)
-    decoder = SpeculativeDecoder(ctx, drafter, sampler, policy, draft_max)
-    t_calibrate = time.perf_counter() - t0
+    decoder = SpeculativeDecoder(ctx, drafter, sampler or Sampler(), policy, draft_max,
+                                 curve=(lambda prompt: curve) if curve is not None else None)
     result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
-    result.extra["calibrate_s"] = round(t_calibrate, 6)
     x = result.extra
     log.info("speculative (%s): %d verifications (%.2f tokens each), %d plain steps, acceptance %.3f",
              drafter.name, x["verify_steps"], x["tokens_per_verify"], x["plain_steps"], x["acceptance_rate"])
