@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_model
 from specee.engine import Model
 from specee.evaluation.datasets import load_mtbench
 from specee.fetch import fetch_model
@@ -70,7 +71,7 @@ def main() -> int:
                 agree.append(int(a.argmax() == b.argmax()))
                 max_diff = max(max_diff, float(np.abs(a - b).max()))
             print(f"prompt {i + 1}: {len(text)} steps", file=sys.stderr, flush=True)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = cpu_model()
     out = {"model": args.model, "cpu": cpu, "steps": len(kl), "mean_kl": float(np.mean(kl)),
            "p99_kl": float(np.percentile(kl, 99)), "max_kl": float(np.max(kl)),
            "top1_agreement": float(np.mean(agree)), "max_abs_logit_diff": max_diff}

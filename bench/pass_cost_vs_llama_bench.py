@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model
 from specee.engine import Model
 from specee.fetch import fetch_model
 
@@ -76,7 +77,7 @@ def main() -> int:
                     else:
                         ours[n].append(specee_pass_ms(ctx, n))
             print(f"round {r + 1} done", file=sys.stderr, flush=True)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = cpu_model()
     rows = []
     for n in sizes:
         a, b = statistics.median(ours[n]), statistics.median(theirs[n])

@@ -30,6 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from machine import cpu_model
 from specee.engine import Heads, Model
 from specee.fetch import fetch_model
 
@@ -82,13 +83,6 @@ def mtbench_prompts(path: Path, count: int) -> list[list[int]]:
     tok, template = Tokenizer.from_gguf(path), read_chat_template(path)
     return [chat_prompt_ids(tok, template, [{"role": "user", "content": q.turns[0]}])
             for q in load_mtbench(limit=count)]
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

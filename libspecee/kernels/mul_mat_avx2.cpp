@@ -11,6 +11,7 @@
 // Tiles are 8 rows x up to 2 columns (16 registers); the other half of a
 // block's lines is read again from L1/L2 by the next half's pass.
 #include "kernels/layouts.h"
+#include "kernels/tiles.h"
 
 #include <immintrin.h>
 
@@ -154,52 +155,28 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, int half, const block_
     }
 }
 
-template <typename Block, template <int> class Tile>
-void run_tiles(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy, int64_t row_begin,
-               int64_t row_end) {
-    const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const Block *>(w.data.data());
-    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
-        for (int half = 0; half < 2; ++half) {
-            for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
-                const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
-                const block_q8_k * xs[MAX_TILE];
-                float *            ys[MAX_TILE];
-                for (int c = 0; c < nc; ++c) {
-                    xs[c] = x + (c0 + c) * nb;
-                    ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
-                }
-                if (nc == 1) {
-                    Tile<1>::run(blocks + g * nb, nb, half, xs, ys);
-                } else {
-                    Tile<2>::run(blocks + g * nb, nb, half, xs, ys);
-                }
-            }
-        }
-    }
-}
-
-template <int NC> struct q6_k_tiles {
-    static void run(const block_q6_k_r16 * b, int64_t nb, int h, const block_q8_k * const * x, float * const * y) {
-        q6_k_tile<NC>(b, nb, h, x, y);
-    }
-};
-template <int NC> struct q4_k_tiles {
-    static void run(const block_q4_k_r16 * b, int64_t nb, int h, const block_q8_k * const * x, float * const * y) {
-        q4_k_tile<NC>(b, nb, h, x, y);
-    }
-};
-
 } // namespace
 
 void mul_mat_q6_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                        int64_t row_begin, int64_t row_end) {
-    run_tiles<block_q6_k_r16, q6_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
+    for_each_tile<MAX_TILE, 2>(row_begin, row_end, n_x, [&](int64_t g, int half, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q6_k_tile<nc>(blocks + g * nb, nb, half, columns<nc>(x, nb, c0).data(),
+                      columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 void mul_mat_q4_k_avx2(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                        int64_t row_begin, int64_t row_end) {
-    run_tiles<block_q4_k_r16, q4_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
+    for_each_tile<MAX_TILE, 2>(row_begin, row_end, n_x, [&](int64_t g, int half, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q4_k_tile<nc>(blocks + g * nb, nb, half, columns<nc>(x, nb, c0).data(),
+                      columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 } // namespace specee::kernels
@@ -302,29 +279,13 @@ void q32_tile(const typename q32_block<T>::type * blocks, int64_t nb, int half, 
 template <weight_type T>
 void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end) {
-    using B_t            = typename q32_block<T>::type;
     const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const B_t *>(w.data.data());
-    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
-        for (int half = 0; half < 2; ++half) {
-            for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
-                const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
-                const block_q8_0 * xs[MAX_TILE];
-                const int32_t *    ss[MAX_TILE];
-                float *            ys[MAX_TILE];
-                for (int c = 0; c < nc; ++c) {
-                    xs[c] = x + (c0 + c) * nb;
-                    ss[c] = sums + (c0 + c) * nb;
-                    ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
-                }
-                if (nc == 1) {
-                    q32_tile<T, 1>(blocks + g * nb, nb, half, xs, ss, ys);
-                } else {
-                    q32_tile<T, 2>(blocks + g * nb, nb, half, xs, ss, ys);
-                }
-            }
-        }
-    }
+    const auto *  blocks = reinterpret_cast<const typename q32_block<T>::type *>(w.data.data());
+    for_each_tile<MAX_TILE, 2>(row_begin, row_end, n_x, [&](int64_t g, int half, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q32_tile<T, nc>(blocks + g * nb, nb, half, columns<nc>(x, nb, c0).data(), columns<nc>(sums, nb, c0).data(),
+                        columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 } // namespace

@@ -10,6 +10,7 @@
 // call equals the one-column call bit for bit. Only fused multiply-adds
 // touch the floats (this file is built with -ffp-contract=off as well).
 #include "kernels/layouts.h"
+#include "kernels/tiles.h"
 
 #include <immintrin.h>
 
@@ -139,49 +140,26 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * con
     }
 }
 
-// Columns in tiles of MAX_TILE, the rest through the same template.
-template <typename Block, template <int> class Tile>
-void run_tiles(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy, int64_t row_begin,
-               int64_t row_end) {
-    const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const Block *>(w.data.data());
-    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
-        for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
-            const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
-            const block_q8_k * xs[MAX_TILE];
-            float *            ys[MAX_TILE];
-            for (int c = 0; c < nc; ++c) {
-                xs[c] = x + (c0 + c) * nb;
-                ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
-            }
-            const Block * bg = blocks + g * nb;
-            switch (nc) {
-                case 1: Tile<1>::run(bg, nb, xs, ys); break;
-                case 2: Tile<2>::run(bg, nb, xs, ys); break;
-                case 3: Tile<3>::run(bg, nb, xs, ys); break;
-                case 4: Tile<4>::run(bg, nb, xs, ys); break;
-                case 5: Tile<5>::run(bg, nb, xs, ys); break;
-                case 6: Tile<6>::run(bg, nb, xs, ys); break;
-                case 7: Tile<7>::run(bg, nb, xs, ys); break;
-                default: Tile<8>::run(bg, nb, xs, ys); break;
-            }
-        }
-    }
-}
-
-template <int NC> struct q6_k_tiles { static void run(const block_q6_k_r16 * b, int64_t nb, const block_q8_k * const * x, float * const * y) { q6_k_tile<NC>(b, nb, x, y); } };
-template <int NC> struct q4_k_tiles { static void run(const block_q4_k_r16 * b, int64_t nb, const block_q8_k * const * x, float * const * y) { q4_k_tile<NC>(b, nb, x, y); } };
-
 } // namespace
 
 void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end) {
-    run_tiles<block_q6_k_r16, q6_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
+    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q6_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end) {
-    run_tiles<block_q4_k_r16, q4_k_tiles>(w, x, n_x, y, ldy, row_begin, row_end);
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
+    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q4_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 } // namespace specee::kernels
@@ -275,28 +253,13 @@ void q32_tile(const typename q32_block<T>::type * blocks, int64_t nb, const bloc
 template <weight_type T>
 void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end) {
-    using B_t        = typename q32_block<T>::type;
-    const int64_t nb = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const B_t *>(w.data.data());
-    for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
-        for (int c0 = 0; c0 < n_x; c0 += MAX_TILE) {
-            const int          nc = n_x - c0 < MAX_TILE ? n_x - c0 : MAX_TILE;
-            const block_q8_0 * xs[MAX_TILE];
-            const int32_t *    ss[MAX_TILE];
-            float *            ys[MAX_TILE];
-            for (int c = 0; c < nc; ++c) {
-                xs[c] = x + (c0 + c) * nb;
-                ss[c] = sums + (c0 + c) * nb;
-                ys[c] = y + (c0 + c) * ldy + g * ROW_GROUP;
-            }
-            switch (nc) {
-                case 1: q32_tile<T, 1>(blocks + g * nb, nb, xs, ss, ys); break;
-                case 2: q32_tile<T, 2>(blocks + g * nb, nb, xs, ss, ys); break;
-                case 3: q32_tile<T, 3>(blocks + g * nb, nb, xs, ss, ys); break;
-                default: q32_tile<T, 4>(blocks + g * nb, nb, xs, ss, ys); break;
-            }
-        }
-    }
+    const int64_t nb     = w.n_blocks();
+    const auto *  blocks = reinterpret_cast<const typename q32_block<T>::type *>(w.data.data());
+    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+        constexpr int nc = decltype(width)::value;
+        q32_tile<T, nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(sums, nb, c0).data(),
+                        columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
+    });
 }
 
 } // namespace
