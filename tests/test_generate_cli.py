@@ -161,7 +161,7 @@ def test_cli_specee_mode_json(tiny6_heads, capsys):
 def test_cli_specee_candidate_verification(tiny6_heads, capsys):
     path, heads = tiny6_heads
     args = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "8", "--json", "--mode", "specee",
-            "--heads", str(heads["always"])]
+            "--heads", str(heads["always"]), "--temp", "0"]
     assert cli.main(args + ["--verify", "candidates"]) == 0
     record = json.loads(capsys.readouterr().out)
     # always-firing predictors now exit on every step (offline layer 4, then online ones around it)

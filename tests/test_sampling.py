@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specee.decoding.sampling import Sampler, sample
+from specee.decoding.sampling import Sampler, probabilities, sample
 
 
 @pytest.fixture
@@ -130,3 +130,24 @@ def test_invalid_inputs() -> None:
         Sampler(top_p=0.0)
     with pytest.raises(ValueError):
         Sampler(top_k=-1)
+
+
+def test_min_p_drops_tokens_below_its_share_of_the_most_likely():
+    logits = np.log(np.array([0.5, 0.3, 0.04, 0.02, 0.14]))
+    p = probabilities(logits, temperature=1.0, min_p=0.1)  # keeps p >= 0.05
+    assert np.flatnonzero(p).tolist() == [0, 1, 4]
+    assert p.sum() == pytest.approx(1.0) and p[0] / p[1] == pytest.approx(0.5 / 0.3)
+    assert np.count_nonzero(probabilities(logits, temperature=1.0, min_p=0.0)) == 5
+    assert np.flatnonzero(probabilities(logits, temperature=1.0, min_p=1.0)).tolist() == [0]
+    sampler = Sampler(temperature=1.0, min_p=0.1, seed=3)
+    assert {sampler.sample(logits) for _ in range(300)} == {0, 1, 4}
+    np.testing.assert_array_equal(sampler.probabilities(logits), p)
+    with pytest.raises(ValueError, match="min_p"):
+        Sampler(temperature=1.0, min_p=1.5)
+
+
+def test_the_cli_samples_with_llama_cpp_s_defaults():
+    from specee import cli
+
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x"])
+    assert (args.temp, args.top_k, args.top_p, args.min_p) == (0.8, 40, 0.95, 0.05)

@@ -218,7 +218,18 @@ def test_same_seed_same_text_as_the_library(server, tiny):
     runs = [client.completions.create(model="tiny", prompt="once", max_tokens=24, temperature=0.9, top_p=0.95,
                                       seed=seed).choices[0].text for seed in (7, 7, 8)]
     assert runs[0] == runs[1] != runs[2]
-    assert runs[0] == reference(tiny, ids, 24, Sampler(temperature=0.9, top_p=0.95, seed=7))
+    # top_k 40 and min_p 0.05: the server's defaults, llama.cpp's
+    assert runs[0] == reference(tiny, ids, 24, Sampler(temperature=0.9, top_p=0.95, top_k=40, min_p=0.05, seed=7))
+
+
+def test_sampling_defaults_are_llama_cpp_s(server, tiny):
+    """No sampling fields: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05."""
+    client = server.client()
+    ids = Tokenizer.from_gguf(tiny).encode("once", parse_special=False)
+    text = client.completions.create(model="tiny", prompt="once", max_tokens=24, seed=5).choices[0].text
+    assert text == reference(tiny, ids, 24, Sampler(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=5))
+    greedy = client.completions.create(model="tiny", prompt="once", max_tokens=24, temperature=0).choices[0].text
+    assert greedy == reference(tiny, ids, 24, Sampler())
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -565,7 +565,7 @@ def test_eval_speculative_mode_reproduces_vanilla(untied, tmp_path, monkeypatch)
 def test_cli_speculative_json(untied, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))
     args = ["-q", "generate", "--model", untied, "--prompt", "hello world hello world hello", "-n", "12",
-            "--json", "--threads", "1"]
+            "--json", "--threads", "1", "--temp", "0"]
     assert cli.main(args) == 0
     vanilla = json.loads(capsys.readouterr().out)
     assert cli.main(args + ["--mode", "speculative", "--draft", "lookup", "--draft-max", "4"]) == 0

@@ -17,8 +17,8 @@ from .fetch import FetchError, fetch_model, known_models
 from .decoding.decoders import decode
 from .decoding.modes import check_mode, open_decoder
 from .heads.head_file import DRAFT_DTYPES
-from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, PORT, SEED, SEQUENCE_LENGTH, TEMPERATURE,
-                     THRESHOLD, TOP_P, ZERO_OR_MORE)
+from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, MIN_P, PORT, SEED, SEQUENCE_LENGTH,
+                     TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE)
 from .decoding.sampling import Sampler
 from .heads.shipped import default_heads
 from .decoding.speculative import DRAFT_HELP, DRAFT_MAX, open_drafter, resolve_draft_model
@@ -70,7 +70,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
     check_mode(args.mode, sampler.greedy, args.verify)
     if args.mode != "speculative" and (args.draft is not None or args.draft_max is not None):
         raise SystemExit("specee: --draft and --draft-max go with --mode speculative")
@@ -348,9 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("-n", "--n-predict", dest="n", type=COUNT.arg, default=128,
                    help="tokens to generate, >= 1 (default 128)")
-    g.add_argument("--temp", type=TEMPERATURE.arg, default=0.0, help="temperature, >= 0; 0 = greedy (default)")
-    g.add_argument("--top-k", type=ZERO_OR_MORE.arg, default=0, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--top-p", type=TOP_P.arg, default=1.0, help="nucleus sampling mass, in (0, 1] (1 = off)")
+    # llama.cpp's sampling defaults; --temp 0 is greedy decoding
+    g.add_argument("--temp", type=TEMPERATURE.arg, default=0.8, help="temperature, >= 0 (default 0.8); 0 = greedy")
+    g.add_argument("--top-k", type=ZERO_OR_MORE.arg, default=40,
+                   help="keep the k most likely tokens (default 40; 0 = off)")
+    g.add_argument("--top-p", type=TOP_P.arg, default=0.95, help="nucleus sampling mass, in (0, 1] (default 0.95; 1 = off)")
+    g.add_argument("--min-p", type=MIN_P.arg, default=0.05,
+                   help="drop tokens less likely than this share of the most likely one, in [0, 1] (default 0.05; 0 = off)")
     g.add_argument("--seed", type=SEED.arg, default=None, help="random seed for sampling, >= 0")
     g.add_argument("--threads", type=ZERO_OR_MORE.arg, default=0,
                    help="compute threads (default 0: the available cores)")

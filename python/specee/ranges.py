@@ -85,6 +85,7 @@ ZERO_OR_MORE = Range(int, lo=0)
 THRESHOLD = Range(float, 0.0, 1.0)
 TEMPERATURE = Range(float, lo=0.0)  # 0: greedy
 TOP_P = Range(float, 0.0, 1.0, lo_open=True)  # 1: off
+MIN_P = Range(float, 0.0, 1.0)  # 0: off
 SEED = Range(int, lo=0)  # numpy's generators take non-negative seeds
 PORT = Range(int, 1, 65535)
 # a port to listen on: 0 lets the system choose a free one

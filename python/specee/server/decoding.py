@@ -52,7 +52,8 @@ def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
             drafting: Optional[ServedDrafting] = None, slot: int = 0) -> Decoder:
     """Empties the slot's context and sets it up for `options`' mode; returns
     the decoder that decodes with it."""
-    sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed)
+    sampler = Sampler(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                      min_p=options.min_p, seed=options.seed)
     ctx.truncate(0)
     heads = served.heads if served is not None else None
     if options.mode != "specee" and ctx.heads is not None:

@@ -53,9 +53,10 @@ def bad_request(param: Optional[str], message: str, code: Optional[str] = None) 
 class DecodeOptions:
     """How one request is decoded; every value already checked."""
     max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float = 0.8  # llama.cpp's sampling defaults
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
     mode: str = "vanilla"
@@ -199,9 +200,11 @@ def _options(body: dict, config: ServerConfig) -> DecodeOptions:
     mode, threshold, verify = _extension(body, config)
     options = DecodeOptions(
         max_tokens=_max_tokens(body, config.max_tokens_limit),
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        top_k=_integer(body, "top_k", 0, 0),
+        # llama.cpp's defaults (llama-server's too); temperature 0 is greedy
+        temperature=_number(body, "temperature", 0.8, 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.95, 0.0, 1.0, lo_open=True),
+        top_k=_integer(body, "top_k", 40, 0),
+        min_p=_number(body, "min_p", 0.05, 0.0, 1.0),
         seed=_integer(body, "seed", None, 0, 2**64 - 1),
         stop=_stop(body),
         mode=mode, threshold=threshold, verify=verify,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...engine import Context, Model
 from ...gguf_meta import read_gguf_metadata
-from ..sampling import Sampler, probabilities
+from ..sampling import Sampler
 from .cost import step_ratio
 from .drafters import Draft, Kind, empty_draft
 
@@ -89,7 +89,7 @@ class ModelDrafter:
         while True:
             row = self.ctx.logits()
             if sampling:
-                q = probabilities(row, sampler.temperature, sampler.top_k, sampler.top_p)
+                q = sampler.probabilities(row)
                 x = sampler.sample(row)
                 chance = float(q[x])
             else:

@@ -36,7 +36,7 @@ def draft_sampler(sampler: Sampler) -> Optional[Sampler]:
     (so drafting never shifts the target's draws). None when greedy."""
     if sampler.greedy:
         return None
-    drafts = Sampler(sampler.temperature, sampler.top_k, sampler.top_p)
+    drafts = Sampler(sampler.temperature, sampler.top_k, sampler.top_p, min_p=sampler.min_p)
     drafts.rng = sampler.rng.spawn(1)[0]  # a child stream: reproducible from the target's seed
     return drafts
 

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ...engine import Context
-from ..sampling import Sampler, probabilities
+from ..sampling import Sampler
 from .drafters import Draft
 from .tree import children_of
 
@@ -55,7 +55,7 @@ def verify_sampled(ctx: Context, last: int, draft: Draft, sampler: Sampler) -> t
     path: list[int] = []
     node = -1
     while True:
-        p = probabilities(rows[node + 1], sampler.temperature, sampler.top_k, sampler.top_p)
+        p = sampler.probabilities(rows[node + 1])
         nxt: Optional[int] = None
         for c in children.get(node, []):
             x = draft.tokens[c]
