@@ -35,9 +35,9 @@ from specee.engine import Heads, Model
 from specee.fetch import fetch_model
 
 
-def llama_bench_tok_s(binary: str, model: Path, threads: int, n: int, repack: int) -> float:
+def llama_bench_tok_s(binary: str, model: Path, threads: int, n: int, repack: int, depth: int = 0) -> float:
     out = subprocess.run([binary, "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n), "-r", "1",
-                          "-fa", "0", "--repack", str(repack), "-o", "json"],
+                          "-fa", "0", "--repack", str(repack), "-d", str(depth), "-o", "json"],
                          capture_output=True, text=True, check=True).stdout
     (record,) = [r for r in json.loads(out) if r.get("n_gen") == n]
     return float(record["avg_ts"])
@@ -51,9 +51,10 @@ def ik_llama_bench_tok_s(binary: str, model: Path, threads: int, n: int) -> floa
     return float(record["avg_ts"])
 
 
-def specee_tok_s(model: Model, threads: int, n: int) -> float:
-    with model.context(n_ctx=max(256, n + 8), n_threads=threads) as ctx:
-        ctx.prefill([model.bos if model.bos >= 0 else 0])
+def specee_tok_s(model: Model, threads: int, n: int, depth: int = 0) -> float:
+    """Decode speed after one BOS and `depth` more tokens of context (llama-bench's -d)."""
+    with model.context(n_ctx=max(256, depth + n + 8), n_threads=threads) as ctx:
+        ctx.prefill([model.bos if model.bos >= 0 else 0] + [(1000 + i) % model.n_vocab for i in range(depth)])
         token = ctx.argmax()
         t0 = time.perf_counter()
         for _ in range(n):
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128, help="tokens decoded per measurement (llama-bench tg N)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--amx-decode", action="store_true", help="specee with Model(amx_decode=True)")
+    ap.add_argument("--depth", type=int, default=0,
+                    help="tokens of context before the decoded ones (llama-bench -d; not with --heads or --ik-llama-bench)")
     ap.add_argument("--ik-llama-bench", help="ik_llama.cpp's llama-bench (-rtr 1), measured in the same rounds")
     ap.add_argument("--kernels", default="ggml",
                     help="comma-separated kernel choices for specee (ggml, specee), each its own model, all "
@@ -125,7 +128,8 @@ def main() -> None:
                 got = {}
                 for engine in order:
                     if engine == "llama":
-                        got[engine] = llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack)
+                        got[engine] = llama_bench_tok_s(args.llama_bench, path, args.threads, args.n, args.llama_repack,
+                                                        args.depth)
                     elif engine == "ik":
                         got[engine] = ik_llama_bench_tok_s(args.ik_llama_bench, path, args.threads, args.n)
                     elif heads is not None:
@@ -133,7 +137,7 @@ def main() -> None:
                                                              args.threads, args.n, args.threshold)
                         agree[engine], steps[engine] = agree[engine] + a, steps[engine] + s
                     else:
-                        got[engine] = specee_tok_s(models[engine], args.threads, args.n)
+                        got[engine] = specee_tok_s(models[engine], args.threads, args.n, args.depth)
                 theirs.append(got["llama"])
                 if "ik" in got:
                     ik.append(got["ik"])
@@ -149,7 +153,7 @@ def main() -> None:
                 if heads is not None:
                     heads[k].close()
                 models[k].close()
-        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack,
+        results[name] = {"amx_decode": args.amx_decode, "llama_repack": args.llama_repack, "depth": args.depth,
                          "llama_bench_tok_s": theirs, "cpu": cpu_model(), "kernels": {}}
         if ik:
             results[name]["ik_llama_bench_tok_s"] = ik
