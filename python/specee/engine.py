@@ -2,6 +2,7 @@
 mapped from its status codes."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -12,6 +13,8 @@ from ._ffi import ffi, lib
 
 # ---- errors -----------------------------------------------------------------
 
+
+log = logging.getLogger(__name__)
 
 class SpeceeError(Exception):
     """An error reported by libspecee; `status` is the C status name."""
@@ -150,6 +153,9 @@ class Model(_Handle):
         check(status, ffi.string(err).decode(errors="replace"))
         self._ptr = out[0]
         self._contexts: list = []
+        if kernels == "specee":
+            log.info("kernels: specee's on %s for %d matrices, ggml's for the rest (docs/kernels.md)",
+                     kernels_isa(), self.n_packed)
 
     @property
     def n_packed(self) -> int:
