@@ -107,6 +107,39 @@ def test_ctypes_example_decodes_like_the_package(tmp_path):
     assert min(exit_layers) < n_layer  # the heads do exit early
 
 
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_c_example_decodes_like_the_package(tmp_path):
+    """examples/c/early_exit_decode.c, compiled against the installed library
+    (as CMake's SPECEE_BUILD_EXAMPLES builds it), prints the tokens and exit
+    layers of the Python API's early-exit decoding for the same heads."""
+    sys.path.insert(0, str(HERE / "fuzz"))
+    import seeds
+    from specee.decoding.early_exit import generate_specee
+    from specee.engine import Heads, Model
+
+    lib = _ffi._library_path()
+    exe = tmp_path / "early_exit_decode"
+    subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{include_dir()}",
+                    str(HERE.parent / "examples" / "c" / "early_exit_decode.c"), "-o", str(exe), str(lib),
+                    f"-Wl,-rpath,{lib.parent}"], check=True)
+    model_path = seeds.write_models(tmp_path / "model")[seeds.SEED_MODEL]
+    heads_path = next(p for p in seeds.write_heads_seeds(model_path, tmp_path / "heads") if "draft_q8_0" in p.name)
+    prompt, n = [5, 77, 200, 13], 12
+    run = subprocess.run([str(exe), str(model_path), str(heads_path), str(n), *map(str, prompt)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    tokens = [int(t) for t in lines[-1].removeprefix("tokens:").split()]
+    exit_layers = [int(line.split()[3]) for line in lines[:-1]]
+    with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
+        ctx.set_heads(heads)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates)
+    assert tokens == want.tokens and exit_layers == want.extra["exit_layers"]
+    bad = subprocess.run([str(exe), str(model_path), str(tmp_path / "missing.gguf"), "4", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: heads:")
+
+
 def test_ctypes_example_reports_bad_input(tmp_path, tiny_llama):
     run = subprocess.run([sys.executable, str(HERE.parent / "examples" / "ctypes_decode.py"), str(_ffi._library_path()),
                           tiny_llama, str(tmp_path / "missing.gguf")], capture_output=True, text=True, timeout=120)
