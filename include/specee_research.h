@@ -29,6 +29,14 @@ SPECEE_API int32_t specee_get_trace_change(const struct specee_context * ctx, fl
 SPECEE_API int32_t specee_get_trace_hidden(const struct specee_context * ctx, float * out, int32_t capacity);
 SPECEE_API int32_t specee_get_draft_probs(const struct specee_context * ctx, float * out, int32_t capacity);
 
+/* The exit predictor of layer `layer` of `heads` on n feature vectors
+ * (features: [n][3 * n_candidates], as specee_exit_features writes them):
+ * out[i] is the probability it gives, exactly as a decode step computes it.
+ * The one MLP training and replays are held to (tests/test_exit_features.py).
+ * SPECEE_STATUS_INVALID_ARGUMENT when the layer has no predictor. */
+SPECEE_API enum specee_status specee_heads_predict(const struct specee_heads * heads, int32_t layer,
+                                                   const float * features, int64_t n, float * out);
+
 /* cffi-end */
 
 #ifdef __cplusplus

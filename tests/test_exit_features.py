@@ -98,3 +98,19 @@ def test_predictor_reference_takes_batches():
     batch = p(x)
     assert batch.shape == (5,)
     np.testing.assert_allclose([float(p(row)) for row in x], batch, rtol=1e-5)
+
+
+def test_numpy_predictor_is_the_engines_mlp(tiny6, tmp_path):
+    """heads_file.Predictor (training, replays) against the MLP the engine
+    runs at every check (specee_heads_predict): one computation, held to one
+    place, up to float summation order."""
+    path = tmp_path / "p.gguf"
+    predictors = random_predictors([1, 3], 12, seed=4)
+    x = np.random.default_rng(5).normal(size=(64, 12)).astype(np.float32)
+    with Model(tiny6) as m:
+        write_heads(path, m, predictors)
+        with Heads(m, path) as heads:
+            for layer, p in predictors.items():
+                np.testing.assert_allclose(heads.predict(layer, x), p(x), rtol=2e-6, atol=1e-7)
+            with pytest.raises(InvalidArgumentError, match="no exit predictor for layer 2"):
+                heads.predict(2, x)

@@ -465,6 +465,22 @@ enum specee_status specee_exit_features(const float * cand_logits, int64_t n_ste
     return SPECEE_STATUS_OK;
 }
 
+enum specee_status specee_heads_predict(const struct specee_heads * heads, int32_t layer, const float * features,
+                                        int64_t n, float * out) {
+    if (heads == nullptr || features == nullptr || out == nullptr || n < 0) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const auto it = heads->predictors.find(layer);
+    if (it == heads->predictors.end()) {
+        return SPECEE_STATUS_INVALID_ARGUMENT;
+    }
+    const specee::exit_predictor & p = it->second;
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = p(features + i * p.n_in);
+    }
+    return SPECEE_STATUS_OK;
+}
+
 int32_t specee_get_last_checks(const struct specee_context * ctx, int32_t * layers, float * features,
                                int32_t capacity) {
     if (ctx == nullptr) {

@@ -215,6 +215,16 @@ class Heads(_Handle):
         self.n_candidates = int(lib.specee_heads_n_candidates(self._ptr))
         self.has_draft = bool(lib.specee_heads_has_draft(self._ptr))
 
+    def predict(self, layer: int, features: np.ndarray) -> np.ndarray:
+        """Exit probabilities of layer `layer`'s predictor for features [n, 3k]
+        (heads_file.Predictor is numpy's copy of this MLP, tested against it)."""
+        x = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, 3 * self.n_candidates)
+        out = np.empty(x.shape[0], dtype=np.float32)
+        check(lib.specee_heads_predict(self.ptr, layer, ffi.from_buffer("float[]", x), x.shape[0],
+                                       ffi.from_buffer("float[]", out)),
+              f"no exit predictor for layer {layer} in {self.path}")
+        return out
+
     @property
     def ptr(self):
         if self._ptr is None:
