@@ -3,8 +3,6 @@
 
 #include "ggml-cpu.h"
 
-#include <algorithm>
-
 namespace specee {
 
 namespace {

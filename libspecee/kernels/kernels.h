@@ -1,13 +1,13 @@
-// kernels.h — specee's own CPU matrix kernels for k-quant weights.
+// kernels.h — specee's own CPU matrix kernels for quantized weights.
 //
-// A weight matrix of n_rows x n_cols in one of ggml's k-quant block formats
-// is repacked once, at load, into a row-interleaved layout: 16 rows side by
+// A weight matrix of n_rows x n_cols in one of ggml's block formats (Q4_K,
+// Q6_K, Q8_0, Q5_0, Q4_1) is repacked once, at load, into a row-interleaved layout: 16 rows side by
 // side, so that one 512-bit register holds 4 consecutive weights of 16 rows
 // and a dot product over 4 activation bytes (VNNI vpdpbusd) advances 16 rows
 // at once, with no horizontal sums (docs/kernels.md has the layouts).
 //
-// mul_mat computes y = W x for 1..n columns of activations quantized to
-// Q8_K (ggml's block_q8_K layout). Every column is computed by the same
+// mul_mat computes y = W x for 1..n columns of activations quantized as
+// ggml quantizes them for the weight type (Q8_K or Q8_0). Every column is computed by the same
 // sequence of operations whatever the number of columns in the call: the
 // weights of a tile are unpacked once and reused by every column, but each
 // column has its own accumulators and the same order of integer and

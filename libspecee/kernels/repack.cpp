@@ -1,5 +1,6 @@
-// repack.cpp — ggml's Q4_K / Q6_K blocks into the 16-row layouts of
-// layouts.h, the reference kernels over those layouts, and the dispatch.
+// repack.cpp — ggml's blocks (Q4_K, Q6_K, Q8_0, Q5_0, Q4_1) into the 16-row
+// layouts of layouts.h, the reference kernels over those layouts, and the
+// run-time choice and dispatch of the kernel set.
 #include "kernels/layouts.h"
 
 #include <cmath>
@@ -11,6 +12,7 @@
 
 namespace specee::kernels {
 
+// Exact, and without ggml: the kernels and their test driver build alone.
 float fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t) (h & 0x8000) << 16;
     const uint32_t exp  = (h >> 10) & 0x1f;
@@ -92,12 +94,14 @@ static void unpack_q4_k(const block_q4_k & b, uint8_t * q, uint8_t * sc, uint8_t
     }
 }
 
-// Line p of the low nibbles: quad 2p in the low nibble, quad 2p + 1 in the high one.
-static void pack_nibbles(const uint8_t (*q)[QK], uint8_t (*lo)[64]) {
-    for (int p = 0; p < 32; ++p) {
+// `lines` lines of low nibbles from rows of `stride` weights: line p holds
+// quad 2p in the low nibble and quad 2p + 1 in the high one.
+static void pack_nibbles(const uint8_t * q, int stride, int lines, uint8_t (*lo)[64]) {
+    for (int p = 0; p < lines; ++p) {
         for (int r = 0; r < ROW_GROUP; ++r) {
+            const uint8_t * row = q + r * stride;
             for (int i = 0; i < 4; ++i) {
-                lo[p][4 * r + i] = (uint8_t) ((q[r][8 * p + i] & 0xf) | (q[r][8 * p + 4 + i] & 0xf) << 4);
+                lo[p][4 * r + i] = (uint8_t) ((row[8 * p + i] & 0xf) | (row[8 * p + 4 + i] & 0xf) << 4);
             }
         }
     }
@@ -137,15 +141,6 @@ static void repack_q32(weight_type t, const uint8_t * const * rows, uint8_t * ds
     for (int r = 0; r < ROW_GROUP; ++r) {
         unpack_q32(t, rows[r], q[r], d[r], m[r]);
     }
-    auto nibbles = [&](uint8_t (*lo)[64]) {
-        for (int p = 0; p < 4; ++p) {
-            for (int r = 0; r < ROW_GROUP; ++r) {
-                for (int i = 0; i < 4; ++i) {
-                    lo[p][4 * r + i] = (uint8_t) ((q[r][8 * p + i] & 0xf) | (q[r][8 * p + 4 + i] & 0xf) << 4);
-                }
-            }
-        }
-    };
     if (t == weight_type::q8_0) {
         auto & out = *reinterpret_cast<block_q8_0_r16 *>(dst);
         for (int j = 0; j < 8; ++j) {
@@ -156,7 +151,7 @@ static void repack_q32(weight_type t, const uint8_t * const * rows, uint8_t * ds
         std::memcpy(out.d, d, sizeof d);
     } else if (t == weight_type::q5_0) {
         auto & out = *reinterpret_cast<block_q5_0_r16 *>(dst);
-        nibbles(out.lo);
+        pack_nibbles(&q[0][0], 32, 4, out.lo);
         for (int r = 0; r < ROW_GROUP; ++r) {
             for (int i = 0; i < 4; ++i) {
                 uint8_t h = 0;
@@ -167,7 +162,7 @@ static void repack_q32(weight_type t, const uint8_t * const * rows, uint8_t * ds
         std::memcpy(out.d, d, sizeof d);
     } else {
         auto & out = *reinterpret_cast<block_q4_1_r16 *>(dst);
-        nibbles(out.lo);
+        pack_nibbles(&q[0][0], 32, 4, out.lo);
         std::memcpy(out.d, d, sizeof d);
         std::memcpy(out.m, m, sizeof m);
     }
@@ -182,7 +177,7 @@ static void repack_q6_k(const block_q6_k * const * rows, block_q6_k_r16 & out) {
             out.scales[g][r] = rows[r]->scales[g];
         }
     }
-    pack_nibbles(q, out.lo);
+    pack_nibbles(&q[0][0], QK, 32, out.lo);
     for (int g = 0; g < 16; ++g) {
         for (int r = 0; r < ROW_GROUP; ++r) {
             for (int i = 0; i < 4; ++i) {
@@ -208,7 +203,7 @@ static void repack_q4_k(const block_q4_k * const * rows, block_q4_k_r16 & out) {
             out.mins[j][r]   = m[j];
         }
     }
-    pack_nibbles(q, out.lo);
+    pack_nibbles(&q[0][0], QK, 32, out.lo);
 }
 
 bool repack(weight_type type, const void * blocks, int64_t n_rows, int64_t n_cols, packed_matrix & out,
