@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 5
+#define SPECEE_API_VERSION 6
 
 #ifdef __cplusplus
 extern "C" {
@@ -116,6 +116,10 @@ struct specee_exit_params {
                            argmax is a candidate. false: exit with the candidate of highest logit and skip
                            the full-vocabulary logits (faster, lossier; the step then has no logits).
                            specee_set_heads sets it from the head file (default true) */
+    bool  exact;        /* false (default): an exit emits its token (the paper's early exit; the output
+                           may differ from the full model's). true: an exit's token is a draft, and the
+                           next call must be specee_verify_exit, which checks it against full depth.
+                           Takes neither fill_kv nor full_depth */
 };
 
 /* What one early-exit decode step did. */
@@ -381,6 +385,20 @@ SPECEE_API enum specee_status specee_decode_with_candidates(
         const specee_token    * candidates,
         int32_t                 n_cand,
         struct specee_step    * out);
+
+/* Exact early exit (specee_exit_params.exact): after a specee_decode_with_candidates
+ * step that exited (exit_layer < n_layer), whose token `draft` is only a
+ * guess, one pass runs the exited token's remaining layers from the hidden
+ * state it stopped at, beside `draft` at the next position through every
+ * layer: the two rows share each weight read above the exit layer. Then
+ * specee_get_logits(ctx, 0) is the full model's distribution after the
+ * exited token (check `draft` against it) and specee_get_logits(ctx, 1) the
+ * one after `draft`, each computed as a one-token step computes it. Both
+ * positions are cached at every layer: when the check fails, truncate to
+ * drop `draft`'s position. Until this call (or a truncation that drops the
+ * exited token) other decode calls are refused. CONTEXT_FULL when no cell is
+ * left for `draft` (the exit still waits: truncate, or end there). */
+SPECEE_API enum specee_status specee_verify_exit(struct specee_context * ctx, specee_token draft);
 
 /* With a draft head in the heads: runs the draft over the positions it has
  * not seen (the prompt, after specee_prefill), with `next_token` (the token

@@ -367,6 +367,7 @@ static specee_exit_params to_c(const specee::context::exit_params & e) {
     p.full_depth  = e.full_depth;
     p.fill_kv     = e.fill_kv;
     p.verify_full = e.verify_full;
+    p.exact       = e.exact;
     return p;
 }
 
@@ -394,6 +395,7 @@ enum specee_status specee_set_exit_params(struct specee_context * ctx, const str
         e.full_depth  = params->full_depth;
         e.fill_kv     = params->fill_kv;
         e.verify_full = params->verify_full;
+        e.exact       = params->exact;
         c.set_exit_params(e);
     });
 }
@@ -416,6 +418,10 @@ enum specee_status specee_decode_with_candidates(struct specee_context * ctx, sp
             out->next[i] = next[size_t(i)];
         }
     });
+}
+
+enum specee_status specee_verify_exit(struct specee_context * ctx, specee_token draft) {
+    return on_context(ctx, [&](specee::context & c) { c.verify_exit(draft); });
 }
 
 enum specee_status specee_trace_step(struct specee_context * ctx, specee_token token,

@@ -5,6 +5,8 @@
 #include "graph/graph_parts.h"
 #include "graph/packed_product.h"
 
+#include "api/error.h"
+
 #include <cmath>
 
 namespace specee {
@@ -178,16 +180,49 @@ ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & k
     return ggml_reshape_2d(ctx0, o, hp.n_embd_q(), n);               // [n_embd_q, n]
 }
 
-// Self-attention with weights L over layer il of the cache; writes this
-// batch's K/V first.
+// The inputs of the rows a layer computes: every row of the pass, or, when
+// rows enter late (forward_plan::entry_layers), its last n.
+struct layer_rows {
+    int64_t       n         = 0;
+    ggml_tensor * positions = nullptr;  // [n] I32
+    ggml_tensor * k_idx     = nullptr;  // [n] I64
+    ggml_tensor * v_idx     = nullptr;  // [n * n_embd_kv] I64 if V is transposed, else k_idx
+    ggml_tensor * mask      = nullptr;  // [n_kv, n]
+};
+
+static layer_rows all_rows(const forward_graph & g, int64_t n, ggml_tensor * mask) {
+    return {n, g.positions, g.k_idx, g.v_idx, mask};
+}
+
+// The last n of a pass's n_total rows: views of its inputs (each row's
+// entries are contiguous in them, so the views are too).
+static layer_rows last_rows(ggml_context * ctx0, const hparams & hp, const forward_graph & g, int64_t n_total,
+                            int64_t n, ggml_tensor * mask) {
+    if (n == n_total) {
+        return all_rows(g, n, mask);
+    }
+    const int64_t skip = n_total - n;
+    layer_rows rows;
+    rows.n         = n;
+    rows.positions = ggml_view_1d(ctx0, g.positions, n, size_t(skip) * g.positions->nb[0]);
+    rows.k_idx     = ggml_view_1d(ctx0, g.k_idx, n, size_t(skip) * g.k_idx->nb[0]);
+    rows.v_idx     = g.v_idx == g.k_idx ? rows.k_idx
+                                        : ggml_view_1d(ctx0, g.v_idx, n * hp.n_embd_kv(),
+                                                       size_t(skip * hp.n_embd_kv()) * g.v_idx->nb[0]);
+    rows.mask      = ggml_view_2d(ctx0, mask, mask->ne[0], n, mask->nb[1], size_t(skip) * mask->nb[1]);
+    return rows;
+}
+
+// Self-attention with weights L over layer il of the cache for `rows`;
+// writes their K/V first.
 static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const layer_weights & L,
                                const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
-                               const forward_graph & g, ggml_tensor * kq_mask, ggml_tensor * cur /* [n_embd, n_tokens] */) {
+                               const layer_rows & rows, ggml_tensor * cur /* [n_embd, rows.n] */) {
     const hparams & hp = m.hp;
-    const int64_t   n  = plan.n_tokens;
-    const qkv_heads h  = project_qkv(ctx0, m, L, r, g.positions, n, cur, /*want_q=*/true, plan.as_steps);
-    store_kv(ctx0, gf, hp, kv, il, g, n, h);
-    return product(ctx0, m, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, kq_mask, h.q, n, plan.as_steps),
+    const int64_t   n  = rows.n;
+    const qkv_heads h  = project_qkv(ctx0, m, L, r, rows.positions, n, cur, /*want_q=*/true, plan.as_steps);
+    store_kv(ctx0, gf, hp, kv, il, rows.k_idx, rows.v_idx, n, h.k, h.v);
+    return product(ctx0, m, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, rows.mask, h.q, n, plan.as_steps),
                    plan.as_steps);  // [n_embd, n]
 }
 
@@ -287,9 +322,29 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         }
     }
 
-    ggml_tensor * x;                                                 // [n_embd, n] residual stream
+    // rows entering late (exact early exit): they join the residual stream
+    // at their entry layers, in front of the rows already in it
+    const int64_t n_late = int64_t(plan.entry_layers.size());
+    if (n_late > 0) {
+        if (plan.layer_begin != 0 || n_late >= n || plan.save_state || plan.fill_kv || plan.trace ||
+            plan.n_cand > 0 || plan.n_logits != int(n) || (plan.hidden_layer >= 0 && plan.hidden_layer != plan.layer_end)) {
+            fail(SPECEE_STATUS_INTERNAL, "a pass with late rows starts at layer 0 and keeps every row's output only");
+        }
+        for (int64_t i = 0; i < n_late; i++) {
+            const int32_t e = plan.entry_layers[size_t(i)];
+            if (e < 1 || e >= plan.layer_end || (i > 0 && e > plan.entry_layers[size_t(i - 1)])) {
+                fail(SPECEE_STATUS_INTERNAL, "late rows enter at layers in [1, %d) that never rise", plan.layer_end);
+            }
+        }
+        g.entry_states = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n_late);
+        ggml_set_name(g.entry_states, "inp_entry_states");
+        ggml_set_input(g.entry_states);
+    }
+    int64_t n_rows = n - n_late;                                     // rows in the residual stream
+
+    ggml_tensor * x;                                                 // [n_embd, n_rows] residual stream
     if (plan.layer_begin == 0) {
-        g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n);
+        g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_rows);
         ggml_set_name(g.tokens, "inp_tokens");
         ggml_set_input(g.tokens);
         x = ggml_get_rows(ctx0, m.tok_embd, g.tokens);
@@ -311,7 +366,6 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     const bool last_only = plan.n_logits == 1 && n > 1 && !plan.save_state &&
                            plan.layer_end == hp.n_layer && plan.hidden_layer != hp.n_layer;
     const int  last_only_from = last_only ? hp.n_layer - 1 : -1;
-    int64_t    n_rows = n;
 
     ggml_tensor * cand_rows = nullptr;  // [n_embd, n_cand] lm_head rows of the candidates
     if (plan.n_cand > 0) {
@@ -342,11 +396,22 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             g.cand_logits_prev = mark_output(
                 g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x), "cand_logits_prev");
         }
-        const layer_weights & L = m.layer(il, n);
+        int64_t joining = 0;  // late rows whose entry layer this is
+        while (n_rows + joining < n && plan.entry_layers[size_t(n - n_rows - joining - 1)] == il) {
+            joining++;
+        }
+        if (joining > 0) {
+            ggml_tensor * states = ggml_view_2d(ctx0, g.entry_states, hp.n_embd, joining, g.entry_states->nb[1],
+                                                size_t(n - n_rows - joining) * g.entry_states->nb[1]);
+            x      = ggml_concat(ctx0, states, x, 1);
+            n_rows += joining;
+            layer_input = x;
+        }
+        const layer_weights & L = m.layer(il, n_rows);
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, g, mask, cur);
+        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, last_rows(ctx0, hp, g, n, n_rows, mask), cur);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
@@ -433,7 +498,7 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     // ---- one decoder layer ----
     const layer_weights & L = d.layer;
     ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
-    cur = attention(ctx0, g.gf, m, L, draft_rope(hp), kv, 0, plan, g, mask, cur);
+    cur = attention(ctx0, g.gf, m, L, draft_rope(hp), kv, 0, plan, all_rows(g, n, mask), cur);
     x   = ggml_add(ctx0, x, cur);
     cur = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
     x   = ggml_add(ctx0, x, cur);

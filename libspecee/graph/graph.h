@@ -31,6 +31,14 @@ struct forward_plan {
                                     // from `state` (the hidden state an early exit stopped at)
     bool     as_steps     = false;  // every row computed as a one-token step would (graph_parts.h product):
                                     // verified drafts see exactly plain decoding's numbers
+    // Rows that enter the pass late (exact early exit, docs/exact-specee.md):
+    // row i < entry_layers.size() starts at layer entry_layers[i] from
+    // forward_graph::entry_states, the hidden state its early exit stopped
+    // at; the other rows start at layer_begin (0) from their tokens. Entry
+    // layers never rise along the rows, so the rows a layer computes are
+    // always the last ones of the pass; the others' K/V at that layer are
+    // in the cache already.
+    std::vector<int32_t> entry_layers;
 
     // Same graph shape (positions, tokens and masks are inputs, so a graph
     // built for one plan runs another of the same shape).
@@ -38,7 +46,8 @@ struct forward_plan {
         return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
                layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
                hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand &&
-               fill_kv == o.fill_kv && trace == o.trace && as_steps == o.as_steps;
+               fill_kv == o.fill_kv && trace == o.trace && as_steps == o.as_steps &&
+               entry_layers == o.entry_layers;
     }
 };
 
@@ -51,12 +60,13 @@ struct forward_graph {
     ggml_cgraph * gf = nullptr;
 
     // inputs, to be filled after allocation
-    ggml_tensor * tokens = nullptr;             // [n_tokens] I32 (only when layer_begin == 0)
+    ggml_tensor * tokens = nullptr;             // [n_tokens - late rows] I32 (only when layer_begin == 0)
     ggml_tensor * positions = nullptr;          // [n_tokens] I32
     ggml_tensor * k_idx = nullptr;              // [n_tokens] I64: the cells this batch writes
     ggml_tensor * v_idx = nullptr;              // [n_embd_kv * n_tokens] I64 if V is transposed, else == k_idx
     ggml_tensor * cand_ids = nullptr;           // [n_cand] I32
     ggml_tensor * features = nullptr;           // [n_embd, n_tokens] F32 (draft head graphs)
+    ggml_tensor * entry_states = nullptr;       // [n_embd, entry_layers.size()] F32: late rows' hidden states
     std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
     std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
     std::vector<int>           mask_of_layer;   // assign_masks() at build time

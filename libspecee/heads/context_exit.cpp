@@ -10,6 +10,7 @@
 namespace specee {
 
 void context::set_heads(const heads * h) {
+    require_no_pending_exit();
     early_exit_.attached = h;
     early_exit_.predictor_layers.clear();
     draft_.kv.reset();
@@ -43,6 +44,12 @@ void context::set_heads(const heads * h) {
 void context::set_exit_params(const exit_params & p) {
     if (!(p.threshold >= 0.0f && p.threshold <= 1.0f)) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "threshold %g is outside [0, 1]", double(p.threshold));
+    }
+    if (p.exact && (p.fill_kv || p.full_depth)) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "exact early exit takes neither fill_kv (approximate K/V) nor full_depth");
+    }
+    if (p.exact != early_exit_.params.exact) {
+        require_no_pending_exit();
     }
     early_exit_.params = p;
     early_exit_.schedule.use_offline = p.use_offline;
@@ -225,6 +232,16 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             if (out_full) {
                 *out_full = -1;
             }
+            if (early_exit_.params.exact) {
+                // the chosen token is a draft: verify_exit runs this token's
+                // remaining layers from here, beside it
+                pending_exit & pe = early_exit_.pending;
+                pe.state.resize(size_t(hp.n_embd));
+                ggml_backend_tensor_get(state_, pe.state.data(), 0, pe.state.size() * sizeof(float));
+                pe.token = token;
+                pe.pos   = pos;
+                pe.layer = done;
+            }
             if (early_exit_.params.fill_kv) {
                 plan.layer_begin = done;
                 plan.layer_end   = hp.n_layer;
@@ -243,10 +260,12 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         kv_.truncate(pos);  // this position never happened
         logits_.clear();
         n_outputs_ = 0;
+        early_exit_.pending = pending_exit();
         throw;
     }
 
-    // layers after the exit never computed this token's K/V: their masks hide it
+    // layers after the exit never computed this token's K/V: their masks hide
+    // it (lossy), or its verification computes it (exact)
     kv_.commit(pos, 1, done);
     early_exit_.last_exit_layer = exit_layers;
     early_exit_.stats.n_steps++;
@@ -257,8 +276,9 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     }
     early_exit_.stats.n_draft_top1 += chosen == cands[0];
     early_exit_.stats.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
-    if (has_draft()) {
+    if (has_draft() && !early_exit_.pending.active()) {
         // the draft's next guess, from this step's feature and chosen token
+        // (after an exact exit, the verification's full-depth features feed it)
         draft_.next_cands = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
     }
     return chosen;

@@ -19,6 +19,18 @@ struct exit_params {
     bool  full_depth  = false;  // also run every layer and report the full model's token
     bool  fill_kv     = false;  // give skipped layers K/V projected from the exit hidden state
     bool  verify_full = true;   // on a fire, the full-vocabulary argmax must be a candidate
+    bool  exact       = false;  // an exit's token is a draft: verify_exit completes the exited
+                                // token's layers beside it (docs/exact-specee.md)
+};
+
+// An exact early exit waiting for its verification: the token that exited,
+// where, and the hidden state it stopped at.
+struct pending_exit {
+    int32_t            token = -1;  // -1: none
+    uint32_t           pos   = 0;
+    int32_t            layer = 0;   // layers it computed; its own row enters the verification pass here
+    std::vector<float> state;       // [n_embd] residual stream after those layers
+    bool active() const { return token >= 0; }
 };
 
 struct exit_stats {
@@ -33,6 +45,7 @@ struct early_exit_state {
     exit_schedule        schedule;
     exit_stats           stats;
     int32_t              last_exit_layer = -1;
+    pending_exit         pending;              // exact mode, between an exit and its verify_exit
     std::vector<int32_t> last_check_layers;    // the last step's checks, in order
     std::vector<float>   last_check_features;  // [n checks, 3 n_cand] of them
     std::vector<int32_t> trace_argmax;         // [n_layer] of the last trace step

@@ -166,6 +166,7 @@ uint32_t context::padded_n_kv(uint32_t n_used) const {
 
 void context::check_tokens(const int32_t * tokens, int32_t n) const {
     require_no_tree();
+    require_no_pending_exit();
     if (tokens == nullptr || n <= 0) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "empty input: at least one token is needed");
     }
@@ -324,7 +325,8 @@ context::graph_slot & context::slot_for(const forward_plan & plan, bool & reuse)
 }
 
 void context::compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv,
-                      const int32_t * tokens, const int32_t * cands, const float * features) {
+                      const int32_t * tokens, const int32_t * cands, const float * features,
+                      const float * entry_states) {
     // ---- inputs ----
     const uint32_t n = plan.n_tokens;
     // a tree's rows from `first` on are this pass's tokens (a draft tree's earlier rows are cached)
@@ -344,7 +346,12 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
         set_input(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
     }
     if (g.tokens) {
-        set_input(g.tokens, tokens, 0, n * sizeof(int32_t));
+        // rows entering late (plan.entry_layers) come first and have no token input
+        const size_t n_with_tokens = size_t(ggml_nelements(g.tokens));
+        set_input(g.tokens, tokens + (n - n_with_tokens), 0, n_with_tokens * sizeof(int32_t));
+    }
+    if (g.entry_states) {
+        set_input(g.entry_states, entry_states, 0, size_t(ggml_nbytes(g.entry_states)));
     }
     if (g.features) {
         set_input(g.features, features, 0, n * size_t(model_.hp.n_embd) * sizeof(float));
@@ -374,7 +381,8 @@ void context::compute(const forward_graph & g, const forward_plan & plan, const 
 
 }
 
-void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands) {
+void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands,
+                  const float * entry_states) {
     const int64_t t_start = ggml_time_us();
     bool reuse = false;
     graph_slot & slot = slot_for(plan, reuse);
@@ -384,7 +392,7 @@ void context::run(const int32_t * tokens, const forward_plan & plan, const int32
     slot.last_used = ++n_runs_;
     const forward_graph & g = slot.g;
 
-    compute(g, plan, kv_, tokens, cands, nullptr);
+    compute(g, plan, kv_, tokens, cands, nullptr, entry_states);
 
     // ---- outputs ----
     if (g.logits) {
@@ -458,6 +466,9 @@ void context::truncate(uint32_t n_past) {
     tree_ = token_tree();
     if (n_past > kv_.n_past()) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
+    }
+    if (early_exit_.pending.active() && n_past <= early_exit_.pending.pos) {
+        early_exit_.pending = pending_exit();  // the exited token goes: nothing waits for verification
     }
     kv_.truncate(n_past);
     if (draft_.kv) {

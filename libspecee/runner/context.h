@@ -55,6 +55,15 @@ public:
     // full_depth, *out_full receives the full model's token (else -1).
     int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
     int32_t last_exit_layer() const { return early_exit_.last_exit_layer; }
+    // Exact early exit (exit_params::exact; context_exit_verify.cpp): after a
+    // step that exited, one pass completes the exited token's remaining layers
+    // from its exit state beside `draft` (the token the exit chose) at the next
+    // position, with both rows' full-depth logits (row 0: what follows the
+    // exited token, to check `draft` against; row 1: what follows `draft`).
+    // Both positions are then cached at every layer; on a miss the caller
+    // truncates `draft`'s position away.
+    void verify_exit(int32_t draft);
+    bool exit_pending() const { return early_exit_.pending.active(); }
     // A full-depth step that records, after every layer, the candidates'
     // logits ([n_layer, n_cand] into cand_logits) and the full-vocabulary
     // argmax ([n_layer] into layer_argmax): the predictors' training data.
@@ -166,12 +175,15 @@ private:
     token_tree         tree_;
     const token_tree * laying_out_ = nullptr;  // during decode_tree's pass: compute() takes positions and masks from it
     void require_no_tree() const;
+    void require_no_pending_exit() const;  // nothing but verify_exit or truncate runs while an exit waits
 
-    // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end).
-    void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr);
+    // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end);
+    // entry_states: [n_embd, plan.entry_layers.size()], the late rows' hidden states.
+    void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr,
+             const float * entry_states = nullptr);
     // Fills a built graph's inputs and computes it.
     void compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv, const int32_t * tokens,
-                 const int32_t * cands, const float * features);
+                 const int32_t * cands, const float * features, const float * entry_states = nullptr);
     void check_tokens(const int32_t * tokens, int32_t n) const;
     void clear_outputs();                           // logits and hidden states of the last call
     void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)

@@ -411,11 +411,11 @@ class Context(_Handle):
         self._check(lib.specee_get_exit_params(self.ptr, out))
         return {"threshold": float(out.threshold), "use_offline": bool(out.use_offline),
                 "use_online": bool(out.use_online), "full_depth": bool(out.full_depth),
-                "fill_kv": bool(out.fill_kv), "verify_full": bool(out.verify_full)}
+                "fill_kv": bool(out.fill_kv), "verify_full": bool(out.verify_full), "exact": bool(out.exact)}
 
     def set_exit_params(self, **changes) -> None:
         """Change any of threshold, use_offline, use_online, full_depth,
-        fill_kv, verify_full (see struct specee_exit_params)."""
+        fill_kv, verify_full, exact (see struct specee_exit_params)."""
         params = self.exit_params()
         unknown = set(changes) - set(params)
         if unknown:
@@ -431,6 +431,13 @@ class Context(_Handle):
         self._check(lib.specee_decode_with_candidates(self.ptr, int(token), ffi.from_buffer("int32_t[]", cands),
                                                       len(cands), out))
         return Step(int(out.token), int(out.exit_layer), int(out.full_token), [int(out.next[i]) for i in range(out.n_next)])
+
+    def verify_exit(self, draft: int) -> None:
+        """Exact early exit: after a step that exited (exit params `exact`),
+        completes the exited token's layers beside `draft` at the next
+        position; logits(0) then checks `draft`, logits(1) follows it
+        (specee_verify_exit). On a miss, truncate(n_past - 1)."""
+        self._check(lib.specee_verify_exit(self.ptr, int(draft)))
 
     def trace_step(self, token: int, candidates: Sequence[int]) -> tuple[Step, np.ndarray, np.ndarray]:
         """A full-depth step that also returns, after every layer, the
