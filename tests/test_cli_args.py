@@ -58,9 +58,14 @@ def test_generate_refuses_a_missing_prompt_file(capsys, no_model_load):
     assert msg.endswith("argument --prompt-file: no such file: 'no/such/prompt.txt'")
 
 
-def test_generate_refuses_sampling_with_candidate_verification(capsys, no_model_load):
-    assert cli.main(GENERATE + ["--mode", "specee", "--temp", "0.7", "--verify", "candidates"]) == 1
+def test_generate_refuses_lossy_sampling_with_candidate_verification(capsys, no_model_load):
+    assert cli.main(GENERATE + ["--mode", "specee", "--lossy", "--temp", "0.7", "--verify", "candidates"]) == 1
     assert "--verify full or --temp 0" in capsys.readouterr().err
+
+
+def test_generate_refuses_lossy_outside_the_specee_mode(capsys, no_model_load):
+    assert cli.main(GENERATE + ["--mode", "vanilla", "--lossy"]) == 1
+    assert "lossy goes with the specee mode only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

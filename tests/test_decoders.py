@@ -35,17 +35,21 @@ def test_every_mode_decodes_plain_greedy_tokens_through_one_loop(tiny6_heads, mo
         assert got.n_decode_steps == len(got.tokens) - 1
 
 
-def test_sampling_with_early_exit_verifies_fully_unless_told_otherwise(tiny6_heads):
+def test_lossy_sampling_with_early_exit_verifies_fully_unless_told_otherwise(tiny6_heads):
     path, heads = tiny6_heads
     sampled = Sampler(temperature=0.7, seed=1)
     with Model(path) as m, Heads(m, heads["always"]) as h, m.context(n_ctx=64) as ctx:
-        open_decoder(ctx, "specee", Sampler(), heads=h, verify="candidates")
-        assert ctx.exit_params()["verify_full"] is False
+        open_decoder(ctx, "specee", Sampler(), heads=h, verify="candidates", lossy=True)
+        assert ctx.exit_params()["verify_full"] is False and ctx.exit_params()["exact"] is False
         ctx.truncate(0)
-        open_decoder(ctx, "specee", sampled, heads=h)  # the same heads, sampling: full verification
+        open_decoder(ctx, "specee", sampled, heads=h, lossy=True)  # the same heads, sampling: full verification
         assert ctx.exit_params()["verify_full"] is True
         with pytest.raises(InvalidArgumentError, match="use --verify full or --temp 0"):
-            open_decoder(ctx, "specee", sampled, heads=h, verify="candidates")
+            open_decoder(ctx, "specee", sampled, heads=h, verify="candidates", lossy=True)
+        # exact: the draft is a point mass the full model checks, no exit logits needed
+        ctx.truncate(0)
+        open_decoder(ctx, "specee", sampled, heads=h, verify="candidates")
+        assert ctx.exit_params()["verify_full"] is False and ctx.exit_params()["exact"] is True
 
 
 def test_modes_refuse_what_they_cannot_run(tiny6_heads):

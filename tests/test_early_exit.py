@@ -303,7 +303,10 @@ def test_candidate_only_verification_exits_with_the_best_candidate(tiny6, tmp_pa
             assert ctx.logits().shape == (m.n_vocab,)
 
 
-def test_sampling_needs_full_verification(tiny6, tmp_path):
+def test_lossy_sampling_needs_full_verification(tiny6, tmp_path):
+    """The lossy exit samples from the exit layer's logits, which verification
+    by candidates never computes; the exact exit needs none (its draft is a
+    point mass the full model checks)."""
     from specee.decoding.early_exit import generate_specee
     from specee.decoding.sampling import Sampler
 
@@ -312,8 +315,12 @@ def test_sampling_needs_full_verification(tiny6, tmp_path):
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False)
         with pytest.raises(InvalidArgumentError, match="verify_full"):
-            generate_specee(ctx, PROMPT, 4, heads.n_candidates, sampler=Sampler(temperature=0.8, seed=1))
-        assert len(generate_specee(ctx, PROMPT, 4, heads.n_candidates).tokens) == 4
+            generate_specee(ctx, PROMPT, 4, heads.n_candidates, sampler=Sampler(temperature=0.8, seed=1),
+                            exact=False)
+        assert len(generate_specee(ctx, PROMPT, 4, heads.n_candidates, exact=False).tokens) == 4
+        ctx.truncate(0)
+        sampled = generate_specee(ctx, PROMPT, 4, heads.n_candidates, sampler=Sampler(temperature=0.8, seed=1))
+        assert len(sampled.tokens) == 4 and sampled.extra["exit_drafts_verified"] > 0
 
 
 def test_graphs_rebuilt_in_place_across_varied_exits(tiny_model_factory, tmp_path):

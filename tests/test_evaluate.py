@@ -68,9 +68,10 @@ def test_eval_threshold_modes_differ(tiny_with_heads, tmp_path):
     heads = tmp_path / "half.gguf"
     with Model(path) as m:
         write_heads(heads, m, {l: constant_predictor(0.0) for l in range(3)}, exit_layers=[0, 1, 2])
-    res = evaluate(path, ["mtbench"], ["vanilla", "specee@0.4", "specee@0.6"], heads_path=heads, limit=2,
-                   n_predict=8, threads=1, n_ctx=512, progress=False, dataset_paths=PATHS)
-    low, high = res["datasets"]["mtbench"]["specee@0.4"], res["datasets"]["mtbench"]["specee@0.6"]
+    res = evaluate(path, ["mtbench"], ["vanilla", "specee-lossy@0.4", "specee-lossy@0.6", "specee@0.4"],
+                   heads_path=heads, limit=2, n_predict=8, threads=1, n_ctx=512, progress=False,
+                   dataset_paths=PATHS)
+    low, high = res["datasets"]["mtbench"]["specee-lossy@0.4"], res["datasets"]["mtbench"]["specee-lossy@0.6"]
     assert high["exit_ratio"] == 0 and high["teacher_forced_agreement"] == 1.0
     assert high["exit_layer_histogram"][-1] == sum(high["exit_layer_histogram"]) > 0
     assert low["mean_exit_layer"] < high["mean_exit_layer"]

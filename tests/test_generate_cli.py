@@ -147,7 +147,7 @@ def test_prompt_lookup_candidates():
 def test_cli_specee_mode_json(tiny6_heads, capsys):
     path, heads = tiny6_heads
     rc = cli.main(["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "8", "--json",
-                   "--mode", "specee", "--heads", str(heads["always"])])
+                   "--mode", "specee", "--lossy", "--heads", str(heads["always"])])
     assert rc == 0
     record = json.loads(capsys.readouterr().out)
     for key in ("mean_exit_layer", "exit_ratio", "exit_layers", "false_exit_checks", "draft_top1", "draft_topk"):
@@ -161,7 +161,7 @@ def test_cli_specee_mode_json(tiny6_heads, capsys):
 def test_cli_specee_candidate_verification(tiny6_heads, capsys):
     path, heads = tiny6_heads
     args = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "8", "--json", "--mode", "specee",
-            "--heads", str(heads["always"]), "--temp", "0"]
+            "--lossy", "--heads", str(heads["always"]), "--temp", "0"]
     assert cli.main(args + ["--verify", "candidates"]) == 0
     record = json.loads(capsys.readouterr().out)
     # always-firing predictors now exit on every step (offline layer 4, then online ones around it)
@@ -169,3 +169,22 @@ def test_cli_specee_candidate_verification(tiny6_heads, capsys):
     assert all(layer < 6 for layer in record["exit_layers"]) and record["false_exit_checks"] == 0
     assert cli.main(args + ["--verify", "candidates", "--temp", "0.7"]) == 1
     assert "use --verify full or --temp 0" in capsys.readouterr().err
+
+
+def test_cli_specee_mode_is_exact_by_default(tiny6_heads, capsys):
+    """Always-firing predictors with candidates that are mostly wrong: the
+    default specee mode still writes vanilla's tokens (its exits are drafts
+    the remaining layers check); --lossy writes others and says so."""
+    path, heads = tiny6_heads
+    base = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "24", "--json", "--temp", "0"]
+    runs = {}
+    for name, extra in (("vanilla", ["--mode", "vanilla"]),
+                        ("exact", ["--mode", "specee", "--heads", str(heads["always"]), "--verify", "candidates"]),
+                        ("lossy", ["--mode", "specee", "--lossy", "--heads", str(heads["always"]),
+                                   "--verify", "candidates"])):
+        assert cli.main(base + extra) == 0
+        runs[name] = json.loads(capsys.readouterr().out)
+    assert runs["exact"]["tokens"] == runs["vanilla"]["tokens"]
+    assert runs["exact"]["exact"] is True and runs["exact"]["exit_drafts_verified"] > 0
+    assert runs["exact"]["exit_drafts_accepted"] < runs["exact"]["exit_drafts_verified"]  # misses happened
+    assert runs["lossy"]["exact"] is False and runs["lossy"]["tokens"] != runs["vanilla"]["tokens"]

@@ -378,9 +378,11 @@ BAD = [
     (CHAT, {"messages": HELLO, "specee": {"mode": "turbo"}}, "specee.mode"),
     (CHAT, {"messages": HELLO, "specee": {"speed": 1}}, "specee.speed"),
     (CHAT, {"messages": HELLO, "specee": {"mode": "specee", "threshold": 2}}, "specee.threshold"),
-    # sampling draws from full-vocabulary logits: asking for verification by candidates is refused, as in the CLI
-    (CHAT, {"messages": HELLO, "temperature": 0.7, "specee": {"mode": "specee", "verify": "candidates"}},
-     "specee.verify"),
+    # lossy sampling draws from full-vocabulary logits: asking for verification by candidates is refused,
+    # as in the CLI
+    (CHAT, {"messages": HELLO, "temperature": 0.7,
+            "specee": {"mode": "specee", "lossy": True, "verify": "candidates"}}, "specee.verify"),
+    (CHAT, {"messages": HELLO, "specee": {"mode": "specee", "lossy": "yes"}}, "specee.lossy"),
     (CHAT, {"messages": [{"role": "user", "content": "word " * CTX}]}, "messages"),
     (COMPLETIONS, {"prompt": ""}, "prompt"),
     (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),

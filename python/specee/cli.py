@@ -71,7 +71,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
-    check_mode(args.mode, sampler.greedy, args.verify)
+    check_mode(args.mode, sampler.greedy, args.verify, args.lossy)
     if args.mode != "speculative" and (args.draft is not None or args.draft_max is not None):
         raise SystemExit("specee: --draft and --draft-max go with --mode speculative")
     text = _read_prompt(args)
@@ -98,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path, ctx=ctx,
                                    heads_path=args.heads)
         decoder = open_decoder(ctx, args.mode, sampler, heads=heads, threshold=args.threshold, verify=args.verify,
-                               drafter=drafter, draft_max=args.draft_max)
+                               drafter=drafter, draft_max=args.draft_max, lossy=args.lossy)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_path=model_path, model_id=args.model if args.model in known_models() else model_path.stem,
         parallel=args.parallel, queue=args.queue, ctx_size=args.ctx_size, threads=args.threads,
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
-        threshold=args.threshold, verify=args.verify, draft=args.draft, draft_max=args.draft_max,
+        threshold=args.threshold, verify=args.verify, lossy=args.lossy, draft=args.draft, draft_max=args.draft_max,
         max_tokens_limit=args.max_tokens_limit, batching=not args.no_batching, amx_decode=args.amx_decode,
         kernels=args.kernels)
     config.check()
@@ -330,8 +330,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ---- parser ------------------------------------------------------------------------
 
 VERIFY_HELP = ("on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate (full), or "
-               "exit with the best candidate and skip that pass (candidates: faster, greedy only); default: what "
-               "the head file says")
+               "exit with the best candidate and skip that pass (candidates: faster; with --lossy, greedy only); "
+               "default: what the head file says")
+LOSSY_HELP = ("with --mode specee: the paper's early exit, whose tokens are emitted as the exit layer picks them "
+              "(faster where exits are right, but the output may differ from the model's). Default: exact, every "
+              "exit's token is a draft the remaining layers check, so the output is plain decoding's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
     g.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
+    g.add_argument("--lossy", action="store_true", help=LOSSY_HELP)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("rpc-server", help="serve this machine's CPU to `specee generate --rpc` (ggml RPC)",
@@ -427,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SpecEE head file (default: the heads that ship for the model, if any)")
     s.add_argument("--threshold", type=THRESHOLD.arg, help="predictor threshold in [0, 1] (default: the head file's)")
     s.add_argument("--verify", choices=["full", "candidates"], help=VERIFY_HELP)
+    s.add_argument("--lossy", action="store_true",
+                   help="with --mode specee: the paper's lossy early exit by default (a request may choose "
+                        "with {\"specee\": {\"lossy\": ...}}); default exact")
     s.add_argument("--max-tokens-limit", type=int, default=1024,
                    help="the most tokens one request may generate (default 1024; also the default max_tokens)")
     s.set_defaults(func=cmd_serve)

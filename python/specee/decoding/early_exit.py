@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from ..engine import Context, InvalidArgumentError
 from .decoders import decode
-from .steps import GenerationResult, pick
+from .steps import GenerationResult, decode_one_token, pick
+from .speculative.verify import check_point_draft
 from .speculative.ngram_index import NgramIndex
 from ..ranges import COUNT, THRESHOLD
 from .sampling import Sampler
@@ -93,26 +94,36 @@ def attach_heads(ctx: Context, heads, threshold: Optional[float] = None, verify_
 
 
 class EarlyExitDecoder:
-    """SpecEE's early exit (docs/design.md#exit-verification), one token a
-    step: the context has heads attached; candidates come from their draft
-    head when they have one and no `source` is given, else from `source`
-    (prompt lookup by default). With sampling, the token is drawn from the
-    logits of the layer the step stopped at."""
+    """SpecEE's early exit (docs/design.md#exit-verification): the context
+    has heads attached; candidates come from their draft head when they have
+    one and no `source` is given, else from `source` (prompt lookup by
+    default).
+
+    exact (the default): a token the predictors exit on is a draft; the next
+    pass runs its remaining layers beside the token after it and checks it
+    against full depth (docs/exact-specee.md), so the output is plain
+    decoding's: greedy token for token, sampled in distribution (a draft is
+    accepted with chance p(draft), speculative sampling for a point mass).
+    lossy (exact=False): the paper's early exit, whose token is emitted as
+    it is; with sampling it is drawn from the exit layer's logits."""
 
     mode = "specee"
     batchable = False
 
-    def __init__(self, ctx: Context, sampler: Sampler, k: int, source: Optional[CandidateSource] = None):
+    def __init__(self, ctx: Context, sampler: Sampler, k: int, source: Optional[CandidateSource] = None,
+                 exact: bool = True):
         if ctx.heads is None:
             raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
         COUNT.check("k (candidates per step)", k)
-        self.ctx, self.sampler, self.k = ctx, sampler, k
+        self.ctx, self.sampler, self.k, self.exact = ctx, sampler, k, exact
+        ctx.set_exit_params(exact=exact)
         self.use_draft = ctx.heads.has_draft and source is None
         self.source = source or PromptLookup()
         self.history: list[int] = []
         self.exit_layers: list[int] = []
         self.next_cands: Optional[list[int]] = None
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
+        self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
 
     def first(self, prompt: Sequence[int]) -> int:
         self.ctx.reset_exit_stats()
@@ -123,8 +134,12 @@ class EarlyExitDecoder:
 
     def step(self, token: int, room: int) -> list[int]:
         ctx = self.ctx
+        if self.exact and ctx.n_past + 2 > ctx.n_ctx:
+            # no cell left for an exit's draft beside it: a plain step
+            self.next_cands = None
+            return self._emit([decode_one_token(ctx, token, self.sampler)])
         if self.use_draft:
-            # the draft head catches up on the prompt at the first step
+            # the draft head catches up on the prompt (and after a verification) here
             cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
         else:
             t0 = time.perf_counter()
@@ -132,18 +147,47 @@ class EarlyExitDecoder:
             self.t_draft += time.perf_counter() - t0
         step = ctx.decode_with_candidates(token, cands)
         self.next_cands = step.next
+        self.exit_layers.append(step.exit_layer)
+        if self.exact and step.exit_layer < ctx.model.n_layer:
+            return self._emit(self._verify(step.token, room))
         # with sampling, the draft head has already stepped on the exit layer's
         # argmax; its next guesses then condition on that token (a known
         # approximation: candidates are only guesses, the output stays exact)
-        nxt = step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())
-        self.exit_layers.append(step.exit_layer)
-        self.history.append(nxt)
-        return [nxt]
+        return self._emit([step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())])
+
+    def _verify(self, draft: int, room: int) -> list[int]:
+        """The exit's token is a draft: one pass completes the exited token
+        beside it; returns the verified tokens (the draft and the token after
+        it, or full depth's token in its place)."""
+        ctx, sampler = self.ctx, self.sampler
+        ctx.verify_exit(draft)
+        self.next_cands = None  # the draft head syncs on the verified tokens' full-depth features
+        self.n_verified += 1
+        if sampler.greedy:
+            first = ctx.argmax(0)
+            accepted = first == draft
+        else:
+            accepted, first = check_point_draft(sampler, ctx.logits(0), draft)
+        if not accepted:
+            ctx.truncate(ctx.n_past - 1)  # the draft's position goes
+            return [first]
+        self.n_accepted += 1
+        if room < 2:
+            return [draft]  # the last token wanted: what follows it is not
+        return [draft, ctx.argmax(1) if sampler.greedy else sampler.sample(ctx.logits(1))]
+
+    def _emit(self, tokens: list[int]) -> list[int]:
+        self.history.extend(tokens)
+        return tokens
 
     def stats(self) -> dict:
         out = exit_stats_summary(self.ctx.exit_stats(), self.ctx.model.n_layer, self.exit_layers)
         out["draft"] = "draft head" if self.use_draft else type(self.source).__name__
         out["draft_s"] = round(self.t_draft, 6)  # outside the library; the draft head's time is in decode_s
+        out["exact"] = self.exact
+        if self.exact:
+            out["exit_drafts_verified"] = self.n_verified
+            out["exit_drafts_accepted"] = self.n_accepted
         return out
 
 
@@ -156,14 +200,17 @@ def generate_specee(
     sampler: Optional[Sampler] = None,
     stop_ids: Iterable[int] = (),
     on_token: Optional[Callable[[int], None]] = None,
+    exact: bool = True,
 ) -> GenerationResult:
     """Like plain.generate, with early exit: the context must have heads
-    attached (Context.set_heads). Sampling needs each step's
+    attached (Context.set_heads). exact (default): plain decoding's output;
+    exact=False is the paper's lossy exit, whose sampling needs each step's
     full-vocabulary logits (verify_full)."""
     sampler = sampler or Sampler()
-    decoder = EarlyExitDecoder(ctx, sampler, k, source)
-    if not sampler.greedy and not ctx.exit_params()["verify_full"]:
-        raise InvalidArgumentError("sampling needs each step's full-vocabulary logits: set verify_full=True")
+    if not exact and not sampler.greedy and not ctx.exit_params()["verify_full"]:
+        raise InvalidArgumentError("lossy early exit samples from each step's full-vocabulary logits: "
+                                   "set verify_full=True")
+    decoder = EarlyExitDecoder(ctx, sampler, k, source, exact=exact)
     result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
     log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", result.n_decode_steps,
              result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])

@@ -18,15 +18,17 @@ MODES = ("vanilla", "specee", "speculative")
 VERIFY = ("full", "candidates")
 
 
-def check_mode(mode: str, greedy: bool, verify: Optional[str] = None) -> None:
+def check_mode(mode: str, greedy: bool, verify: Optional[str] = None, lossy: bool = False) -> None:
     """Refuses a mode and settings that no decoder runs with, before anything
     loads (open_decoder asks again)."""
     if mode not in MODES:
         raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if verify is not None and verify not in VERIFY:
         raise InvalidArgumentError(f"verify must be one of {', '.join(VERIFY)}, not {verify!r}")
-    if mode == "specee" and not greedy and verify == "candidates":
-        raise InvalidArgumentError("sampling (temperature > 0) draws from each step's full-vocabulary logits, which "
+    if lossy and mode != "specee":
+        raise InvalidArgumentError("lossy goes with the specee mode only (the other modes are exact)")
+    if mode == "specee" and lossy and not greedy and verify == "candidates":
+        raise InvalidArgumentError("lossy early exit samples from each step's full-vocabulary logits, which "
                                    "verification by candidates skips: use --verify full or --temp 0 (in a request: "
                                    "specee.verify \"full\" or temperature 0)")
 
@@ -34,16 +36,18 @@ def check_mode(mode: str, greedy: bool, verify: Optional[str] = None) -> None:
 def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[Heads] = None,
                  threshold: Optional[float] = None, verify: Optional[str] = None,
                  drafter: Optional[Drafter] = None, draft_max: Optional[int] = None,
-                 curve: Optional[Callable[[Sequence[int]], CostCurve]] = None) -> Decoder:
+                 curve: Optional[Callable[[Sequence[int]], CostCurve]] = None, lossy: bool = False) -> Decoder:
     """A decoder for `mode` on `ctx`, whose cache is empty.
 
     vanilla: full depth. specee: early exit with `heads` (attached to `ctx`
     unless they already are; `threshold` and `verify` override their file's
-    settings; sampling draws from each step's full-vocabulary logits, so it
-    verifies fully unless `verify` says "candidates", which is refused).
+    settings): exact, an exit's token is a draft the rest of the model checks
+    (plain decoding's output), unless `lossy` (the paper's early exit, whose
+    sampling draws from each step's full-vocabulary logits, so it verifies
+    fully unless `verify` says "candidates", which is refused).
     speculative: drafts from `drafter`, at most `draft_max` a verification,
     priced by `curve(prompt)` (default: the cached batch cost curve)."""
-    check_mode(mode, sampler.greedy, verify)
+    check_mode(mode, sampler.greedy, verify, lossy)
     if mode == "vanilla":
         return PlainDecoder(ctx, sampler)
     if mode == "speculative":
@@ -56,8 +60,8 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     if ctx.heads is not heads:
         ctx.set_heads(heads)  # with their file's exit settings
     changes = {"threshold": threshold} if threshold is not None else {}
-    if verify is not None or not sampler.greedy:
+    if verify is not None or (lossy and not sampler.greedy):
         changes["verify_full"] = verify != "candidates"
     if changes:
         ctx.set_exit_params(**changes)
-    return EarlyExitDecoder(ctx, sampler, heads.n_candidates)
+    return EarlyExitDecoder(ctx, sampler, heads.n_candidates, exact=not lossy)

@@ -47,7 +47,7 @@ def _canvas_classes():
 def early_exit_modes(results: dict) -> list[str]:
     """The early-exit modes of a run, in the order they ran."""
     first = next(iter(results["datasets"].values()), {})
-    return [m for m in first if parse_mode(m)[0] == "specee"]
+    return [m for m in first if parse_mode(m)[0].startswith("specee")]
 
 
 def _pooled(results: dict, mode: str, key: str) -> Optional[float]:

@@ -77,12 +77,14 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
 
 
 def parse_mode(mode: str) -> tuple[str, Optional[float]]:
-    """"vanilla", "specee" (the head file's threshold, or --threshold),
-    "specee@T" (early exit at predictor threshold T) or "speculative"
+    """"vanilla", "specee" (exact early exit at the head file's threshold, or
+    --threshold), "specee@T" (at predictor threshold T), "specee-lossy" and
+    "specee-lossy@T" (the paper's lossy early exit) or "speculative"
     (lossless speculative decoding, drafter auto)."""
     kind, _, t = mode.partition("@")
-    if kind not in ("vanilla", "specee", "speculative") or (t and kind != "specee"):
-        raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD, speculative)")
+    if kind not in ("vanilla", "specee", "specee-lossy", "speculative") or (t and not kind.startswith("specee")):
+        raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD, specee-lossy, "
+                         "specee-lossy@THRESHOLD, speculative)")
     if not t:
         return kind, None
     try:
@@ -144,7 +146,7 @@ def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
     """Agreement of early exit with full depth for the same prefix, at every
     step of full-depth greedy decoding."""
     ctx.truncate(0)
-    ctx.set_exit_params(full_depth=True)
+    ctx.set_exit_params(full_depth=True, exact=False)  # each step's exit token beside full depth's
     try:
         ctx.prefill(prompt)
         token = ctx.argmax()
@@ -199,7 +201,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
     items an earlier run with the same settings logged there are not run
     again (their speeds were measured then)."""
     parsed = check_evaluation(datasets, modes, limit, n_predict, threads, n_ctx, threshold)
-    needs_heads = any(kind == "specee" for kind, _ in parsed.values())
+    needs_heads = any(kind.startswith("specee") for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
@@ -267,12 +269,12 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
     kind, mode_threshold = mode
     rec = {"exit_layers": [], "tf_agree": 0, "tf_steps": 0, "drafted": 0, "accepted": 0}
     with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
-        decoder = open_decoder(ctx, kind, Sampler(), heads=heads,
+        decoder = open_decoder(ctx, "specee" if kind.startswith("specee") else kind, Sampler(), heads=heads,
                                threshold=mode_threshold if mode_threshold is not None else threshold,
                                verify=None if verify_full is None else "full" if verify_full else "candidates",
-                               drafter=drafter)
+                               drafter=drafter, lossy=kind == "specee-lossy")
         g = decode(decoder, ctx, ids, n_predict, stop_ids=tok.eot_ids)
-        if kind == "specee":
+        if kind.startswith("specee"):
             out["verify_full"] = ctx.exit_params()["verify_full"]
             rec["exit_layers"] = [int(e) for e in g.extra["exit_layers"]]
             rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)

@@ -23,6 +23,7 @@ class ServerConfig:
     heads: Optional[Path] = None       # head file (default: the heads that ship for the model)
     threshold: Optional[float] = None  # predictor threshold (default: the head file's)
     verify: Optional[str] = None       # "full" or "candidates" (default: the head file's)
+    lossy: bool = False                # with mode specee: the paper's lossy early exit (default exact)
     draft: str = "lookup"              # the speculative mode's drafter (speculative.choice.parse_draft)
     draft_max: int = 8                 # most drafted tokens per verification
     max_tokens_limit: int = 1024       # the most tokens one request may ask for

@@ -70,7 +70,8 @@ def prepare(ctx: Context, served: Optional[ServedHeads], options: DecodeOptions,
         drafter = drafting.drafter(slot, ctx, heads)
     return open_decoder(ctx, options.mode, sampler, heads=heads, threshold=options.threshold, verify=options.verify,
                         drafter=drafter, draft_max=drafting.draft_max if drafting is not None else None,
-                        curve=(lambda prompt: drafting.curve(ctx, prompt)) if drafting is not None else None)
+                        curve=(lambda prompt: drafting.curve(ctx, prompt)) if drafting is not None else None,
+                        lossy=options.lossy)
 
 
 def response_stats(decoder: Decoder) -> dict:

@@ -62,6 +62,7 @@ class DecodeOptions:
     mode: str = "vanilla"
     threshold: Optional[float] = None
     verify: Optional[str] = None
+    lossy: bool = False  # the specee mode's paper early exit (the output may differ from the model's)
 
 
 @dataclass
@@ -169,17 +170,17 @@ def _max_tokens(body: dict, limit: int) -> int:
     return a if a is not None else b if b is not None else limit
 
 
-def _extension(body: dict, config: ServerConfig) -> tuple[str, Optional[float], Optional[str]]:
-    """The "specee" field: {"mode", "threshold", "verify"}, each overriding the server's flag."""
+def _extension(body: dict, config: ServerConfig) -> tuple[str, Optional[float], Optional[str], bool]:
+    """The "specee" field: {"mode", "threshold", "verify", "lossy"}, each overriding the server's flag."""
     ext = body.get("specee")
     if ext is None:
-        return config.mode, config.threshold, config.verify
+        return config.mode, config.threshold, config.verify, config.lossy
     if not isinstance(ext, dict):
-        raise bad_request("specee", "'specee' must be an object with optional 'mode', 'threshold', 'verify'")
-    unknown = sorted(set(ext) - {"mode", "threshold", "verify"})
+        raise bad_request("specee", "'specee' must be an object with optional 'mode', 'threshold', 'verify', 'lossy'")
+    unknown = sorted(set(ext) - {"mode", "threshold", "verify", "lossy"})
     if unknown:
         raise bad_request(f"specee.{unknown[0]}", f"unknown field 'specee.{unknown[0]}' "
-                                                  "(allowed: mode, threshold, verify)")
+                                                  "(allowed: mode, threshold, verify, lossy)")
     mode = ext.get("mode", config.mode)
     if mode not in MODES:
         raise bad_request("specee.mode", f"'specee.mode' must be one of {', '.join(MODES)}, got {json.dumps(mode)}")
@@ -189,7 +190,8 @@ def _extension(body: dict, config: ServerConfig) -> tuple[str, Optional[float], 
     threshold = config.threshold
     if ext.get("threshold") is not None:
         threshold = _number(ext, "threshold", 0.0, 0.0, 1.0, param="specee.threshold")
-    return mode, threshold, verify
+    lossy = _boolean(ext, "lossy", config.lossy, param="specee.lossy") and mode == "specee"
+    return mode, threshold, verify, lossy
 
 
 def _options(body: dict, config: ServerConfig) -> DecodeOptions:
@@ -197,7 +199,7 @@ def _options(body: dict, config: ServerConfig) -> DecodeOptions:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("model", "'model' must be a string")
-    mode, threshold, verify = _extension(body, config)
+    mode, threshold, verify, lossy = _extension(body, config)
     options = DecodeOptions(
         max_tokens=_max_tokens(body, config.max_tokens_limit),
         # llama.cpp's defaults (llama-server's too); temperature 0 is greedy
@@ -207,13 +209,13 @@ def _options(body: dict, config: ServerConfig) -> DecodeOptions:
         min_p=_number(body, "min_p", 0.05, 0.0, 1.0),
         seed=_integer(body, "seed", None, 0, 2**64 - 1),
         stop=_stop(body),
-        mode=mode, threshold=threshold, verify=verify,
+        mode=mode, threshold=threshold, verify=verify, lossy=lossy,
     )
     greedy = options.temperature == 0.0 or options.top_k == 1
-    if not greedy and verify == "candidates":
+    if not greedy and verify == "candidates" and lossy:
         if "verify" in (body.get("specee") or {}):
             try:
-                check_mode(mode, greedy, verify)  # the request asked for it: refused, as everywhere
+                check_mode(mode, greedy, verify, lossy)  # the request asked for it: refused, as everywhere
             except InvalidArgumentError as e:
                 raise bad_request("specee.verify", str(e))
         options.verify = None  # the server's default: a sampled request verifies fully (open_decoder)

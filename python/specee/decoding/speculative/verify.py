@@ -74,6 +74,19 @@ def verify_sampled(ctx: Context, last: int, draft: Draft, sampler: Sampler) -> t
     return [draft.tokens[c] for c in path] + [_draw(p, rng)], path
 
 
+def check_point_draft(sampler: Sampler, logits: np.ndarray, draft: int) -> tuple[bool, int]:
+    """Speculative sampling for one draft token that was picked outright (q a
+    point mass at `draft`, as an early exit picks it): accepted with chance
+    p(draft); else the token is drawn from p without `draft`, renormalised.
+    Returns (accepted, token), token == draft when accepted; it is then
+    distributed exactly as sampler.sample(logits). Sampling only."""
+    p = sampler.probabilities(logits)
+    if sampler.rng.random() < p[draft]:
+        return True, int(draft)
+    p[draft] = 0.0
+    return False, _draw(p, sampler.rng)
+
+
 def _decode(ctx: Context, last: int, draft: Draft) -> dict[int, list[int]]:
     """Feeds [last] + draft as one tree; returns draft node -> children
     (key -1: the children of `last`)."""

@@ -1,0 +1,209 @@
+"""Exact early exit (docs/exact-specee.md): an exit's token is a draft, and
+one pass completes the exited token's layers beside it. Tiny models with
+forced exits (predictors that always fire, candidates that are often wrong)
+give exits at every layer, hits and misses; the output must be plain
+decoding's, greedy token for token and sampled in distribution."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import Reference
+from specee.decoding.early_exit import EarlyExitDecoder, PromptLookup, generate_specee
+from specee.decoding.plain import generate
+from specee.decoding.sampling import Sampler
+from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model, kernels_isa
+from specee.heads.head_file import constant_predictor, write_heads
+from test_draft_head import random_draft
+
+PROMPT = [5, 77, 200, 13, 300, 42]
+ALWAYS = 40.0
+
+
+@pytest.fixture(scope="module")
+def tiny6(tiny_model_factory) -> str:
+    return tiny_model_factory(n_layer=6, tied=False, seed=3)
+
+
+def always_exit_heads(path, model, layers, draft=None) -> Heads:
+    write_heads(path, model, {l: constant_predictor(ALWAYS) for l in layers}, exit_layers=list(layers), draft=draft)
+    return Heads(model, path)
+
+
+class Fixed:
+    """Candidates that are right every `period`-th step (the token plain
+    decoding writes next), else never: exits then hit and miss in turn."""
+
+    def __init__(self, truth: list[int], prompt_len: int, period: int = 2):
+        self.truth, self.n_prompt, self.period = truth, prompt_len, period
+
+    def candidates(self, tokens, k):
+        i = len(tokens) - self.n_prompt  # index into the generated tokens of the next one
+        right = self.truth[i] if i < len(self.truth) else 0
+        pool = [t for t in range(3, 3 + k + 1) if t != right]
+        return ([right] + pool[:k - 1]) if i % self.period == 0 else pool[:k]
+
+
+def vanilla_tokens(path: str, n: int, **model_kw) -> list[int]:
+    with Model(path, **model_kw) as m, m.context(n_ctx=64) as ctx:
+        return generate(ctx, PROMPT, n).tokens
+
+
+@pytest.mark.parametrize("exit_layer", [0, 2, 4])
+@pytest.mark.parametrize("verify", ["full", "candidates"])
+def test_greedy_output_is_plain_decodings(tiny6, tmp_path, exit_layer, verify):
+    want = vanilla_tokens(tiny6, 24)
+    with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [exit_layer]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=verify == "full", use_online=False)
+        got = generate_specee(ctx, PROMPT, 24, heads.n_candidates, source=Fixed(want, len(PROMPT)))
+    assert got.tokens == want
+    verified, accepted = got.extra["exit_drafts_verified"], got.extra["exit_drafts_accepted"]
+    assert got.extra["exact"] is True
+    if verify == "candidates":  # every check fires and exits: hits and misses both happen
+        assert 0 < accepted < verified
+    assert got.extra["exit_ratio"] > 0
+
+
+def test_rows_of_the_verification_pass_are_plain_steps_bit_for_bit(tiny6, tmp_path):
+    """Row 0 (the exited token, entering at its exit layer) and row 1 (the
+    draft, every layer) give the one-token steps' logits to the last bit."""
+    with Model(tiny6) as m:
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+            second = ctx.decode(first)
+            want0 = ctx.logits()
+            ctx.decode(second)
+            want1 = ctx.logits()
+        with always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=False, exact=True, use_online=False)
+            ctx.prefill(PROMPT)
+            step = ctx.decode_with_candidates(first, [second, 3, 4, 5][:heads.n_candidates])
+            assert step.exit_layer == 3 and step.token == second
+            ctx.verify_exit(second)
+            np.testing.assert_array_equal(ctx.logits(0), want0)
+            np.testing.assert_array_equal(ctx.logits(1), want1)
+            assert ctx.n_past == len(PROMPT) + 2
+            ctx.decode(ctx.argmax(1))  # the context goes on at full depth
+            assert ctx.n_past == len(PROMPT) + 3
+
+
+@pytest.mark.skipif(kernels_isa() == "none", reason="no specee kernel runs on this CPU")
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_1"])
+@pytest.mark.parametrize("kernels", ["ggml", "specee"])
+def test_quantized_models_stay_exact(tiny_model_factory, tmp_path, qtype, kernels):
+    path = tiny_model_factory(arch="qwen2", qtype=qtype, tied=False, n_layer=4, seed=3)
+    want = vanilla_tokens(path, 16, kernels=kernels)
+    with Model(path, kernels=kernels) as m, always_exit_heads(tmp_path / "h.gguf", m, [1]) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, use_online=False)
+        got = generate_specee(ctx, PROMPT, 16, heads.n_candidates, source=Fixed(want, len(PROMPT)))
+    assert got.tokens == want
+    assert 0 < got.extra["exit_drafts_accepted"] < got.extra["exit_drafts_verified"]
+
+
+def test_with_a_draft_head_the_output_stays_plain(tiny6, tmp_path):
+    """The draft head proposes the candidates; after each verification it
+    syncs on both positions' full-depth features (and after a miss on the
+    kept one only)."""
+    want = vanilla_tokens(tiny6, 20)
+    with Model(tiny6) as m, \
+            always_exit_heads(tmp_path / "h.gguf", m, [2], draft=random_draft(Reference(tiny6), seed=7)) as heads, \
+            m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, use_online=False)
+        got = generate_specee(ctx, PROMPT, 20, heads.n_candidates)
+        assert got.extra["draft"] == "draft head" and got.extra["exit_drafts_verified"] > 0
+    assert got.tokens == want
+
+
+def test_sampling_keeps_plain_samplings_distribution(tiny6, tmp_path):
+    """The token after an exit whose draft is always the same token: accepted
+    with chance p(draft), else drawn from p without it. Over many seeds its
+    distribution is plain sampling's (total variation within sampling noise)."""
+    sampler_kw = dict(temperature=1.5, top_k=6)
+    with Model(tiny6) as m:
+        with m.context(n_ctx=64) as ctx:
+            ctx.prefill(PROMPT)
+            first = ctx.argmax()
+            ctx.decode(first)
+            p = Sampler(**sampler_kw).probabilities(ctx.logits())
+        draft = int(np.argsort(p)[-2])  # the second likeliest: accepted about p(draft) of the time
+        n, counts = 3000, np.zeros(p.size)
+        with always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=False, use_online=False)
+            for seed in range(n):
+                ctx.truncate(0)
+                ctx.prefill(PROMPT)
+                decoder = EarlyExitDecoder(ctx, Sampler(seed=seed, **sampler_kw), heads.n_candidates,
+                                           source=_Always(draft))
+                counts[decoder.step(first, 2)[0]] += 1
+    tv = 0.5 * np.abs(counts / n - p).sum()
+    assert tv < 0.04, (tv, np.nonzero(p)[0], counts[np.nonzero(p)[0]] / n, p[np.nonzero(p)[0]])
+    assert 0.0 < p[draft] < 1.0 and counts[draft] > 0
+
+
+class _Always:
+    def __init__(self, token: int):
+        self.token = token
+
+    def candidates(self, tokens, k):
+        return [self.token] + [t for t in range(3, 3 + k) if t != self.token][:k - 1]
+
+
+def test_nothing_else_runs_while_an_exit_waits(tiny6, tmp_path):
+    with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, exact=True)
+        with pytest.raises(InvalidArgumentError, match="no early exit waits"):
+            ctx.verify_exit(3)
+        ctx.prefill(PROMPT)
+        step = ctx.decode_with_candidates(ctx.argmax(), [3, 4, 5, 6][:heads.n_candidates])
+        assert step.exit_layer < m.n_layer
+        for call in (lambda: ctx.decode(3), lambda: ctx.prefill([3, 4]), lambda: ctx.set_heads(None),
+                     lambda: ctx.set_exit_params(exact=False),
+                     lambda: ctx.decode_with_candidates(3, [3, 4, 5, 6][:heads.n_candidates])):
+            with pytest.raises(InvalidArgumentError, match="waits for its verification"):
+                call()
+        with pytest.raises(InvalidArgumentError, match="outside the vocabulary"):
+            ctx.verify_exit(m.n_vocab)
+        ctx.truncate(len(PROMPT))  # the exited token goes, and nothing waits any more
+        assert ctx.decode(3) >= 0
+        with pytest.raises(InvalidArgumentError, match="neither fill_kv"):
+            ctx.set_exit_params(fill_kv=True)
+
+
+def test_a_full_context_ends_with_plain_steps(tiny6, tmp_path):
+    """Near the end of the context there is no cell for a draft beside the
+    exited token: the decoder takes plain steps there and stops cleanly,
+    with plain decoding's tokens and stop reason."""
+    n_ctx = 16
+    with Model(tiny6) as m:
+        with m.context(n_ctx=n_ctx) as ctx:
+            want = generate(ctx, PROMPT, 64)
+        with always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=n_ctx) as ctx:
+            ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=False, use_online=False)
+            got = generate_specee(ctx, PROMPT, 64, heads.n_candidates, source=Fixed(want.tokens, len(PROMPT)))
+    assert got.tokens == want.tokens and got.stop_reason == want.stop_reason
+    assert got.extra["exit_drafts_verified"] > 0
+
+
+def test_verification_refuses_a_full_context(tiny6, tmp_path):
+    n_ctx = 8
+    with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, \
+            m.context(n_ctx=n_ctx) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, exact=True)
+        ctx.prefill(PROMPT + [7])  # 7 of 8 cells
+        step = ctx.decode_with_candidates(9, [3, 4, 5, 6][:heads.n_candidates])
+        assert step.exit_layer < m.n_layer and ctx.n_past == n_ctx
+        with pytest.raises(ContextFullError):
+            ctx.verify_exit(step.token)
+        ctx.truncate(n_ctx - 1)  # the exit goes; the context is as before the step
+        assert ctx.decode(9) >= 0
