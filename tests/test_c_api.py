@@ -101,7 +101,7 @@ def test_ctypes_example_decodes_like_the_package(tmp_path):
 
     with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
         ctx.set_heads(heads)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=False)  # the example runs the lossy three-call loop
         n_layer = m.n_layer
     assert tokens == want.tokens and exit_layers == want.extra["exit_layers"]
     assert min(exit_layers) < n_layer  # the heads do exit early
@@ -133,7 +133,7 @@ def test_c_example_decodes_like_the_package(tmp_path):
     exit_layers = [int(line.split()[3]) for line in lines[:-1]]
     with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
         ctx.set_heads(heads)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=False)
     assert tokens == want.tokens and exit_layers == want.extra["exit_layers"]
     bad = subprocess.run([str(exe), str(model_path), str(tmp_path / "missing.gguf"), "4", "1"],
                          capture_output=True, text=True, timeout=60)

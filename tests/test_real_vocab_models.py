@@ -185,7 +185,7 @@ def test_early_exit_end_to_end(vocab_model, tmp_path):
         with Heads(m, tmp_path / "h.gguf") as heads, m.context(n_ctx=N_CTX, n_threads=1) as ctx:
             ctx.set_heads(heads)
             ctx.set_exit_params(verify_full=True, fill_kv=False)
-            result = generate_specee(ctx, vocab_model.prompt, N_GREEDY, 4, source=oracle)
+            result = generate_specee(ctx, vocab_model.prompt, N_GREEDY, 4, source=oracle, exact=False)
     assert result.tokens == [oracle.first] + [t for t, _ in oracle.expected]
     assert result.extra["exit_layers"] == [ran for _, ran in oracle.expected]
     assert result.extra["exit_layers"][:2] == [EXIT_AFTER, SHAPE["n_layer"]]

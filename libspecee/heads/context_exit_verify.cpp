@@ -36,7 +36,6 @@ void context::verify_exit(int32_t draft) {
         fail(SPECEE_STATUS_CONTEXT_FULL, "context is full: the draft after position %u needs a cell of n_ctx = %u",
              pe.pos, kv_.n_ctx());
     }
-    scoped_timer timer(perf_.t_verify_us);
     forward_plan plan;
     plan.pos          = pe.pos;
     plan.n_tokens     = 2;

@@ -124,6 +124,7 @@ class EarlyExitDecoder:
         self.next_cands: Optional[list[int]] = None
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
         self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
+        self.t_verify = 0.0  # exact mode: in the verification passes
 
     def first(self, prompt: Sequence[int]) -> int:
         self.ctx.reset_exit_stats()
@@ -160,7 +161,9 @@ class EarlyExitDecoder:
         beside it; returns the verified tokens (the draft and the token after
         it, or full depth's token in its place)."""
         ctx, sampler = self.ctx, self.sampler
+        t0 = time.perf_counter()
         ctx.verify_exit(draft)
+        self.t_verify += time.perf_counter() - t0
         self.next_cands = None  # the draft head syncs on the verified tokens' full-depth features
         self.n_verified += 1
         if sampler.greedy:
@@ -188,6 +191,7 @@ class EarlyExitDecoder:
         if self.exact:
             out["exit_drafts_verified"] = self.n_verified
             out["exit_drafts_accepted"] = self.n_accepted
+            out["verify_s"] = round(self.t_verify, 6)
         return out
 
 

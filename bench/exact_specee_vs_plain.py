@@ -1,0 +1,119 @@
+"""Exact SpecEE against plain decoding with the same model, kernels and
+threads, on MT-Bench first turns (greedy, chat template), alternated prompt by
+prompt; the lossy exit beside them for comparison.
+
+    python bench/exact_specee_vs_plain.py --model qwen2.5-coder-1.5b --kernels specee --limit 10 \
+        --out bench/results/exact_specee/qwen15b.json
+
+Each prompt runs every variant in turn (the order rotating per prompt) in a
+fresh context, so all see the same machine load. Decode speed = generated
+tokens after the first / decode wall time. Reported per variant: the median
+of the paired ratios against plain decoding, whether every output was plain
+decoding's, the exit ratio and mean exit layer, drafts verified and accepted,
+and the terms of docs/exact-specee.md's bound: a verification pass in plain
+one-token steps (1 + c F for the exited token's share F), and what an exit
+step costs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from machine import cpu_model
+
+from specee.decoding.early_exit import generate_specee
+from specee.decoding.plain import generate
+from specee.engine import Heads, Model
+from specee.evaluation.datasets import load_mtbench
+from specee.fetch import fetch_model
+from specee.heads.shipped import default_heads
+from specee.tokenizer import Tokenizer
+from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
+
+VARIANTS = {  # name: (exact, verify_full)
+    "exact-full": (True, True),
+    "exact-candidates": (True, False),
+    "lossy-full": (False, True),
+}
+
+
+def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
+    with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
+        if name == "plain":
+            r = generate(ctx, ids, args.n, stop_ids=stop_ids)
+            return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s}
+        exact, verify_full = VARIANTS[name]
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=verify_full)
+        r = generate_specee(ctx, ids, args.n, heads.n_candidates, stop_ids=stop_ids, exact=exact)
+        x = r.extra
+        return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s,
+                "exit_ratio": x["exit_ratio"], "mean_exit_layer": x["mean_exit_layer"],
+                "steps": len(x["exit_layers"]), "verified": x.get("exit_drafts_verified", 0),
+                "accepted": x.get("exit_drafts_accepted", 0), "verify_s": x.get("verify_s", 0.0)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="qwen2.5-coder-1.5b", help="model name or GGUF path")
+    p.add_argument("--heads", help="head file (default: the shipped ones)")
+    p.add_argument("--kernels", default="specee", choices=["ggml", "specee"])
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of {', '.join(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, default=10, help="MT-Bench questions (first turns)")
+    p.add_argument("-n", type=int, default=128, help="tokens per answer")
+    p.add_argument("--ctx-size", type=int, default=1024)
+    p.add_argument("--out", help="JSON file for the results")
+    args = p.parse_args()
+    names = ["plain"] + [v for v in args.variants.split(",") if v]
+
+    path = fetch_model(args.model, progress=False)
+    tok = Tokenizer.from_gguf(path)
+    template = read_chat_template(path)
+    questions = load_mtbench(limit=args.limit, progress=False)
+    rows = []
+    with Model(path, kernels=args.kernels) as model, Heads(model, args.heads or default_heads(model.fingerprint)) as heads:
+        for i, q in enumerate(questions):
+            ids = chat_prompt_ids(tok, template, [{"role": "user", "content": q.turns[0]}])
+            order = names[i % len(names):] + names[:i % len(names)]
+            runs = {name: run_variant(model, heads, ids, args, tok.eot_ids, name) for name in order}
+            rows.append({"question_id": q.question_id, "order": order, **runs})
+            line = " ".join(f"{n} {runs[n]['tok_s']:.1f}" for n in names)
+            print(f"[{i + 1}/{len(questions)}] q{q.question_id}: {line} tok/s", file=sys.stderr, flush=True)
+
+    plain_step_s = sum(r["plain"]["decode_s"] for r in rows) / max(1, sum(r["plain"]["n"] for r in rows))
+    summary = {}
+    for name in names[1:]:
+        runs = [r[name] for r in rows]
+        verified = sum(x["verified"] for x in runs)
+        summary[name] = {
+            "median_ratio_vs_plain": round(statistics.median(x["tok_s"] / r["plain"]["tok_s"]
+                                                             for x, r in zip(runs, rows)), 4),
+            "same_tokens_as_plain": sum(x["tokens"] == r["plain"]["tokens"] for x, r in zip(runs, rows)),
+            "exit_ratio": round(statistics.mean(x["exit_ratio"] for x in runs), 4),
+            "mean_exit_layer": round(statistics.mean(x["mean_exit_layer"] for x in runs), 3),
+            "drafts_verified": verified,
+            "drafts_accepted": sum(x["accepted"] for x in runs),
+            "acceptance": round(sum(x["accepted"] for x in runs) / verified, 4) if verified else None,
+            # a verification pass in plain steps: 1 (the draft's own step) + c F (the exited token's rest)
+            "verify_pass_in_plain_steps": round(sum(x["verify_s"] for x in runs) / verified / plain_step_s, 4)
+            if verified else None,
+        }
+    out = {"model": str(path), "kernels": args.kernels, "threads": args.threads, "n": args.n,
+           "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "n_prompts": len(rows),
+           "plain_step_ms": round(1000 * plain_step_s, 3),
+           "plain_median_tok_s": round(statistics.median(r["plain"]["tok_s"] for r in rows), 2),
+           "summary": summary, "rows": [{k: v for k, v in r.items()} for r in rows]}
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
