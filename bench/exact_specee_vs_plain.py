@@ -5,6 +5,9 @@ prompt; the lossy exit beside them for comparison.
     python bench/exact_specee_vs_plain.py --model qwen2.5-coder-1.5b --kernels specee --limit 10 \
         --out bench/results/exact_specee/qwen15b.json
 
+Decode speed leaves the prompt out, end to end takes it in (the draft head
+reads the prompt in the prefill).
+
 Each prompt runs every variant in turn (the order rotating per prompt) in a
 fresh context, so all see the same machine load. Decode speed = generated
 tokens after the first / decode wall time. Reported per variant: the median
@@ -34,10 +37,11 @@ from specee.heads.shipped import default_heads
 from specee.tokenizer import Tokenizer
 from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
 
-VARIANTS = {  # name: (exact, verify_full)
-    "exact-full": (True, True),
-    "exact-candidates": (True, False),
-    "lossy-full": (False, True),
+VARIANTS = {  # name: (exact, verify_full, adaptive)
+    "exact-full": (True, True, False),
+    "exact-candidates": (True, False, False),
+    "exact-default": (True, False, True),  # what --mode specee runs: candidates, with the exit switch
+    "lossy-full": (False, True, False),
 }
 
 
@@ -45,16 +49,18 @@ def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
     with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
         if name == "plain":
             r = generate(ctx, ids, args.n, stop_ids=stop_ids)
-            return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s}
-        exact, verify_full = VARIANTS[name]
+            return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s,
+                    "prefill_s": r.prefill_s}
+        exact, verify_full, adaptive = VARIANTS[name]
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=verify_full)
-        r = generate_specee(ctx, ids, args.n, heads.n_candidates, stop_ids=stop_ids, exact=exact)
+        r = generate_specee(ctx, ids, args.n, heads.n_candidates, stop_ids=stop_ids, exact=exact, adaptive=adaptive)
         x = r.extra
         return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s,
-                "exit_ratio": x["exit_ratio"], "mean_exit_layer": x["mean_exit_layer"],
+                "prefill_s": r.prefill_s, "exit_ratio": x["exit_ratio"], "mean_exit_layer": x["mean_exit_layer"],
                 "steps": len(x["exit_layers"]), "verified": x.get("exit_drafts_verified", 0),
-                "accepted": x.get("exit_drafts_accepted", 0), "verify_s": x.get("verify_s", 0.0)}
+                "accepted": x.get("exit_drafts_accepted", 0), "verify_s": x.get("verify_s", 0.0),
+                "plain_steps": x.get("plain_steps", 0)}
 
 
 def main() -> int:
@@ -93,10 +99,15 @@ def main() -> int:
         summary[name] = {
             "median_ratio_vs_plain": round(statistics.median(x["tok_s"] / r["plain"]["tok_s"]
                                                              for x, r in zip(runs, rows)), 4),
+            # prompt and answer together: the draft head reads the prompt in the prefill
+            "median_end_to_end_ratio_vs_plain": round(statistics.median(
+                (r["plain"]["prefill_s"] + r["plain"]["decode_s"]) / (x["prefill_s"] + x["decode_s"])
+                for x, r in zip(runs, rows)), 4),
             "same_tokens_as_plain": sum(x["tokens"] == r["plain"]["tokens"] for x, r in zip(runs, rows)),
             "exit_ratio": round(statistics.mean(x["exit_ratio"] for x in runs), 4),
             "mean_exit_layer": round(statistics.mean(x["mean_exit_layer"] for x in runs), 3),
             "drafts_verified": verified,
+            "plain_steps": sum(x["plain_steps"] for x in runs),
             "drafts_accepted": sum(x["accepted"] for x in runs),
             "acceptance": round(sum(x["accepted"] for x in runs) / verified, 4) if verified else None,
             # a verification pass in plain steps: 1 (the draft's own step) + c F (the exited token's rest)

@@ -115,6 +115,7 @@ def test_c_example_decodes_like_the_package(tmp_path):
     sys.path.insert(0, str(HERE / "fuzz"))
     import seeds
     from specee.decoding.early_exit import generate_specee
+    from specee.decoding.plain import generate
     from specee.engine import Heads, Model
 
     lib = _ffi._library_path()
@@ -132,9 +133,13 @@ def test_c_example_decodes_like_the_package(tmp_path):
     tokens = [int(t) for t in lines[-1].removeprefix("tokens:").split()]
     exit_layers = [int(line.split()[3]) for line in lines[:-1]]
     with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
+        plain = generate(ctx, prompt, n).tokens
+        ctx.truncate(0)
         ctx.set_heads(heads)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=False)
-    assert tokens == want.tokens and exit_layers == want.extra["exit_layers"]
+        ctx.set_exit_params(verify_full=False)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, adaptive=False)
+    assert tokens == want.tokens == plain and exit_layers == want.extra["exit_layers"]
+    assert want.extra["exit_drafts_verified"] > 0  # the example's verification path ran
     bad = subprocess.run([str(exe), str(model_path), str(tmp_path / "missing.gguf"), "4", "1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("error: heads:")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from reference import Reference
-from specee.decoding.early_exit import EarlyExitDecoder, PromptLookup, generate_specee
+from specee.decoding.early_exit import EarlyExitDecoder, generate_specee
+from specee.decoding.exit_switch import ExitSwitch
 from specee.decoding.plain import generate
 from specee.decoding.sampling import Sampler
 from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model, kernels_isa
@@ -44,8 +45,8 @@ class Fixed:
         return ([right] + pool[:k - 1]) if i % self.period == 0 else pool[:k]
 
 
-def vanilla_tokens(path: str, n: int, **model_kw) -> list[int]:
-    with Model(path, **model_kw) as m, m.context(n_ctx=64) as ctx:
+def vanilla_tokens(path: str, n: int, n_ctx: int = 64, **model_kw) -> list[int]:
+    with Model(path, **model_kw) as m, m.context(n_ctx=n_ctx) as ctx:
         return generate(ctx, PROMPT, n).tokens
 
 
@@ -57,7 +58,8 @@ def test_greedy_output_is_plain_decodings(tiny6, tmp_path, exit_layer, verify):
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=verify == "full", use_online=False)
-        got = generate_specee(ctx, PROMPT, 24, heads.n_candidates, source=Fixed(want, len(PROMPT)))
+        got = generate_specee(ctx, PROMPT, 24, heads.n_candidates, source=Fixed(want, len(PROMPT)),
+                              adaptive=False)
     assert got.tokens == want
     verified, accepted = got.extra["exit_drafts_verified"], got.extra["exit_drafts_accepted"]
     assert got.extra["exact"] is True
@@ -101,7 +103,8 @@ def test_quantized_models_stay_exact(tiny_model_factory, tmp_path, qtype, kernel
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False, use_online=False)
-        got = generate_specee(ctx, PROMPT, 16, heads.n_candidates, source=Fixed(want, len(PROMPT)))
+        got = generate_specee(ctx, PROMPT, 16, heads.n_candidates, source=Fixed(want, len(PROMPT)),
+                              adaptive=False)
     assert got.tokens == want
     assert 0 < got.extra["exit_drafts_accepted"] < got.extra["exit_drafts_verified"]
 
@@ -116,7 +119,7 @@ def test_with_a_draft_head_the_output_stays_plain(tiny6, tmp_path):
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False, use_online=False)
-        got = generate_specee(ctx, PROMPT, 20, heads.n_candidates)
+        got = generate_specee(ctx, PROMPT, 20, heads.n_candidates, adaptive=False)
         assert got.extra["draft"] == "draft head" and got.extra["exit_drafts_verified"] > 0
     assert got.tokens == want
 
@@ -207,3 +210,30 @@ def test_verification_refuses_a_full_context(tiny6, tmp_path):
             ctx.verify_exit(step.token)
         ctx.truncate(n_ctx - 1)  # the exit goes; the context is as before the step
         assert ctx.decode(9) >= 0
+
+
+def test_the_exit_switch_keeps_the_output_and_tries_both_kinds(tiny6, tmp_path):
+    """With the switch (the default), windows of exit steps and of plain steps
+    alternate as measured; the tokens stay plain decoding's."""
+    want = vanilla_tokens(tiny6, 60, n_ctx=128)
+    with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=128) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, use_online=False)
+        got = generate_specee(ctx, PROMPT, 60, heads.n_candidates, source=Fixed(want, len(PROMPT)))
+    assert got.tokens == want
+    assert got.extra["plain_steps"] >= 16 and got.extra["exit_drafts_verified"] > 0
+
+
+def test_exit_switch_keeps_to_the_cheaper_kind():
+    switch = ExitSwitch(window=4, explore_every=3)
+    seen = []
+    for _ in range(40):
+        kind = switch.use_exits()
+        seen.append(kind)
+        switch.record(kind, 1.0 if kind else 0.5, 1)  # exits cost twice as much per token
+    windows = [seen[i] for i in range(0, 40, 4)]
+    assert windows[:2] == [True, False]  # each kind measured once
+    assert windows.count(False) > windows.count(True)  # then mostly plain steps
+    assert True in windows[2:]  # and exits tried again now and then
+    with pytest.raises(ValueError):
+        ExitSwitch(window=0)

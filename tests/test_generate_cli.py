@@ -126,7 +126,7 @@ def test_specee_loop_with_never_firing_heads_equals_vanilla(tiny6_heads):
         vanilla = generate(ctx, PROMPT, 20).tokens
         ctx.truncate(0)
         ctx.set_heads(h)
-        result = generate_specee(ctx, PROMPT, 20, h.n_candidates)
+        result = generate_specee(ctx, PROMPT, 20, h.n_candidates, adaptive=False)
     assert result.tokens == vanilla
     x = result.stats()
     assert x["exit_ratio"] == 0 and x["mean_exit_layer"] == 6 and x["exit_layers"] == [6] * 19

@@ -98,3 +98,31 @@ def test_the_avx2_kernels_give_the_same_bits(model_path, monkeypatch):
     best = run()
     monkeypatch.setenv("SPECEE_KERNELS_ISA", "avx2")
     np.testing.assert_array_equal(run(), best)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernels", ["ggml", "specee"])
+def test_a_draft_head_does_not_change_a_prompts_logits(tiny_model_factory, tmp_path, kernels):
+    """With a draft head attached, a prompt keeps every row's last hidden
+    state (the draft's features), so its last layer runs for every row; the
+    last token's logits still come from that layer run for its row alone, as
+    without a draft head (one column goes to specee's kernels, a whole prompt
+    to ggml's: their sums round differently)."""
+    from specee.engine import Heads
+    from specee.heads.head_file import constant_predictor, write_heads
+    from test_draft_head import random_draft
+
+    # Q4_1 (SmolLM2's type): there the two kernels' sums differ in the last bits
+    path = tiny_model_factory(arch="qwen2", qtype="Q4_1", tied=False, n_layer=2, seed=3)
+    prompt = [(7 * i + 3) % 200 for i in range(40)]  # more than a pass of specee's kernels takes
+    with Model(path, kernels=kernels) as m:
+        write_heads(tmp_path / "h.gguf", m, {0: constant_predictor(-40.0)}, draft=random_draft(Reference(path), 7))
+        with Heads(m, tmp_path / "h.gguf") as heads:
+            logits = []
+            for attach in (False, True):
+                with m.context(n_ctx=64) as ctx:
+                    if attach:
+                        ctx.set_heads(heads)
+                    ctx.prefill(prompt)
+                    logits.append(ctx.logits())
+    np.testing.assert_array_equal(logits[0], logits[1])

@@ -1,12 +1,15 @@
 /* early_exit_decode.c — libspecee embedded in a C program: load a model and a
  * head file, prefill a prompt of token ids, then decode step by step with the
- * draft head's candidates, printing each token and the layer it was chosen at.
+ * draft head's candidates and exact early exit: a step that exits returns a
+ * draft, which specee_verify_exit checks against the full model in one pass
+ * beside the token after it. The output is plain greedy decoding's.
  *
  *   early_exit_decode MODEL.gguf HEADS.gguf N TOKEN [TOKEN ...]
  *
- * Greedy, one thread; prints "token T layer L" per step, then "tokens: ..."
- * (the prompt's next token first): the tokens specee's Python API gives for
- * the same heads (tests/test_c_api.py checks it). Built by CMake with
+ * Greedy, one thread; prints "token T layer L of N" per early-exit step (T
+ * the step's token, a draft when L < N), then "tokens: ..." (the prompt's next
+ * token first): the tokens specee's Python API gives for the same heads
+ * (tests/test_c_api.py checks it). Built by CMake with
  * -DSPECEE_BUILD_EXAMPLES=ON, or: cc -Iinclude early_exit_decode.c -lspecee */
 #include "specee.h"
 
@@ -56,7 +59,14 @@ int main(int argc, char ** argv) {
         rc = fail("heads", "no draft head: this example takes its candidates from one");
         goto done;
     }
-    if (specee_set_heads(ctx, heads) != SPECEE_STATUS_OK ||
+    struct specee_exit_params ep;
+    if (specee_set_heads(ctx, heads) != SPECEE_STATUS_OK || specee_get_exit_params(ctx, &ep) != SPECEE_STATUS_OK) {
+        rc = fail("heads", specee_context_error(ctx));
+        goto done;
+    }
+    ep.exact       = true;   /* an exit's token is a draft: specee_verify_exit checks it */
+    ep.verify_full = false;  /* exits pick from the candidates; the full model checks them anyway */
+    if (specee_set_exit_params(ctx, &ep) != SPECEE_STATUS_OK ||
         specee_prefill(ctx, prompt, n_prompt, false) != SPECEE_STATUS_OK) {
         rc = fail("prefill", specee_context_error(ctx));
         goto done;
@@ -71,19 +81,44 @@ int main(int argc, char ** argv) {
         rc = fail("draft", specee_context_error(ctx));
         goto done;
     }
-    for (int i = 1; i < n_new && n_out < 1024; i++) {
+    while (n_out < n_new && n_out < 1024) {
         struct specee_step step;
         if (specee_decode_with_candidates(ctx, token, cands, specee_heads_n_candidates(heads), &step) !=
             SPECEE_STATUS_OK) {
             rc = fail("step", specee_context_error(ctx));
             goto done;
         }
-        token        = step.token;
+        const int32_t n_layer = specee_model_n_layer(model);
+        printf("token %d layer %d of %d\n", (int) step.token, (int) step.exit_layer, (int) n_layer);
+        if (step.exit_layer == n_layer) {  /* no exit: the full model's token */
+            token        = step.token;
+            out[n_out++] = token;
+            for (int j = 0; j < step.n_next && j < SPECEE_MAX_CANDIDATES; j++) {
+                cands[j] = step.next[j];
+            }
+            continue;
+        }
+        /* an exit: one pass completes the exited token beside the draft */
+        const specee_token draft = step.token;
+        if (specee_verify_exit(ctx, draft) != SPECEE_STATUS_OK) {
+            rc = fail("verify", specee_context_error(ctx));
+            goto done;
+        }
+        const specee_token full = specee_argmax(ctx, 0);  /* the full model's token after the exited one */
+        if (full != draft) {
+            specee_kv_truncate(ctx, specee_n_past(ctx) - 1);  /* the draft's position goes */
+            token = full;
+        } else if (n_out + 2 > n_new) {
+            token = draft;  /* the last token wanted */
+        } else {
+            out[n_out++] = draft;
+            token        = specee_argmax(ctx, 1);  /* what follows the draft, at full depth */
+        }
         out[n_out++] = token;
-        printf("token %d layer %d of %d\n", (int) token, (int) specee_get_exit_layer(ctx),
-               (int) specee_model_n_layer(model));
-        for (int j = 0; j < step.n_next && j < SPECEE_MAX_CANDIDATES; j++) {
-            cands[j] = step.next[j];
+        /* the draft head reads the verified tokens, then proposes the next candidates */
+        if (n_out < n_new && specee_draft_sync(ctx, token, cands, SPECEE_MAX_CANDIDATES, &n_cands) != SPECEE_STATUS_OK) {
+            rc = fail("draft", specee_context_error(ctx));
+            goto done;
         }
     }
     printf("tokens:");

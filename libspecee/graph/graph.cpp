@@ -366,6 +366,13 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     const bool last_only = plan.n_logits == 1 && n > 1 && !plan.save_state &&
                            plan.layer_end == hp.n_layer && plan.hidden_layer != hp.n_layer;
     const int  last_only_from = last_only ? hp.n_layer - 1 : -1;
+    // Every row's hidden state wanted (a draft head's features) but only the
+    // last token's logits: the last layer's FFN runs for every row and again
+    // for the last row alone, whose result the logits take, so attaching a
+    // draft head never changes what a prompt's last logits are.
+    const bool last_apart = plan.n_logits == 1 && n > 1 && !plan.save_state && plan.layer_end == hp.n_layer &&
+                            plan.hidden_layer == hp.n_layer && plan.entry_layers.empty();
+    ggml_tensor * last_out = nullptr;  // [n_embd, 1] the last row after the last layer, with last_apart
 
     ggml_tensor * cand_rows = nullptr;  // [n_embd, n_cand] lm_head rows of the candidates
     if (plan.n_cand > 0) {
@@ -421,6 +428,11 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             n_rows = 1;
         }
         x   = ggml_add(ctx0, x, cur);
+        if (last_apart && il == hp.n_layer - 1) {
+            ggml_tensor * xl = last_column(ctx0, x);
+            last_out = ggml_add(ctx0, xl, feed_forward(ctx0, m, L, rms_norm(ctx0, xl, L.ffn_norm, hp.rms_eps),
+                                                       plan.as_steps));
+        }
 
         cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
         cur = feed_forward(ctx0, m, L, cur, plan.as_steps);
@@ -457,7 +469,9 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
                                     "cand_logits");
     }
     if (plan.n_logits > 0) {
-        if (plan.n_logits == 1 && n_rows > 1) {
+        if (last_out != nullptr) {
+            x = last_out;
+        } else if (plan.n_logits == 1 && n_rows > 1) {
             x = last_column(ctx0, x);                                 // [n_embd, 1]
         }
         ggml_tensor * h = rms_norm(ctx0, x, m.output_norm, hp.rms_eps);

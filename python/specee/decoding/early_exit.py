@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 from ..engine import Context, InvalidArgumentError
 from .decoders import decode
 from .steps import GenerationResult, decode_one_token, pick
+from .exit_switch import ExitSwitch
 from .speculative.verify import check_point_draft
 from .speculative.ngram_index import NgramIndex
 from ..ranges import COUNT, THRESHOLD
@@ -104,6 +105,9 @@ class EarlyExitDecoder:
     against full depth (docs/exact-specee.md), so the output is plain
     decoding's: greedy token for token, sampled in distribution (a draft is
     accepted with chance p(draft), speculative sampling for a point mass).
+    With `adaptive` (exact mode only, the default) an ExitSwitch measures
+    steps that try to exit against plain steps on the text at hand and keeps
+    to the cheaper kind (exit_switch.py): the output is the same either way.
     lossy (exact=False): the paper's early exit, whose token is emitted as
     it is; with sampling it is drawn from the exit layer's logits."""
 
@@ -111,7 +115,7 @@ class EarlyExitDecoder:
     batchable = False
 
     def __init__(self, ctx: Context, sampler: Sampler, k: int, source: Optional[CandidateSource] = None,
-                 exact: bool = True):
+                 exact: bool = True, adaptive: bool = True):
         if ctx.heads is None:
             raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
         COUNT.check("k (candidates per step)", k)
@@ -125,22 +129,43 @@ class EarlyExitDecoder:
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
         self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
         self.t_verify = 0.0  # exact mode: in the verification passes
+        self.switch = ExitSwitch() if exact and adaptive else None
+        self.n_plain = 0  # plain steps (the switch's, or at the end of the context)
 
     def first(self, prompt: Sequence[int]) -> int:
         self.ctx.reset_exit_stats()
         self.ctx.prefill(prompt)
         token = pick(self.ctx, self.sampler)
         self.history = list(prompt) + [token]
+        if self.use_draft:
+            # the draft head reads the prompt here, as prompt work (its cost is
+            # in the prefill time, as a draft model's prompt is in llama.cpp's)
+            self.next_cands = self.ctx.draft_sync(token)
         return token
 
     def step(self, token: int, room: int) -> list[int]:
         ctx = self.ctx
         if self.exact and ctx.n_past + 2 > ctx.n_ctx:
             # no cell left for an exit's draft beside it: a plain step
-            self.next_cands = None
-            return self._emit([decode_one_token(ctx, token, self.sampler)])
+            return self._plain_step(token)
+        if self.switch is None:
+            return self._exit_step(token, room)
+        use_exits = self.switch.use_exits()
+        t0 = time.perf_counter()
+        tokens = self._exit_step(token, room) if use_exits else self._plain_step(token)
+        self.switch.record(use_exits, time.perf_counter() - t0, len(tokens))
+        return tokens
+
+    def _plain_step(self, token: int) -> list[int]:
+        """Full depth, no predictors; a draft head catches up at the next exit step."""
+        self.next_cands = None
+        self.n_plain += 1
+        return self._emit([decode_one_token(self.ctx, token, self.sampler)])
+
+    def _exit_step(self, token: int, room: int) -> list[int]:
+        ctx = self.ctx
         if self.use_draft:
-            # the draft head catches up on the prompt (and after a verification) here
+            # the draft head catches up after a verification or plain steps here
             cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
         else:
             t0 = time.perf_counter()
@@ -192,6 +217,7 @@ class EarlyExitDecoder:
             out["exit_drafts_verified"] = self.n_verified
             out["exit_drafts_accepted"] = self.n_accepted
             out["verify_s"] = round(self.t_verify, 6)
+            out["plain_steps"] = self.n_plain
         return out
 
 
@@ -205,6 +231,7 @@ def generate_specee(
     stop_ids: Iterable[int] = (),
     on_token: Optional[Callable[[int], None]] = None,
     exact: bool = True,
+    adaptive: bool = True,
 ) -> GenerationResult:
     """Like plain.generate, with early exit: the context must have heads
     attached (Context.set_heads). exact (default): plain decoding's output;
@@ -214,7 +241,7 @@ def generate_specee(
     if not exact and not sampler.greedy and not ctx.exit_params()["verify_full"]:
         raise InvalidArgumentError("lossy early exit samples from each step's full-vocabulary logits: "
                                    "set verify_full=True")
-    decoder = EarlyExitDecoder(ctx, sampler, k, source, exact=exact)
+    decoder = EarlyExitDecoder(ctx, sampler, k, source, exact=exact, adaptive=adaptive)
     result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
     log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", result.n_decode_steps,
              result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])

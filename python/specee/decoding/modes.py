@@ -42,7 +42,8 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     vanilla: full depth. specee: early exit with `heads` (attached to `ctx`
     unless they already are; `threshold` and `verify` override their file's
     settings): exact, an exit's token is a draft the rest of the model checks
-    (plain decoding's output), unless `lossy` (the paper's early exit, whose
+    (plain decoding's output; exits pick from the candidates unless `verify`
+    says "full"), unless `lossy` (the paper's early exit, whose
     sampling draws from each step's full-vocabulary logits, so it verifies
     fully unless `verify` says "candidates", which is refused).
     speculative: drafts from `drafter`, at most `draft_max` a verification,
@@ -60,6 +61,12 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     if ctx.heads is not heads:
         ctx.set_heads(heads)  # with their file's exit settings
     changes = {"threshold": threshold} if threshold is not None else {}
+    if verify is None and not lossy:
+        # exact: the full model checks every exit anyway, so the exit layer's
+        # own full-vocabulary pass buys nothing but a few more right drafts
+        # (Qwen2.5-Coder-1.5B: 0.964x plain with candidates, 0.940x with it;
+        # docs/exact-specee.md#measured)
+        verify = "candidates"
     if verify is not None or (lossy and not sampler.greedy):
         changes["verify_full"] = verify != "candidates"
     if changes:
