@@ -40,7 +40,9 @@ from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
 VARIANTS = {  # name: (exact, verify_full, adaptive)
     "exact-full": (True, True, False),
     "exact-candidates": (True, False, False),
-    "exact-default": (True, False, True),  # what --mode specee runs: candidates, with the exit switch
+    # what --mode specee runs: candidates, with the exit switch, which the
+    # prompts share (one heads object): after the first, a session's state
+    "exact-default": (True, False, True),
     "lossy-full": (False, True, False),
 }
 

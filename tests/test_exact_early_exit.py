@@ -10,7 +10,7 @@ import pytest
 
 from reference import Reference
 from specee.decoding.early_exit import EarlyExitDecoder, generate_specee
-from specee.decoding.exit_switch import ExitSwitch
+from specee.decoding.exit_switch import ExitSwitch, shared
 from specee.decoding.plain import generate
 from specee.decoding.sampling import Sampler
 from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model, kernels_isa
@@ -144,7 +144,7 @@ def test_sampling_keeps_plain_samplings_distribution(tiny6, tmp_path):
                 ctx.truncate(0)
                 ctx.prefill(PROMPT)
                 decoder = EarlyExitDecoder(ctx, Sampler(seed=seed, **sampler_kw), heads.n_candidates,
-                                           source=_Always(draft))
+                                           source=_Always(draft), adaptive=False)
                 counts[decoder.step(first, 2)[0]] += 1
     tv = 0.5 * np.abs(counts / n - p).sum()
     assert tv < 0.04, (tv, np.nonzero(p)[0], counts[np.nonzero(p)[0]] / n, p[np.nonzero(p)[0]])
@@ -225,15 +225,32 @@ def test_the_exit_switch_keeps_the_output_and_tries_both_kinds(tiny6, tmp_path):
 
 
 def test_exit_switch_keeps_to_the_cheaper_kind():
-    switch = ExitSwitch(window=4, explore_every=3)
+    switch = ExitSwitch(window=4, explore_every=3, max_explore_every=12)
     seen = []
-    for _ in range(40):
+    for _ in range(400):
         kind = switch.use_exits()
         seen.append(kind)
         switch.record(kind, 1.0 if kind else 0.5, 1)  # exits cost twice as much per token
-    windows = [seen[i] for i in range(0, 40, 4)]
+    windows = [seen[i] for i in range(0, 400, 4)]
     assert windows[:2] == [True, False]  # each kind measured once
-    assert windows.count(False) > windows.count(True)  # then mostly plain steps
-    assert True in windows[2:]  # and exits tried again now and then
+    explored = [i for i, kind in enumerate(windows) if kind and i > 0]
+    assert len(explored) >= 3  # exits tried again now and then,
+    gaps = [b - a for a, b in zip(explored, explored[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] == 13  # less and less often, up to every 12 plain windows
+    # when exits become the cheaper kind, the switch follows
+    for _ in range(400):
+        kind = switch.use_exits()
+        switch.record(kind, 0.25 if kind else 0.5, 1)
+    assert switch.best is True and switch.use_exits()
     with pytest.raises(ValueError):
         ExitSwitch(window=0)
+
+
+def test_contexts_of_the_same_heads_and_threads_share_a_switch(tiny6, tmp_path):
+    with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads:
+        with m.context(n_ctx=64, n_threads=1) as a, m.context(n_ctx=64, n_threads=1) as b, \
+                m.context(n_ctx=64, n_threads=2) as c:
+            for ctx in (a, b, c):
+                ctx.set_heads(heads)
+            switches = [EarlyExitDecoder(ctx, Sampler(), heads.n_candidates).switch for ctx in (a, b, c)]
+    assert switches[0] is switches[1] is shared(heads, 1) and switches[2] is not switches[0]

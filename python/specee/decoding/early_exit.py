@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 from ..engine import Context, InvalidArgumentError
 from .decoders import decode
 from .steps import GenerationResult, decode_one_token, pick
-from .exit_switch import ExitSwitch
+from .exit_switch import shared as shared_switch
 from .speculative.verify import check_point_draft
 from .speculative.ngram_index import NgramIndex
 from ..ranges import COUNT, THRESHOLD
@@ -107,7 +107,8 @@ class EarlyExitDecoder:
     accepted with chance p(draft), speculative sampling for a point mass).
     With `adaptive` (exact mode only, the default) an ExitSwitch measures
     steps that try to exit against plain steps on the text at hand and keeps
-    to the cheaper kind (exit_switch.py): the output is the same either way.
+    to the cheaper kind (exit_switch.py; shared by the contexts of the same
+    heads and thread count): the output is the same either way.
     lossy (exact=False): the paper's early exit, whose token is emitted as
     it is; with sampling it is drawn from the exit layer's logits."""
 
@@ -129,7 +130,7 @@ class EarlyExitDecoder:
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
         self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
         self.t_verify = 0.0  # exact mode: in the verification passes
-        self.switch = ExitSwitch() if exact and adaptive else None
+        self.switch = shared_switch(ctx.heads, ctx.n_threads) if exact and adaptive else None
         self.n_plain = 0  # plain steps (the switch's, or at the end of the context)
 
     def first(self, prompt: Sequence[int]) -> int:

@@ -7,24 +7,33 @@ Qwen2.5-Coder-1.5B's tokens, about one layer early on average) the
 predictors and the draft head cost more than the layers they save. This
 switch measures both kinds of step on the text at hand, in windows of tokens,
 and keeps to the cheaper one, trying the other again now and then since
-texts change (code, then prose).
+texts change (code, then prose). What it learned outlives a generation:
+contexts of the same heads and thread count share one switch (`shared`), so
+a session or a server measures once, not on every answer.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 
 class ExitSwitch:
     """Window by window: try exits or not. The first window tries exits, the
     second plain steps; after that the kind with the lower measured time per
-    token runs, except every `explore_every`-th window, which measures the
-    other kind again. Per kind, the time per token is an exponential average
-    over its windows (weight `alpha` for the newest)."""
+    token runs, and now and then a window measures the other kind again:
+    after `explore_every` windows, a gap that doubles each time the other
+    kind loses again (up to `max_explore_every`) and starts over when the
+    better kind changes. Per kind, the time per token is an exponential
+    average over its windows (weight `alpha` for the newest)."""
 
-    def __init__(self, window: int = 16, explore_every: int = 8, alpha: float = 0.5):
-        if window < 1 or explore_every < 2 or not 0.0 < alpha <= 1.0:
-            raise ValueError("window >= 1, explore_every >= 2 and alpha in (0, 1] are needed")
-        self.window, self.explore_every, self.alpha = window, explore_every, alpha
+    def __init__(self, window: int = 16, explore_every: int = 8, alpha: float = 0.5, max_explore_every: int = 64):
+        if window < 1 or not 2 <= explore_every <= max_explore_every or not 0.0 < alpha <= 1.0:
+            raise ValueError("window >= 1, 2 <= explore_every <= max_explore_every and alpha in (0, 1] are needed")
+        self.window, self.alpha = window, alpha
+        self.base_gap, self.max_gap = explore_every, max_explore_every
+        self.gap = explore_every       # windows between explorations now
+        self.since_explore = 0         # windows of the better kind since the last exploration
+        self.best: Optional[bool] = None
         self.cost: dict[bool, Optional[float]] = {True: None, False: None}  # seconds per token
         self.windows = 0         # windows finished
         self.current = True      # the kind this window runs
@@ -53,4 +62,25 @@ class ExitSwitch:
         if self.cost[False] is None:
             return False  # the second window measures plain steps
         best = self.cost[True] <= self.cost[False]
-        return (not best) if self.windows % self.explore_every == 0 else best
+        if best != self.best:
+            self.best, self.gap, self.since_explore = best, self.base_gap, 0  # start over
+        elif self.current != best:
+            self.gap = min(2 * self.gap, self.max_gap)  # an exploration that lost again: look less often
+        if self.current == best:
+            self.since_explore += 1
+        if self.since_explore >= self.gap:
+            self.since_explore = 0
+            return not best
+        return best
+
+
+_shared: "weakref.WeakKeyDictionary[object, dict[int, ExitSwitch]]" = weakref.WeakKeyDictionary()
+
+
+def shared(heads: object, n_threads: int) -> ExitSwitch:
+    """The switch of every context with these heads and thread count (it
+    goes with the heads object)."""
+    by_threads = _shared.setdefault(heads, {})
+    if n_threads not in by_threads:
+        by_threads[n_threads] = ExitSwitch()
+    return by_threads[n_threads]
