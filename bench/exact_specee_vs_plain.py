@@ -65,6 +65,11 @@ def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
                 "plain_steps": x.get("plain_steps", 0)}
 
 
+def _per_step(runs: list[dict], key: str):
+    steps = sum(x["steps"] for x in runs)
+    return round(sum(x[key] * x["steps"] for x in runs) / steps, 4) if steps else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="model name or GGUF path")
@@ -106,8 +111,9 @@ def main() -> int:
                 (r["plain"]["prefill_s"] + r["plain"]["decode_s"]) / (x["prefill_s"] + x["decode_s"])
                 for x, r in zip(runs, rows)), 4),
             "same_tokens_as_plain": sum(x["tokens"] == r["plain"]["tokens"] for x, r in zip(runs, rows)),
-            "exit_ratio": round(statistics.mean(x["exit_ratio"] for x in runs), 4),
-            "mean_exit_layer": round(statistics.mean(x["mean_exit_layer"] for x in runs), 3),
+            # over the steps that tried to exit (plain steps and prompts without any left out)
+            "exit_ratio": _per_step(runs, "exit_ratio"),
+            "mean_exit_layer": _per_step(runs, "mean_exit_layer"),
             "drafts_verified": verified,
             "plain_steps": sum(x["plain_steps"] for x in runs),
             "drafts_accepted": sum(x["accepted"] for x in runs),

@@ -25,18 +25,22 @@ def tiny_with_heads(tiny_model_factory, tmp_path_factory):
 
 def test_eval_limit_2_end_to_end(tiny_with_heads):
     path, heads = tiny_with_heads
-    res = evaluate(path, list(PATHS), ["vanilla", "specee"], heads_path=heads, limit=2, n_predict=8,
-                   threads=1, n_ctx=512, progress=False, dataset_paths=PATHS)
+    res = evaluate(path, list(PATHS), ["vanilla", "specee", "specee-lossy"], heads_path=heads, limit=2,
+                   n_predict=8, threads=1, n_ctx=512, progress=False, dataset_paths=PATHS)
     assert set(res["datasets"]) == set(PATHS)
     for name, modes in res["datasets"].items():
-        v, s = modes["vanilla"], modes["specee"]
-        assert v["n_items"] == s["n_items"] == 2
+        v, s, lossy = modes["vanilla"], modes["specee"], modes["specee-lossy"]
+        assert v["n_items"] == s["n_items"] == lossy["n_items"] == 2
         assert v["decode_tok_s"] > 0 and s["speedup"] > 0
-        assert 1 <= s["mean_exit_layer"] <= 4 and 0 <= s["exit_ratio"] <= 1
-        assert 0 <= s["teacher_forced_agreement"] <= 1 and 0 <= s["rouge_l_vs_vanilla"] <= 1
+        assert 1 <= lossy["mean_exit_layer"] <= 4 and 0 <= lossy["exit_ratio"] <= 1
+        assert 0 <= lossy["teacher_forced_agreement"] <= 1 and 0 <= lossy["rouge_l_vs_vanilla"] <= 1
+        assert s["same_tokens_as_vanilla"] == 2 and s["rouge_l_vs_vanilla"] == 1.0  # exact: vanilla's output
         assert (v["task_score"] is None) == (name == "mtbench")
+    # the exact mode's exit switch (shared by the items) measured exits first, with checked drafts
+    first = res["datasets"][next(iter(PATHS))]["specee"]
+    assert 1 <= first["mean_exit_layer"] <= 4 and 0 <= first["acceptance_rate"] <= 1
     table = markdown_table(res)
-    assert table.count("\n") == 2 + 2 * len(PATHS) - 1 and "| csqa | specee |" in table
+    assert table.count("\n") == 2 + 3 * len(PATHS) - 1 and "| csqa | specee |" in table
 
 
 def test_eval_needs_heads_for_specee(tiny_with_heads):

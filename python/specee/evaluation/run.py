@@ -277,7 +277,10 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
         if kind.startswith("specee"):
             out["verify_full"] = ctx.exit_params()["verify_full"]
             rec["exit_layers"] = [int(e) for e in g.extra["exit_layers"]]
-            rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
+            if kind == "specee-lossy":  # how often the exit token is the full model's
+                rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
+            else:  # exact: the full model checks every exit's draft
+                rec["drafted"], rec["accepted"] = g.extra["exit_drafts_verified"], g.extra["exit_drafts_accepted"]
         elif kind == "speculative":
             rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
     body = [t for t in g.tokens if t not in tok.eot_ids]
@@ -315,6 +318,7 @@ def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
         if r.tf_steps:
             s["teacher_forced_agreement"] = round(r.tf_agree / r.tf_steps, 4)
         if base is not None and mode != "vanilla":
+            s["same_tokens_as_vanilla"] = sum(a == b for a, b in zip(r.tokens, base.tokens))
             s["exact_prefix_tokens"] = round(statistics.mean(_prefix(a, b) for a, b in zip(r.tokens, base.tokens)), 2)
             s["rouge_l_vs_vanilla"] = round(statistics.mean(rouge_l(a, b) for a, b in zip(r.texts, base.texts)), 4)
         summary[mode] = s
@@ -322,8 +326,8 @@ def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    cols = ["decode_tok_s", "speedup", "mean_exit_layer", "exit_ratio", "teacher_forced_agreement",
-            "exact_prefix_tokens", "rouge_l_vs_vanilla", "task_score"]
+    cols = ["decode_tok_s", "speedup", "mean_exit_layer", "exit_ratio", "acceptance_rate", "teacher_forced_agreement",
+            "same_tokens_as_vanilla", "exact_prefix_tokens", "rouge_l_vs_vanilla", "task_score"]
     lines = ["| data set | mode | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, modes in results["datasets"].items():
         for mode, s in modes.items():
