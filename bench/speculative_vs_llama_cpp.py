@@ -3,7 +3,7 @@ lookup against `llama-lookup`, a draft model against
 `llama-speculative-simple` with the same draft GGUF. Decode speed on the
 same prompts, model, token count, draft length and threads, alternated
 prompt by prompt (llama.cpp with weight repacking off: its AMX layout
-crashes on prompts on AMX machines, see the README).
+crashes on prompts on AMX machines, see docs/results.md).
 
     python bench/speculative_vs_llama_cpp.py --llama-bin PATH/llama-lookup --draft lookup:3 --threads 2
     python bench/speculative_vs_llama_cpp.py --llama-bin PATH/llama-speculative-simple \

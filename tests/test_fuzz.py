@@ -5,7 +5,7 @@ libspecee (ASan + UBSan + coverage; cmake/sanitizers.cmake), seeded with the
 tiny models and head files of tests/fuzz/seeds.py and with every input that
 crashed once (tests/data/fuzz/). A run fails on any crash, sanitizer report,
 leak or timeout, and names the input that caused it. Without clang and its
-libFuzzer runtime it is skipped; README "Hardening" says how to run longer.
+libFuzzer runtime it is skipped; docs/usage.md "Hardening" says how to run longer.
 
 SPECEE_FUZZ_SECONDS sets the time per target (default 25),
 SPECEE_FUZZ_SEED libFuzzer's random seed (default 1, so CI runs repeat).

@@ -8,7 +8,7 @@ the context's KV cache, 16 KiB here (2 layers x 64 cells x 32 K/V values x 2
 per cycle grows the RSS by at least 950 x 16 KiB = 15 MiB, so growth must stay
 under 8 MiB. Smaller leaks (a string, a struct) are below what RSS can show:
 the sanitizer runs catch those (LeakSanitizer in the fuzz targets and the C
-smoke test, README "Hardening").
+smoke test, docs/usage.md "Hardening").
 """
 from __future__ import annotations
 

@@ -334,7 +334,7 @@ static bool product_supported(ggml_backend_buffer_type_t buft, const ggml_tensor
 
 // The CPU extra buffer type that can hold `w` as the weight of every product
 // (prompts included), or nullptr. Never the AMX one: its multi-token kernels
-// fault on some AMX machines (README, "Plain decoding against llama-bench");
+// fault on some AMX machines (docs/results.md, "Plain decoding against `llama-bench`");
 // place_decode_copies uses it for single-token graphs only.
 static ggml_backend_buffer_type_t repack_buffer_type(const ggml_tensor * w) {
     for (ggml_backend_buffer_type_t buft : cpu_extra_buffer_types()) {

@@ -100,7 +100,7 @@ struct model {
     int                        n_repacked   = 0;  // tensors in the CPU's repacked layout
     // On CPUs with AMX: a second copy of the matrices in ggml's AMX layout,
     // which single-token graphs read (its single-token kernels are the
-    // fastest there, its multi-token ones fault: README, "Plain decoding
+    // fastest there, its multi-token ones fault: docs/results.md, "Plain decoding
     // against llama-bench"). Empty, and the pointers the plain ones, elsewhere.
     std::vector<layer_weights> decode_layers;
     ggml_tensor              * decode_output = nullptr;
