@@ -171,6 +171,7 @@ def main() -> int:
            "ctx": args.ctx, "chunks": len(chunks), "scored_tokens": sum(len(t) for t in targets),
            "text": "XSum articles, joined by blank lines", "reference_s": round(t_ref, 1),
            "reference_ppl": round(float(np.exp(nll(ref_lp))), 4), "kernels": {}}
+    per_token_kl = {}
     for kernels in ("ggml", "specee"):
         kl, top1, token_nll = [], [], []
         with Model(path, kernels=kernels) as m:
@@ -181,10 +182,15 @@ def main() -> int:
                 top1.append(r.argmax(-1) == lp.argmax(-1))
                 token_nll.append(-lp[np.arange(len(t)), t])
         kl, top1 = np.concatenate(kl), np.concatenate(top1)
+        per_token_kl[kernels] = kl
         out["kernels"][kernels] = {"ppl": round(float(np.exp(np.mean(np.concatenate(token_nll)))), 4),
                                    "kl_vs_reference_mean": round(float(kl.mean()), 6),
                                    "kl_vs_reference_p99": round(float(np.quantile(kl, 0.99)), 6),
                                    "same_top1_as_reference": round(float(top1.mean()), 4)}
+    # paired over the same tokens: is specee's KL against the reference larger than ggml's?
+    diff = per_token_kl["specee"] - per_token_kl["ggml"]
+    out["kl_specee_minus_ggml"] = {"mean": round(float(diff.mean()), 7),
+                                   "standard_error": round(float(diff.std(ddof=1) / np.sqrt(diff.size)), 7)}
     if args.llama_perplexity:
         with tempfile.TemporaryDirectory() as tmp:
             text = Path(tmp) / "text.txt"

@@ -188,3 +188,13 @@ def test_cli_specee_mode_is_exact_by_default(tiny6_heads, capsys):
     assert runs["exact"]["exact"] is True and runs["exact"]["exit_drafts_verified"] > 0
     assert runs["exact"]["exit_drafts_accepted"] < runs["exact"]["exit_drafts_verified"]  # misses happened
     assert runs["lossy"]["exact"] is False and runs["lossy"]["tokens"] != runs["vanilla"]["tokens"]
+
+
+def test_cli_stats_line_says_when_the_output_may_differ(tiny6_heads, capsys):
+    path, heads = tiny6_heads
+    base = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "4", "--temp", "0",
+            "--mode", "specee", "--heads", str(heads["always"])]
+    assert cli.main(base + ["--lossy"]) == 0
+    assert "lossy early exit: the output may differ from the model's" in capsys.readouterr().err
+    assert cli.main(base) == 0
+    assert "lossy" not in capsys.readouterr().err

@@ -127,7 +127,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(f"prefill: {result.n_prompt} tokens, {result.prefill_tok_s:.1f} tok/s | "
               f"decode: {result.n_generated} tokens, {result.decode_tok_s:.1f} tok/s | "
-              f"threads {n_threads} | stop: {result.stop_reason}", file=sys.stderr)
+              f"threads {n_threads} | stop: {result.stop_reason}"
+              + (" | lossy early exit: the output may differ from the model's" if args.lossy else ""), file=sys.stderr)
         if heads is not None:
             x = result.extra
             print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
