@@ -122,12 +122,14 @@ def engine_logits(model: Model, chunk: list[int], threads: int) -> np.ndarray:
         return ctx.all_logits()
 
 
-def llama_perplexity(binary: Path, model: Path, text: Path, ctx: int, chunks: int, threads: int) -> float:
+def llama_perplexity(binary: Path, model: Path, text: Path, ctx: int, chunks: int, threads: int,
+                     ubatch: int) -> float:
     # --no-repack: ggml's repacked AMX layout faults on prompts on AMX Xeons (docs/results.md); the
-    # figure is that of ggml's plain kernels then, which `--kernels ggml` runs too
+    # figure is that of ggml's plain kernels then, which `--kernels ggml` runs too. `ubatch`: the
+    # tokens of one pass (its matrix kernels depend on it)
     run = subprocess.run([str(binary), "-m", str(model), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks),
-                          "-t", str(threads), "-b", str(ctx), "--no-repack"], capture_output=True, text=True,
-                         check=True)
+                          "-t", str(threads), "-b", str(ctx), "-ub", str(ubatch), "--no-repack"],
+                         capture_output=True, text=True, check=True)
     found = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
     if found is None:
         raise SystemExit("llama-perplexity printed no final estimate:\n" + run.stderr[-2000:])
@@ -195,10 +197,14 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             text = Path(tmp) / "text.txt"
             text.write_text("\n\n".join(docs))
+            # passes of a whole chunk (its default) and of 16 tokens (as specee's runs here)
             out["llama_perplexity_ppl"] = llama_perplexity(args.llama_perplexity, path, text, args.ctx,
-                                                           len(chunks), args.threads)
+                                                           len(chunks), args.threads, args.ctx)
+            out["llama_perplexity_ppl_ubatch16"] = llama_perplexity(args.llama_perplexity, path, text, args.ctx,
+                                                                    len(chunks), args.threads, 16)
         for k in out["kernels"].values():
             k["ppl_vs_llama_cpp"] = round(k["ppl"] / out["llama_perplexity_ppl"] - 1.0, 5)
+            k["ppl_vs_llama_cpp_ubatch16"] = round(k["ppl"] / out["llama_perplexity_ppl_ubatch16"] - 1.0, 5)
     print(json.dumps(out, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def main() -> int:
     path = fetch_model(args.model, progress=False)
     groups = {"copy": COPY_SETS[args.copy_set], "open": OPEN_PROMPTS}
     with Model(path) as model:
-        curve = cost.load(model.fingerprint, args.threads, args.draft_max + 1)
+        curve = cost.load(model.fingerprint, args.threads, args.draft_max + 1, kernels=model.kernels)
         if curve is None:
             sys.exit(f"no cached cost curve for {args.model} at {args.threads} threads: run speculative_vs_plain.py "
                      "once first")

@@ -145,8 +145,8 @@ struct specee_exit_stats {
 
 /* Whose CPU kernels multiply the weight matrices (docs/kernels.md). */
 enum specee_kernels {
-    SPECEE_KERNELS_GGML   = 0, /* ggml's own (default): the numerics of llama.cpp with flash attention off */
-    SPECEE_KERNELS_SPECEE = 1, /* specee's where it has one for the CPU and weight type (Q4_K, Q6_K, Q8_0,
+    SPECEE_KERNELS_GGML   = 0, /* ggml's own: the numerics of llama.cpp with flash attention off */
+    SPECEE_KERNELS_SPECEE = 1, /* (default) specee's where it has one for the CPU and weight type (Q4_K, Q6_K, Q8_0,
                                   Q5_0, Q4_1 on AVX-512 VNNI or AVX2), in passes of up to 16 tokens; ggml's
                                   elsewhere. Every row of a pass is computed exactly as a one-token step
                                   computes it. The matrices get a second copy in specee's layout (weight

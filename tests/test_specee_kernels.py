@@ -28,7 +28,9 @@ def test_every_layer_matrix_is_packed(model_path):
     with Model(model_path, kernels="specee") as m:
         assert m.n_packed == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
         assert m.kernels == "specee"
-    with Model(model_path) as m:
+    with Model(model_path) as m:  # the default
+        assert m.n_packed == 2 * 7 and m.kernels == "specee"
+    with Model(model_path, kernels="ggml") as m:
         assert m.n_packed == 0 and m.kernels == "ggml"
 
 
@@ -67,8 +69,9 @@ def test_the_thread_count_does_not_change_the_output(model_path):
     np.testing.assert_array_equal(out[1], out[2])
 
 
-def test_ggml_kernels_are_the_default_and_unchanged(model_path):
-    with Model(model_path) as a, Model(model_path, kernels="ggml") as b, \
+@needs_kernels
+def test_specee_kernels_are_the_default(model_path):
+    with Model(model_path) as a, Model(model_path, kernels="specee") as b, \
             a.context(n_ctx=64) as ca, b.context(n_ctx=64) as cb:
         for c in (ca, cb):
             c.prefill(PROMPT)

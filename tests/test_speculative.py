@@ -496,10 +496,10 @@ def test_cost_curve_interpolates_and_is_cached(tmp_path, monkeypatch, tiny_llama
         measured = cost_module.for_context(ctx, PROMPT, 5)
         assert ctx.n_past == 0  # calibration leaves the cache as it was
         assert sorted(measured.points) == [1, 2, 3, 4, 5] and all(c >= 1.0 for c in measured.points.values())
-        path = cost_module.cache_path(m.fingerprint, 1)
+        path = cost_module.cache_path(m.fingerprint, 1, kernels=m.kernels)
         assert json.loads(path.read_text())["points"]["5"] == measured.points[5]
         assert cost_module.for_context(ctx, PROMPT, 5).points == measured.points  # from the cache
-        assert cost_module.load(m.fingerprint, 1, 9) is None  # the cache does not reach 9
+        assert cost_module.load(m.fingerprint, 1, 9, kernels=m.kernels) is None  # the cache does not reach 9
 
         # the curve is clamped: at least one step, at most n, never below a shorter pass
         values = [measured.points[n] for n in sorted(measured.points)]

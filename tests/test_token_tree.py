@@ -233,7 +233,8 @@ def test_amx_decode_copies_only_where_the_cpu_has_amx(tiny_model_factory):
     copies, prompts (multi-token graphs) the plain ones, and a tiny model
     still picks the plain kernels' tokens."""
     path = tiny_model_factory(qtype="Q8_0", n_layer=2, seed=4)
-    with Model(path) as plain_model, Model(path, amx_decode=True) as amx:
+    # AMX copies serve ggml's kernels (specee's take the matrices they pack)
+    with Model(path, kernels="ggml") as plain_model, Model(path, amx_decode=True, kernels="ggml") as amx:
         assert plain_model.n_decode_copies == 0
         if amx.n_decode_copies == 0:
             pytest.skip("this CPU (or ggml build) has no AMX layout")

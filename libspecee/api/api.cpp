@@ -139,7 +139,7 @@ struct specee_model_params specee_model_default_params(void) {
     p.n_gpu_layers  = 0;
     p.rpc_servers   = nullptr;
     p.amx_decode    = false;
-    p.kernels       = SPECEE_KERNELS_GGML;
+    p.kernels       = SPECEE_KERNELS_SPECEE;  // ggml's where the CPU or weight type has none of specee's
     return p;
 }
 

@@ -33,9 +33,10 @@ DEFAULT_MODEL = "smollm2-135m"
 # ---- generate -------------------------------------------------------------------
 
 
-KERNELS_HELP = ("whose CPU kernels multiply the matrices: ggml (default; llama.cpp's numerics) or specee "
-                "(its own for Q4_K, Q6_K, Q8_0, Q5_0, Q4_1 on AVX-512 VNNI or AVX2 CPUs, passes of up to 16 "
-                "tokens, every row as a one-token step; docs/kernels.md)")
+KERNELS_HELP = ("whose CPU kernels multiply the matrices: specee (default: its own for Q4_K, Q6_K, Q8_0, Q5_0, "
+                "Q4_1 on AVX-512 VNNI or AVX2 CPUs, passes of up to 16 tokens, every row as a one-token step, "
+                "ggml's elsewhere; docs/kernels.md) or ggml (llama.cpp's numerics, token for token; the default with "
+                "--amx-decode)")
 AMX_DECODE_HELP = ("on CPUs with AMX: decode steps read a second copy of the matrices in ggml's AMX layout "
                    "(about 2x faster decode on SmolLM2, twice the weight memory, other rounding)")
 
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
                         "has no authentication, so use trusted networks only")
     g.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
-    g.add_argument("--kernels", choices=sorted(engine.KERNELS), default="ggml", help=KERNELS_HELP)
+    g.add_argument("--kernels", choices=sorted(engine.KERNELS), default=None, help=KERNELS_HELP)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="full depth (vanilla, default), speculative early exit (specee), or lossless "
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
     s.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
-    s.add_argument("--kernels", choices=sorted(engine.KERNELS), default="ggml", help=KERNELS_HELP)
+    s.add_argument("--kernels", choices=sorted(engine.KERNELS), default=None, help=KERNELS_HELP)
     s.add_argument("--no-batching", action="store_true",
                    help="step every slot alone instead of decoding the full-depth slots in one batched pass")
     s.add_argument("--threads", type=int, default=0,

@@ -124,14 +124,18 @@ class Model(_Handle):
 
     def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True,
                  n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None, amx_decode: bool = False,
-                 kernels: str = "ggml"):
+                 kernels: Optional[str] = None):
         """`n_gpu_layers`: llama.cpp's -ngl, the last N layers (N > n_layer:
         and the output layer) on the offload devices: `rpc_servers`
         ("host:port" each, `specee rpc-server`), then GPUs of a CUDA build.
         `amx_decode`: on AMX CPUs, decode steps read a second copy of the
         matrices in ggml's AMX layout (faster, other rounding; specee.h).
-        `kernels`: "ggml" (llama.cpp's numerics) or "specee" (specee's own
-        kernels where the CPU and weight type have one: docs/kernels.md)."""
+        `kernels`: "specee" (the default: specee's own kernels where the CPU
+        and weight type have one, ggml's elsewhere; docs/kernels.md) or
+        "ggml" (llama.cpp's numerics, token for token; the default with
+        amx_decode, whose copies serve ggml's kernels)."""
+        if kernels is None:
+            kernels = "ggml" if amx_decode else "specee"
         self.path = os.fspath(path)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
             raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")

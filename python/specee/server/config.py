@@ -30,7 +30,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20      # larger request bodies get 413
     batching: bool = True              # full-depth slots decode in one batched pass per step
     amx_decode: bool = False           # decode steps read AMX-layout copies of the matrices (AMX CPUs)
-    kernels: str = "ggml"              # whose CPU kernels multiply the matrices (engine.KERNELS)
+    kernels: Optional[str] = None      # whose CPU kernels multiply the matrices (engine.KERNELS; None: Model's default)
 
     def check(self) -> None:
         """Refuses settings no server can run with, naming the flag."""
