@@ -12,6 +12,8 @@ from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model
 from specee.heads.head_file import constant_predictor, write_heads
 from specee.decoding.speculative import EagleDrafter, generate_speculative, open_drafter
 from specee.decoding.speculative.choice import eagle_shape, parse_draft
+from specee.decoding.speculative.draft import Draft
+from specee.decoding.speculative.tree import best_first
 from test_draft_head import random_draft
 from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain
 
@@ -125,6 +127,11 @@ def test_the_tree_is_the_likeliest_of_the_expansion_run_path_by_path(tiny6, head
         np.testing.assert_allclose(tree.path_probs[i], by_key[key]["path"], rtol=0.02, atol=1e-3)
         assert tree.path_probs[i] == pytest.approx(tree.probs[i] * (tree.path_probs[tree.parents[i]]
                                                                     if tree.parents[i] >= 0 else 1.0), rel=1e-6)
+
+    # one order in both languages: tree.best_first (which orders merged drafts) keeps the engine's
+    as_draft = Draft(list(tree.tokens), [float(p) for p in tree.probs], "eagle", None, list(tree.parents))
+    ordered = best_first(as_draft)
+    assert ordered.tokens == as_draft.tokens and ordered.parent_of == as_draft.parent_of
 
     ranked = sorted(want, key=lambda n: -n["path"])
     assert len(tree.tokens) == min(capacity, len(want))
