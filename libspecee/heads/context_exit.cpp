@@ -93,7 +93,10 @@ void context::run_to_output(int32_t token, forward_plan & plan, int32_t from, in
     plan.save_state   = false;
     plan.n_logits     = 1;
     plan.n_cand       = 0;
-    plan.hidden_layer = has_draft() ? to : -1;  // the draft head's feature
+    // the draft head's feature: an exact exit's comes from its verification,
+    // so an exact step keeps only full depth's
+    const bool feature = has_draft() && (to == model_.hp.n_layer || !early_exit_.params.exact);
+    plan.hidden_layer = feature ? to : -1;
     plan.hidden_norm  = true;
     clear_outputs();
     run(&token, plan);
@@ -168,8 +171,9 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             plan.save_state   = true;
             plan.n_logits     = 0;
             plan.n_cand       = n_cand;
-            // without the full-vocabulary pass, the draft's feature comes from here
-            plan.hidden_layer = has_draft() && !early_exit_.params.verify_full ? il + 1 : -1;
+            // without the full-vocabulary pass, a lossy exit's draft feature comes from here
+            const bool feature = has_draft() && !early_exit_.params.verify_full && !early_exit_.params.exact;
+            plan.hidden_layer = feature ? il + 1 : -1;
             plan.hidden_norm  = true;
             run(&token, plan, cands);
             done = il + 1;
