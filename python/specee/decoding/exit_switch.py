@@ -35,11 +35,9 @@ class ExitSwitch:
         self.since_explore = 0         # windows of the better kind since the last exploration
         self.best: Optional[bool] = None
         self.cost: dict[bool, Optional[float]] = {True: None, False: None}  # seconds per token
-        self.windows = 0         # windows finished
         self.current = True      # the kind this window runs
         self._tokens = 0         # tokens of the current window so far
         self._seconds = 0.0
-        self.tokens_by_kind = {True: 0, False: 0}
 
     def use_exits(self) -> bool:
         """Whether the next step tries to exit."""
@@ -49,12 +47,10 @@ class ExitSwitch:
         """A step of kind `used_exits` took `seconds` and emitted `n_tokens`."""
         self._seconds += seconds
         self._tokens += n_tokens
-        self.tokens_by_kind[used_exits] += n_tokens
         if self._tokens >= self.window:
             per_token = self._seconds / self._tokens
             old = self.cost[used_exits]
             self.cost[used_exits] = per_token if old is None else self.alpha * per_token + (1 - self.alpha) * old
-            self.windows += 1
             self._tokens, self._seconds = 0, 0.0
             self.current = self._next_kind()
 
