@@ -292,12 +292,9 @@ void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums
 
 void mul_mat_q32_avx2(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y,
                       int64_t ldy, int64_t row_begin, int64_t row_end) {
-    switch (w.type) {
-        case weight_type::q8_0: return q32_run<weight_type::q8_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
-        case weight_type::q5_0: return q32_run<weight_type::q5_0>(w, x, sums, n_x, y, ldy, row_begin, row_end);
-        case weight_type::q4_1: return q32_run<weight_type::q4_1>(w, x, sums, n_x, y, ldy, row_begin, row_end);
-        default: break;
-    }
+    with_q32_type(w.type, [&](auto type) {
+        q32_run<decltype(type)::value>(w, x, sums, n_x, y, ldy, row_begin, row_end);
+    });
 }
 
 } // namespace specee::kernels

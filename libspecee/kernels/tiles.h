@@ -34,6 +34,19 @@ void with_width(int nc, F && f) {
     f(std::integral_constant<int, W>{});
 }
 
+// f(std::integral_constant<weight_type, T>) for a packed matrix of a type
+// with 32-weight blocks and Q8_0 activations: the one list every instruction
+// set's entry point dispatches on (other types: nothing).
+template <typename F>
+void with_q32_type(weight_type type, F && f) {
+    switch (type) {
+        case weight_type::q8_0: return f(std::integral_constant<weight_type, weight_type::q8_0>{});
+        case weight_type::q5_0: return f(std::integral_constant<weight_type, weight_type::q5_0>{});
+        case weight_type::q4_1: return f(std::integral_constant<weight_type, weight_type::q4_1>{});
+        default: return;
+    }
+}
+
 // Calls tile(g, half, c0, std::integral_constant<int, NC>) for every group g
 // of rows [row_begin, row_end), every half < HALVES and every tile of columns.
 template <int MAX, int HALVES, typename F>
