@@ -53,7 +53,7 @@ def test_free_running_greedy_matches_llama_cpp(smollm2, case):
 
 def test_cli_generate_json(real_model_path, capsys):
     rc = cli.main(["--quiet", "generate", "--model", real_model_path, "--prompt", "The capital of France is",
-                   "-n", "12", "--threads", "2", "--json"])
+                   "-n", "12", "--threads", "2", "--json", "--temp", "0"])  # greedy: the default samples
     assert rc == 0
     record = json.loads(capsys.readouterr().out)
     for key in ("text", "tokens", "n_prompt", "n_generated", "prefill_s", "decode_s", "decode_tok_s"):
