@@ -13,13 +13,7 @@ struct batch_graph {
     ggml_cgraph * gf        = nullptr;
     ggml_tensor * tokens    = nullptr;  // [n] I32
     ggml_tensor * positions = nullptr;  // [n] I32
-    struct sequence {
-        ggml_tensor *              k_idx = nullptr;  // [1] I64: the cell this token writes
-        ggml_tensor *              v_idx = nullptr;  // [n_embd_kv] I64 if V is transposed, else == k_idx
-        std::vector<ggml_tensor *> masks;            // unique masks, [n_kv, 1]
-        std::vector<int>           mask_layer;       // a layer each mask serves
-        std::vector<int>           mask_of_layer;    // assign_masks() of this sequence
-    };
+    using sequence = attention_inputs;  // one per sequence: [1] row each
     std::vector<sequence> seqs;
     ggml_tensor * logits = nullptr;     // [n_vocab, n]
     ggml_tensor * hidden = nullptr;     // [n_embd, n] after the final norm, when asked for

@@ -40,15 +40,10 @@ struct forward_plan {
     // in the cache already.
     std::vector<int32_t> entry_layers;
 
-    // Same graph shape (positions, tokens and masks are inputs, so a graph
-    // built for one plan runs another of the same shape).
-    bool same_shape(const forward_plan & o) const {
-        return n_tokens == o.n_tokens && n_kv == o.n_kv && layer_begin == o.layer_begin &&
-               layer_end == o.layer_end && save_state == o.save_state && n_logits == o.n_logits &&
-               hidden_layer == o.hidden_layer && hidden_norm == o.hidden_norm && n_cand == o.n_cand &&
-               fill_kv == o.fill_kv && trace == o.trace && as_steps == o.as_steps &&
-               entry_layers == o.entry_layers;
-    }
+    // Every field but `pos` is the graph's shape (positions, cells and masks
+    // are inputs); the graph cache keys graphs by the whole plan with pos
+    // cleared (runner/graph_runner.h), so a new field is part of the key.
+    bool operator==(const forward_plan &) const = default;
 };
 
 // For each layer in [plan.layer_begin, plan.layer_end), the index of the mask
@@ -56,20 +51,26 @@ struct forward_plan {
 // nothing has exited early). Entries outside the range are -1.
 std::vector<int> assign_masks(const kv_cache & kv, const forward_plan & plan, int n_layer);
 
-struct forward_graph {
-    ggml_cgraph * gf = nullptr;
-
-    // inputs, to be filled after allocation
-    ggml_tensor * tokens = nullptr;             // [n_tokens - late rows] I32 (only when layer_begin == 0)
-    ggml_tensor * positions = nullptr;          // [n_tokens] I32
+// The inputs that place a pass's rows in one KV cache: the cells they
+// write and, for each group of layers that computed the same cells, what
+// each row may attend to. row_layout (runner/row_layout.h) fills them.
+struct attention_inputs {
     ggml_tensor * k_idx = nullptr;              // [n_tokens] I64: the cells this batch writes
     ggml_tensor * v_idx = nullptr;              // [n_embd_kv * n_tokens] I64 if V is transposed, else == k_idx
-    ggml_tensor * cand_ids = nullptr;           // [n_cand] I32
-    ggml_tensor * features = nullptr;           // [n_embd, n_tokens] F32 (draft head graphs)
-    ggml_tensor * entry_states = nullptr;       // [n_embd, entry_layers.size()] F32: late rows' hidden states
     std::vector<ggml_tensor *> masks;           // unique masks, [n_kv, n_tokens] F32 (F16 for flash attention)
     std::vector<int>           mask_layer;      // for each unique mask, a layer it serves
     std::vector<int>           mask_of_layer;   // assign_masks() at build time
+};
+
+struct forward_graph : attention_inputs {
+    ggml_cgraph * gf = nullptr;
+
+    // inputs, to be filled after allocation (and attention_inputs')
+    ggml_tensor * tokens = nullptr;             // [n_tokens - late rows] I32 (only when layer_begin == 0)
+    ggml_tensor * positions = nullptr;          // [n_tokens] I32
+    ggml_tensor * cand_ids = nullptr;           // [n_cand] I32
+    ggml_tensor * features = nullptr;           // [n_embd, n_tokens] F32 (draft head graphs)
+    ggml_tensor * entry_states = nullptr;       // [n_embd, entry_layers.size()] F32: late rows' hidden states
 
     // outputs
     ggml_tensor * logits = nullptr;             // [n_vocab, n_logits]

@@ -48,7 +48,8 @@ std::vector<float> context::last_draft_probs() const {
     return probs;
 }
 
-void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row) {
+void context::draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row,
+                         const row_layout * rows) {
     scoped_timer timer(perf_.t_draft_us);
     scoped_timer run_timer(perf_.t_run_us);  // a graph run like run()'s: t_host = t_run - t_compute covers it
     forward_plan plan;
@@ -57,18 +58,17 @@ void context::draft_pass(const int32_t * tokens, const float * features, uint32_
     plan.n_kv      = padded_n_kv(plan.pos + n);
     plan.layer_end = 1;
     plan.n_logits  = every_row ? int(n) : 1;
-    // a slot each for prompts, single steps and tree levels: they alternate
-    graph_slot & slot = draft_slots_[n == 1 ? 1 : every_row ? 2 : 0];
-    if (!(slot.ready && slot.plan.same_shape(plan)) || has_offload()) {
-        build_into(slot, plan, /*draft=*/true);
-    }
-    compute(slot.g, plan, *draft_.kv, tokens, nullptr, features);
+    pass_inputs in;
+    in.tokens   = tokens;
+    in.features = features;
+    const forward_graph & g =
+        pass(graph_kind::draft_head, plan, rows ? *rows : row_layout::plain(plan.pos, n), *draft_.kv, in);
     draft_.kv->commit(plan.pos, n, 1);
-    draft_.n_vocab = size_t(slot.g.logits->ne[0]);
-    draft_.logits.resize(size_t(ggml_nelements(slot.g.logits)));
-    ggml_backend_tensor_get(slot.g.logits, draft_.logits.data(), 0, draft_.logits.size() * sizeof(float));
-    draft_.hidden.resize(size_t(ggml_nelements(slot.g.hidden)));
-    ggml_backend_tensor_get(slot.g.hidden, draft_.hidden.data(), 0, draft_.hidden.size() * sizeof(float));
+    draft_.n_vocab = size_t(g.logits->ne[0]);
+    draft_.logits.resize(size_t(ggml_nelements(g.logits)));
+    ggml_backend_tensor_get(g.logits, draft_.logits.data(), 0, draft_.logits.size() * sizeof(float));
+    draft_.hidden.resize(size_t(ggml_nelements(g.hidden)));
+    ggml_backend_tensor_get(g.hidden, draft_.hidden.data(), 0, draft_.hidden.size() * sizeof(float));
 }
 
 std::vector<int32_t> context::draft_top(size_t row, size_t k, float * probs) const {

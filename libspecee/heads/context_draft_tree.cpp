@@ -129,16 +129,10 @@ int32_t context::draft_tree(int32_t next_token, int32_t depth, int32_t width, in
             }
             // one pass over the level: positions synced + depth, each row
             // attending to the synced cache and its own ancestors
-            const token_tree t = make_tree(cache_tokens.data(), cache_parents.data(), int32_t(cache_tokens.size()),
+            const token_tree t = make_token_tree(cache_tokens.data(), cache_parents.data(), int32_t(cache_tokens.size()),
                                            synced);
-            laying_out_ = &t;
-            try {
-                draft_pass(&cache_tokens[first], features.data(), uint32_t(frontier.size()), /*every_row=*/true);
-            } catch (...) {
-                laying_out_ = nullptr;
-                throw;
-            }
-            laying_out_ = nullptr;
+            const row_layout rows = row_layout::of_tree(t, uint32_t(first), uint32_t(frontier.size()));
+            draft_pass(&cache_tokens[first], features.data(), uint32_t(frontier.size()), /*every_row=*/true, &rows);
             cache_features.insert(cache_features.end(), draft_.hidden.begin(), draft_.hidden.end());
             for (size_t i = 0; i < frontier.size(); i++) {
                 add_children(i, frontier[i]);

@@ -16,9 +16,7 @@ void context::set_heads(const heads * h) {
     draft_.kv.reset();
     draft_.pending_tokens.clear();
     draft_.pending_features.clear();
-    for (graph_slot & s : draft_slots_) {
-        s.ready = false;
-    }
+    runner_.forget(graph_kind::draft_head);  // another draft head's weights
     if (h && h->draft.present) {
         if (kv_.n_past() > 0) {
             fail(SPECEE_STATUS_INVALID_ARGUMENT,

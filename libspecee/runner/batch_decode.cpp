@@ -46,61 +46,32 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
     // The graph depends on which contexts take part, their cells read and
     // which of their layers share a mask; positions, cells written and masks
     // are inputs. The same batch step after step reuses it.
-    std::vector<int64_t> key = {int64_t(want_hidden)};
+    graph_key key;
+    key.kind        = graph_kind::batch;
+    key.want_hidden = want_hidden;
     for (int32_t s = 0; s < n; s++) {
-        key.push_back(int64_t(contexts[s]->id_));
-        key.push_back(int64_t(plans[size_t(s)].n_kv));
-        for (int u : assign_masks(*kvs[size_t(s)], plans[size_t(s)], m.hp.n_layer)) {
-            key.push_back(u);
-        }
+        const graph_key one = forward_key(graph_kind::batch, plans[size_t(s)], *kvs[size_t(s)], m.hp.n_layer);
+        key.plans.push_back(one.plans[0]);
+        key.masks.insert(key.masks.end(), one.masks.begin(), one.masks.end());
+        key.sequences.push_back(contexts[s]->id_);
     }
-    graph_slot & slot = lead.batch_slot_;
-    if (!slot.ready || key != lead.batch_key_) {
-        const int size = batch_graph_size(m, n);
-        slot.reset(size, /*with_galloc=*/true);
-        lead.batch_graph_ = build_batch_forward(slot.ctx, m, kvs, plans, want_hidden, size);
-        if (!slot.allocate(lead.batch_graph_.gf)) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
-        }
-        slot.ready      = true;
-        lead.batch_key_ = std::move(key);
-        lead.perf_.n_graph_builds++;
-    }
-    const batch_graph & g = lead.batch_graph_;
+    const int size = batch_graph_size(m, n);
+    const batch_graph & g = lead.runner_.graph_for(key, size, [&](ggml_context * ctx, graph_runner::slot & slot) {
+        slot.batch = build_batch_forward(ctx, m, kvs, plans, want_hidden, size);
+        return slot.batch.gf;
+    }).batch;
 
     // ---- inputs ----
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int32_t s = 0; s < n; s++) {
         pos[size_t(s)] = int32_t(plans[size_t(s)].pos);
     }
-    ggml_backend_tensor_set(g.tokens, tokens, 0, size_t(n) * sizeof(int32_t));
-    ggml_backend_tensor_set(g.positions, pos.data(), 0, pos.size() * sizeof(int32_t));
-    std::vector<float>       mask;
-    std::vector<ggml_fp16_t> mask_f16;
-    std::vector<int64_t>     v_idx;
+    set_input(g.tokens, tokens, 0, size_t(n) * sizeof(int32_t));
+    set_input(g.positions, pos.data(), 0, pos.size() * sizeof(int32_t));
     for (size_t s = 0; s < size_t(n); s++) {
-        const batch_graph::sequence & q = g.seqs[s];
-        const kv_cache & kv = *kvs[s];
-        const int64_t cell = plans[s].pos;
-        ggml_backend_tensor_set(q.k_idx, &cell, 0, sizeof cell);
-        if (q.v_idx != q.k_idx) {
-            kv.v_indices(&cell, 1, v_idx);
-            ggml_backend_tensor_set(q.v_idx, v_idx.data(), 0, v_idx.size() * sizeof(int64_t));
-        }
-        mask.resize(plans[s].n_kv);
-        for (size_t u = 0; u < q.masks.size(); u++) {
-            kv.build_mask(q.mask_layer[u], plans[s].pos, 1, plans[s].n_kv, mask.data());
-            set_mask_input(q.masks[u], mask.data(), mask.size(), mask_f16);
-        }
+        fill_attention_inputs(g.seqs[s], row_layout::plain(plans[s].pos, 1), *kvs[s], plans[s].n_kv, lead.scratch_);
     }
-
-    const int64_t t_compute = ggml_time_us();
-    const ggml_status st = ggml_backend_graph_compute(lead.backend_, g.gf);
-    lead.perf_.t_compute_us += ggml_time_us() - t_compute;
-    lead.perf_.n_graph_runs++;
-    if (st != GGML_STATUS_SUCCESS) {
-        fail(SPECEE_STATUS_COMPUTE_FAILED, "ggml graph compute failed with status %d", int(st));
-    }
+    lead.runner_.compute(g.gf);
 
     // ---- outputs, into each context as its own decode would leave them ----
     const size_t n_vocab = size_t(m.hp.n_vocab), n_embd = size_t(m.hp.n_embd);

@@ -48,49 +48,15 @@ context::context(const model & m, const specee_context_params & params)
     : model_(m),
       kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn, layer_bufts(m)),
       n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
-      n_threads_(resolve_threads(params.n_threads)),
       exact_verify_(params.exact_verify),
+      graph_size_(std::max(1024, 96 * m.hp.n_layer + 64)),  // as_steps passes add reshapes and copies per layer
+      runner_(m, resolve_threads(params.n_threads), graph_size_, perf_),
       id_(next_context_id()) {
     install_ggml_log();
 
     // Explicit cleanup on failure: the destructor does not run for a
-    // constructor that throws.
+    // constructor that throws (the runner, built already, frees itself).
     try {
-        backend_ = ggml_backend_cpu_init();
-        if (backend_ == nullptr) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the ggml CPU backend");
-        }
-        // A persistent thread pool: threads stay alive (and spin briefly)
-        // between graphs instead of being created for every token.
-        ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads_);
-        threadpool_.reset(ggml_threadpool_new(&tpp), ggml_threadpool_free);
-        if (threadpool_ == nullptr) {
-            fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a pool of %d threads", n_threads_);
-        }
-        ggml_backend_cpu_set_n_threads(backend_, n_threads_);
-        ggml_backend_cpu_set_threadpool(backend_, threadpool_.get());
-
-        graph_size_ = std::max(1024, 96 * m.hp.n_layer + 64);  // as_steps passes add reshapes and copies per layer
-        if (m.devices.any_offload()) {
-            // layers on other devices: ggml's scheduler splits each graph
-            // between them and the CPU, which runs what they cannot
-            std::vector<ggml_backend_t> all;
-            for (ggml_backend_dev_t dev : m.devices.offload) {
-                ggml_backend_t b = ggml_backend_dev_init(dev, nullptr);
-                if (b == nullptr) {
-                    fail(SPECEE_STATUS_IO_ERROR, "cannot start the %s backend", ggml_backend_dev_name(dev));
-                }
-                offload_backends_.push_back(b);
-                all.push_back(b);
-            }
-            all.push_back(backend_);
-            sched_ = ggml_backend_sched_new(all.data(), nullptr, int(all.size()), size_t(graph_size_) * 2,
-                                            /*parallel=*/false, /*op_offload=*/true);
-            if (sched_ == nullptr) {
-                fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create the graph scheduler");
-            }
-        }
-
         ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
         state_ctx_ = ggml_init(ip);
         state_ = ggml_new_tensor_2d(state_ctx_, GGML_TYPE_F32, m.hp.n_embd, n_batch_);
@@ -101,58 +67,35 @@ context::context(const model & m, const specee_context_params & params)
 
         // Size the prefill compute buffer once for the largest chunk, so
         // that generation never reallocates it.
-        slots_.push_back(std::make_unique<graph_slot>());
         forward_plan plan;
         plan.n_tokens  = n_batch_;
         plan.n_kv      = kv_.n_ctx();
         plan.layer_end = m.hp.n_layer;
         plan.n_logits  = 1;
-        build_into(*slots_[0], plan);
-        slots_[0]->ready = false;  // its inputs were never set
+        runner_.reserve(forward_key(graph_kind::forward, plan, kv_, m.hp.n_layer), graph_size_,
+                        [&](ggml_context * ctx, graph_runner::slot & s) {
+                            s.g = build_forward(ctx, model_, kv_, state_, plan, graph_size_);
+                            return s.g.gf;
+                        });
     } catch (...) {
-        release();
+        release_state();
         throw;
     }
 }
 
-void context::release() {
-    slots_.clear();
-    batch_slots_.clear();
-    if (sched_) {
-        ggml_backend_sched_free(sched_);
-        sched_ = nullptr;
-    }
-    for (ggml_backend_t b : offload_backends_) {
-        ggml_backend_free(b);
-    }
-    offload_backends_.clear();
+void context::release_state() {
     ggml_backend_buffer_free(state_buffer_);
     state_buffer_ = nullptr;
     ggml_free(state_ctx_);
     state_ctx_ = nullptr;
-    ggml_backend_free(backend_);  // before the thread pool it uses
-    backend_ = nullptr;
-    threadpool_.reset();  // freed with its last user
 }
 
 void context::share_threads(context & with) {
-    if (&with == this || with.threadpool_ == threadpool_) {
-        return;
-    }
-    // the old pool is paused by ggml, then freed here unless another context uses it
-    ggml_backend_cpu_set_threadpool(backend_, with.threadpool_.get());
-    ggml_backend_cpu_set_n_threads(backend_, with.n_threads_);
-    threadpool_ = with.threadpool_;
-    n_threads_  = with.n_threads_;
-}
-
-context::graph_slot::~graph_slot() {
-    ggml_free(ctx);
-    ggml_gallocr_free(galloc);
+    runner_.share_threads(with.runner_);
 }
 
 context::~context() {
-    release();
+    release_state();
 }
 
 // Attention reads whole blocks of 256 cells (the masked rest are zeros in
@@ -220,179 +163,48 @@ static int32_t append_columns(const ggml_tensor * t, std::vector<float> & out) {
     return int32_t(t->ne[1]);
 }
 
-void context::graph_slot::reset(int graph_size, bool with_galloc) {
-    ready = false;
-    ggml_free(ctx);  // before its memory may move
-    ctx = nullptr;
-    meta.resize(std::max(meta.size(), ggml_tensor_overhead() * size_t(graph_size) +
-                                          ggml_graph_overhead_custom(size_t(graph_size), false)));
-    ggml_init_params ip = {meta.size(), meta.data(), true};
-    ctx = ggml_init(ip);
-    if (galloc == nullptr && with_galloc) {
-        galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
-    }
-    if (ctx == nullptr || (galloc == nullptr && with_galloc)) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot create a compute graph");
-    }
-}
+const forward_graph & context::pass(graph_kind kind, const forward_plan & plan, const row_layout & rows,
+                                    const kv_cache & kv, const pass_inputs & in) {
+    const bool draft = kind == graph_kind::draft_head;
+    graph_runner::slot & s = runner_.graph_for(
+        forward_key(kind, plan, kv, draft ? 1 : model_.hp.n_layer), graph_size_,
+        [&](ggml_context * ctx, graph_runner::slot & slot) {
+            slot.g = draft ? build_draft(ctx, model_, early_exit_.attached->draft, kv, plan, graph_size_)
+                           : build_forward(ctx, model_, kv, state_, plan, graph_size_);
+            return slot.g.gf;
+        });
+    const forward_graph & g = s.g;
 
-bool context::graph_slot::allocate(ggml_cgraph * gf) {
-    // The allocator may hold the plan of the graph this slot had before. ggml
-    // plans again only when node counts or node sizes differ (it does not
-    // compare the leafs), and placed a new graph's inputs by an old plan: a
-    // crash in ggml_gallocr_alloc_graph after an early-exit segment graph
-    // replaced another of the same size. So every new graph is planned first.
-    return ggml_gallocr_reserve(galloc, gf) && ggml_gallocr_alloc_graph(galloc, gf);
-}
-
-void context::build_into(graph_slot & slot, const forward_plan & plan, bool draft) {
-    slot.reset(graph_size_, /*with_galloc=*/sched_ == nullptr);
-    slot.g = draft ? build_draft(slot.ctx, model_, early_exit_.attached->draft, *draft_.kv, plan, graph_size_)
-                   : build_forward(slot.ctx, model_, kv_, state_, plan, graph_size_);
-    // CPU only: each slot keeps its buffer and its graph runs again as it
-    // is. With offload devices the scheduler splits and allocates every
-    // graph anew (its compute buffers are shared), and compute() follows at once.
-    const bool ok = sched_ ? (ggml_backend_sched_reset(sched_), ggml_backend_sched_alloc_graph(sched_, slot.g.gf))
-                           : slot.allocate(slot.g.gf);
-    if (!ok) {
-        fail(SPECEE_STATUS_OUT_OF_MEMORY, "cannot allocate the compute graph");
-    }
-    slot.plan  = plan;
-    slot.ready = true;
-    perf_.n_graph_builds++;
-}
-
-// The slot whose graph can run `plan` as it is (reuse = true), or the slot
-// to build it in: decode steps within the same 256-cell block then skip
-// graph building and allocation.
-context::graph_slot & context::slot_for(const forward_plan & plan, bool & reuse) {
-    const size_t max_slots = 33;  // prefill + one per single-token shape we keep
-    const std::vector<int> masks = assign_masks(kv_, plan, model_.hp.n_layer);
-    auto fits = [&](const graph_slot & s) {
-        return s.ready && s.plan.same_shape(plan) && s.g.mask_of_layer == masks;
-    };
-    if (plan.n_tokens > max_kept_batch) {
-        reuse = fits(*slots_[0]);  // prompts: one slot, sized at construction for n_batch
-        return *slots_[0];
-    }
-    if (plan.n_tokens > 1) {
-        // small batches (verification passes of drafts, of every length in
-        // turn): a slot per shape, so alternating lengths do not rebuild graphs
-        for (const auto & s : batch_slots_) {
-            if (fits(*s)) {
-                reuse = true;
-                return *s;
-            }
-        }
-        reuse = false;
-        for (auto & s : batch_slots_) {
-            if (s->ready && s->plan.same_shape(plan)) {
-                return *s;  // same shape, other masks: rebuild in place
-            }
-        }
-        if (batch_slots_.size() >= 2 * max_kept_batch) {
-            batch_slots_.erase(batch_slots_.begin());  // the oldest shape
-        }
-        batch_slots_.push_back(std::make_unique<graph_slot>());
-        return *batch_slots_.back();
-    }
-    graph_slot * victim = nullptr;
-    for (size_t i = 1; i < slots_.size(); i++) {
-        graph_slot & s = *slots_[i];
-        if (fits(s)) {
-            reuse = true;
-            return s;
-        }
-        if (s.ready && s.plan.same_shape(plan)) {
-            victim = &s;  // same shape, other masks: rebuild in place
-        }
-    }
-    reuse = false;
-    if (victim) {
-        return *victim;
-    }
-    if (slots_.size() < max_slots) {
-        slots_.push_back(std::make_unique<graph_slot>());
-        return *slots_.back();
-    }
-    victim = slots_[1].get();
-    for (size_t i = 2; i < slots_.size(); i++) {
-        if (slots_[i]->last_used < victim->last_used) {
-            victim = slots_[i].get();
-        }
-    }
-    return *victim;
-}
-
-void context::compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv,
-                      const int32_t * tokens, const int32_t * cands, const float * features,
-                      const float * entry_states) {
     // ---- inputs ----
-    const uint32_t n = plan.n_tokens;
-    // a tree's rows from `first` on are this pass's tokens (a draft tree's earlier rows are cached)
-    const uint32_t first = laying_out_ ? plan.pos - laying_out_->base : 0;
-    pos_buf_.resize(n);
-    k_idx_buf_.resize(n);
-    for (uint32_t i = 0; i < n; i++) {
-        // cell i holds position i; a tree's tokens sit at their depth after its base
-        pos_buf_[i]   = laying_out_ ? int32_t(laying_out_->base + uint32_t(laying_out_->depth[first + i]))
-                                    : int32_t(plan.pos + i);
-        k_idx_buf_[i] = int64_t(plan.pos + i);
-    }
-    set_input(g.positions, pos_buf_.data(), 0, n * sizeof(int32_t));
-    set_input(g.k_idx, k_idx_buf_.data(), 0, n * sizeof(int64_t));
-    if (g.v_idx != g.k_idx) {
-        kv.v_indices(k_idx_buf_.data(), n, v_idx_buf_);
-        set_input(g.v_idx, v_idx_buf_.data(), 0, v_idx_buf_.size() * sizeof(int64_t));
-    }
+    fill_positions(g.positions, rows, scratch_);
+    fill_attention_inputs(g, rows, kv, plan.n_kv, scratch_);
     if (g.tokens) {
         // rows entering late (plan.entry_layers) come first and have no token input
         const size_t n_with_tokens = size_t(ggml_nelements(g.tokens));
-        set_input(g.tokens, tokens + (n - n_with_tokens), 0, n_with_tokens * sizeof(int32_t));
+        set_input(g.tokens, in.tokens + (rows.n - n_with_tokens), 0, n_with_tokens * sizeof(int32_t));
     }
     if (g.entry_states) {
-        set_input(g.entry_states, entry_states, 0, size_t(ggml_nbytes(g.entry_states)));
+        set_input(g.entry_states, in.entry_states, 0, size_t(ggml_nbytes(g.entry_states)));
     }
     if (g.features) {
-        set_input(g.features, features, 0, n * size_t(model_.hp.n_embd) * sizeof(float));
+        set_input(g.features, in.features, 0, size_t(rows.n) * size_t(model_.hp.n_embd) * sizeof(float));
     }
     if (g.cand_ids) {
-        set_input(g.cand_ids, cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
+        set_input(g.cand_ids, in.cands, 0, size_t(plan.n_cand) * sizeof(int32_t));
     }
-    mask_buf_.resize(size_t(plan.n_kv) * n);
-    for (size_t u = 0; u < g.masks.size(); u++) {
-        if (laying_out_) {
-            kv.build_tree_mask(g.mask_layer[u], laying_out_->base, laying_out_->n, laying_out_->ancestor, first, n,
-                               plan.n_kv, mask_buf_.data());
-        } else {
-            kv.build_mask(g.mask_layer[u], plan.pos, n, plan.n_kv, mask_buf_.data());
-        }
-        set_mask_input(g.masks[u], mask_buf_.data(), mask_buf_.size(), mask_f16_);
-    }
-
-    const int64_t t_compute = ggml_time_us();
-    const ggml_status st = sched_ ? ggml_backend_sched_graph_compute(sched_, g.gf)
-                                  : ggml_backend_graph_compute(backend_, g.gf);
-    perf_.t_compute_us += ggml_time_us() - t_compute;
-    perf_.n_graph_runs++;
-    if (st != GGML_STATUS_SUCCESS) {
-        fail(SPECEE_STATUS_COMPUTE_FAILED, "ggml graph compute failed with status %d", int(st));
-    }
-
+    runner_.compute(g.gf);
+    return g;
 }
 
 void context::run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands,
-                  const float * entry_states) {
+                  const float * entry_states, const row_layout * rows) {
     const int64_t t_start = ggml_time_us();
-    bool reuse = false;
-    graph_slot & slot = slot_for(plan, reuse);
-    if (!reuse || sched_) {
-        build_into(slot, plan);
-    }
-    slot.last_used = ++n_runs_;
-    const forward_graph & g = slot.g;
-
-    compute(g, plan, kv_, tokens, cands, nullptr, entry_states);
+    pass_inputs in;
+    in.tokens       = tokens;
+    in.cands        = cands;
+    in.entry_states = entry_states;
+    const forward_graph & g =
+        pass(graph_kind::forward, plan, rows ? *rows : row_layout::plain(plan.pos, plan.n_tokens), kv_, in);
 
     // ---- outputs ----
     if (g.logits) {

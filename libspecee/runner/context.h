@@ -1,7 +1,6 @@
 // context.h — one sequence: KV cache, compute buffers, threads, outputs.
 #pragma once
 
-#include "graph/batch_graph.h"
 #include "heads/draft_state.h"
 #include "heads/early_exit_state.h"
 #include "heads/exit_policy.h"
@@ -9,10 +8,11 @@
 #include "heads/heads.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
+#include "runner/graph_runner.h"
+#include "runner/row_layout.h"
+#include "runner/token_tree.h"
 
-#include "ggml-alloc.h"
 #include "ggml-backend.h"
-#include "ggml-cpu.h"
 
 #include <memory>
 #include <set>
@@ -31,7 +31,7 @@ public:
     const model & mdl() const { return model_; }
     uint32_t n_ctx()     const { return kv_.n_ctx(); }
     uint32_t n_past()    const { return kv_.n_past(); }
-    int32_t  n_threads() const { return n_threads_; }
+    int32_t  n_threads() const { return runner_.n_threads(); }
     const kv_cache & kv() const { return kv_; }
 
     // Full-depth forward passes (see specee.h for the contracts).
@@ -129,90 +129,49 @@ public:
         scoped_timer(const scoped_timer &) = delete;
         scoped_timer & operator=(const scoped_timer &) = delete;
     };
-    struct perf_counters {
-        uint64_t n_graph_runs   = 0;
-        uint64_t n_graph_builds = 0;
-        int64_t  t_compute_us   = 0;
-        int64_t  t_run_us       = 0;  // whole run(), compute included
-        int64_t  t_draft_us     = 0;  // early-exit stages (see struct specee_perf)
-        int64_t  t_predictor_us = 0;
-        int64_t  t_verify_us    = 0;
-        int64_t  t_exit_step_us = 0;
-    };
+    using perf_counters = specee::perf_counters;
     const perf_counters & perf() const { return perf_; }
     void reset_perf() { perf_ = perf_counters(); }
 
 private:
-    // Built graphs kept for reuse (see run()): slot 0 holds multi-token
-    // (prefill) graphs, the others single-token graphs, one per shape
-    // (full depth, or the segments between early-exit checks).
-    struct graph_slot {
-        std::vector<uint8_t> meta;               // memory for the graph and tensor structs
-        ggml_context       * ctx    = nullptr;
-        ggml_gallocr_t       galloc = nullptr;   // each slot keeps its own compute buffer
-        forward_graph        g;
-        forward_plan         plan;
-        bool                 ready     = false;
-        uint64_t             last_used = 0;
-        // a fresh ggml context for a graph of up to graph_size nodes (and a
-        // gallocr of its own when with_galloc: CPU-only contexts)
-        void reset(int graph_size, bool with_galloc);
-        bool allocate(ggml_cgraph * gf);  // a new graph's tensors in the slot's buffer (CPU only)
-        ~graph_slot();
-    };
-
-    // A tree decode_tree ran, until tree_accept keeps a path of it: where
-    // it starts, each token's parent and depth, who is whose ancestor, and
-    // the draft head's features of its tokens.
-    struct token_tree {
-        uint32_t             base = 0;
-        uint32_t             n    = 0;
-        std::vector<int32_t> tokens, parents, depth;
-        std::vector<uint8_t> ancestor;  // [n, n]: 1 where j is i or an ancestor of i
-        std::vector<float>   features;  // [n, n_embd], with a draft head only
-    };
-    static token_tree make_tree(const int32_t * tokens, const int32_t * parents, int32_t n, uint32_t base);
-    token_tree         tree_;
-    const token_tree * laying_out_ = nullptr;  // during decode_tree's pass: compute() takes positions and masks from it
+    token_tree tree_;  // the tree decode_tree ran, until tree_accept keeps a path of it
     void require_no_tree() const;
     void require_no_pending_exit() const;  // nothing but verify_exit or truncate runs while an exit waits
 
-    // Runs one graph: tokens at [pos, pos + n), layers [layer_begin, layer_end);
-    // entry_states: [n_embd, plan.entry_layers.size()], the late rows' hidden states.
+    // What a pass reads besides its layout: tokens (the rows that start at
+    // layer 0), candidate ids, draft-head features, late rows' hidden states.
+    struct pass_inputs {
+        const int32_t * tokens       = nullptr;
+        const int32_t * cands        = nullptr;
+        const float *   features     = nullptr;
+        const float *   entry_states = nullptr;  // [n_embd, plan.entry_layers.size()]
+    };
+    // One pass through the runner: the graph of `plan` (kept, or built),
+    // its inputs filled from `rows` (where its rows sit in `kv`), computed.
+    const forward_graph & pass(graph_kind kind, const forward_plan & plan, const row_layout & rows,
+                               const kv_cache & kv, const pass_inputs & in);
+    // A pass of the model over tokens at [plan.pos, plan.pos + n), layers
+    // [layer_begin, layer_end) (a tree's rows when `rows` says so), with its
+    // outputs appended to this context's.
     void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr,
-             const float * entry_states = nullptr);
-    // Fills a built graph's inputs and computes it.
-    void compute(const forward_graph & g, const forward_plan & plan, const kv_cache & kv, const int32_t * tokens,
-                 const int32_t * cands, const float * features, const float * entry_states = nullptr);
+             const float * entry_states = nullptr, const row_layout * rows = nullptr);
     void check_tokens(const int32_t * tokens, int32_t n) const;
     void clear_outputs();                           // logits and hidden states of the last call
     void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
     uint32_t padded_n_kv(uint32_t n_used) const;
-    graph_slot & slot_for(const forward_plan & plan, bool & reuse);
-    void         build_into(graph_slot & slot, const forward_plan & plan, bool draft = false);
 
     const model & model_;
     kv_cache      kv_;
     uint32_t      n_batch_;
-    int32_t       n_threads_;
     bool          exact_verify_ = true;  // tree passes as one-token steps (specee_context_params.exact_verify)
 
-    ggml_backend_t     backend_    = nullptr;   // the CPU
-    std::shared_ptr<ggml_threadpool> threadpool_;  // shared by contexts that share_threads()
-    std::vector<ggml_backend_t> offload_backends_;  // one per offload device of the model
-    ggml_backend_sched_t        sched_ = nullptr;   // only with offload devices
-    bool has_offload() const { return sched_ != nullptr; }
-    void release();                                  // frees what the constructor made
-    int                graph_size_ = 0;
-    std::vector<std::unique_ptr<graph_slot>> slots_;
-    graph_slot           batch_slot_;   // decode_batch's graph, when this context leads one,
-    batch_graph          batch_graph_;  // kept while the same contexts decode together
-    std::vector<int64_t> batch_key_;    // what it was built for (decode_batch)
-    const uint64_t       id_;           // unique in the process (a freed context's address may come back)
-    std::vector<std::unique_ptr<graph_slot>> batch_slots_;  // graphs of 2..max_kept_batch tokens, by shape
-    static constexpr uint32_t max_kept_batch = 16;
-    uint64_t           n_runs_ = 0;
+    int                graph_size_ = 0;  // nodes a graph of this context may have
+    perf_counters      perf_;            // before runner_, which counts into it
+    graph_runner       runner_;
+    const uint64_t     id_;              // unique in the process (a freed context's address may come back)
+    bool has_offload() const { return runner_.has_offload(); }
 
+    void release_state();                            // frees the residual buffer below
     ggml_context          * state_ctx_    = nullptr;
     ggml_backend_buffer_t   state_buffer_ = nullptr;
     ggml_tensor           * state_        = nullptr;  // [n_embd, n_batch] residual between segments
@@ -225,7 +184,6 @@ private:
     int32_t                  n_hidden_  = 0;
     int32_t                  hidden_layer_ = -1;
     bool                     hidden_norm_  = false;
-    perf_counters            perf_;
 
     // early exit
     int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
@@ -239,23 +197,19 @@ private:
     // draft head: its one-layer cache, the target tokens and features it
     // has not consumed yet ([n_pending, n_embd]), its graphs
     std::vector<int32_t> draft_run(const int32_t * tokens, const float * features, uint32_t n);
-    // one graph over n pairs at the draft's n_past (under laying_out_'s
-    // tree mask when set), committed to its cache; keeps the logits and
+    // one graph over n pairs at the draft's n_past (a draft tree's level
+    // when `rows` says so), committed to its cache; keeps the logits and
     // predicted features of the last pair, or of every pair
-    void                 draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row);
+    void                 draft_pass(const int32_t * tokens, const float * features, uint32_t n, bool every_row,
+                                    const row_layout * rows = nullptr);
     void                 keep_pending(const int32_t * tokens, uint32_t n);
     void                 require_draft_k(int32_t k) const;  // a draft head with at least k tokens
     void                 keep_pending(const int32_t * tokens, const float * features, uint32_t n);
     draft_state                draft_;
-    graph_slot                 draft_slots_[3];   // multi-token, single-token, tree level (every row's logits)
     // the k best tokens of row `row` of the last draft logits (and their probabilities)
     std::vector<int32_t>       draft_top(size_t row, size_t k, float * probs) const;
 
-    std::vector<int64_t>     k_idx_buf_;
-    std::vector<int64_t>     v_idx_buf_;
-    std::vector<float>       mask_buf_;
-    std::vector<ggml_fp16_t> mask_f16_;
-    std::vector<int32_t>     pos_buf_;
+    input_scratch            scratch_;
 };
 
 } // namespace specee

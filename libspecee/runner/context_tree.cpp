@@ -18,38 +18,12 @@ void context::require_no_tree() const {
     }
 }
 
-context::token_tree context::make_tree(const int32_t * tokens, const int32_t * parents, int32_t n, uint32_t base) {
-    token_tree t;
-    t.base = base;
-    t.n    = uint32_t(n);
-    t.tokens.assign(tokens, tokens + n);
-    t.parents.resize(size_t(n));
-    t.depth.resize(size_t(n));
-    t.ancestor.assign(size_t(n) * size_t(n), 0);
-    for (int32_t i = 0; i < n; i++) {
-        const int32_t p = parents ? parents[i] : i - 1;  // no parents: a chain
-        if (p < -1 || p >= i) {
-            fail(SPECEE_STATUS_INVALID_ARGUMENT,
-                 "parent %d of tree token %d must be -1 (follows the cache) or an earlier token in [0, %d)", p, i, i);
-        }
-        t.parents[size_t(i)] = p;
-        t.depth[size_t(i)]   = p < 0 ? 0 : t.depth[size_t(p)] + 1;
-        uint8_t * row = &t.ancestor[size_t(i) * size_t(n)];
-        if (p >= 0) {
-            const uint8_t * prow = &t.ancestor[size_t(p) * size_t(n)];
-            std::copy(prow, prow + p + 1, row);
-        }
-        row[i] = 1;
-    }
-    return t;
-}
-
 void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n) {
     check_tokens(tokens, n);
     if (uint32_t(n) > n_batch_) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "a token tree of %d tokens is larger than n_batch = %u", n, n_batch_);
     }
-    token_tree t = make_tree(tokens, parents, n, kv_.n_past());
+    token_tree t = make_token_tree(tokens, parents, n, kv_.n_past());
     clear_outputs();
 
     forward_plan plan;
@@ -60,15 +34,13 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
     plan.n_logits     = n;
     plan.as_steps     = exact_verify_;  // each row's logits exactly a plain step's: greedy keeps plain output
     ask_hidden(plan);
-    laying_out_ = &t;
+    const row_layout rows = row_layout::of_tree(t, 0, t.n);
     try {
-        run(tokens, plan);
+        run(tokens, plan, nullptr, nullptr, &rows);
     } catch (...) {
-        laying_out_ = nullptr;
         clear_outputs();
         throw;
     }
-    laying_out_ = nullptr;
     kv_.commit(t.base, t.n, model_.hp.n_layer);
     if (has_draft()) {
         t.features.assign(hidden_.end() - long(size_t(n) * size_t(model_.hp.n_embd)), hidden_.end());
