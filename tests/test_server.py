@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import signal
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from specee.server.app import create_app  # noqa: E402
 from specee.server.config import ServerConfig  # noqa: E402
 from specee.server.decoding import Job  # noqa: E402
 from specee.server.runtime import load_runtime  # noqa: E402
+from specee.server.serve import _Server  # noqa: E402
 from specee.server.stop_text import StopText  # noqa: E402
 from specee.tokenizer import Tokenizer  # noqa: E402
 
@@ -83,16 +85,17 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running(config: ServerConfig, loader=load_runtime, ready: bool = True):
+def running(config: ServerConfig, loader=load_runtime, ready: bool = True, server_class=uvicorn.Server):
     app = create_app(config, loader=loader)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = server_class(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         wait_until(lambda: server.started)
         srv = Server(sock.getsockname()[1], app)
+        srv.uvicorn = server
         if ready:
             wait_until(lambda: srv.request("GET", "/health")[0] == 200)
         yield srv
@@ -622,3 +625,36 @@ def test_real_model_speculative_matches_vanilla(real_model_path, draft):
     assert spec.choices[0].message.content == plain.choices[0].message.content
     assert spec.model_extra["specee"]["mode"] == "speculative"
     assert spec.model_extra["specee"]["draft_source"] == draft
+
+
+def test_markdown_for_the_chat_page_escapes_html_and_script_links(server):
+    text = "**hi** <script>alert(1)</script>\n\n```python\nprint(1 < 2)\n```\n\n[x](javascript:alert(1))"
+    status, _, reply = server.request("POST", "/chat/markdown", {"text": text}, headers=server.auth())
+    assert status == 200
+    html = reply["html"]
+    assert "<strong>hi</strong>" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert '<pre><code class="language-python">print(1 &lt; 2)\n</code></pre>' in html
+    assert "javascript:" not in html.replace("[x](javascript:alert(1))", "")  # kept as text, never as a link
+    assert 'href="javascript' not in html
+    for body in ({"text": 3}, {}, [1]):
+        status, _, reply = server.request("POST", "/chat/markdown", body, headers=server.auth())
+        assert status == 400 and reply["error"]["type"] == "invalid_request_error"
+
+
+def test_stopping_the_server_ends_open_streams_cleanly(tiny, slow_steps):
+    """Ctrl-C while an answer streams: the stream ends at once with an error
+    event and [DONE] (before: it was cancelled with a traceback when the
+    grace period ran out), and the server stops."""
+    with running(config(tiny, parallel=1), server_class=_Server) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("POST", COMPLETIONS, body=json.dumps({"prompt": "bye", "max_tokens": LIMIT, "stream": True,
+                                                          "temperature": 0}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: ")  # mid-stream
+        srv.uvicorn.handle_exit(signal.SIGINT, None)
+        rest = response.read().decode()
+        conn.close()
+        assert "the server is shutting down" in rest and rest.rstrip().endswith("data: [DONE]")
+        assert srv.uvicorn.should_exit

@@ -30,6 +30,7 @@ from .decoding import Job
 from .prometheus import ServerMetrics
 from .outbox import Outbox
 from .responses import SSE_DONE, Responses, sse
+from .markdown import render_markdown
 from .runtime import Runtime, load_runtime
 from .scheduler import QueueFull
 from .schemas import ApiError, GenerationRequest, parse_chat, parse_completion, parse_json_object
@@ -52,6 +53,16 @@ class ServerState:
         self.load_error: Optional[str] = None
         self.created = int(time.time())
 
+    def end_answers(self) -> None:
+        """The server was asked to stop: decoding ends and every unfinished
+        answer gets its error event ("the server is shutting down") now, so
+        streams close cleanly instead of being cancelled with a traceback when
+        uvicorn's grace period runs out. Blocks for up to one decode round:
+        call it off the event loop."""
+        if self.runtime is not None and self.outbox is not None:
+            self.runtime.scheduler.stop()
+            self.outbox.flush()  # the compute thread is gone: this thread hands its last events over
+
     def ready(self) -> Runtime:
         if self.runtime is None:
             raise ApiError(503, "the model is still loading" if self.load_error is None
@@ -71,7 +82,7 @@ class GuardAndCount:
     """Counts each answer by endpoint and status; refuses requests without
     the API key (when one is set) with 401."""
 
-    KNOWN = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+    KNOWN = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/chat/markdown")
 
     def __init__(self, app, state: ServerState):
         self.app = app
@@ -237,8 +248,16 @@ def _routes(state: ServerState) -> list[Route]:
                              "default_mode": state.config.mode, "draft": state.config.draft}
         return JSONResponse({"object": "list", "data": [entry]})
 
+    async def markdown(request: Request) -> Response:
+        # the chat page's answers as HTML (server side: the page stays one file with no scripts of others)
+        text = parse_json_object(await read_body(request, state.config.max_body_bytes)).get("text")
+        if not isinstance(text, str):
+            raise ApiError(400, 'the body must be {"text": "a string of Markdown"}', param="text")
+        return JSONResponse({"html": render_markdown(text)})
+
     return [
         Route("/", index, methods=["GET"]),
+        Route("/chat/markdown", markdown, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
