@@ -154,6 +154,7 @@ def test_stop_ends_the_answer_and_keeps_it_in_the_history(page, slow_steps):
     page.click("#stop")
     playwright_api.expect(page.locator(".msg.stats")).to_have_text("stopped", timeout=WAIT_MS)
     assert page.locator("#send").is_enabled() and page.locator("#stop").is_hidden()
+    assert page.inner_text("#speed") == ""
     shown = answer.inner_text()
     sent = answer_with(page, sse_body(["fine"]))
     ask(page, "go on")
