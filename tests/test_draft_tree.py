@@ -12,7 +12,7 @@ from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model
 from specee.heads.head_file import constant_predictor, write_heads
 from specee.decoding.speculative import EagleDrafter, generate_speculative, open_drafter
 from specee.decoding.speculative.choice import eagle_shape, parse_draft
-from specee.decoding.speculative.draft import Draft
+from specee.decoding.speculative.draft_tree import DraftTree
 from specee.decoding.speculative.tree import best_first
 from test_draft_head import random_draft
 from test_speculative import COPY_PROMPT, PROMPT, AlwaysDraft, plain
@@ -129,7 +129,7 @@ def test_the_tree_is_the_likeliest_of_the_expansion_run_path_by_path(tiny6, head
                                                                     if tree.parents[i] >= 0 else 1.0), rel=1e-6)
 
     # one order in both languages: tree.best_first (which orders merged drafts) keeps the engine's
-    as_draft = Draft(list(tree.tokens), [float(p) for p in tree.probs], "eagle", None, list(tree.parents))
+    as_draft = DraftTree(list(tree.tokens), [float(p) for p in tree.probs], "eagle", None, list(tree.parents))
     ordered = best_first(as_draft)
     assert ordered.tokens == as_draft.tokens and ordered.parent_of == as_draft.parent_of
 

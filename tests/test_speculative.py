@@ -14,7 +14,7 @@ from specee import cli
 from specee.engine import Model
 from specee.decoding.plain import generate
 from specee.decoding.sampling import Sampler, probabilities
-from specee.decoding.speculative import (CostCurve, Draft, DraftPolicy, Kind, LookupDrafter, ModelDrafter,
+from specee.decoding.speculative import (CostCurve, DraftTree, DraftPolicy, Kind, LookupDrafter, ModelDrafter,
                                 VocabularyMismatchError, generate_speculative, open_drafter, parse_draft)
 from specee.decoding.speculative import cost as cost_module
 from specee.decoding.speculative.drafters import empty_draft
@@ -61,7 +61,7 @@ class Scripted:
         good = self.right(self.step)
         self.step += 1
         out = [t if i < good else (t + 1) % self.n_vocab for i, t in enumerate(truth)]
-        return Draft(out, [0.5] * len(out), "scripted") if out else empty_draft()
+        return DraftTree(out, [0.5] * len(out), "scripted") if out else empty_draft()
 
     def close(self):
         pass
@@ -296,7 +296,7 @@ class Likeliest:
         out = [self.ctx.argmax()]
         while len(out) < max_len:
             out.append(self.ctx.decode(out[-1]))
-        return Draft(out, [0.5] * len(out), "likeliest")
+        return DraftTree(out, [0.5] * len(out), "likeliest")
 
     def close(self):
         self.ctx.close()
@@ -340,7 +340,7 @@ class SampledTree:
         parents.append(-1)
         qs.append(None)
         n = min(max_len, len(out))
-        return Draft(out[:n], [0.5] * n, "tree", qs[:n], parents[:n])
+        return DraftTree(out[:n], [0.5] * n, "tree", qs[:n], parents[:n])
 
     def close(self):
         self.dctx.close()
@@ -395,7 +395,7 @@ def test_policy_drafts_nothing_when_acceptance_is_low():
 
 def test_policy_learns_acceptance_per_kind():
     policy = DraftPolicy(SMOLLM_LIKE, {"lookup/3": Kind(0.0, 0.6), "lookup/1": Kind(0.0, 0.2)})
-    good = Draft([1] * 7, [0.6] * 7, "lookup/3")
+    good = DraftTree([1] * 7, [0.6] * 7, "lookup/3")
     assert policy.choose(good, 7) == 0 and policy.limits(7) == {"lookup/3": 0, "lookup/1": 0}
     for _ in range(20):
         policy.verified(good, range(7), [1] * 8)  # every draft accepted
@@ -416,7 +416,7 @@ def test_free_drafts_are_scored_on_every_token_not_just_the_first():
     scores one accepted of two reached, as a verification would have, not
     a success for its first token."""
     policy = DraftPolicy(SMOLLM_LIKE, {"lookup/3": Kind(0.0, 0.6)})
-    draft = Draft([1, 1, 1, 1], [0.6] * 4, "lookup/3")
+    draft = DraftTree([1, 1, 1, 1], [0.6] * 4, "lookup/3")
     for step in range(400):
         policy.plain_step(draft, produced=1 if step % 2 == 0 else 2)  # the text: 1 2 1 2 ...
     stats = policy.stats["lookup/3"]
@@ -433,7 +433,7 @@ def test_policy_keeps_first_token_and_continuation_acceptance_apart():
     token otherwise: a long draft pays (5.4 tokens for 4.04), which one
     per-token rate (about 0.83, a geometric run) would undervalue."""
     policy = DraftPolicy(QWEN_LIKE, {"lookup/6": Kind(0.0, 0.5)})
-    draft = Draft([1] * 8, [0.5] * 8, "lookup/6")
+    draft = DraftTree([1] * 8, [0.5] * 8, "lookup/6")
     for i in range(40):
         policy.verified(draft, *((range(8), [1] * 9) if i % 5 < 3 else ([], [2])))
     stats = policy.stats["lookup/6"]
@@ -448,10 +448,10 @@ def test_followed_free_drafts_move_on_through_verifications():
     token as the text shows them, so long right drafts count (dropping them
     would keep only the wrong ones)."""
     policy = DraftPolicy(QWEN_LIKE, {"lookup/3": Kind(0.0, 0.5), "other": Kind(0.0, 0.5)})
-    policy.plain_step(Draft([1, 2, 3, 4, 5], [0.5] * 5, "lookup/3"), produced=1)
+    policy.plain_step(DraftTree([1, 2, 3, 4, 5], [0.5] * 5, "lookup/3"), produced=1)
     stats = policy.stats["lookup/3"]
     assert (stats.first.reached, stats.first.accepted, stats.rest.reached) == (1, 1, 0)
-    policy.verified(Draft([2, 3, 9], [0.5] * 3, "other"), [0, 1], produced=[2, 3, 4])
+    policy.verified(DraftTree([2, 3, 9], [0.5] * 3, "other"), [0, 1], produced=[2, 3, 4])
     assert (stats.rest.reached, stats.rest.accepted) == (3, 3) and policy._shadows  # still followed
     policy.plain_step(empty_draft(), produced=5)
     assert (stats.first.reached, stats.first.accepted) == (1, 1)
@@ -465,7 +465,7 @@ def test_policy_probes_a_costly_drafter_now_and_then():
     for _ in range(5):
         policy.plain_step(empty_draft(), 0)
     assert policy.limits(8) == {"model": 2}
-    probe = Draft([3, 4], [0.2, 0.2], "model")
+    probe = DraftTree([3, 4], [0.2, 0.2], "model")
     assert policy.choose(probe, 8) == 2
     policy.verified(probe, [], [probe.tokens[0] + 1])
     assert policy.limits(8) == {"model": 0}
@@ -479,7 +479,7 @@ def test_policy_never_probes_a_drafter_that_could_not_pay_if_always_right():
     for _ in range(50):
         policy.plain_step(empty_draft(), 0)
     assert policy.limits(8) == {"model": 0}
-    assert policy.choose(Draft([3, 4], [0.2, 0.2], "model"), 8) == 0
+    assert policy.choose(DraftTree([3, 4], [0.2, 0.2], "model"), 8) == 0
     # the same drafter beside a target whose verification is nearly free does get probed
     cheap = DraftPolicy(FLAT, {"model": Kind(0.48, 0.01)}, probe_interval=5, probe_len=2)
     for _ in range(5):
@@ -568,7 +568,7 @@ def test_cli_speculative_json(untied, tmp_path, monkeypatch, capsys):
             "--json", "--threads", "1", "--temp", "0"]
     assert cli.main(args) == 0
     vanilla = json.loads(capsys.readouterr().out)
-    assert cli.main(args + ["--mode", "speculative", "--draft", "lookup", "--draft-max", "4"]) == 0
+    assert cli.main(args + ["--mode", "speculative", "--drafter", "lookup", "--draft-max", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["tokens"] == vanilla["tokens"] and record["mode"] == "speculative"
     for key in ("draft_source", "drafted", "accepted", "acceptance_rate", "verify_steps", "tokens_per_verify"):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from specee.engine import Model
-from specee.decoding.speculative import (Draft, Kind, LookupDrafter, MergedDrafter, merge_drafts,
+from specee.decoding.speculative import (DraftTree, Kind, LookupDrafter, MergedDrafter, merge_drafts,
                                 open_drafter, parse_draft)
 from test_speculative import COPY_PROMPT, PROMPT, UNTIED, plain, speculative
 
 
 def test_merge_shares_prefixes_branches_where_drafts_differ_and_orders_best_first():
-    a = Draft([1, 2, 3], [0.9, 0.9, 0.9], "a")
-    b = Draft([1, 2, 4], [0.5, 0.5, 0.5], "b")
-    c = Draft([5], [0.95], "c")
+    a = DraftTree([1, 2, 3], [0.9, 0.9, 0.9], "a")
+    b = DraftTree([1, 2, 4], [0.5, 0.5, 0.5], "b")
+    c = DraftTree([5], [0.95], "c")
     t = merge_drafts([a, b, c], "t")
     assert t.kind == "t" and sorted(t.tokens) == [1, 2, 3, 4, 5]
     # best first: the path chance never rises along the order, parents come first
@@ -35,17 +35,17 @@ def test_merge_shares_prefixes_branches_where_drafts_differ_and_orders_best_firs
 
 def test_sampled_nodes_are_never_shared():
     q = np.full(8, 1 / 8)
-    drawn = [Draft([3, 4], [0.5, 0.5], "m", [q, q]), Draft([3, 4], [0.5, 0.5], "m", [q, q])]
+    drawn = [DraftTree([3, 4], [0.5, 0.5], "m", [q, q]), DraftTree([3, 4], [0.5, 0.5], "m", [q, q])]
     t = merge_drafts(drawn, "t")
     assert len(t) == 4 and t.tokens.count(3) == 2  # independent draws stay apart (verify.py)
 
 
 def test_cut_keeps_a_subtree_and_bad_trees_are_refused():
-    t = Draft([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6], "t", parents=[-1, -1, 0, 2])
+    t = DraftTree([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6], "t", parents=[-1, -1, 0, 2])
     assert t.cut(3).parents == [-1, -1, 0] and t.cut(3).tokens == [1, 2, 3]
     assert t.path_chances() == pytest.approx([0.9, 0.8, 0.63, 0.378])
     with pytest.raises(ValueError, match="must come before its child"):
-        Draft([1, 2], [0.5, 0.5], "t", parents=[1, -1])
+        DraftTree([1, 2], [0.5, 0.5], "t", parents=[1, -1])
 
 
 class ScriptedTree:
@@ -62,7 +62,7 @@ class ScriptedTree:
     def propose(self, tokens, max_len, sampler=None, limits=None):
         truth = self.ref[len(tokens):len(tokens) + max(1, max_len // 3)]
         if not truth:
-            return Draft([], [], "tree")
+            return DraftTree([], [], "tree")
         wrong = lambda t, k: (t + k) % self.n_vocab  # noqa: E731
         out, parents, conf = [wrong(truth[0], 1), wrong(truth[0], 2)], [-1, -1], [0.5, 0.5]
         parent = -1
@@ -74,7 +74,7 @@ class ScriptedTree:
             out.append(wrong(t, 3))  # a wrong sibling of the next one
             parents.append(parent)
             conf.append(0.5)
-        return Draft(out[:max_len], conf[:max_len], "tree", parents=parents[:max_len])
+        return DraftTree(out[:max_len], conf[:max_len], "tree", parents=parents[:max_len])
 
     def close(self):
         pass

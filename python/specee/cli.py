@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="full depth (vanilla, default), speculative early exit (specee), or lossless "
                         "speculative decoding (speculative: drafts verified by the model, same output)")
-    g.add_argument("--draft", type=draft_spec,
+    g.add_argument("--drafter", "--draft", dest="draft", type=draft_spec,
                    help=f"with --mode speculative: the drafter, {DRAFT_HELP} (default auto)")
     g.add_argument("--draft-max", type=DRAFT_MAX.arg,
                    help=f"with --mode speculative: most drafted tokens per verification, in [1, 16] "
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health and /")
     s.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="default decoding; a request may choose with {\"specee\": {\"mode\": ...}}")
-    s.add_argument("--draft", type=draft_spec, default="lookup",
+    s.add_argument("--drafter", "--draft", dest="draft", type=draft_spec, default="lookup",
                    help=f"the speculative mode's drafter: {DRAFT_HELP} (default lookup); a draft model loads "
                         "once per slot at start")
     s.add_argument("--draft-max", type=DRAFT_MAX.arg, default=DEFAULT_DRAFT_MAX,

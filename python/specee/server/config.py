@@ -47,7 +47,7 @@ class ServerConfig:
         try:
             parse_draft(self.draft)
         except ValueError as e:
-            raise ValueError(f"--draft: {e}") from None
+            raise ValueError(f"--drafter: {e}") from None
         DRAFT_MAX.check("--draft-max", self.draft_max)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")

@@ -83,7 +83,7 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
         drafting = ServedDrafting(config.draft, config.draft_max, model, contexts)
         if drafting.needs_heads and (heads is None or not heads.has_draft):
             drafting.close()
-            raise ValueError(f"--draft {config.draft} needs heads with a draft head: none ship for this model; "
+            raise ValueError(f"--drafter {config.draft} needs heads with a draft head: none ship for this model; "
                              "give --heads")
     except BaseException:
         model.close()

@@ -1,5 +1,5 @@
 """Lossless speculative decoding in the server: the drafter the server was
-started with (`--draft`), opened per slot and request (the decoder is
+started with (`--drafter`), opened per slot and request (the decoder is
 modes.open_decoder's, as everywhere).
 
 Drafters that keep no model of their own (prompt lookup, the EAGLE draft
@@ -28,7 +28,7 @@ class ServedDrafting:
         model_part = next((part for part, kind in kinds.items() if kind in ("model", "auto")), None)
         self.draft_path = resolve_draft_model(model_part, model.path) if model_part else None
         if self.draft_path is None and kinds.get(model_part) == "model":
-            raise ValueError(f"--draft {spec}: draft model not found")
+            raise ValueError(f"--drafter {spec}: draft model not found")
         self.needs_heads = "eagle" in kinds.values()
         self.model_drafters: list[Optional[ModelDrafter]] = []
         try:

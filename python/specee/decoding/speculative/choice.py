@@ -26,7 +26,7 @@ from ...heads.shipped import default_heads
 from ...fetch import MODELS, fetch_model, is_cached, known_models, model_cache_path
 from ..sampling import Sampler
 from .draft_model import ModelDrafter, VocabularyMismatchError, check_same_vocabulary
-from .drafters import Draft, Drafter, Kind, LookupDrafter, empty_draft
+from .drafters import DraftTree, Drafter, Kind, LookupDrafter, empty_draft
 from .eagle import EagleDrafter
 from .tree import merge_drafts
 
@@ -126,7 +126,7 @@ class MergedDrafter:
         self.kinds = {self.KIND: Kind(sum(k.cost_per_token for k in parts), max(k.prior for k in parts))}
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         if limits is not None and limits.get(self.KIND, 0) == 0:
             return empty_draft()
         drafts = [d.propose(tokens, max_len, sampler, None) for d in self.drafters]
@@ -148,7 +148,7 @@ class AutoDrafter:
         self.kinds = {**lookup.kinds, **(model.kinds if model else {})}
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         draft = self.lookup.propose(tokens, max_len, sampler, limits)
         if self.model is None or (len(draft) and (limits is None or limits.get(draft.kind, 0) > 0)):
             return draft

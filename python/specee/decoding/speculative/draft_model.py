@@ -17,7 +17,7 @@ from ...engine import Context, Model
 from ...gguf_meta import read_gguf_metadata
 from ..sampling import Sampler
 from .cost import step_ratio
-from .drafters import Draft, Kind, empty_draft
+from .drafters import DraftTree, Kind, empty_draft
 
 KIND = "model"
 PRIOR = 0.6  # assumed per-token acceptance of a same-family draft model until some is observed
@@ -79,7 +79,7 @@ class ModelDrafter:
         self._cached: list[int] = []  # what the draft context holds, in order
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         max_len = min(max_len, (limits or {}).get(KIND, max_len), self.ctx.n_ctx - len(tokens) + 1)
         if max_len < 1:
             return empty_draft()
@@ -105,7 +105,7 @@ class ModelDrafter:
                 break
             self.ctx.decode(x)
             self._cached.append(x)
-        return Draft(out, conf, KIND, qs if sampling else None)
+        return DraftTree(out, conf, KIND, qs if sampling else None)
 
     def _feed(self, tokens: Sequence[int]) -> None:
         """Brings the cache to exactly `tokens` with the logits after the last."""

@@ -1,6 +1,6 @@
 """Drafters: whatever proposes the next few tokens for the target to verify.
 
-A drafter answers `propose(tokens, max_len, sampler)` with a `Draft`: up to
+A drafter answers `propose(tokens, max_len, sampler)` with a `DraftTree`: up to
 `max_len` tokens meant to follow `tokens` (the prompt and the text so far),
 a prior per-token confidence (the chance that each token is accepted once
 the ones before it were) and, when it sampled them, the distributions it
@@ -27,7 +27,7 @@ from typing import Mapping, Optional, Protocol, Sequence
 from .ngram_index import NgramIndex
 from ...ranges import COUNT
 from ..sampling import Sampler
-from .draft import Draft, empty_draft
+from .draft_tree import DraftTree, empty_draft
 from .tree import merge_drafts
 
 
@@ -42,7 +42,7 @@ class Drafter(Protocol):
     kinds: dict[str, Kind]
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         """Up to `max_len` tokens to follow `tokens` (and up to limits[kind]
         for a kind that costs something). `sampler`: draw the tokens with
         these settings (temperature > 0) and report the distributions."""
@@ -105,7 +105,7 @@ class LookupDrafter:
         return f"lookup/{max(b for b in self._buckets if b <= match_length)}"
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         index = self._index
         if not index.sync(tokens):
             self._copy_from = -1  # another text: no copy in progress
@@ -134,8 +134,8 @@ class LookupDrafter:
                 self._copy_from, self._copy_at = best + n, len(index.tokens)
             prior = self.kinds[kind].prior
             if len(found) == 1:
-                return Draft(found[0], [prior] * len(found[0]), kind)
-            tree = merge_drafts([Draft(f, [prior] * len(f), kind) for f in found], kind, by_support=True)
+                return DraftTree(found[0], [prior] * len(found[0]), kind)
+            tree = merge_drafts([DraftTree(f, [prior] * len(f), kind) for f in found], kind, by_support=True)
             return tree.cut(max_len)
         return empty_draft()
 

@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 
 from ...engine import Context, Heads, InvalidArgumentError
 from ..sampling import Sampler
-from .draft import Draft, empty_draft
+from .draft_tree import DraftTree, empty_draft
 from .drafters import Kind
 from .tree import best_first
 
@@ -58,23 +58,23 @@ class EagleDrafter:
         self.kinds = {KIND: Kind(cost, PRIOR)}
 
     def propose(self, tokens: Sequence[int], max_len: int, sampler: Optional[Sampler] = None,
-                limits: Optional[Mapping[str, int]] = None) -> Draft:
+                limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         n = min(max_len, (limits or {}).get(KIND, max_len))
         if n < 1:
             return empty_draft()
         draft = self._tree(tokens[-1], n) if self.shape == "tree" else self._chain(tokens[-1], n)
         return best_first(draft).cut(max_len)
 
-    def _tree(self, next_token: int, n: int) -> Draft:
+    def _tree(self, next_token: int, n: int) -> DraftTree:
         """The n likeliest nodes of a dynamic tree up to n levels deep, as
         deep as the draft cache has room for (a cell per expanded node)."""
         room = self.ctx.n_ctx - self.ctx.n_past
         depth = min(n, room // self.branches + 1)
         tree = self.ctx.draft_tree(next_token, depth, self.branches, self.branches, n)
         conf = [max(float(p), MIN_CONFIDENCE) for p in tree.probs]
-        return Draft(tree.tokens, conf, KIND, None, tree.parents)
+        return DraftTree(tree.tokens, conf, KIND, None, tree.parents)
 
-    def _chain(self, next_token: int, depth: int) -> Draft:
+    def _chain(self, next_token: int, depth: int) -> DraftTree:
         best, probs = self.ctx.draft_chain(next_token, depth, self.branches)
         out, parents, conf = [], [], []
         spine = -1  # the chain of best guesses; runners-up hang off it as leaves
@@ -84,7 +84,7 @@ class EagleDrafter:
                 parents.append(spine)
                 conf.append(max(float(probs[step, j]), MIN_CONFIDENCE))
             spine = len(out) - self.branches
-        return Draft(out, conf, KIND, None, parents)
+        return DraftTree(out, conf, KIND, None, parents)
 
     def close(self) -> None:
         self.ctx.set_heads(None)

@@ -21,7 +21,7 @@ from ..steps import GenerationResult, decode_one_token, pick
 from ..sampling import Sampler
 from . import cost
 from .cost import CostCurve
-from .draft import Draft, empty_draft
+from .draft_tree import DraftTree, empty_draft
 from .drafters import Drafter
 from .policy import DRAFT_MAX, DraftPolicy
 from .verify import verify_greedy, verify_sampled
@@ -42,7 +42,7 @@ def draft_sampler(sampler: Sampler) -> Optional[Sampler]:
 
 
 def plan_draft(drafter: Drafter, policy: DraftPolicy, history: Sequence[int], cap: int,
-               sampler: Optional[Sampler], free_kind: bool) -> tuple[Draft, int, float]:
+               sampler: Optional[Sampler], free_kind: bool) -> tuple[DraftTree, int, float]:
     """One step's decision: the draft (possibly empty) and how many of its
     tokens to verify (0: a plain step), at most `cap`; and the seconds spent
     drafting. `free_kind`: whether the drafter has a kind that costs nothing

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 from ...ranges import COUNT, Range
 from .cost import CostCurve
-from .drafters import Draft, Kind
+from .drafters import DraftTree, Kind
 from .tree import children_of
 
 DRAFT_MAX = Range(int, 1, 16)  # drafted tokens per verification
@@ -155,7 +155,7 @@ class DraftPolicy:
         target never runs)."""
         return self.best_length([MAX_CHANCE] * cap, kind.cost_per_token) > 0
 
-    def choose(self, draft: Draft, cap: int) -> int:
+    def choose(self, draft: DraftTree, cap: int) -> int:
         """How many of the draft's tokens to verify (its cost is already paid)."""
         if len(draft) == 0 or draft.kind not in self.stats:
             return 0
@@ -170,7 +170,7 @@ class DraftPolicy:
 
     # ---- what happened ----
 
-    def verified(self, draft: Draft, path: Sequence[int], produced: Sequence[int]) -> None:
+    def verified(self, draft: DraftTree, path: Sequence[int], produced: Sequence[int]) -> None:
         """`draft` was verified and its nodes `path` accepted (in order); the
         verification produced `produced` (the accepted tokens and the
         target's own), along which the free drafts being followed move on."""
@@ -182,7 +182,7 @@ class DraftPolicy:
         stats.since_verify = 0
         self._follow(produced)
 
-    def plain_step(self, draft: Draft, produced: int) -> None:
+    def plain_step(self, draft: DraftTree, produced: int) -> None:
         """A plain step produced `produced`; `draft` (possibly empty) was not
         verified. A free draft is followed along the tokens that come next,
         as are those of the steps before it that are still right."""

@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .draft import Draft, empty_draft
+from .draft_tree import DraftTree, empty_draft
 
 
-def merge_drafts(drafts: Sequence[Draft], kind: str, by_support: bool = False) -> Draft:
+def merge_drafts(drafts: Sequence[DraftTree], kind: str, by_support: bool = False) -> DraftTree:
     """One tree holding every draft's tokens, best paths first."""
     drafts = [d for d in drafts if len(d)]
     if not drafts:
@@ -54,10 +54,10 @@ def merge_drafts(drafts: Sequence[Draft], kind: str, by_support: bool = False) -
     if by_support:
         conf = [c * support[i] / (support[parents[i]] if parents[i] >= 0 else len(drafts))
                 for i, c in enumerate(conf)]
-    return best_first(Draft(tokens, conf, kind, qs if any(q is not None for q in qs) else None, parents))
+    return best_first(DraftTree(tokens, conf, kind, qs if any(q is not None for q in qs) else None, parents))
 
 
-def best_first(draft: Draft) -> Draft:
+def best_first(draft: DraftTree) -> DraftTree:
     """The same tree with its nodes ordered by path chance, best first
     (ties: shallower first, then as given), parents renumbered."""
     chance = draft.path_chances()
@@ -67,7 +67,7 @@ def best_first(draft: Draft) -> Draft:
     order = sorted(range(len(draft)), key=lambda i: (-chance[i], depth[i], i))
     new_index = {old: new for new, old in enumerate(order)}
     parents = [new_index[draft.parent_of[i]] if draft.parent_of[i] >= 0 else -1 for i in order]
-    return Draft([draft.tokens[i] for i in order], [draft.confidence[i] for i in order], draft.kind,
+    return DraftTree([draft.tokens[i] for i in order], [draft.confidence[i] for i in order], draft.kind,
                  None if draft.q is None else [draft.q[i] for i in order], parents)
 
 

@@ -29,11 +29,11 @@ import numpy as np
 
 from ...engine import Context
 from ..sampling import Sampler
-from .drafters import Draft
+from .drafters import DraftTree
 from .tree import children_of
 
 
-def verify_greedy(ctx: Context, last: int, draft: Draft) -> tuple[list[int], list[int]]:
+def verify_greedy(ctx: Context, last: int, draft: DraftTree) -> tuple[list[int], list[int]]:
     children = _decode(ctx, last, draft)
     path: list[int] = []
     node = -1  # -1: `last` (row 0)
@@ -48,7 +48,7 @@ def verify_greedy(ctx: Context, last: int, draft: Draft) -> tuple[list[int], lis
     return [draft.tokens[c] for c in path] + [best], path
 
 
-def verify_sampled(ctx: Context, last: int, draft: Draft, sampler: Sampler) -> tuple[list[int], list[int]]:
+def verify_sampled(ctx: Context, last: int, draft: DraftTree, sampler: Sampler) -> tuple[list[int], list[int]]:
     children = _decode(ctx, last, draft)
     rows = ctx.all_logits()
     rng = sampler.rng
@@ -87,7 +87,7 @@ def check_point_draft(sampler: Sampler, logits: np.ndarray, draft: int) -> tuple
     return False, _draw(p, sampler.rng)
 
 
-def _decode(ctx: Context, last: int, draft: Draft) -> dict[int, list[int]]:
+def _decode(ctx: Context, last: int, draft: DraftTree) -> dict[int, list[int]]:
     """Feeds [last] + draft as one tree; returns draft node -> children
     (key -1: the children of `last`)."""
     parents = draft.parent_of
@@ -95,7 +95,7 @@ def _decode(ctx: Context, last: int, draft: Draft) -> dict[int, list[int]]:
     return children_of(parents)
 
 
-def _draw_distribution(draft: Draft, i: int, n_vocab: int) -> np.ndarray:
+def _draw_distribution(draft: DraftTree, i: int, n_vocab: int) -> np.ndarray:
     q = draft.q[i] if draft.q is not None else None
     if q is None:
         q = np.zeros(n_vocab)

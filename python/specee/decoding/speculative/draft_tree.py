@@ -1,6 +1,9 @@
-"""A draft: the tokens a drafter proposes (a chain or a token tree), with
-what the decode loop needs to decide on them and verify them (drafters.py
-explains the fields)."""
+"""DraftTree: the tokens a drafter proposes (a chain is a tree without
+branches), with what the decode loop needs to decide on them and verify
+them (drafters.py explains the fields). The names keep four things apart:
+the draft head (the EAGLE head in the heads file), a draft model (a smaller
+GGUF), a DraftTree (this value), and the drafter that makes it (a Drafter,
+chosen with --drafter)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +13,7 @@ import numpy as np
 
 
 @dataclass
-class Draft:
+class DraftTree:
     tokens: list[int]
     confidence: list[float]                 # per token, in (0, 1]
     kind: str                               # running acceptance is kept per kind
@@ -43,14 +46,14 @@ class Draft:
             out.append(conf[i] * (out[p] if p >= 0 else 1.0))
         return out
 
-    def cut(self, k: int) -> "Draft":
+    def cut(self, k: int) -> "DraftTree":
         """The first k tokens (a subtree: parents come first)."""
-        return Draft(self.tokens[:k], self.confidence[:k], self.kind, None if self.q is None else self.q[:k],
+        return DraftTree(self.tokens[:k], self.confidence[:k], self.kind, None if self.q is None else self.q[:k],
                      None if self.parents is None else self.parents[:k])
 
 
 EMPTY_KIND = "none"
 
 
-def empty_draft() -> Draft:
-    return Draft([], [], EMPTY_KIND)
+def empty_draft() -> DraftTree:
+    return DraftTree([], [], EMPTY_KIND)
