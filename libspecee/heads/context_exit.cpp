@@ -108,11 +108,8 @@ int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "trace_step needs its output arrays");
     }
     begin_candidate_step(token, cands, n_cand);
-    const uint32_t pos = kv_.n_past();
-    forward_plan plan;
-    plan.pos          = pos;
-    plan.n_tokens     = 1;
-    plan.n_kv         = padded_n_kv(pos + 1);
+    const uint32_t pos  = kv_.n_past();
+    forward_plan   plan = plan_at_end(1);
     plan.layer_end    = hp.n_layer;
     plan.n_logits     = 1;
     plan.n_cand       = n_cand;
@@ -146,12 +143,8 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     }
     scoped_timer step_timer(perf_.t_exit_step_us);
     begin_candidate_step(token, cands, n_cand);
-    const uint32_t pos = kv_.n_past();
-
-    forward_plan plan;
-    plan.pos      = pos;
-    plan.n_tokens = 1;
-    plan.n_kv     = padded_n_kv(pos + 1);
+    const uint32_t pos  = kv_.n_past();
+    forward_plan   plan = plan_at_end(1);
 
     int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
     int32_t chosen      = -1;

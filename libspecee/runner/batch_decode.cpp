@@ -32,11 +32,8 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
             fail(SPECEE_STATUS_INVALID_ARGUMENT, "batched decoding across contexts runs on the CPU only");
         }
         c->check_tokens(tokens + s, 1);
-        forward_plan plan;
-        plan.pos       = c->kv_.n_past();
-        plan.n_tokens  = 1;
-        plan.n_kv      = c->padded_n_kv(plan.pos + 1);
-        plan.layer_end = m.hp.n_layer;
+        forward_plan plan = c->plan_at_end(1);
+        plan.layer_end    = m.hp.n_layer;
         plans.push_back(plan);
         kvs.push_back(&c->kv_);
         want_hidden = want_hidden || c->has_draft();

@@ -107,6 +107,14 @@ uint32_t context::padded_n_kv(uint32_t n_used) const {
     return std::min(kv_.n_ctx(), (n_used + pad - 1) / pad * pad);
 }
 
+forward_plan context::plan_at_end(uint32_t n) const {
+    forward_plan plan;
+    plan.pos      = kv_.n_past();
+    plan.n_tokens = n;
+    plan.n_kv     = padded_n_kv(plan.pos + n);
+    return plan;
+}
+
 void context::check_tokens(const int32_t * tokens, int32_t n) const {
     require_no_tree();
     require_no_pending_exit();

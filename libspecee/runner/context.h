@@ -159,6 +159,7 @@ private:
     void clear_outputs();                           // logits and hidden states of the last call
     void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
     uint32_t padded_n_kv(uint32_t n_used) const;
+    forward_plan plan_at_end(uint32_t n) const;     // n tokens after the cache, reading its padded cells
 
     const model & model_;
     kv_cache      kv_;
