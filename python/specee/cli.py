@@ -425,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["vanilla", "specee", "speculative"], default="vanilla",
                    help="default decoding; a request may choose with {\"specee\": {\"mode\": ...}}")
     s.add_argument("--drafter", "--draft", dest="draft", type=draft_spec, default="lookup",
-                   help=f"the speculative mode's drafter: {DRAFT_HELP} (default lookup); a draft model loads "
-                        "once per slot at start")
+                   help=f"the speculative mode's drafter: {DRAFT_HELP} (default lookup, which loads nothing per "
+                        "slot, unlike generate's auto); a draft model loads once per slot at start")
     s.add_argument("--draft-max", type=DRAFT_MAX.arg, default=DEFAULT_DRAFT_MAX,
                    help=f"most drafted tokens per verification, in [1, 16] (default {DEFAULT_DRAFT_MAX})")
     s.add_argument("--heads", type=existing_file,
