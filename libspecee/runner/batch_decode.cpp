@@ -70,24 +70,26 @@ void context::decode_batch(context * const * contexts, const int32_t * tokens, i
     }
     lead.runner_.compute(g.gf);
 
-    // ---- outputs, into each context as its own decode would leave them ----
-    const size_t n_vocab = size_t(m.hp.n_vocab), n_embd = size_t(m.hp.n_embd);
+    // ---- outputs: each context takes its row, as its own decode would leave it ----
     for (int32_t s = 0; s < n; s++) {
-        context & c = *contexts[s];
-        c.logits_.resize(n_vocab);
-        ggml_backend_tensor_get(g.logits, c.logits_.data(), size_t(s) * g.logits->nb[1], n_vocab * sizeof(float));
-        c.n_outputs_ = 1;
-        c.hidden_.clear();
-        c.n_hidden_ = 0;
-        c.kv_.commit(plans[size_t(s)].pos, 1, m.hp.n_layer);
-        if (c.has_draft()) {
-            c.hidden_.resize(n_embd);
-            ggml_backend_tensor_get(g.hidden, c.hidden_.data(), size_t(s) * g.hidden->nb[1], n_embd * sizeof(float));
-            c.n_hidden_ = 1;
-            c.keep_pending(tokens + s, 1);
-        }
+        contexts[s]->take_batch_row(g, size_t(s), tokens[s]);
     }
     lead.perf_.t_run_us += ggml_time_us() - t_start;
+}
+
+void context::take_batch_row(const batch_graph & g, size_t row, int32_t token) {
+    const size_t n_vocab = size_t(model_.hp.n_vocab), n_embd = size_t(model_.hp.n_embd);
+    clear_outputs();
+    logits_.resize(n_vocab);
+    ggml_backend_tensor_get(g.logits, logits_.data(), row * g.logits->nb[1], n_vocab * sizeof(float));
+    n_outputs_ = 1;
+    kv_.commit(kv_.n_past(), 1, model_.hp.n_layer);
+    if (has_draft()) {
+        hidden_.resize(n_embd);
+        ggml_backend_tensor_get(g.hidden, hidden_.data(), row * g.hidden->nb[1], n_embd * sizeof(float));
+        n_hidden_ = 1;
+        keep_pending(&token, 1);
+    }
 }
 
 } // namespace specee

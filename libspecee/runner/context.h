@@ -7,6 +7,7 @@
 #include "graph/graph.h"
 #include "heads/heads.h"
 #include "kv/kv_cache.h"
+#include "graph/batch_graph.h"
 #include "model/model.h"
 #include "runner/graph_runner.h"
 #include "runner/row_layout.h"
@@ -117,6 +118,11 @@ public:
     // ---- several contexts in one pass (batch_decode.cpp) ----
     // One full-depth token for each context (see specee_decode_batch).
     static void decode_batch(context * const * contexts, const int32_t * tokens, int32_t n);
+private:
+    // this context's row of a batch pass: its logits (and feature), its token
+    // committed to its cache and, with a draft head, kept for it
+    void take_batch_row(const batch_graph & g, size_t row, int32_t token);
+public:
 
     std::string last_error;
 
