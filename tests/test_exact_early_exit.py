@@ -254,3 +254,38 @@ def test_contexts_of_the_same_heads_and_threads_share_a_switch(tiny6, tmp_path):
                 ctx.set_heads(heads)
             switches = [EarlyExitDecoder(ctx, Sampler(), heads.n_candidates).switch for ctx in (a, b, c)]
     assert switches[0] is switches[1] is shared(heads, 1) and switches[2] is not switches[0]
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_a_missed_exit_leaves_the_online_schedule_as_it_was(tiny6, tmp_path, right):
+    """Exits at layer 2 (the head file's one offline layer) with candidates
+    always wrong: every draft misses and is truncated away, so the online
+    schedule never learns an exit and keeps checking layer 2 alone. With
+    candidates always right, the same exits count: after five of them the
+    schedule adds layers 0 and 4 (e - 2 and e + 2), and layer 0 fires first."""
+    want = vanilla_tokens(tiny6, 24)
+    path = tmp_path / "h.gguf"
+    with Model(tiny6) as m:
+        write_heads(path, m, {l: constant_predictor(ALWAYS) for l in range(5)}, exit_layers=[2])
+        with Heads(m, path) as heads, m.context(n_ctx=64) as ctx:
+            ctx.set_heads(heads)
+            ctx.set_exit_params(verify_full=False, exact=True, use_online=True)
+            ctx.prefill(PROMPT)
+            tok, n = ctx.argmax(), 1  # the next input, and how many of `want` the context has seen
+            checked = []
+            for _ in range(10):
+                nxt = want[n]
+                cands = [nxt] * heads.n_candidates if right else [t for t in range(3, 9) if t != nxt]
+                step = ctx.decode_with_candidates(tok, cands[:heads.n_candidates])
+                checked.append(ctx.last_checks()[0])
+                assert step.exit_layer == (1 if checked[-1] == [0] else 3)
+                ctx.verify_exit(step.token)
+                assert (ctx.argmax(0) == step.token) == right
+                if right:  # the draft stays: the next input is what follows it
+                    tok, n = ctx.argmax(1), n + 2
+                else:      # the draft's cell goes
+                    ctx.truncate(ctx.n_past - 1)
+                    tok, n = ctx.argmax(0), n + 1
+    assert checked[:5] == [[2]] * 5
+    # with hits, the sixth step checks layer 0 first (online), which fires: the exit is at layer 0
+    assert checked[5:] == ([[0]] * 5 if right else [[2]] * 5)

@@ -58,7 +58,8 @@ void context::verify_exit(int32_t draft) {
     if (has_draft()) {
         keep_pending(tokens, 2);  // full-depth features of both positions, for the draft head's next sync
     }
-    early_exit_.pending = pending_exit();
+    early_exit_.verified_draft_cell = pe.pos + 1;  // after clear_outputs(): it lasts until the next pass
+    early_exit_.pending             = pending_exit();  // (pe refers to it)
 }
 
 } // namespace specee

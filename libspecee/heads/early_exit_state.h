@@ -46,6 +46,10 @@ struct early_exit_state {
     exit_stats           stats;
     int32_t              last_exit_layer = -1;
     pending_exit         pending;              // exact mode, between an exit and its verify_exit
+    // exact mode: the cell of the draft verify_exit checked last, until the
+    // next pass; a truncation that drops it (a miss) takes the exit back out
+    // of the online schedule. UINT32_MAX: none.
+    uint32_t             verified_draft_cell = UINT32_MAX;
     std::vector<int32_t> last_check_layers;    // the last step's checks, in order
     std::vector<float>   last_check_features;  // [n checks, 3 n_cand] of them
     std::vector<int32_t> trace_argmax;         // [n_layer] of the last trace step

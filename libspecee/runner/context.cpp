@@ -290,6 +290,10 @@ void context::truncate(uint32_t n_past) {
     if (early_exit_.pending.active() && n_past <= early_exit_.pending.pos) {
         early_exit_.pending = pending_exit();  // the exited token goes: nothing waits for verification
     }
+    if (n_past <= early_exit_.verified_draft_cell && early_exit_.verified_draft_cell < kv_.n_past()) {
+        early_exit_.schedule.forget_last_exit();  // the exit's draft was wrong: it is no exit to learn from
+    }
+    early_exit_.verified_draft_cell = UINT32_MAX;
     kv_.truncate(n_past);
     if (draft_.kv) {
         // the draft keeps the positions it has seen below n_past; pending
@@ -303,6 +307,7 @@ void context::truncate(uint32_t n_past) {
 }
 
 void context::clear_outputs() {
+    early_exit_.verified_draft_cell = UINT32_MAX;  // a new pass: the last verification is settled
     logits_.clear();
     hidden_.clear();
     n_outputs_ = 0;
