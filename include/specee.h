@@ -395,7 +395,8 @@ SPECEE_API enum specee_status specee_decode_with_candidates(
  * exited token (check `draft` against it) and specee_get_logits(ctx, 1) the
  * one after `draft`, each computed as a one-token step computes it. Both
  * positions are cached at every layer: when the check fails, truncate to
- * drop `draft`'s position. Until this call (or a truncation that drops the
+ * drop `draft`'s position (that truncation, the first call after this one,
+ * also takes the exit out of the online schedule). Until this call (or a truncation that drops the
  * exited token) other decode calls are refused. CONTEXT_FULL when no cell is
  * left for `draft` (the exit still waits: truncate, or end there). */
 SPECEE_API enum specee_status specee_verify_exit(struct specee_context * ctx, specee_token draft);
