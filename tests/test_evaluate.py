@@ -89,7 +89,7 @@ def test_eval_uses_shipped_heads_by_fingerprint(tiny_with_heads, tmp_path, monke
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     monkeypatch.setattr(shipped_heads, "HEADS_DIR", shipped)
-    with pytest.raises(ValueError, match="none ships"):
+    with pytest.raises(ValueError, match="no trained heads ship"):
         evaluate(path, ["mtbench"], ["specee"], limit=1, dataset_paths=PATHS, progress=False, n_predict=4)
     (shipped / "tiny.gguf").write_bytes(heads.read_bytes())
     (shipped / "junk.gguf").write_bytes(b"not a gguf")

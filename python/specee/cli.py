@@ -20,7 +20,7 @@ from .heads.head_file import DRAFT_DTYPES
 from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, MIN_P, PORT, SEED, SEQUENCE_LENGTH,
                      TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE)
 from .decoding.sampling import Sampler
-from .heads.shipped import default_heads
+from .heads.shipped import NoHeadsError, heads_or_shipped
 from .decoding.speculative import DRAFT_HELP, DRAFT_MAX, open_drafter, resolve_draft_model
 from .decoding.speculative.loop import DEFAULT_DRAFT_MAX
 from .tokenizer.gguf_tokenizer import Tokenizer, TokenizerError
@@ -89,10 +89,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           exact_verify=not args.batched_verify) as ctx:
         heads = None
         if args.mode == "specee":
-            heads_path = args.heads or default_heads(model.fingerprint)
-            if heads_path is None:
-                raise SystemExit(f"specee: no trained heads ship for {model_path.name}; give --heads PATH "
-                                 "(train them with `specee train all`)")
+            try:
+                heads_path = heads_or_shipped(args.heads, model.fingerprint, model_path.name)
+            except NoHeadsError as e:
+                raise SystemExit(f"specee: {e}") from None
             heads = engine.Heads(model, heads_path)
         drafter = None
         if args.mode == "speculative":

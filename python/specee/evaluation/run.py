@@ -29,7 +29,7 @@ from .item_log import ItemLog
 from ..fetch import file_sha256
 from .scoring import extract_choice, extract_number, humaneval_completion, numbers_equal, rouge_l, run_humaneval
 from ..ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
-from ..heads.shipped import default_heads
+from ..heads.shipped import heads_or_shipped
 from ..decoding.speculative import open_drafter
 from ..tokenizer.gguf_tokenizer import Tokenizer
 
@@ -209,9 +209,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
                  "system": system_info(), "complete": False, "datasets": {}}
     with Model(model_path) as model:
         if needs_heads and heads_path is None:
-            heads_path = default_heads(model.fingerprint)
-            if heads_path is None:
-                raise ValueError("mode specee needs a head file (--heads); none ships for this model")
+            heads_path = heads_or_shipped(None, model.fingerprint, Path(model_path).name, "mode specee")
             out["heads"] = os.fspath(heads_path)
         heads = Heads(model, heads_path) if needs_heads else None
         needs_drafter = any(kind == "speculative" for kind, _ in parsed.values())

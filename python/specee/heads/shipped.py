@@ -5,6 +5,7 @@ copy of the same GGUF finds them. Each `NAME.gguf` comes with
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -33,3 +34,18 @@ def default_heads(model_fingerprint: str) -> Optional[Path]:
         if _fingerprint(path) == model_fingerprint:
             return path
     return None
+
+
+class NoHeadsError(ValueError):
+    """A mode needs heads, none were given and none ship for the model."""
+
+
+def heads_or_shipped(given: Optional[str | os.PathLike], model_fingerprint: str, model_name: str,
+                     purpose: str = "early exit") -> Path:
+    """`given`, else the shipped heads for the model; the one error every
+    entry point (CLI, server, eval, the eagle drafter) gives when neither is there."""
+    path = given or default_heads(model_fingerprint)
+    if path is None:
+        raise NoHeadsError(f"{purpose} needs a head file: no trained heads ship for {model_name}; give --heads "
+                           "PATH (train them with `specee train all`)")
+    return Path(path)

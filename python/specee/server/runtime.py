@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from ..tokenizer.chat_template import ChatTemplateError, chat_prompt_ids, read_chat_template
 from ..engine import Heads, Model
-from ..heads.shipped import default_heads
+from ..heads.shipped import NoHeadsError, heads_or_shipped
 from ..tokenizer.gguf_tokenizer import Tokenizer
 from .config import ServerConfig
 from .decoding import ServedHeads
@@ -99,10 +99,10 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
 def _load_heads(config: ServerConfig, model: Model) -> Optional[Heads]:
     """--heads, else the shipped heads for the model (so that requests may ask
     for early exit even when --mode is vanilla), else none."""
-    path = config.heads or default_heads(model.fingerprint)
-    if path is None:
+    try:
+        path = heads_or_shipped(config.heads, model.fingerprint, config.model_path.name, "--mode specee")
+    except NoHeadsError:
         if config.mode == "specee":
-            raise ValueError(f"--mode specee: no trained heads ship for {config.model_path.name}; give --heads PATH "
-                             "(train them with `specee train all`)")
+            raise
         return None
     return Heads(model, path)

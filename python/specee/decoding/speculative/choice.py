@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ...engine import Context, Heads, Model
-from ...heads.shipped import default_heads
+from ...heads.shipped import heads_or_shipped
 from ...fetch import MODELS, fetch_model, is_cached, known_models, model_cache_path
 from ..sampling import Sampler
 from .draft_model import ModelDrafter, VocabularyMismatchError, check_same_vocabulary
@@ -185,10 +185,8 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
             raise ValueError("the eagle drafter runs inside the target's context: pass ctx")
         opened = heads is None
         if opened:
-            heads_path = heads_path or default_heads(target.fingerprint)
-            if heads_path is None:
-                raise ValueError(f"no trained heads ship for {target.path}; the eagle drafter needs a head file "
-                                 "with a draft head (train one with `specee train all`)")
+            heads_path = heads_or_shipped(heads_path, target.fingerprint, Path(target.path).name,
+                                          "the eagle drafter (a draft head)")
             heads = Heads(target, heads_path)
         try:
             shape, branches = eagle_shape(arg)
