@@ -17,7 +17,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 pytest.importorskip("markdown_it")
 
-from test_server import LIMIT, config, running  # noqa: E402
+from test_server import LIMIT, config, running, slow_steps  # noqa: E402,F401 (slow_steps: a fixture)
 
 CHROMIUM = os.environ.get("SPECEE_CHROMIUM") or next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -58,20 +58,6 @@ def page(browser, server):
     yield pg
     pg.close()
     assert errors == []
-
-
-@pytest.fixture
-def slow_steps(monkeypatch):
-    """Each decode step takes 30 ms more: an answer streams for about 2 s."""
-    from specee.server.decoding import Job
-    import time
-
-    for name in ("step", "step_batched"):
-        def slow(self, ctx, step=getattr(Job, name)):
-            time.sleep(0.03)
-            step(self, ctx)
-
-        monkeypatch.setattr(Job, name, slow)
 
 
 def sse_body(pieces: list[str], finish: str = "stop") -> str:

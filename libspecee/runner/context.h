@@ -118,11 +118,6 @@ public:
     // ---- several contexts in one pass (batch_decode.cpp) ----
     // One full-depth token for each context (see specee_decode_batch).
     static void decode_batch(context * const * contexts, const int32_t * tokens, int32_t n);
-private:
-    // this context's row of a batch pass: its logits (and feature), its token
-    // committed to its cache and, with a draft head, kept for it
-    void take_batch_row(const batch_graph & g, size_t row, int32_t token);
-public:
 
     std::string last_error;
 
@@ -165,6 +160,9 @@ private:
     void clear_outputs();                           // logits and hidden states of the last call
     void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
     uint32_t padded_n_kv(uint32_t n_used) const;
+    // this context's row of a batch pass (decode_batch): its logits (and
+    // feature), its token committed to its cache and, with a draft head, kept for it
+    void take_batch_row(const batch_graph & g, size_t row, int32_t token);
     forward_plan plan_at_end(uint32_t n) const;     // n tokens after the cache, reading its padded cells
 
     const model & model_;
