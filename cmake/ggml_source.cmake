@@ -50,6 +50,8 @@ set(GGML_RPC ON CACHE BOOL "" FORCE)
 option(SPECEE_CUDA "build ggml's CUDA backend (GPU offload with n_gpu_layers)" OFF)
 set(GGML_CUDA ${SPECEE_CUDA} CACHE BOOL "" FORCE)
 set(BUILD_SHARED_LIBS ON)
+include(${CMAKE_CURRENT_LIST_DIR}/ggml_patches.cmake)
+specee_apply_ggml_patches("${SPECEE_GGML_SOURCE_DIR}")
 add_subdirectory("${SPECEE_GGML_SOURCE_DIR}" ggml EXCLUDE_FROM_ALL)
 
 # The ggml libraries travel inside the Python package, next to libspecee.so.

@@ -3,6 +3,7 @@ the same tokens as local decoding, clear errors for servers that are not
 there, and n_gpu_layers refused where there is no device to offload to."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -96,6 +97,58 @@ def test_tied_output_offloaded(tiny_model_factory, rpc_server):
     assert got == want
 
 
+LOST_SERVER_SCENARIO = r"""
+import signal, subprocess, sys, time
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as in a C program: a write to a closed socket would kill us
+from specee.engine import Model, ModelIOError
+model_path, port = sys.argv[1], sys.argv[2]
+server = subprocess.Popen([sys.executable, "-m", "specee.cli", "rpc-server", "--port", port, "--threads", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+import socket
+for _ in range(300):
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", int(port))) == 0:
+            break
+    time.sleep(0.1)
+model = Model(model_path, n_gpu_layers=99, rpc_servers=f"127.0.0.1:{port}")
+ctx = model.context(n_ctx=64, n_threads=1)
+ctx.prefill([5, 77, 200, 13])
+token = ctx.argmax()
+for _ in range(3):
+    token = ctx.decode(token)
+print("decoded", flush=True)
+server.kill()
+server.wait()
+for attempt in range(2):   # the first call finds the server gone, later ones are refused the same way
+    try:
+        ctx.decode(token)
+        print("no error", flush=True)
+    except ModelIOError as e:
+        print("error:", e, flush=True)
+ctx.close()
+model.close()
+print("closed", flush=True)
+"""
+
+
+def test_a_server_lost_mid_generation_is_an_error_not_a_crash(tiny_model_factory):
+    """A server that dies between steps of a generation: the next step raises
+    ModelIOError naming the server, later steps too, and closing the context
+    and model returns normally (ggml's client aborts the process here
+    without cmake/ggml-patches/0001; without 0002 SIGPIPE ends it). The
+    scenario runs in a child process so that a crash fails this test instead
+    of ending the test run."""
+    path = tiny_model_factory(n_layer=3, tied=False, seed=3, qtype="Q8_0")
+    port = str(free_port())
+    done = subprocess.run([sys.executable, "-c", LOST_SERVER_SCENARIO, path, port], capture_output=True, text=True,
+                          timeout=120)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert lines[0] == "decoded"
+    assert lines[1:3] == [f"error: the RPC server 127.0.0.1:{port} closed the connection or sent a malformed reply"] * 2
+    assert lines[3] == "closed"
+
+
 def test_unreachable_server_is_a_clear_error_within_seconds(tiny_llama):
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
@@ -159,3 +212,32 @@ def test_draft_tree_with_offloaded_layers(tiny_model_factory, rpc_server, tmp_pa
     assert len(local.tokens) == 10 and len(set(local.parents)) > 2  # a tree, not a chain
     assert (remote.tokens, remote.parents) == (local.tokens, local.parents)
     np.testing.assert_allclose(remote.probs, local.probs, rtol=1e-3, atol=1e-4)
+
+
+def test_server_request_ends_with_an_error_when_its_rpc_server_is_lost(tiny_model_factory):
+    """`specee serve --rpc`: requests decode over the RPC server; once that
+    server dies a request gets an error naming it, and the HTTP server keeps
+    answering (health, the next request) instead of dying with it."""
+    pytest.importorskip("uvicorn")
+    from test_server import config, running
+
+    path = tiny_model_factory(n_layer=3, tied=False, seed=3, qtype="Q8_0")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "specee.cli", "rpc-server", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+    try:
+        wait_for_port(port, proc)
+        body = {"prompt": "hello world", "max_tokens": 8, "temperature": 0}
+        cfg = config(path, parallel=1, n_gpu_layers=99, rpc_servers=f"127.0.0.1:{port}")
+        with running(cfg) as srv:
+            status, _, ok = srv.request("POST", "/v1/completions", body)
+            assert status == 200 and ok["usage"]["completion_tokens"] > 0
+            proc.kill()
+            proc.wait()
+            status, _, failed = srv.request("POST", "/v1/completions", body)
+            assert status >= 500
+            assert f"the RPC server 127.0.0.1:{port} closed the connection" in json.dumps(failed)
+            assert srv.request("GET", "/health")[0] == 200
+    finally:
+        proc.kill()
+        proc.wait()

@@ -44,6 +44,10 @@ specee_status guarded(std::string & message, Fn && fn) {
         message = "out of memory";
         return SPECEE_STATUS_OUT_OF_MEMORY;
     } catch (const std::exception & e) {
+        if (specee::is_lost_rpc_server(e)) {
+            message = e.what();
+            return SPECEE_STATUS_IO_ERROR;
+        }
         message = std::string("internal error: ") + e.what();
         return SPECEE_STATUS_INTERNAL;
     } catch (...) {

@@ -37,6 +37,10 @@ bool has_rpc_backend() {
 #endif
 }
 
+bool is_lost_rpc_server(const std::exception & e) {
+    return has_rpc_backend() && std::strncmp(e.what(), "the RPC server ", 15) == 0;
+}
+
 ggml_backend_buffer_type_t device_map::layer_buft(int il) const {
     ggml_backend_dev_t dev = layer_dev.at(size_t(il));
     return dev ? ggml_backend_dev_buffer_type(dev) : nullptr;

@@ -7,6 +7,7 @@
 #include "ggml-backend.h"
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,12 @@ device_map plan_devices(int32_t n_layer, int32_t n_gpu_layers, const char * rpc_
 // Whether this libspecee was built with a GPU backend / the RPC backend.
 bool has_gpu_backend();
 bool has_rpc_backend();
+
+// Whether `e` is ggml's RPC client reporting a server that died or closed
+// the connection (cmake/ggml-patches/0001: it throws a std::runtime_error
+// whose message starts "the RPC server "; the type itself is private to
+// ggml-rpc.cpp). The C API reports it as SPECEE_STATUS_IO_ERROR.
+bool is_lost_rpc_server(const std::exception & e);
 
 // Serves this machine's CPU backend to RPC clients until the process ends;
 // throws specee::error if it cannot start.

@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key, mode=args.mode, heads=Path(args.heads) if args.heads else None,
         threshold=args.threshold, verify=args.verify, lossy=args.lossy, draft=args.draft, draft_max=args.draft_max,
         max_tokens_limit=args.max_tokens_limit, batching=not args.no_batching, amx_decode=args.amx_decode,
-        kernels=args.kernels)
+        kernels=args.kernels, n_gpu_layers=args.n_gpu_layers, rpc_servers=args.rpc)
     config.check()
     if args.threads > engine.default_threads():
         log.warning("--threads %d is more than the %d cores this process may use: steps will be slower",
@@ -339,6 +339,17 @@ LOSSY_HELP = ("with --mode specee: the paper's early exit, whose tokens are emit
               "exit's token is a draft the remaining layers check, so the output is plain decoding's")
 
 
+def add_offload_options(parser: argparse.ArgumentParser) -> None:
+    """-ngl and --rpc, the same for generate and serve."""
+    parser.add_argument("-ngl", "--n-gpu-layers", type=ZERO_OR_MORE.arg, default=0,
+                        help="layers on the offload devices (--rpc servers, then GPUs): the last N, and the output "
+                             "layer for N > the model's layers (as llama.cpp's -ngl); default 0, all on the CPU")
+    parser.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
+                        help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
+                             "has no authentication, so use trusted networks only. A server that goes away ends "
+                             "what is being generated with an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specee", description="Fast local LLM decoding with speculative early exit.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -365,12 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute threads (default 0: the available cores)")
     g.add_argument("--ctx-size", type=COUNT.arg, default=2048, help="context size in tokens (default 2048)")
     g.add_argument("--flash-attn", action="store_true", help="use ggml's fused attention kernel")
-    g.add_argument("-ngl", "--n-gpu-layers", type=ZERO_OR_MORE.arg, default=0,
-                   help="layers on the offload devices (--rpc servers, then GPUs): the last N, and the output "
-                        "layer for N > the model's layers (as llama.cpp's -ngl); default 0, all on the CPU")
-    g.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
-                   help="ggml RPC servers (`specee rpc-server`) that take the offloaded layers; the protocol "
-                        "has no authentication, so use trusted networks only")
+    add_offload_options(g)
     g.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
     g.add_argument("--kernels", choices=sorted(engine.KERNELS), default=None, help=KERNELS_HELP)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -415,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=32,
                    help="requests that may wait for a free slot; beyond that: 503 at once (default 32)")
     s.add_argument("--ctx-size", type=int, default=2048, help="context size of each slot in tokens (default 2048)")
+    add_offload_options(s)
     s.add_argument("--amx-decode", action="store_true", help=AMX_DECODE_HELP)
     s.add_argument("--kernels", choices=sorted(engine.KERNELS), default=None, help=KERNELS_HELP)
     s.add_argument("--no-batching", action="store_true",

@@ -31,6 +31,8 @@ class ServerConfig:
     batching: bool = True              # full-depth slots decode in one batched pass per step
     amx_decode: bool = False           # decode steps read AMX-layout copies of the matrices (AMX CPUs)
     kernels: Optional[str] = None      # whose CPU kernels multiply the matrices (engine.KERNELS; None: Model's default)
+    n_gpu_layers: int = 0              # the last N layers on the offload devices (as generate's -ngl)
+    rpc_servers: Optional[str] = None  # "host:port[,host:port...]": ggml RPC servers for the offloaded layers
 
     def check(self) -> None:
         """Refuses settings no server can run with, naming the flag."""

@@ -67,7 +67,8 @@ class Runtime:
 
 def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
     """Loads everything and starts the compute thread (takes seconds on a real model)."""
-    model = Model(config.model_path, amx_decode=config.amx_decode, kernels=config.kernels)
+    model = Model(config.model_path, amx_decode=config.amx_decode, kernels=config.kernels,
+                  n_gpu_layers=config.n_gpu_layers, rpc_servers=config.rpc_servers)
     try:
         tokenizer = Tokenizer.from_gguf(config.model_path)
         try:
