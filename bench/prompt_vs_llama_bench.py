@@ -3,7 +3,12 @@ default): one prefill of N tokens, logits of the last one, same GGUF and
 threads, alternated round by round; one specee model per kernel choice.
 
     python bench/prompt_vs_llama_bench.py --llama-bench PATH/llama-bench --model qwen2.5-coder-1.5b \\
-        --kernels ggml,specee --rounds 3 --llama-repack 0
+        --kernels ggml,specee,specee/plain --rounds 3 --llama-repack 0
+
+A kernel choice with "/plain" or "/repacked" loads the model with
+use_repack=False or True (ggml's layout for the passes ggml computes,
+prompts among them); without either, the default (measured per CPU,
+specee.prompt_layout).
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ def main() -> int:
     out = {"cpu": cpu_model(), "threads": args.threads, "n": args.n, "llama_repack": args.llama_repack, "models": {}}
     for name in args.model:
         path = fetch_model(name, progress=False)
-        models = {k: Model(path, kernels=k) for k in kernels}
+        layout = {"plain": False, "repacked": True}
+        models = {k: Model(path, kernels=k.split("/")[0], use_repack=layout.get(k.partition("/")[2])) for k in kernels}
         got = {e: [] for e in ["llama"] + kernels}
         try:
             for k in kernels:

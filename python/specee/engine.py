@@ -122,7 +122,7 @@ class _Handle:
 class Model(_Handle):
     """A GGUF model loaded by libspecee. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: bool = True,
+    def __init__(self, path: str | os.PathLike, check_tensors: bool = False, use_repack: Optional[bool] = None,
                  n_gpu_layers: int = 0, rpc_servers: Sequence[str] | str | None = None, amx_decode: bool = False,
                  kernels: Optional[str] = None):
         """`n_gpu_layers`: llama.cpp's -ngl, the last N layers (N > n_layer:
@@ -133,9 +133,17 @@ class Model(_Handle):
         `kernels`: "specee" (the default: specee's own kernels where the CPU
         and weight type have one, ggml's elsewhere; docs/kernels.md) or
         "ggml" (llama.cpp's numerics, token for token; the default with
-        amx_decode, whose copies serve ggml's kernels)."""
+        amx_decode, whose copies serve ggml's kernels).
+        `use_repack`: ggml's repacked layout for the matrices of the passes
+        ggml computes (prompts); None: whichever runs prompts faster on this
+        CPU, measured once per model file and cached (prompt_layout.py;
+        always repacked with kernels="ggml", as llama.cpp)."""
         if kernels is None:
             kernels = "ggml" if amx_decode else "specee"
+        if use_repack is None:
+            from .prompt_layout import use_repack as measured_choice
+
+            use_repack = True if kernels not in KERNELS else measured_choice(path, kernels)
         self.path = os.fspath(path)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
             raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")

@@ -9,7 +9,6 @@ beyond the last are extrapolated along the last segment.
 """
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -18,8 +17,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from ...engine import Context, system_info
+from ...engine import Context
 from ...fetch import cache_dir
+from ...measurements import read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -103,31 +103,10 @@ def cache_path(fingerprint: str, n_threads: int, exact: bool = True, kernels: st
     return cache_dir() / "speculative" / f"cost-{fingerprint}-t{n_threads}{suffix}.json"
 
 
-def _read_record(path: Path) -> Optional[dict]:
-    """A cached measurement of this CURVE_VERSION, or None."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("version") == CURVE_VERSION else None
-
-
-def _write_record(path: Path, record: dict, what: str) -> None:
-    """Caches `record` (whole or not at all); a read-only cache only costs
-    the next run a measurement."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": CURVE_VERSION, "system": system_info(), **record}, indent=1))
-        tmp.replace(path)
-    except OSError as e:
-        log.warning("cannot cache %s at %s: %s", what, path, e)
-
-
 def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True,
          kernels: str = "ggml") -> Optional[CostCurve]:
     """The cached curve if there is one that reaches max_n."""
-    record = _read_record(cache_path(fingerprint, n_threads, exact, kernels))
+    record = read_record(cache_path(fingerprint, n_threads, exact, kernels), CURVE_VERSION)
     try:
         curve = CostCurve({int(n): c for n, c in record["points"].items()})
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -136,8 +115,9 @@ def load(fingerprint: str, n_threads: int, max_n: int, exact: bool = True,
 
 
 def save(curve: CostCurve, fingerprint: str, n_threads: int, exact: bool = True, kernels: str = "ggml") -> None:
-    _write_record(cache_path(fingerprint, n_threads, exact, kernels),
-                  {"model": fingerprint, "threads": n_threads, "points": curve.points}, "the batch cost curve")
+    write_record(cache_path(fingerprint, n_threads, exact, kernels),
+                 {"model": fingerprint, "threads": n_threads, "points": curve.points}, CURVE_VERSION,
+                 "the batch cost curve")
 
 
 def for_context(ctx: Context, tokens: Sequence[int], max_n: int) -> CostCurve:
@@ -162,7 +142,7 @@ def step_ratio(draft: Context, target: Context, steps: int = 6) -> float:
     underestimates it for small models (per-layer overheads weigh more)."""
     path = cache_dir() / "speculative" / (f"step-{draft.model.fingerprint}-over-{target.model.fingerprint}"
                                           f"-t{target.n_threads}.json")
-    record = _read_record(path)
+    record = read_record(path, CURVE_VERSION)
     if record is not None and isinstance(record.get("ratio"), (int, float)):
         return float(record["ratio"])
 
@@ -174,5 +154,5 @@ def step_ratio(draft: Context, target: Context, steps: int = 6) -> float:
         return t
 
     ratio = step_s(draft) / step_s(target)
-    _write_record(path, {"ratio": ratio}, "the draft model's step cost")
+    write_record(path, {"ratio": ratio}, CURVE_VERSION, "the draft model's step cost")
     return ratio
