@@ -86,6 +86,10 @@ def load_runtime(config: ServerConfig, metrics: ServerMetrics) -> Runtime:
             drafting.close()
             raise ValueError(f"--drafter {config.draft} needs heads with a draft head: none ship for this model; "
                              "give --heads")
+        if drafting.needs_exits and heads is None:
+            drafting.close()
+            raise ValueError(f"--drafter {config.draft} needs exit predictors: no heads ship for this model; "
+                             "give --heads")
     except BaseException:
         model.close()
         raise

@@ -29,7 +29,8 @@ class ServedDrafting:
         self.draft_path = resolve_draft_model(model_part, model.path) if model_part else None
         if self.draft_path is None and kinds.get(model_part) == "model":
             raise ValueError(f"--drafter {spec}: draft model not found")
-        self.needs_heads = "eagle" in kinds.values()
+        self.needs_heads = "eagle" in kinds.values()  # with a draft head
+        self.needs_exits = "exit" in kinds.values()   # any heads
         self.model_drafters: list[Optional[ModelDrafter]] = []
         try:
             for ctx in contexts:

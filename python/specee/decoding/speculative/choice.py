@@ -9,11 +9,17 @@ loads, and the drafters they open.
                            N likeliest nodes each get their N best children (N = 3)
     eagle:chain[:N]        the same head as a chain of its best guesses, with
                            N - 1 runners-up per step (EAGLE)
+    exit                   exact early exit (exact SpecEE) with the heads that
+                           ship for the model: where no drafted text is
+                           verified, a step may exit early and its token is
+                           checked by the next pass (exit_steps.py)
     A+B                    several of the above, their drafts merged into one
-                           token tree and verified in one pass (SpecInfer)
+                           token tree and verified in one pass (SpecInfer);
+                           with +exit, exit steps where no draft is verified
     auto                   prompt lookup, plus a draft model when one is at
-                           hand: a known model already in the cache, smaller
-                           than the target, with the target's vocabulary
+                           hand (a known model already in the cache, smaller
+                           than the target, with the target's vocabulary),
+                           plus exit steps where heads ship for the model
 """
 from __future__ import annotations
 
@@ -22,17 +28,20 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ...engine import Context, Heads, Model
-from ...heads.shipped import heads_or_shipped
+from ...heads.shipped import NoHeadsError, heads_or_shipped
 from ...fetch import MODELS, fetch_model, is_cached, known_models, model_cache_path
 from ..sampling import Sampler
 from .draft_model import ModelDrafter, VocabularyMismatchError, check_same_vocabulary
 from .drafters import DraftTree, Drafter, Kind, LookupDrafter, empty_draft
 from .eagle import EagleDrafter
+from .exit_steps import NoDrafts, WithExits
 from .tree import merge_drafts
 
 DRAFT_HELP = ("lookup, lookup:BRANCHES, model:NAME_OR_PATH (a smaller model with the same vocabulary), "
               "eagle[:BRANCHES] (the shipped draft head, a dynamic tree: EAGLE-2), eagle:chain[:BRANCHES] (the "
-              "same head, a chain with runners-up: EAGLE), several joined by + (one merged token tree), or auto")
+              "same head, a chain with runners-up: EAGLE), exit (exact early exits of the shipped heads, checked "
+              "by the next pass), several joined by + (one merged token tree; +exit: exit steps where no draft "
+              "is verified), or auto (lookup, a cached draft model, exits where heads ship)")
 MAX_LOOKUP_BRANCHES = 8
 
 
@@ -43,14 +52,17 @@ def parse_draft(spec: str) -> tuple[str, Optional[str]]:
     is allowed otherwise."""
     if "+" in spec:
         parts = spec.split("+")
-        if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model", "eagle") for p in parts):
+        if len(parts) < 2 or any(parse_draft(p)[0] not in ("lookup", "model", "eagle", "exit") for p in parts):
             raise ValueError(f"unknown drafter {spec!r}: the parts of A+B must each be lookup[:N], eagle[:N], "
-                             "eagle:chain[:N] or model:X")
-        if sum(parse_draft(p)[0] == "model" for p in parts) > 1:
-            raise ValueError(f"drafter {spec!r}: at most one draft model")
+                             "eagle:chain[:N], model:X or exit")
+        kinds = [parse_draft(p)[0] for p in parts]
+        if kinds.count("model") > 1 or kinds.count("exit") > 1:
+            raise ValueError(f"drafter {spec!r}: at most one draft model and one exit")
+        if "exit" in kinds and "eagle" in kinds:
+            raise ValueError(f"drafter {spec!r}: exit and eagle both drive the heads' draft head; choose one")
         return "merge", spec
     kind, sep, target = spec.partition(":")
-    if kind in ("lookup", "auto", "eagle") and not sep:
+    if kind in ("lookup", "auto", "eagle", "exit") and not sep:
         return kind, None
     if kind in ("lookup", "eagle") and _is_branches(target):
         return kind, target
@@ -178,6 +190,11 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
     and auto parts (None: there is none), instead of loading one (a server
     keeps one per slot)."""
     kind, arg = parse_draft(spec)
+    if kind == "exit" or (kind == "merge" and "exit" in spec.split("+")):
+        text_spec = "+".join(p for p in spec.split("+") if p != "exit")
+        text = open_drafter(text_spec, target, n_ctx, n_threads, draft_path, ctx, heads_path, heads,
+                            model_drafter) if text_spec else NoDrafts()
+        return _with_exits(text, target, ctx, heads_path, heads, required=True)
     if kind == "lookup":
         return LookupDrafter(branches=int(arg or 1))
     if kind == "eagle":
@@ -211,4 +228,35 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
     if model is LOAD:
         path = draft_path if draft_path is not None else resolve_draft_model(spec, target.path)
         model = ModelDrafter(path, target, n_ctx, n_threads, target_ctx=ctx) if path is not None else None
-    return model if kind == "model" else AutoDrafter(LookupDrafter(), model)
+    if kind == "model":
+        return model
+    auto = AutoDrafter(LookupDrafter(), model)
+    return _with_exits(auto, target, ctx, heads_path, heads, required=False) if ctx is not None else auto
+
+
+def _with_exits(text: Drafter, target: Model, ctx: Optional[Context], heads_path, heads: Optional[Heads],
+                required: bool) -> Drafter:
+    """`text` plus exit steps with `heads` (default: those that ship for the
+    model). Without heads: an error if `required`, else `text` as it is."""
+    try:
+        if ctx is None:
+            raise ValueError("the exit drafter runs inside the target's context: pass ctx")
+        opened = heads is None
+        if opened:
+            try:
+                heads_path = heads_or_shipped(heads_path, target.fingerprint, Path(target.path).name,
+                                              "the exit drafter (exit predictors)")
+            except NoHeadsError:
+                if required:
+                    raise
+                return text
+            heads = Heads(target, heads_path)
+        try:
+            return WithExits(text, ctx, heads, owns_heads=opened)
+        except Exception:
+            if opened:
+                heads.close()
+            raise
+    except Exception:
+        text.close()
+        raise

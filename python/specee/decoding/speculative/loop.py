@@ -81,6 +81,9 @@ class SpeculativeDecoder:
         self.drafted = self.accepted = self.verify_steps = self.plain_steps = 0
         self.t_draft = self.t_calibrate = 0.0
         self._has_free_kind = any(k.cost_per_token == 0 for k in drafter.kinds.values())
+        # exact early exit for the steps that verify no drafted text (exit_steps.py)
+        self.exits = drafter.open_exits(sampler) if hasattr(drafter, "open_exits") else None
+        self.exit_steps = 0
 
     def prepare(self, prompt: Sequence[int]) -> None:
         """The draft policy, before the prompt runs (decoders.decode keeps
@@ -93,6 +96,10 @@ class SpeculativeDecoder:
     def first(self, prompt: Sequence[int]) -> int:
         """Prefills `prompt`; returns the first new token."""
         self.prepare(prompt)
+        if self.exits is not None:
+            token = self.exits.first(prompt)  # its draft head reads the prompt too
+            self.history = self.exits.history  # one text for both: extended once per step
+            return token
         self.ctx.prefill(prompt)
         token = pick(self.ctx, self.sampler)
         self.history = list(prompt) + [token]
@@ -106,6 +113,11 @@ class SpeculativeDecoder:
         cap = min(self.draft_max, ctx.n_ctx - ctx.n_past - 1, room - 1)
         draft, k, t_draft = plan_draft(self.drafter, policy, self.history, cap, self.d_sampler, self._has_free_kind)
         self.t_draft += t_draft
+        if k == 0 and self.exits is not None:
+            new = self.exits.step(token, room)  # an exit step or a plain one, as its switch says; extends history
+            policy.plain_step(draft, new[0])
+            self.exit_steps += 1
+            return new
         if k == 0:
             new = [decode_one_token(ctx, token, self.sampler)]
             policy.plain_step(draft, new[0])
@@ -115,6 +127,8 @@ class SpeculativeDecoder:
             new, path = (verify_greedy(ctx, token, chosen) if self.sampler.greedy
                          else verify_sampled(ctx, token, chosen, self.sampler))
             policy.verified(chosen, path, new)
+            if self.exits is not None:
+                self.exits.next_cands = None  # the exits' draft head syncs on the verified tokens first
             self.drafted += k
             self.accepted += len(path)
             self.verify_steps += 1
@@ -134,7 +148,13 @@ class SpeculativeDecoder:
                                   if self.verify_steps else 0.0),
             "draft_s": round(self.t_draft, 6),
             "calibrate_s": round(self.t_calibrate, 6),
+            **(self._exit_stats() if self.exits is not None else {}),
         }
+
+    def _exit_stats(self) -> dict:
+        x = self.exits
+        return {"exit_steps": self.exit_steps, "exit_drafts_verified": x.n_verified,
+                "exit_drafts_accepted": x.n_accepted, "exit_plain_steps": x.n_plain}
 
 
 def generate_speculative(
