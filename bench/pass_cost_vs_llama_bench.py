@@ -34,6 +34,14 @@ def llama_pass_ms(binary: str, model: Path, threads: int, n: int, repack: int) -
     return 1e3 * n / float(record["avg_ts"])
 
 
+def ik_pass_ms(binary: str, model: Path, threads: int, n: int) -> float:
+    """ik_llama.cpp's llama-bench -p n, run-time repacking on (-rtr 1), flash attention off."""
+    out = subprocess.run([binary, "-m", str(model), "-t", str(threads), "-p", str(n), "-n", "0", "-r", "3",
+                          "-fa", "0", "-rtr", "1", "-o", "json"], capture_output=True, text=True, check=True).stdout
+    (record,) = [r for r in json.loads(out[out.index("["):]) if r.get("n_prompt") == n]
+    return 1e3 * n / float(record["avg_ts"])
+
+
 def specee_pass_ms(ctx, n: int, reps: int = 5) -> float:
     feed = list(range(100, 100 + n))
     base = ctx.n_past
@@ -60,19 +68,23 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llama-repack", type=int, choices=(0, 1), default=1,
                     help="llama-bench --repack (its AMX layout fails on prompts on some Xeons: use 0 there)")
+    ap.add_argument("--ik-llama-bench", help="ik_llama.cpp's llama-bench (-rtr 1), measured in the same rounds")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     path = fetch_model(args.model, progress=False)
     ours = {n: [] for n in sizes}
     theirs = {n: [] for n in sizes}
+    ik = {n: [] for n in sizes}
     with Model(path, kernels=args.kernels) as m, m.context(n_ctx=512, n_threads=args.threads) as ctx:
         ctx.prefill(PROMPT)
         for r in range(args.rounds):
             for n in sizes:
-                sides = ["llama", "specee"] if r % 2 == 0 else ["specee", "llama"]
-                for side in sides:
-                    if side == "llama":
+                sides = ["llama", "specee"] + (["ik"] if args.ik_llama_bench else [])
+                for side in (sides if r % 2 == 0 else sides[::-1]):
+                    if side == "ik":
+                        ik[n].append(ik_pass_ms(args.ik_llama_bench, path, args.threads, n))
+                    elif side == "llama":
                         theirs[n].append(llama_pass_ms(args.llama_bench, path, args.threads, n, args.llama_repack))
                     else:
                         ours[n].append(specee_pass_ms(ctx, n))
@@ -84,6 +96,10 @@ def main() -> int:
         rows.append({"n": n, "specee_ms": round(a, 2), "llama_bench_ms": round(b, 2), "specee_over_llama": round(a / b, 3),
                      "specee_in_steps": round(a / statistics.median(ours[sizes[0]]), 2),
                      "llama_in_steps": round(b / statistics.median(theirs[sizes[0]]), 2)})
+        if args.ik_llama_bench:
+            c = statistics.median(ik[n])
+            rows[-1].update({"ik_ms": round(c, 2), "specee_over_ik": round(a / c, 3),
+                             "ik_in_steps": round(c / statistics.median(ik[sizes[0]]), 2)})
     out = {"model": args.model, "kernels": args.kernels, "threads": args.threads, "rounds": args.rounds,
            "llama_repack": args.llama_repack, "cpu": cpu, "results": rows}
     print(json.dumps(out, indent=1))

@@ -55,7 +55,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model name or GGUF path")
     p.add_argument("--draft", default="lookup",
-                   help="a --draft spec: lookup[:N], model:NAME_OR_PATH, eagle[:N], eagle:chain[:N], A+B, auto")
+                   help="a --draft spec: lookup[:N], model:NAME_OR_PATH, eagle[:N], eagle:chain[:N], exit, A+B, auto")
     p.add_argument("--draft-max", type=DRAFT_MAX.arg, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-size", type=int, default=1024)
@@ -77,6 +77,7 @@ def main() -> int:
     with Model(model_path) as model:
         for group, prompts in groups.items():
             ratios, drafted, accepted, verifies, identical, items = [], 0, 0, 0, True, []
+            exits = {"exit_steps": 0, "exit_drafts_verified": 0, "exit_drafts_accepted": 0, "exit_plain_steps": 0}
             for rnd in range(args.rounds):
                 for i, (name, text, chat) in enumerate(prompts):
                     ids = prompt_ids(tok, template, text, chat)
@@ -88,17 +89,24 @@ def main() -> int:
                     drafted += spec.extra["drafted"]
                     accepted += spec.extra["accepted"]
                     verifies += spec.extra["verify_steps"]
+                    for key in exits:  # exit steps (--draft exit, A+exit, auto with heads)
+                        exits[key] += spec.extra.get(key, 0)
                     identical &= spec.tokens == plain.tokens
                     items.append({"prompt": name, "round": rnd, "ratio": round(ratio, 4),
                                   "plain_tok_s": round(plain.decode_tok_s, 2),
                                   "speculative_tok_s": round(spec.decode_tok_s, 2), **spec.extra})
                     print(f"{group:5s} {name:18s} round {rnd}: x{ratio:.3f} "
-                          f"({spec.extra['verify_steps']} verifications)", file=sys.stderr)
+                          f"({spec.extra['verify_steps']} verifications, "
+                          f"{spec.extra.get('exit_drafts_verified', 0)} exit drafts)", file=sys.stderr)
             report["groups"][group] = {
                 "median_ratio": round(statistics.median(ratios), 4),
                 "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
                 "tokens_per_verify": round((accepted + verifies) / verifies, 3) if verifies else 0.0,
-                "all_outputs_identical": identical, "items": items}
+                "all_outputs_identical": identical,
+                **({**exits, "exit_acceptance": round(exits["exit_drafts_accepted"] /
+                                                       max(exits["exit_drafts_verified"], 1), 4)}
+                   if exits["exit_steps"] else {}),
+                "items": items}
     summary = {g: {k: v for k, v in r.items() if k != "items"} for g, r in report["groups"].items()}
     print(json.dumps(summary, indent=1))
     if args.out:

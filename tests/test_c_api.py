@@ -82,7 +82,8 @@ def test_c_program_links_and_runs(tmp_path, tiny_llama):
 
 def test_ctypes_example_decodes_like_the_package(tmp_path):
     """examples/ctypes_decode.py (ctypes alone) gives the tokens and exit
-    layers of specee.decoding.early_exit.generate_specee for the same heads."""
+    layers of specee.decoding.early_exit.generate_specee (exact, exits
+    always tried) for the same heads, and those are plain greedy decoding's."""
     sys.path.insert(0, str(HERE / "fuzz"))
     import seeds
     from specee.decoding.early_exit import generate_specee
@@ -99,12 +100,19 @@ def test_ctypes_example_decodes_like_the_package(tmp_path):
     tokens = [int(t) for t in lines[-2].removeprefix("tokens:").split()]
     exit_layers = [int(t) for t in lines[-1].removeprefix("exit layers:").split()]
 
+    from specee.decoding.plain import generate
+
     with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
         ctx.set_heads(heads)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=False)  # the example runs the lossy three-call loop
+        ctx.set_exit_params(verify_full=False)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=True, adaptive=False)
+        ctx.set_heads(None)
+        ctx.truncate(0)
+        plain = generate(ctx, prompt, n)
         n_layer = m.n_layer
-    assert tokens == want.tokens and exit_layers == want.extra["exit_layers"]
+    assert tokens == want.tokens == plain.tokens and exit_layers == want.extra["exit_layers"]
     assert min(exit_layers) < n_layer  # the heads do exit early
+    assert want.extra["exit_drafts_verified"] > 0
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")

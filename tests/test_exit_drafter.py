@@ -91,3 +91,16 @@ def test_auto_and_exit_take_given_heads(tiny6, tmp_path):
             d.close()  # the given heads stay open: not the drafter's
             assert ctx.heads is None
         assert heads.n_candidates > 0
+
+
+@pytest.mark.parametrize("module", ["specee.decoding.early_exit", "specee.decoding.speculative", "specee.cli",
+                                    "specee.server.runtime"])
+def test_every_entry_module_imports_first(module):
+    """early_exit and the speculative package import each other's parts:
+    each must import on its own, first, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("uvicorn") if module.startswith("specee.server") else None
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-1500:]

@@ -19,13 +19,15 @@ step (EarlyExitDecoder: next_cands None means sync first).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from ...engine import Context, Heads, InvalidArgumentError
-from ..early_exit import CandidateSource, EarlyExitDecoder
 from ..sampling import Sampler
 from .draft_tree import DraftTree, empty_draft
 from .drafters import Drafter, Kind
+
+if TYPE_CHECKING:  # early_exit imports this package (speculative.verify): no import cycle at run time
+    from ..early_exit import CandidateSource, EarlyExitDecoder
 
 
 class NoDrafts:
@@ -47,7 +49,7 @@ class WithExits:
     rest; `open_exits` gives the loop its exit decoder."""
 
     def __init__(self, text: Drafter, ctx: Context, heads: Heads, owns_heads: bool = False,
-                 source: Optional[CandidateSource] = None, adaptive: bool = True):
+                 source: Optional["CandidateSource"] = None, adaptive: bool = True):
         """Attaches `heads` (with predictors) to `ctx`, whose cache must be
         empty: the exits' draft head follows the target from the prompt on.
         `owns_heads`: close them with the drafter. `source` and `adaptive`:
@@ -68,9 +70,11 @@ class WithExits:
                 limits: Optional[Mapping[str, int]] = None) -> DraftTree:
         return self.text.propose(tokens, max_len, sampler, limits)
 
-    def open_exits(self, sampler: Sampler) -> EarlyExitDecoder:
+    def open_exits(self, sampler: Sampler) -> "EarlyExitDecoder":
         """The exact early-exit decoder the loop steps with when no drafted
         text is verified; it switches exits off where they do not pay."""
+        from ..early_exit import EarlyExitDecoder
+
         return EarlyExitDecoder(self.ctx, sampler, self.heads.n_candidates, self.source, exact=True,
                                 adaptive=self.adaptive)
 
