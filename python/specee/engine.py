@@ -140,13 +140,14 @@ class Model(_Handle):
         always repacked with kernels="ggml", as llama.cpp)."""
         if kernels is None:
             kernels = "ggml" if amx_decode else "specee"
-        if use_repack is None:
-            from .prompt_layout import use_repack as measured_choice
-
-            use_repack = True if kernels not in KERNELS else measured_choice(path, kernels)
         self.path = os.fspath(path)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < 0:
             raise InvalidArgumentError(f"n_gpu_layers must be an integer >= 0, not {n_gpu_layers!r}")
+        if use_repack is None:
+            # the library keeps ggml's plain layout wherever layers are offloaded: nothing to measure then
+            from .prompt_layout import use_repack as measured_choice
+
+            use_repack = True if kernels not in KERNELS or n_gpu_layers > 0 else measured_choice(path, kernels)
         servers = rpc_servers if isinstance(rpc_servers, str) or rpc_servers is None else ",".join(rpc_servers)
         params = ffi.new("struct specee_model_params *", lib.specee_model_default_params())
         params.check_tensors = check_tensors

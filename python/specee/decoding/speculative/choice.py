@@ -237,12 +237,13 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
 def _with_exits(text: Drafter, target: Model, ctx: Optional[Context], heads_path, heads: Optional[Heads],
                 required: bool) -> Drafter:
     """`text` plus exit steps with `heads` (default: those that ship for the
-    model). Without heads: an error if `required`, else `text` as it is."""
+    model). Without heads: an error if `required`, else `text` as it is.
+    On an error `text` (and heads opened here) are closed."""
+    opened: Optional[Heads] = None
     try:
         if ctx is None:
             raise ValueError("the exit drafter runs inside the target's context: pass ctx")
-        opened = heads is None
-        if opened:
+        if heads is None:
             try:
                 heads_path = heads_or_shipped(heads_path, target.fingerprint, Path(target.path).name,
                                               "the exit drafter (exit predictors)")
@@ -250,13 +251,10 @@ def _with_exits(text: Drafter, target: Model, ctx: Optional[Context], heads_path
                 if required:
                     raise
                 return text
-            heads = Heads(target, heads_path)
-        try:
-            return WithExits(text, ctx, heads, owns_heads=opened)
-        except Exception:
-            if opened:
-                heads.close()
-            raise
+            heads = opened = Heads(target, heads_path)
+        return WithExits(text, ctx, heads, owns_heads=opened is not None)
     except Exception:
+        if opened is not None:
+            opened.close()
         text.close()
         raise
