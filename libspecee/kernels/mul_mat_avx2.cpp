@@ -65,9 +65,9 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, int half, const block_
                 _mm_prefetch(p + off, _MM_HINT_T0);
             }
         }
-        __m256i sb[NC];
+        __m256 fs[NC];  // scaled in floats, as in the AVX-512 kernel
         for (int c = 0; c < NC; ++c) {
-            sb[c] = _mm256_setzero_si256();
+            fs[c] = _mm256_setzero_ps();
         }
         for (int s = 0; s < 16; ++s) {
             const __m256i h  = load_half(B.hi[s], half);
@@ -79,7 +79,7 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, int half, const block_
             const __m256i w2 = _mm256_or_si256(_mm256_and_si256(l1, m0f), _mm256_and_si256(h, m30));
             const __m256i w3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m0f),
                                                _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
-            const __m256i sc = load_i8x8(B.scales[s] + 8 * half);
+            const __m256  sc = _mm256_cvtepi32_ps(load_i8x8(B.scales[s] + 8 * half));
             for (int c = 0; c < NC; ++c) {
                 const int8_t * q = x[c][b].qs + 16 * s;
                 __m256i        d = dot4(w0, bcast_quad(q));
@@ -87,12 +87,12 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, int half, const block_
                 d                = _mm256_add_epi32(d, dot4(w2, bcast_quad(q + 8)));
                 d                = _mm256_add_epi32(d, dot4(w3, bcast_quad(q + 12)));
                 d                = _mm256_sub_epi32(d, _mm256_set1_epi32(32 * x[c][b].bsums[s]));
-                sb[c]            = _mm256_add_epi32(sb[c], _mm256_mullo_epi32(d, sc));
+                fs[c]            = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, fs[c]);
             }
         }
         const __m256 dw = load_fp16x8(B.d + 8 * half);
         for (int c = 0; c < NC; ++c) {
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb[c]), _mm256_mul_ps(dw, _mm256_set1_ps(x[c][b].d)), acc[c]);
+            acc[c] = _mm256_fmadd_ps(fs[c], _mm256_mul_ps(dw, _mm256_set1_ps(x[c][b].d)), acc[c]);
         }
     }
     for (int c = 0; c < NC; ++c) {
@@ -115,10 +115,9 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, int half, const block_
                 _mm_prefetch(p + off, _MM_HINT_T0);
             }
         }
-        __m256i sb[NC], sm[NC];
+        __m256 fs[NC];  // scaled in floats, as in the AVX-512 kernel
         for (int c = 0; c < NC; ++c) {
-            sb[c] = _mm256_setzero_si256();
-            sm[c] = _mm256_setzero_si256();
+            fs[c] = _mm256_setzero_ps();
         }
         for (int s = 0; s < 8; ++s) {
             __m256i d[NC];
@@ -135,18 +134,29 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, int half, const block_
                     d[c] = _mm256_add_epi32(d[c], dot4(wh, bcast_quad(q + 4)));
                 }
             }
-            const __m256i sc = load_u8x8(B.scales[s] + 8 * half);
-            const __m256i mn = load_u8x8(B.mins[s] + 8 * half);
+            const __m256 sc = _mm256_cvtepi32_ps(load_u8x8(B.scales[s] + 8 * half));
             for (int c = 0; c < NC; ++c) {
-                sb[c] = _mm256_add_epi32(sb[c], _mm256_mullo_epi32(d[c], sc));
-                sm[c] = _mm256_add_epi32(sm[c], _mm256_mullo_epi32(mn, _mm256_set1_epi32(bsum32(x[c][b], s))));
+                fs[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[c]), sc, fs[c]);
+            }
+        }
+        // mins: (min, min) int16 pairs against the two 16-weight sums (vpmaddwd)
+        __m256i sm[NC];
+        for (int c = 0; c < NC; ++c) {
+            sm[c] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 8; ++s) {
+            const __m256i m  = load_u8x8(B.mins[s] + 8 * half);
+            const __m256i mn = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+            for (int c = 0; c < NC; ++c) {
+                const __m256i pair = bcast_quad(reinterpret_cast<const int8_t *>(x[c][b].bsums + 2 * s));
+                sm[c]              = _mm256_add_epi32(sm[c], _mm256_madd_epi16(mn, pair));
             }
         }
         const __m256 dw = load_fp16x8(B.d + 8 * half);
         const __m256 mw = load_fp16x8(B.dmin + 8 * half);
         for (int c = 0; c < NC; ++c) {
             const __m256 dx = _mm256_set1_ps(x[c][b].d);
-            acc[c]          = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb[c]), _mm256_mul_ps(dw, dx), acc[c]);
+            acc[c]          = _mm256_fmadd_ps(fs[c], _mm256_mul_ps(dw, dx), acc[c]);
             acc[c]          = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm[c]), _mm256_mul_ps(mw, dx), acc[c]);
         }
     }

@@ -18,9 +18,14 @@ namespace specee::kernels {
 
 namespace {
 
-// columns a tile keeps in registers: 8 spilled (Q4_K, 8 columns, 2 threads:
-// 25.5 ms with tiles of 8, 20.3 ms with tiles of 4 on a 2-core Xeon)
-constexpr int MAX_TILE = 4;
+// columns a tile keeps in registers. The 32-weight types: 4. The k-quants,
+// whose sub-block sums are scaled in floats (no int32 scale accumulators):
+// 8, one pass over the weights for an 8-token verification (Q4_K, 8 columns,
+// 2 threads, 2-core Xeon: 2.15 one-column passes with tiles of 4 and int32
+// scaling, 1.68 with tiles of 8; Qwen2.5-Coder-1.5B's 8-token pass 98.9 ->
+// 87.4 ms)
+constexpr int MAX_TILE         = 4;
+constexpr int K_QUANT_MAX_TILE = 8;
 // blocks ahead that the loop asks the memory for: the hardware prefetcher
 // alone left one thread at about 60% of its read bandwidth (Q6_K 8.0 -> 11.0
 // GB/s with 1 thread, 13.7 -> 24.0 with 2, on a 2-core Xeon)
@@ -48,9 +53,9 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, const block_q8_k * con
     }
     for (int64_t b = 0; b < nb; ++b) {
         const block_q6_k_r16 & B = blocks[b];
-        __m512i                sb[NC];
+        __m512                 fs[NC];  // scaled in floats, as Q4_K below
         for (int c = 0; c < NC; ++c) {
-            sb[c] = _mm512_setzero_si512();
+            fs[c] = _mm512_setzero_ps();
         }
         const block_q6_k_r16 & P = blocks[b + PREFETCH_BLOCKS < nb ? b + PREFETCH_BLOCKS : b];
         for (int s = 0; s < 16; ++s) {
@@ -68,7 +73,8 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, const block_q8_k * con
             const __m512i w2 = _mm512_ternarylogic_epi32(_mm512_and_si512(l1, m0f), h, m30, 0xF8);
             const __m512i w3 = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m0f),
                                                          _mm512_srli_epi16(h, 2), m30, 0xF8);
-            const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.scales[s])));
+            const __m512 sc =
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.scales[s]))));
             for (int c = 0; c < NC; ++c) {
                 const int8_t * q = x[c][b].qs + 16 * s;
                 __m512i        d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, bcast_quad(q));
@@ -76,12 +82,12 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, const block_q8_k * con
                 d                = _mm512_dpbusd_epi32(d, w2, bcast_quad(q + 8));
                 d                = _mm512_dpbusd_epi32(d, w3, bcast_quad(q + 12));
                 d                = _mm512_sub_epi32(d, _mm512_set1_epi32(32 * x[c][b].bsums[s]));
-                sb[c]            = _mm512_add_epi32(sb[c], _mm512_mullo_epi32(d, sc));
+                fs[c]            = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, fs[c]);
             }
         }
         const __m512 dw = load_fp16x16(B.d);
         for (int c = 0; c < NC; ++c) {
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[c]), _mm512_mul_ps(dw, _mm512_set1_ps(x[c][b].d)), acc[c]);
+            acc[c] = _mm512_fmadd_ps(fs[c], _mm512_mul_ps(dw, _mm512_set1_ps(x[c][b].d)), acc[c]);
         }
     }
     for (int c = 0; c < NC; ++c) {
@@ -89,6 +95,13 @@ void q6_k_tile(const block_q6_k_r16 * blocks, int64_t nb, const block_q8_k * con
     }
 }
 
+// Q4_K, per block of 256 weights and column: each sub-block's exact integer
+// dot product is scaled in floats (cvt + fma: one multiply-port operation
+// where vpmulld takes two; the products are below 2^22 and the sums of real
+// blocks below 2^24, so this is the integer sum, and the reference takes the
+// same float steps in any case); the mins term is one vpdpwssd a sub-block at
+// the block's end: (min, min) pairs against the two 16-weight sums of the
+// activations, the same int32 as min * (sum16 + sum16).
 template <int NC>
 void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * const * x, float * const * y) {
     const __m512i m0f = _mm512_set1_epi8(0x0f);
@@ -98,10 +111,9 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * con
     }
     for (int64_t b = 0; b < nb; ++b) {
         const block_q4_k_r16 & B = blocks[b];
-        __m512i                sb[NC], sm[NC];
+        __m512                 fs[NC];
         for (int c = 0; c < NC; ++c) {
-            sb[c] = _mm512_setzero_si512();
-            sm[c] = _mm512_setzero_si512();
+            fs[c] = _mm512_setzero_ps();
         }
         const block_q4_k_r16 & P = blocks[b + PREFETCH_BLOCKS < nb ? b + PREFETCH_BLOCKS : b];
         for (int s = 0; s < 8; ++s) {
@@ -115,24 +127,32 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * con
                 w[2 * p]        = _mm512_and_si512(l, m0f);
                 w[2 * p + 1]    = _mm512_and_si512(_mm512_srli_epi16(l, 4), m0f);
             }
-            const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.scales[s])));
-            const __m512i mn = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.mins[s])));
+            const __m512 sc =
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.scales[s]))));
             for (int c = 0; c < NC; ++c) {
                 const int8_t * q = x[c][b].qs + 32 * s;
-                __m512i        d = _mm512_setzero_si512();
-                for (int j = 0; j < 8; ++j) {
+                __m512i        d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast_quad(q));
+                for (int j = 1; j < 8; ++j) {
                     d = _mm512_dpbusd_epi32(d, w[j], bcast_quad(q + 4 * j));
                 }
-                sb[c] = _mm512_add_epi32(sb[c], _mm512_mullo_epi32(d, sc));
-                sm[c] = _mm512_add_epi32(sm[c], _mm512_mullo_epi32(mn, _mm512_set1_epi32(bsum32(x[c][b], s))));
+                fs[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, fs[c]);
             }
+        }
+        __m512i mn[8];  // (min, min) as int16 pairs, one register a sub-block
+        for (int s = 0; s < 8; ++s) {
+            const __m512i m = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(B.mins[s])));
+            mn[s]           = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
         }
         const __m512 dw = load_fp16x16(B.d);
         const __m512 mw = load_fp16x16(B.dmin);
         for (int c = 0; c < NC; ++c) {
+            __m512i sm = _mm512_setzero_si512();
+            for (int s = 0; s < 8; ++s) {
+                sm = _mm512_dpwssd_epi32(sm, mn[s], bcast_quad(reinterpret_cast<const int8_t *>(x[c][b].bsums + 2 * s)));
+            }
             const __m512 dx = _mm512_set1_ps(x[c][b].d);
-            acc[c]          = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[c]), _mm512_mul_ps(dw, dx), acc[c]);
-            acc[c]          = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(sm[c]), _mm512_mul_ps(mw, dx), acc[c]);
+            acc[c]          = _mm512_fmadd_ps(fs[c], _mm512_mul_ps(dw, dx), acc[c]);
+            acc[c]          = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(sm), _mm512_mul_ps(mw, dx), acc[c]);
         }
     }
     for (int c = 0; c < NC; ++c) {
@@ -146,7 +166,7 @@ void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
-    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+    for_each_tile<K_QUANT_MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q6_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
     });
@@ -156,7 +176,7 @@ void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
-    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+    for_each_tile<K_QUANT_MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q4_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
     });

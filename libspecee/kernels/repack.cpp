@@ -267,7 +267,7 @@ void mul_mat_q6_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                 for (int64_t b = 0; b < nb; ++b) {
                     const block_q6_k_r16 & B  = blk[g * nb + b];
                     const block_q8_k &     X  = x[c * nb + b];
-                    int32_t                sb = 0;
+                    float                  sb = 0.0f;
                     for (int s = 0; s < 16; ++s) {
                         int32_t sum = 0;
                         for (int j = 0; j < 4; ++j) {  // quad 4s + j
@@ -279,10 +279,10 @@ void mul_mat_q6_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                             }
                         }
                         sum -= 32 * X.bsums[s];
-                        sb += sum * B.scales[s][r];
+                        sb = std::fma((float) sum, (float) B.scales[s][r], sb);
                     }
                     const float dxw = fp16_to_fp32(B.d[r]) * X.d;
-                    acc             = std::fma((float) sb, dxw, acc);
+                    acc             = std::fma(sb, dxw, acc);
                 }
                 y[c * ldy + g * ROW_GROUP + r] = acc;
             }
@@ -353,7 +353,8 @@ void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                 for (int64_t b = 0; b < nb; ++b) {
                     const block_q4_k_r16 & B  = blk[g * nb + b];
                     const block_q8_k &     X  = x[c * nb + b];
-                    int32_t                sb = 0, sm = 0;
+                    float                  sb = 0.0f;
+                    int32_t                sm = 0;
                     for (int s = 0; s < 8; ++s) {
                         int32_t sum = 0;
                         for (int j = 0; j < 8; ++j) {  // quad 8s + j
@@ -363,10 +364,10 @@ void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n
                                 sum += (int32_t) q * X.qs[32 * s + 4 * j + i];
                             }
                         }
-                        sb += sum * B.scales[s][r];
+                        sb = std::fma((float) sum, (float) B.scales[s][r], sb);
                         sm += bsum32(X, s) * B.mins[s][r];
                     }
-                    acc = std::fma((float) sb, fp16_to_fp32(B.d[r]) * X.d, acc);
+                    acc = std::fma(sb, fp16_to_fp32(B.d[r]) * X.d, acc);
                     acc = std::fma(-(float) sm, fp16_to_fp32(B.dmin[r]) * X.d, acc);
                 }
                 y[c * ldy + g * ROW_GROUP + r] = acc;
