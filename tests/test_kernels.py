@@ -68,7 +68,7 @@ def activation_columns(path: Path, kind: str, n_x: int, cols: int) -> np.ndarray
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kind", sorted(TYPES))
-@pytest.mark.parametrize("n_x", [1, 5, 9, 17])  # tiles of 4 (32-weight types) and 8 (k-quants): one, leftovers, two and more
+@pytest.mark.parametrize("n_x", [1, 5, 9, 17])  # tiles of 8 (AVX2: 2): one, a partial tile, tiles and leftovers
 def test_kernels_match_numpy_and_each_other(kernel_check, tmp_path, kind, n_x, isa):
     """Each kernel set the CPU runs (AVX2 on AVX-512 machines too)."""
     rows, cols = 64, 512

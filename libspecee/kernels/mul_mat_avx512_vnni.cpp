@@ -18,14 +18,14 @@ namespace specee::kernels {
 
 namespace {
 
-// columns a tile keeps in registers. The 32-weight types: 4. The k-quants,
-// whose sub-block sums are scaled in floats (no int32 scale accumulators):
-// 8, one pass over the weights for an 8-token verification (Q4_K, 8 columns,
-// 2 threads, 2-core Xeon: 2.15 one-column passes with tiles of 4 and int32
-// scaling, 1.68 with tiles of 8; Qwen2.5-Coder-1.5B's 8-token pass 98.9 ->
-// 87.4 ms)
-constexpr int MAX_TILE         = 4;
-constexpr int K_QUANT_MAX_TILE = 8;
+// columns a tile keeps in registers: 8, one pass over a row group's weights
+// for an 8-token verification. The k-quants' sub-block sums are scaled in
+// floats (no int32 accumulators per column), which freed the registers: on a
+// 2-core Xeon, 2 threads, Q4_K's 8-column pass went from 2.15 one-column
+// passes (tiles of 4, int32 scaling; tiles of 8 then spilled) to 1.68,
+// Qwen2.5-Coder-1.5B's exact 8-token pass from 98.9 to 87.4 ms, and
+// Qwen2.5-Coder-0.5B's (Q5_0/Q8_0) from 1.87-1.91 to 1.79-1.81 steps
+constexpr int MAX_TILE = 8;
 // blocks ahead that the loop asks the memory for: the hardware prefetcher
 // alone left one thread at about 60% of its read bandwidth (Q6_K 8.0 -> 11.0
 // GB/s with 1 thread, 13.7 -> 24.0 with 2, on a 2-core Xeon)
@@ -166,7 +166,7 @@ void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
-    for_each_tile<K_QUANT_MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q6_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
     });
@@ -176,7 +176,7 @@ void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
     const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
-    for_each_tile<K_QUANT_MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
+    for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q4_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
     });
