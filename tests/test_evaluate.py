@@ -43,6 +43,30 @@ def test_eval_limit_2_end_to_end(tiny_with_heads):
     assert table.count("\n") == 2 + 3 * len(PATHS) - 1 and "| csqa | specee |" in table
 
 
+def test_eval_speculative_mode_takes_exit_steps_with_heads(tiny_with_heads):
+    """With heads, the speculative mode's drafter adds exact exit steps in
+    each item's context (its text drafter is shared by the items): vanilla's
+    tokens, with exit drafts checked."""
+    path, heads = tiny_with_heads
+    name = next(iter(PATHS))
+    res = evaluate(path, [name], ["vanilla", "speculative"], heads_path=heads, limit=2, n_predict=8, threads=1,
+                   n_ctx=512, progress=False, dataset_paths=PATHS)
+    assert res["heads"] == str(heads)
+    s = res["datasets"][name]["speculative"]
+    assert s["n_items"] == 2 and s["same_tokens_as_vanilla"] == 2
+    assert s["exit_drafts_verified"] >= 1 and 0 <= s["exit_acceptance_rate"] <= 1
+
+
+def test_eval_speculative_mode_without_heads_has_no_exit_steps(tiny_with_heads, monkeypatch, tmp_path):
+    path, _ = tiny_with_heads
+    monkeypatch.setenv("SPECEE_CACHE", str(tmp_path))  # no heads ship for the tiny model
+    name = next(iter(PATHS))
+    res = evaluate(path, [name], ["vanilla", "speculative"], limit=1, n_predict=8, threads=1, n_ctx=512,
+                   progress=False, dataset_paths=PATHS)
+    s = res["datasets"][name]["speculative"]
+    assert res["heads"] is None and s["same_tokens_as_vanilla"] == 1 and "exit_drafts_verified" not in s
+
+
 def test_eval_needs_heads_for_specee(tiny_with_heads):
     path, _ = tiny_with_heads
     with pytest.raises(ValueError, match="head file"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,8 +30,9 @@ from .item_log import ItemLog
 from ..fetch import file_sha256
 from .scoring import extract_choice, extract_number, humaneval_completion, numbers_equal, rouge_l, run_humaneval
 from ..ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
-from ..heads.shipped import heads_or_shipped
+from ..heads.shipped import NoHeadsError, heads_or_shipped
 from ..decoding.speculative import open_drafter
+from ..decoding.speculative.exit_steps import WithExits
 from ..tokenizer.gguf_tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,9 @@ def parse_mode(mode: str) -> tuple[str, Optional[float]]:
     """"vanilla", "specee" (exact early exit at the head file's threshold, or
     --threshold), "specee@T" (at predictor threshold T), "specee-lossy" and
     "specee-lossy@T" (the paper's lossy early exit) or "speculative"
-    (lossless speculative decoding, drafter auto)."""
+    (lossless speculative decoding, drafter auto: prompt lookup, a draft
+    model if one is found, and exact exit steps where heads are given or ship
+    for the model)."""
     kind, _, t = mode.partition("@")
     if kind not in ("vanilla", "specee", "specee-lossy", "speculative") or (t and not kind.startswith("specee")):
         raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD, specee-lossy, "
@@ -126,6 +130,8 @@ class ModeResult:
     tf_steps: int = 0
     drafted: int = 0      # speculative: drafted tokens verified
     accepted: int = 0     # and accepted
+    exit_drafted: int = 0   # speculative: exit drafts verified (exact exit steps)
+    exit_accepted: int = 0  # and accepted
 
     def add(self, item: dict) -> None:
         """Adds one item's record (see run_item)."""
@@ -140,6 +146,8 @@ class ModeResult:
         self.tf_steps += item["tf_steps"]
         self.drafted += item["drafted"]
         self.accepted += item["accepted"]
+        self.exit_drafted += item.get("exit_drafted", 0)  # absent from item logs of older versions
+        self.exit_accepted += item.get("exit_accepted", 0)
 
 
 def teacher_forced(ctx, prompt: list[int], n: int, k: int) -> tuple[int, int]:
@@ -213,7 +221,11 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
             out["heads"] = os.fspath(heads_path)
         heads = Heads(model, heads_path) if needs_heads else None
         needs_drafter = any(kind == "speculative" for kind, _ in parsed.values())
+        # the text drafter (and a draft model) once per model; exit steps per item, in its context
         drafter = open_drafter("auto", model, n_ctx, threads) if needs_drafter else None
+        if needs_drafter and heads is None:
+            heads = _heads_if_any(model, heads_path)
+            out["heads"] = os.fspath(heads.path) if heads is not None else None
         # what the numbers depend on, file contents included (a head file
         # replaced under the same name, say with another threshold, is another run)
         settings = {k: out[k] for k in ("model", "heads", "n_predict", "limit", "threads")}
@@ -265,12 +277,14 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
     """One item in one mode, in a fresh context: a JSON-ready record for
     ModeResult.add and the item log."""
     kind, mode_threshold = mode
-    rec = {"exit_layers": [], "tf_agree": 0, "tf_steps": 0, "drafted": 0, "accepted": 0}
-    with model.context(n_ctx=n_ctx, n_threads=threads) as ctx:
+    rec = {"exit_layers": [], "tf_agree": 0, "tf_steps": 0, "drafted": 0, "accepted": 0,
+           "exit_drafted": 0, "exit_accepted": 0}
+    with model.context(n_ctx=n_ctx, n_threads=threads) as ctx, \
+            _item_drafter(kind, drafter, ctx, heads) as item_drafter:
         decoder = open_decoder(ctx, "specee" if kind.startswith("specee") else kind, Sampler(), heads=heads,
                                threshold=mode_threshold if mode_threshold is not None else threshold,
                                verify=None if verify_full is None else "full" if verify_full else "candidates",
-                               drafter=drafter, lossy=kind == "specee-lossy")
+                               drafter=item_drafter, lossy=kind == "specee-lossy")
         g = decode(decoder, ctx, ids, n_predict, stop_ids=tok.eot_ids)
         if kind.startswith("specee"):
             out["verify_full"] = ctx.exit_params()["verify_full"]
@@ -281,11 +295,38 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
                 rec["drafted"], rec["accepted"] = g.extra["exit_drafts_verified"], g.extra["exit_drafts_accepted"]
         elif kind == "speculative":
             rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
+            rec["exit_drafted"] = g.extra.get("exit_drafts_verified", 0)
+            rec["exit_accepted"] = g.extra.get("exit_drafts_accepted", 0)
     body = [t for t in g.tokens if t not in tok.eot_ids]
     text = tok.decode(body, skip_special=True)
     rec.update(tokens=[int(t) for t in body], text=text, decode_s=g.decode_s, n_decode=g.n_decode_steps,
                score=task.score(text) if task.score is not None else None)
     return rec
+
+
+def _heads_if_any(model: Model, heads_path) -> Optional[Heads]:
+    """The speculative mode's exit predictors: `heads_path`, else the heads
+    that ship for the model, else none (no exit steps)."""
+    try:
+        return Heads(model, heads_or_shipped(heads_path, model.fingerprint, Path(model.path).name,
+                                             "the exit drafter (exit predictors)"))
+    except NoHeadsError:
+        return None
+
+
+@contextmanager
+def _item_drafter(kind: str, drafter, ctx, heads: Optional[Heads]):
+    """The speculative mode's drafter for one item: the shared text drafter
+    plus exit steps in this item's context (both left open for the next
+    item), or the text drafter alone without heads."""
+    if kind != "speculative" or drafter is None or heads is None:
+        yield drafter
+        return
+    item = WithExits(drafter, ctx, heads, owns_heads=False, owns_text=False)
+    try:
+        yield item
+    finally:
+        item.close()
 
 
 def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -313,6 +354,9 @@ def summarize(results: dict[str, ModeResult], n_layer: int) -> dict:
             s["exit_layer_histogram"] = [r.exit_layers.count(l) for l in range(1, n_layer + 1)]
         if r.drafted:
             s["acceptance_rate"] = round(r.accepted / r.drafted, 4)
+        if r.exit_drafted:  # the speculative mode's exit steps
+            s["exit_drafts_verified"] = r.exit_drafted
+            s["exit_acceptance_rate"] = round(r.exit_accepted / r.exit_drafted, 4)
         if r.tf_steps:
             s["teacher_forced_agreement"] = round(r.tf_agree / r.tf_steps, 4)
         if base is not None and mode != "vanilla":

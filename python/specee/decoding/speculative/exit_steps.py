@@ -49,10 +49,12 @@ class WithExits:
     rest; `open_exits` gives the loop its exit decoder."""
 
     def __init__(self, text: Drafter, ctx: Context, heads: Heads, owns_heads: bool = False,
-                 source: Optional["CandidateSource"] = None, adaptive: bool = True):
+                 source: Optional["CandidateSource"] = None, adaptive: bool = True, owns_text: bool = True):
         """Attaches `heads` (with predictors) to `ctx`, whose cache must be
         empty: the exits' draft head follows the target from the prompt on.
-        `owns_heads`: close them with the drafter. `source` and `adaptive`:
+        `owns_heads` / `owns_text`: close the heads / the text drafter with
+        this one (not when they serve other contexts too, as in
+        `specee eval`, which opens one per item). `source` and `adaptive`:
         EarlyExitDecoder's (candidates from the draft head, or prompt lookup
         without one; exits switched off where they do not pay)."""
         if ctx.n_past != 0:
@@ -61,7 +63,7 @@ class WithExits:
             ctx.set_heads(heads)
         # exact exits pick from the candidates: the full model checks them anyway (modes.open_decoder)
         ctx.set_exit_params(verify_full=False)
-        self.text, self.ctx, self.heads, self.owns_heads = text, ctx, heads, owns_heads
+        self.text, self.ctx, self.heads, self.owns_heads, self.owns_text = text, ctx, heads, owns_heads, owns_text
         self.source, self.adaptive = source, adaptive
         self.name = "exit" if isinstance(text, NoDrafts) else f"{text.name}+exit"
         self.kinds = text.kinds
@@ -79,7 +81,8 @@ class WithExits:
                                 adaptive=self.adaptive)
 
     def close(self) -> None:
-        self.text.close()
+        if self.owns_text:
+            self.text.close()
         self.ctx.set_heads(None)
         if self.owns_heads:
             self.heads.close()
