@@ -30,8 +30,9 @@ from .item_log import ItemLog
 from ..fetch import file_sha256
 from .scoring import extract_choice, extract_number, humaneval_completion, numbers_equal, rouge_l, run_humaneval
 from ..ranges import COUNT, THRESHOLD, ZERO_OR_MORE, Range
-from ..heads.shipped import NoHeadsError, heads_or_shipped
+from ..heads.shipped import heads_or_shipped
 from ..decoding.speculative import open_drafter
+from ..decoding.speculative.choice import exit_heads_path
 from ..decoding.speculative.exit_steps import WithExits
 from ..tokenizer.gguf_tokenizer import Tokenizer
 
@@ -224,8 +225,10 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
         # the text drafter (and a draft model) once per model; exit steps per item, in its context
         drafter = open_drafter("auto", model, n_ctx, threads) if needs_drafter else None
         if needs_drafter and heads is None:
-            heads = _heads_if_any(model, heads_path)
-            out["heads"] = os.fspath(heads.path) if heads is not None else None
+            # the exit steps' predictors: --heads, else the shipped ones, else no exit steps
+            exit_path = exit_heads_path(model, heads_path, required=False)
+            heads = Heads(model, exit_path) if exit_path is not None else None
+            out["heads"] = os.fspath(exit_path) if exit_path is not None else None
         # what the numbers depend on, file contents included (a head file
         # replaced under the same name, say with another threshold, is another run)
         settings = {k: out[k] for k in ("model", "heads", "n_predict", "limit", "threads")}
@@ -304,22 +307,12 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
     return rec
 
 
-def _heads_if_any(model: Model, heads_path) -> Optional[Heads]:
-    """The speculative mode's exit predictors: `heads_path`, else the heads
-    that ship for the model, else none (no exit steps)."""
-    try:
-        return Heads(model, heads_or_shipped(heads_path, model.fingerprint, Path(model.path).name,
-                                             "the exit drafter (exit predictors)"))
-    except NoHeadsError:
-        return None
-
-
 @contextmanager
 def _item_drafter(kind: str, drafter, ctx, heads: Optional[Heads]):
     """The speculative mode's drafter for one item: the shared text drafter
     plus exit steps in this item's context (both left open for the next
     item), or the text drafter alone without heads."""
-    if kind != "speculative" or drafter is None or heads is None:
+    if kind != "speculative" or heads is None:
         yield drafter
         return
     item = WithExits(drafter, ctx, heads, owns_heads=False, owns_text=False)

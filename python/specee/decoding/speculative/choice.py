@@ -234,6 +234,18 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
     return _with_exits(auto, target, ctx, heads_path, heads, required=False) if ctx is not None else auto
 
 
+def exit_heads_path(target: Model, heads_path, required: bool) -> Optional[Path]:
+    """The exit predictors' file for `target`: `heads_path`, else the heads
+    that ship for it; without either an error if `required`, else None."""
+    try:
+        return Path(heads_or_shipped(heads_path, target.fingerprint, Path(target.path).name,
+                                     "the exit drafter (exit predictors)"))
+    except NoHeadsError:
+        if required:
+            raise
+        return None
+
+
 def _with_exits(text: Drafter, target: Model, ctx: Optional[Context], heads_path, heads: Optional[Heads],
                 required: bool) -> Drafter:
     """`text` plus exit steps with `heads` (default: those that ship for the
@@ -244,12 +256,8 @@ def _with_exits(text: Drafter, target: Model, ctx: Optional[Context], heads_path
         if ctx is None:
             raise ValueError("the exit drafter runs inside the target's context: pass ctx")
         if heads is None:
-            try:
-                heads_path = heads_or_shipped(heads_path, target.fingerprint, Path(target.path).name,
-                                              "the exit drafter (exit predictors)")
-            except NoHeadsError:
-                if required:
-                    raise
+            heads_path = exit_heads_path(target, heads_path, required)
+            if heads_path is None:
                 return text
             heads = opened = Heads(target, heads_path)
         return WithExits(text, ctx, heads, owns_heads=opened is not None)
