@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "libspecee" / "kernels"
 CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 FLAGS = {"mul_mat_avx2.cpp": ["-mavx2", "-mf16c", "-mfma"],
-         "mul_mat_avx512_vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]}
+         "mul_mat_avx512_vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"],
+         "attention_avx2.cpp": ["-mavx2", "-mf16c", "-mfma"],
+         "attention_avx512.cpp": ["-mavx512f", "-mf16c", "-mfma"]}
 ISAS = ["avx2", "avx512_vnni"]
 TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q6_k": GGMLQuantizationType.Q6_K, "q8_0": GGMLQuantizationType.Q8_0,
          "q5_0": GGMLQuantizationType.Q5_0, "q4_1": GGMLQuantizationType.Q4_1}
@@ -27,20 +29,24 @@ TYPES = {"q4_k": GGMLQuantizationType.Q4_K, "q6_k": GGMLQuantizationType.Q6_K, "
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
 
-@pytest.fixture(scope="module")
-def kernel_check(tmp_path_factory) -> Path:
-    """The driver, compiled as CMakeLists.txt compiles the kernels."""
-    out = tmp_path_factory.mktemp("kernels")
+def build_driver(out: Path, driver: str) -> Path:
+    """tests/c/<driver>.cpp linked with the kernels, compiled as
+    CMakeLists.txt compiles them."""
     common = [CXX, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
               "-Wno-maybe-uninitialized", f"-I{ROOT / 'libspecee'}", "-c"]
     objs = []
-    for src in [*sorted(KERNELS.glob("*.cpp")), ROOT / "tests" / "c" / "kernel_check.cpp"]:
+    for src in [*sorted(KERNELS.glob("*.cpp")), ROOT / "tests" / "c" / f"{driver}.cpp"]:
         obj = out / (src.stem + ".o")
         subprocess.run(common + FLAGS.get(src.name, []) + [str(src), "-o", str(obj)], check=True)
         objs.append(str(obj))
-    exe = out / "kernel_check"
+    exe = out / driver
     subprocess.run([CXX, *objs, "-o", str(exe)], check=True)
     return exe
+
+
+@pytest.fixture(scope="module")
+def kernel_check(tmp_path_factory) -> Path:
+    return build_driver(tmp_path_factory.mktemp("kernels"), "kernel_check")
 
 
 def run_check(exe: Path, tmp_path: Path, kind: str, rows: int, cols: int, n_x: int, seed: int, *extra: str):

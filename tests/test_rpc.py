@@ -74,7 +74,7 @@ def greedy(model: Model, n: int = 16) -> tuple[list[int], np.ndarray]:
 @pytest.mark.parametrize("n_gpu_layers", [1, 3, 99])
 def test_rpc_decoding_gives_the_local_tokens(tiny_model_factory, rpc_server, n_gpu_layers):
     path = tiny_model_factory(n_layer=3, tied=False, seed=3, qtype="Q8_0")
-    with Model(path) as local:
+    with Model(path, kernels="ggml") as local:  # offloading runs ggml's kernels, attention included
         want_tokens, want_logits = greedy(local)
     with Model(path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_server) as remote:
         tokens, logits = greedy(remote)
@@ -203,7 +203,7 @@ def test_draft_tree_with_offloaded_layers(tiny_model_factory, rpc_server, tmp_pa
         write_heads(heads_path, m, {0: constant_predictor(-40.0)}, draft=random_draft(Reference(path), seed=11),
                     draft_dtype="f16")
     trees = []
-    for params in ({}, {"n_gpu_layers": 99, "rpc_servers": rpc_server}):
+    for params in ({"kernels": "ggml"}, {"n_gpu_layers": 99, "rpc_servers": rpc_server}):  # offloaded: ggml's
         with Model(path, **params) as m, Heads(m, heads_path) as heads, m.context(n_ctx=64, n_threads=1) as ctx:
             ctx.set_heads(heads)
             ctx.prefill(PROMPT)

@@ -10,7 +10,7 @@ import pytest
 from reference import Reference
 from specee.engine import InvalidArgumentError, Model, kernels_isa
 from test_forward import QUANT_TOLERANCE, TOKENS, batched_and_stepped_logits, rel_err
-from test_token_tree import PROMPT, TREE_TOKENS
+from test_token_tree import PROMPT, TREE_PARENTS, TREE_TOKENS
 
 needs_kernels = pytest.mark.skipif(kernels_isa() == "none", reason="no specee kernel runs on this CPU")
 QTYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_1"]
@@ -55,6 +55,28 @@ def test_chain_rows_are_plain_steps_bit_for_bit(model_path):
         for i, token in enumerate(TREE_TOKENS):
             steps.decode(token)
             np.testing.assert_array_equal(chain.all_logits()[i], steps.logits(), err_msg=f"chain row {i}")
+
+
+@needs_kernels
+def test_tree_rows_are_plain_steps_bit_for_bit(model_path):
+    """A row of a branching tree attends to the cache and its own ancestors,
+    with its siblings' cells masked in between: specee's attention sums over
+    the cells a row sees in their order, whatever lies between them, so every
+    row is the one-token step along its own path to the last bit (greedy
+    verification of a tree keeps plain decoding's output)."""
+    with Model(model_path, kernels="specee") as m, m.context(n_ctx=64) as tree:
+        tree.prefill(PROMPT)
+        tree.decode_tree(TREE_TOKENS, TREE_PARENTS)
+        rows = tree.all_logits()
+        for i in range(len(TREE_TOKENS)):
+            path = [i]
+            while TREE_PARENTS[path[-1]] >= 0:
+                path.append(TREE_PARENTS[path[-1]])
+            with m.context(n_ctx=64) as steps:
+                steps.prefill(PROMPT)
+                for node in reversed(path):
+                    steps.decode(TREE_TOKENS[node])
+                np.testing.assert_array_equal(rows[i], steps.logits(), err_msg=f"tree row {i}, path {path[::-1]}")
 
 
 @needs_kernels

@@ -61,7 +61,7 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
             ggml_tensor * q_s = ggml_view_3d(ctx0, h.q, hd, hp.n_head, 1, h.q->nb[1], h.q->nb[2], s * h.q->nb[2]);
             store_kv(ctx0, g.gf, hp, *kvs[s], il, q.k_idx, q.v_idx, 1, k_s, v_s);
             ggml_tensor * mask = q.masks[size_t(q.mask_of_layer[size_t(il)])];
-            ggml_tensor * o_s  = attend(ctx0, hp, *kvs[s], il, plans[s].n_kv, mask, q_s, 1);
+            ggml_tensor * o_s  = attend(ctx0, m, *kvs[s], il, plans[s].n_kv, mask, q_s, 1);
             o = o ? ggml_concat(ctx0, o, o_s, 1) : o_s;
         }
         x   = ggml_add(ctx0, x, product(ctx0, m, L.wo, o, false));

@@ -4,6 +4,7 @@
 #include "graph/graph.h"
 #include "graph/graph_parts.h"
 #include "graph/packed_product.h"
+#include "graph/exact_attention.h"
 
 #include "api/error.h"
 
@@ -147,11 +148,16 @@ static void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, 
 // Attention of queries q ([hd, n_head, n], rotated) over cells [0, n_kv) of
 // layer il of the cache under `kq_mask` ([n_kv, n]): [n_embd_q, n], before
 // the output projection.
-ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
+ggml_tensor * attend(ggml_context * ctx0, const model & m, const kv_cache & kv, int il, uint32_t n_kv,
                      ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps) {
+    const hparams & hp = m.hp;
     const int64_t hd = hp.n_embd_head;
     ggml_tensor * k_cache = kv.k(il);
     ggml_tensor * v_cache = kv.v(il);
+    if (m.specee_attention && !kv.v_trans()) {
+        // each row over the cells it sees, in their order: tree rows are steps
+        return exact_attention(ctx0, m, q, k_cache, v_cache, kq_mask);
+    }
     const float   scale = 1.0f / std::sqrt(float(hd));
     const size_t  head  = ggml_row_size(k_cache->type, hd);          // bytes per head within a cell
     ggml_tensor * ks = ggml_view_3d(ctx0, k_cache, hd, n_kv, hp.n_head_kv, k_cache->nb[1], head, 0);  // [hd, n_kv, n_head_kv]
@@ -222,7 +228,7 @@ static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const mode
     const int64_t   n  = rows.n;
     const qkv_heads h  = project_qkv(ctx0, m, L, r, rows.positions, n, cur, /*want_q=*/true, plan.as_steps);
     store_kv(ctx0, gf, hp, kv, il, rows.k_idx, rows.v_idx, n, h.k, h.v);
-    return product(ctx0, m, L.wo, attend(ctx0, hp, kv, il, plan.n_kv, rows.mask, h.q, n, plan.as_steps),
+    return product(ctx0, m, L.wo, attend(ctx0, m, kv, il, plan.n_kv, rows.mask, h.q, n, plan.as_steps),
                    plan.as_steps);  // [n_embd, n]
 }
 

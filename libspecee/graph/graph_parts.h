@@ -61,7 +61,9 @@ void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const k
 // Attention of q ([hd, n_head, n]) over cells [0, n_kv) of layer il under
 // kq_mask ([n_kv, n]): [n_embd_q, n], before the output projection.
 // `as_steps`: each query's products as a one-token step computes them.
-ggml_tensor * attend(ggml_context * ctx0, const hparams & hp, const kv_cache & kv, int il, uint32_t n_kv,
+// With m.specee_attention and V untransposed: specee's kernel
+// (exact_attention.h), where every row is a one-token step's.
+ggml_tensor * attend(ggml_context * ctx0, const model & m, const kv_cache & kv, int il, uint32_t n_kv,
                      ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps = false);
 
 // SwiGLU feed-forward: down(silu(gate x) * up x)

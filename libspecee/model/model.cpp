@@ -2,6 +2,8 @@
 // copies the weights into the buffers of the devices they run on.
 #include "model/model.h"
 
+#include "kernels/attention.h"
+
 #include "api/error.h"
 #include "api/ggml_log.h"
 #include "model/gguf_meta.h"
@@ -631,6 +633,9 @@ void load_model(model & m, const char * path, const specee_model_params & params
     }
     place_weights(m, params.use_repack && !m.devices.any_offload(), params.amx_decode);
     read_weights(m, gctx, f.get(), params.check_tensors, matrices_to_pack(m, params));
+    m.attention_isa    = kernels::best_isa();
+    m.specee_attention = params.kernels == SPECEE_KERNELS_SPECEE && m.attention_isa != kernels::isa::reference &&
+                         !m.devices.any_offload() && m.hp.n_embd_head % kernels::ATTENTION_LANES == 0;
 }
 
 } // namespace specee

@@ -125,6 +125,12 @@ struct model {
         const auto it = packed.find(w);
         return it == packed.end() ? nullptr : &it->second;
     }
+    // kernels = SPECEE_KERNELS_SPECEE: every pass attends through specee's
+    // kernel (kernels/attention.h), whose rows depend only on the cells they
+    // see: a token tree's rows equal one-token steps. Contexts then keep V
+    // untransposed (one row per cell, as it reads). False: ggml's attention.
+    bool                       specee_attention = false;
+    kernels::isa               attention_isa    = kernels::isa::reference;
     bool                       output_copied = false;  // tied output offloaded: a second copy of tok_embd
     std::string                fingerprint;       // 16 hex digits, see fingerprint_of()
     uint64_t                   n_params   = 0;

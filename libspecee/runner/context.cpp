@@ -46,7 +46,7 @@ static int32_t resolve_threads(int32_t n) {
 
 context::context(const model & m, const specee_context_params & params)
     : model_(m),
-      kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn, layer_bufts(m)),
+      kv_(m.hp, resolve_n_ctx(m, params), /*v_trans=*/!params.flash_attn && !m.specee_attention, layer_bufts(m)),
       n_batch_(std::max(1u, std::min(params.n_batch == 0 ? 512u : params.n_batch, kv_.n_ctx()))),
       exact_verify_(params.exact_verify),
       graph_size_(std::max(1024, 96 * m.hp.n_layer + 64)),  // as_steps passes add reshapes and copies per layer
