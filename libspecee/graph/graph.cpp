@@ -62,10 +62,13 @@ ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggm
     return padded == n ? y : ggml_view_2d(ctx0, y, y->ne[0], n, y->nb[1], 0);
 }
 
+static ggml_tensor * with_bias(ggml_context * ctx0, ggml_tensor * y, ggml_tensor * b) {
+    return b ? ggml_add(ctx0, y, b) : y;
+}
+
 ggml_tensor * linear(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x,
                      bool as_steps) {
-    ggml_tensor * y = product(ctx0, m, w, x, as_steps);
-    return b ? ggml_add(ctx0, y, b) : y;
+    return with_bias(ctx0, product(ctx0, m, w, x, as_steps), b);
 }
 
 rope_params model_rope(const model & m, const kv_cache & kv) {
@@ -100,6 +103,12 @@ qkv_heads project_qkv(ggml_context * ctx0, const model & m, const layer_weights 
         q      = ggml_view_3d(ctx0, qkv, hd, hp.n_head,    n, hd * es, qkv->nb[1], 0);
         k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
         out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
+    } else if (const model::packed_set * set = want_q && n <= max_packed_columns ? m.packed_set_for(L.wq) : nullptr) {
+        // Q, K and V after one quantization of cur, as one node
+        const std::vector<ggml_tensor *> y = packed_products(ctx0, *set, {L.wq, L.wk, L.wv}, cur);
+        q     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[0], L.bq), hd, hp.n_head, n);
+        k     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[1], L.bk), hd, hp.n_head_kv, n);
+        out.v = with_bias(ctx0, y[2], L.bv);
     } else {
         if (want_q) {
             q = ggml_reshape_3d(ctx0, linear(ctx0, m, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);
@@ -239,6 +248,11 @@ ggml_tensor * feed_forward(ggml_context * ctx0, const model & m, const layer_wei
         // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
         ggml_tensor * gate_up = product(ctx0, m, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
         return product(ctx0, m, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
+    }
+    if (const model::packed_set * set = cur->ne[1] <= max_packed_columns ? m.packed_set_for(L.ffn_gate) : nullptr) {
+        // gate and up after one quantization of cur, as one node
+        const std::vector<ggml_tensor *> y = packed_products(ctx0, *set, {L.ffn_gate, L.ffn_up}, cur);
+        return product(ctx0, m, L.ffn_down, ggml_swiglu_split(ctx0, y[0], y[1]), as_steps);  // [n_embd, n]
     }
     ggml_tensor * gate = product(ctx0, m, L.ffn_gate, cur, as_steps);   // [n_ff, n]
     ggml_tensor * up   = product(ctx0, m, L.ffn_up,   cur, as_steps);   // [n_ff, n]

@@ -3,6 +3,8 @@
 
 #include "ggml-cpu.h"
 
+#include <algorithm>
+
 namespace specee {
 
 namespace {
@@ -12,6 +14,7 @@ ggml_type activation_type(kernels::weight_type t) { return kernels::takes_q8_k(t
 
 // x [k, n] F32 -> ggml's activation blocks, n rows of them. Threads split the
 // blocks; a block's quantization does not depend on how they are split.
+// userdata: a packed weight whose activation type this is.
 void quantize(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const auto &        pw    = *static_cast<const model::packed_weight *>(userdata);
     const ggml_type     type  = activation_type(pw.matrix.type);
@@ -40,20 +43,72 @@ void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
                      dst->nb[1] / sizeof(float), g0 * kernels::ROW_GROUP, g1 * kernels::ROW_GROUP);
 }
 
-} // namespace
+// The set's products one after another in dst: part i's [m_i, n] block at
+// the sum of the earlier blocks. Threads split the groups of 16 rows of all
+// parts together (the small K and V matrices share a thread with Q's rows).
+void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto &  set = *static_cast<const model::packed_set *>(userdata);
+    const int64_t n   = dst->src[0]->ne[1];  // columns: the quantized input's rows (dst is flat)
+    int64_t total = 0;
+    for (const model::packed_weight * pw : set.parts) {
+        total += pw->matrix.n_rows / kernels::ROW_GROUP;
+    }
+    const int64_t g0 = total * ith / nth, g1 = total * (ith + 1) / nth;
+    int64_t       first = 0;  // the part's first group among all
+    float *       y     = static_cast<float *>(dst->data);
+    for (const model::packed_weight * pw : set.parts) {
+        const int64_t groups = pw->matrix.n_rows / kernels::ROW_GROUP;
+        const int64_t a = std::max(g0, first) - first, b = std::min(g1, first + groups) - first;
+        if (a < b) {
+            kernels::mul_mat(pw->isa, pw->matrix, dst->src[0]->data, int(n), y, pw->matrix.n_rows,
+                             a * kernels::ROW_GROUP, b * kernels::ROW_GROUP);
+        }
+        first += groups;
+        y += pw->matrix.n_rows * n;
+    }
+}
 
-ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x) {
+// x as the activation blocks of `pw`'s type: [activation bytes, n] I8.
+ggml_tensor * quantized(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * x) {
     GGML_ASSERT(x->type == GGML_TYPE_F32 && x->ne[0] == pw.matrix.n_cols && x->ne[2] == 1 && x->ne[3] == 1);
     GGML_ASSERT(x->ne[1] <= max_packed_columns);
     if (!ggml_is_contiguous(x)) {
         x = ggml_cont(ctx0, x);
     }
+    return ggml_custom_4d(ctx0, GGML_TYPE_I8, int64_t(ggml_row_size(activation_type(pw.matrix.type), x->ne[0])),
+                          x->ne[1], 1, 1, &x, 1, quantize, GGML_N_TASKS_MAX, const_cast<model::packed_weight *>(&pw));
+}
+
+} // namespace
+
+std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::packed_set & set,
+                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x) {
+    GGML_ASSERT(!set.parts.empty() && ws.size() == set.parts.size());
+    ggml_tensor * xq = quantized(ctx0, *set.parts[0], x);
     const int64_t n  = x->ne[1];
-    void *        ud = const_cast<model::packed_weight *>(&pw);
-    ggml_tensor * xq = ggml_custom_4d(ctx0, GGML_TYPE_I8, int64_t(ggml_row_size(activation_type(pw.matrix.type), x->ne[0])),
-                                      n, 1, 1, &x, 1, quantize, GGML_N_TASKS_MAX, ud);  // [activation bytes, n]
-    ggml_tensor * args[2] = {xq, w};  // w: only so that the graph knows what the node reads
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, n, 1, 1, args, 2, multiply, GGML_N_TASKS_MAX, ud);  // [m, n]
+    int64_t rows = 0;
+    std::vector<ggml_tensor *> args = {xq};
+    for (size_t i = 0; i < ws.size(); ++i) {
+        rows += set.parts[i]->matrix.n_rows;
+        args.push_back(ws[i]);  // only so that the graph knows what the node reads
+    }
+    ggml_tensor * all = ggml_custom_4d(ctx0, GGML_TYPE_F32, rows * n, 1, 1, 1, args.data(), int(args.size()),
+                                       multiply_set, GGML_N_TASKS_MAX, const_cast<model::packed_set *>(&set));
+    std::vector<ggml_tensor *> out;
+    size_t offset = 0;
+    for (const model::packed_weight * pw : set.parts) {
+        const int64_t m = pw->matrix.n_rows;
+        out.push_back(ggml_view_2d(ctx0, all, m, n, size_t(m) * sizeof(float), offset));
+        offset += size_t(m * n) * sizeof(float);
+    }
+    return out;
+}
+
+ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x) {
+    ggml_tensor * xq      = quantized(ctx0, pw, x);  // [activation bytes, n]
+    ggml_tensor * args[2] = {xq, w};                 // w: only so that the graph knows what the node reads
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, xq->ne[1], 1, 1, args, 2, multiply,
+                          GGML_N_TASKS_MAX, const_cast<model::packed_weight *>(&pw));  // [m, n]
 }
 
 } // namespace specee

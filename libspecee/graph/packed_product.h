@@ -17,4 +17,10 @@ constexpr int64_t max_packed_columns = 16;
 // is computed as a one-column call computes it.
 ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x);
 
+// W_i x for every matrix of a packed set (ws: the ggml tensors its parts
+// were packed from), as one quantization of x and one multiplication:
+// [rows of W_i, n] each, contiguous. Each column as packed_product's.
+std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::packed_set & set,
+                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x);
+
 } // namespace specee

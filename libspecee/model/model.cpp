@@ -534,6 +534,31 @@ static void pack_matrix(model & m, const ggml_tensor * t, const void * bytes) {
     }
 }
 
+// The packed sets (model::packed_set): matrices of one layer that read the
+// same input, all packed, with the same activation blocks.
+static void group_packed(model & m) {
+    auto group = [&](std::initializer_list<const ggml_tensor *> ts) {
+        model::packed_set set;
+        for (const ggml_tensor * t : ts) {
+            const model::packed_weight * pw = m.packed_for(t);
+            if (pw == nullptr || (!set.parts.empty() &&
+                                  kernels::takes_q8_k(pw->matrix.type) != kernels::takes_q8_k(set.parts[0]->matrix.type))) {
+                return;
+            }
+            set.parts.push_back(pw);
+        }
+        m.packed_sets[*ts.begin()] = std::move(set);
+    };
+    for (const layer_weights & L : m.layers) {
+        if (L.wq != nullptr) {
+            group({L.wq, L.wk, L.wv});
+        }
+        if (L.ffn_gate != nullptr) {
+            group({L.ffn_gate, L.ffn_up});
+        }
+    }
+}
+
 static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check,
                          const std::set<const ggml_tensor *> & to_pack) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
@@ -633,6 +658,7 @@ void load_model(model & m, const char * path, const specee_model_params & params
     }
     place_weights(m, params.use_repack && !m.devices.any_offload(), params.amx_decode);
     read_weights(m, gctx, f.get(), params.check_tensors, matrices_to_pack(m, params));
+    group_packed(m);
     m.attention_isa    = kernels::best_isa();
     m.specee_attention = params.kernels == SPECEE_KERNELS_SPECEE && m.attention_isa != kernels::isa::reference &&
                          !m.devices.any_offload() && m.hp.n_embd_head % kernels::ATTENTION_LANES == 0;

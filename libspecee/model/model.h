@@ -125,6 +125,17 @@ struct model {
         const auto it = packed.find(w);
         return it == packed.end() ? nullptr : &it->second;
     }
+    // Packed matrices that read the same input (a layer's Q, K, V; its
+    // gate and up), multiplied as one graph node after one quantization of
+    // the input: fewer nodes and thread barriers a step. By the first one.
+    struct packed_set {
+        std::vector<const packed_weight *> parts;
+    };
+    std::unordered_map<const ggml_tensor *, packed_set> packed_sets;
+    const packed_set * packed_set_for(const ggml_tensor * first) const {
+        const auto it = packed_sets.find(first);
+        return it == packed_sets.end() ? nullptr : &it->second;
+    }
     // kernels = SPECEE_KERNELS_SPECEE: every pass attends through specee's
     // kernel (kernels/attention.h), whose rows depend only on the cells they
     // see: a token tree's rows equal one-token steps. Contexts then keep V
