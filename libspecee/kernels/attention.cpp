@@ -12,6 +12,7 @@ struct ops_reference {
         float x[ATTENTION_LANES];
     };
     static constexpr int BLOCK = 8;  // vectors of a head accumulated at once
+    static constexpr int BATCH = 4;  // cells whose scores are summed at once
 
     template <typename F>
     static vec each(F && f) {
@@ -52,6 +53,16 @@ struct ops_reference {
         for (int l = 0; l < 4; ++l) s4[l] = s8[l] + s8[l + 4];
         for (int l = 0; l < 2; ++l) s2[l] = s4[l] + s4[l + 2];
         return s2[0] + s2[1];
+    }
+    static float max_lane(const vec & a) {
+        float m = a.x[0];
+        for (int l = 1; l < ATTENTION_LANES; ++l) m = a.x[l] > m ? a.x[l] : m;
+        return m;
+    }
+    static void  sums(const vec * acc, float * out) {
+        for (int t = 0; t < BATCH; ++t) {
+            out[t] = sum(acc[t]);
+        }
     }
 };
 

@@ -13,7 +13,8 @@ struct ops_avx2 {
     struct vec {
         __m256 lo, hi;
     };
-    static constexpr int BLOCK = 4;  // 8 registers of accumulators
+    static constexpr int BLOCK = 2;  // two chains of 4 registers of accumulators
+    static constexpr int BATCH = 8;  // cells whose scores are summed at once
 
     static vec   zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
     static vec   set1(float a) { return {_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
@@ -57,6 +58,31 @@ struct ops_avx2 {
         return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
     }
     static float sum(const vec & a) { return sum8(_mm256_add_ps(a.lo, a.hi)); }
+    static float max_lane(const vec & a) {
+        const __m256 m8 = _mm256_max_ps(a.lo, a.hi);
+        const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        return _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+    }
+    // sum() of 8 cells at once: the same pairs added, 8 cells to a register
+    static void  sums(const vec * acc, float * out) {
+        __m256 s8[8], s4[4], s2[2];
+        for (int c = 0; c < 8; ++c) {
+            s8[c] = _mm256_add_ps(acc[c].lo, acc[c].hi);                       // l + 8
+        }
+        for (int p = 0; p < 4; ++p) {                                          // l + 4: cells 2p, 2p + 1
+            s4[p] = _mm256_add_ps(_mm256_permute2f128_ps(s8[2 * p], s8[2 * p + 1], 0x20),
+                                  _mm256_permute2f128_ps(s8[2 * p], s8[2 * p + 1], 0x31));
+        }
+        for (int o = 0; o < 2; ++o) {                                          // l + 2
+            s2[o] = _mm256_add_ps(_mm256_shuffle_ps(s4[2 * o], s4[2 * o + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(s4[2 * o], s4[2 * o + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        }
+        const __m256 s1 = _mm256_add_ps(_mm256_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),  // l + 1
+                                        _mm256_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        // lane 4 (c % 2) + c / 2 holds cell c
+        _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(s1, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
 };
 
 } // namespace

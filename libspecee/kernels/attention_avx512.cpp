@@ -11,7 +11,8 @@ namespace {
 
 struct ops_avx512 {
     using vec = __m512;
-    static constexpr int BLOCK = 8;  // a head of 128 in registers
+    static constexpr int BLOCK = 8;   // a head of 128 in registers (two chains: 16 of them)
+    static constexpr int BATCH = 16;  // cells whose scores are summed at once
 
     static vec   zero() { return _mm512_setzero_ps(); }
     static vec   set1(float a) { return _mm512_set1_ps(a); }
@@ -40,6 +41,29 @@ struct ops_avx512 {
         const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
         const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+    }
+    static float max_lane(vec a) { return _mm512_reduce_max_ps(a); }
+    // sum() of 16 cells at once: the same pairs added, with 128-bit block
+    // and in-block shuffles packing 2, 4, 8, then 16 cells to a register
+    static void  sums(const vec * acc, float * out) {
+        __m512 s8[8], s4[4], s2[2];
+        for (int p = 0; p < 8; ++p) {  // l + 8: cells 2p, 2p + 1, 8 lanes each
+            s8[p] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        }
+        for (int r = 0; r < 4; ++r) {  // l + 4: block k holds cell 4r + k
+            s4[r] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * r], s8[2 * r + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(s8[2 * r], s8[2 * r + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+        }
+        for (int o = 0; o < 2; ++o) {  // l + 2: block k holds cells 8o + k, 8o + 4 + k
+            s2[o] = _mm512_add_ps(_mm512_shuffle_ps(s4[2 * o], s4[2 * o + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_ps(s4[2 * o], s4[2 * o + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        }
+        const __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),  // l + 1
+                                        _mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        // lane 4 (c % 4) + c / 4 holds cell c
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_storeu_ps(out, _mm512_permutexvar_ps(order, s1));
     }
 };
 

@@ -8,12 +8,17 @@
 // order (j: a cell's rank among them):
 //   1. s_j = sum16(q * k_j) * scale + mask_j, where sum16 multiplies-adds
 //      element d into lane d % 16, then adds the lanes as a fixed tree
-//      (l + 8, then l + 4, l + 2, l + 1);
+//      (l + 8, then l + 4, l + 2, l + 1; the vector paths reduce 16 or 8
+//      cells at once with shuffles that add exactly these pairs);
 //   2. w_j = exp(s_j - max s) by exp_nonpositive below; their sum in lane
 //      j % 16, then the same tree;
-//   3. out_d = (sum over j in order of w_j * v_j,d, one fused multiply-add
-//      each) * (1 / sum).
+//   3. out_d = (even_d + odd_d) * (1 / sum), where even_d and odd_d add
+//      w_j * v_j,d over the even and the odd ranks j in order, one fused
+//      multiply-add each (two chains, so that a narrow head does not wait
+//      on one chain's latency).
 // Nothing depends on where the cells sit in the cache, only on their ranks.
+// The loops over accumulators are unrolled (#pragma GCC unroll) so that
+// they stay in registers rather than in memory.
 #pragma once
 
 #include "kernels/attention.h"
@@ -79,97 +84,187 @@ inline float mask_value(const attention_problem & p, int row, int cell) {
     if (p.mask_f16) {
         uint16_t h;
         std::memcpy(&h, m + size_t(cell) * 2, 2);
-        return f16_to_f32(h);
+        return h == 0 ? 0.0f : h == 0xfc00u ? -INFINITY : f16_to_f32(h);  // the two values masks hold, first
     }
     float f;
     std::memcpy(&f, m + size_t(cell) * 4, 4);
     return f;
 }
 
-// out[d0 + b * 16 ..] for NB vectors: sum over j of w_j v_j, times inv.
+// Part of step 3 for one head: ranks [j0, j1) (j0 even) added to its two
+// chains (`even`, `odd`: head_dim floats each) for NB vectors from d0 on.
 template <class O, int NB>
-void weighted_values(const attention_problem & p, const float * w, const int32_t * cell, int n, size_t kv_off,
-                     int d0, float inv, float * out) {
+void add_values(const attention_problem & p, const float * w, const int32_t * cell, int j0, int j1, size_t kv_off,
+                int d0, float * even_acc, float * odd_acc) {
     using V = typename O::vec;
-    V acc[NB];
+    V even[NB], odd[NB];
+#pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
-        acc[b] = O::zero();
+        even[b] = O::load(even_acc + d0 + b * L);
+        odd[b]  = O::load(odd_acc + d0 + b * L);
     }
-    for (int j = 0; j < n; ++j) {
-        const V          wj = O::set1(w[j]);
-        const uint16_t * v  = reinterpret_cast<const uint16_t *>(p.v + size_t(cell[j]) * p.v_cell + kv_off) + d0;
+    auto row_of = [&](int j) {
+        return reinterpret_cast<const uint16_t *>(p.v + size_t(cell[j]) * p.v_cell + kv_off) + d0;
+    };
+    int j = j0;
+    for (; j + 1 < j1; j += 2) {
+        const V          we = O::set1(w[j]), wo = O::set1(w[j + 1]);
+        const uint16_t * ve = row_of(j);
+        const uint16_t * vo = row_of(j + 1);
+#pragma GCC unroll 16
         for (int b = 0; b < NB; ++b) {
-            acc[b] = O::fma(wj, O::load_f16(v + b * L), acc[b]);
+            even[b] = O::fma(we, O::load_f16(ve + b * L), even[b]);
+            odd[b]  = O::fma(wo, O::load_f16(vo + b * L), odd[b]);
         }
     }
+    if (j < j1) {  // the last rank, even
+        const V          we = O::set1(w[j]);
+        const uint16_t * ve = row_of(j);
+#pragma GCC unroll 16
+        for (int b = 0; b < NB; ++b) {
+            even[b] = O::fma(we, O::load_f16(ve + b * L), even[b]);
+        }
+    }
+#pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
-        O::store(out + d0 + b * L, O::mul(acc[b], O::set1(inv)));
+        O::store(even_acc + d0 + b * L, even[b]);
+        O::store(odd_acc + d0 + b * L, odd[b]);
     }
 }
 
 template <class O, int NB = O::BLOCK>
-void weighted_values_any(int nb, const attention_problem & p, const float * w, const int32_t * cell, int n,
-                         size_t kv_off, int d0, float inv, float * out) {
+void add_values_any(int nb, const attention_problem & p, const float * w, const int32_t * cell, int j0, int j1,
+                    size_t kv_off, int d0, float * even_acc, float * odd_acc) {
     if constexpr (NB > 1) {
         if (nb < NB) {
-            return weighted_values_any<O, NB - 1>(nb, p, w, cell, n, kv_off, d0, inv, out);
+            return add_values_any<O, NB - 1>(nb, p, w, cell, j0, j1, kv_off, d0, even_acc, odd_acc);
         }
     }
-    weighted_values<O, NB>(p, w, cell, n, kv_off, d0, inv, out);
+    add_values<O, NB>(p, w, cell, j0, j1, kv_off, d0, even_acc, odd_acc);
 }
+
+// Heads of one row that share K and V (one group of grouped-query
+// attention) are computed together, so that each cell's K and V rows are
+// read from memory once for all of them; each head's arithmetic is the
+// one above, unchanged.
+constexpr int MAX_RUN   = 8;   // heads computed together
+constexpr int CELL_TILE = 64;  // cells whose K or V rows stay in L1 while every head of a run reads them
 
 template <class O>
 void attend_tasks(const attention_problem & p, int64_t task_begin, int64_t task_end) {
     using V = typename O::vec;
-    thread_local std::vector<float>   w;     // the visible cells' scores, then their weights
-    thread_local std::vector<int32_t> cell;  // the visible cells, in order
-    w.resize(size_t(p.n_kv) + L);            // + L: the last vector of weights may run past them
+    thread_local std::vector<float>   w;       // per head of a run: the visible cells' scores, then weights
+    thread_local std::vector<float>   chains;  // per head of a run: step 3's two chains
+    thread_local std::vector<float>   added;   // the visible cells' mask values
+    thread_local std::vector<int32_t> cell;    // the visible cells, in order
+    const size_t stride = size_t(p.n_kv) + L;  // + L: the last vector (or batch of sums) may run past them
+    w.resize(MAX_RUN * stride);
+    chains.resize(MAX_RUN * 2 * size_t(p.head_dim));
+    added.resize(size_t(p.n_kv));
     cell.resize(size_t(p.n_kv));
     const int hd = p.head_dim, group = p.n_head / p.n_head_kv;
-    for (int64_t t = task_begin; t < task_end; ++t) {
-        const int     row    = int(t / p.n_head), head = int(t % p.n_head);
-        const float * q      = reinterpret_cast<const float *>(p.q + size_t(row) * p.q_row + size_t(head) * p.q_head);
-        const size_t  kv_off = size_t(head / group) * size_t(hd) * 2;
-        float *       out    = p.out + size_t(row) * p.out_row + size_t(head) * size_t(hd);
+    for (int64_t t = task_begin; t < task_end;) {
+        const int row = int(t / p.n_head), head0 = int(t % p.n_head);
+        int       run = 1;  // heads head0.. of the same group, within this thread's tasks
+        while (run < MAX_RUN && t + run < task_end && head0 + run < p.n_head && (head0 + run) / group == head0 / group) {
+            run++;
+        }
+        t += run;
+        const size_t kv_off = size_t(head0 / group) * size_t(hd) * 2;
+        auto q_of = [&](int r) {
+            return reinterpret_cast<const float *>(p.q + size_t(row) * p.q_row + size_t(head0 + r) * p.q_head);
+        };
+        auto out_of = [&](int r) { return p.out + size_t(row) * p.out_row + size_t(head0 + r) * size_t(hd); };
 
-        // 1. the scores of the cells this row sees
-        int   n   = 0;
-        float top = -INFINITY;
+        // 1. the cells this row sees, then their scores, O::BATCH cells at a time
+        int n = 0;
         for (int c = 0; c < p.n_kv; ++c) {
             const float m = mask_value(p, row, c);
-            if (m == -INFINITY) {
-                continue;
+            if (m != -INFINITY) {
+                added[size_t(n)] = m;
+                cell[size_t(n)]  = c;
+                n++;
             }
-            const uint16_t * k   = reinterpret_cast<const uint16_t *>(p.k + size_t(c) * p.k_cell + kv_off);
-            V                acc = O::zero();
-            for (int d = 0; d < hd; d += L) {
-                acc = O::fma(O::load(q + d), O::load_f16(k + d), acc);
-            }
-            const float s = O::sum(acc) * p.scale + m;
-            w[size_t(n)]    = s;
-            cell[size_t(n)] = c;
-            n++;
-            top = std::max(top, s);
         }
         if (n == 0) {  // a row that sees no cell (never from the graphs: a row sees itself)
-            std::fill(out, out + hd, 0.0f);
+            for (int r = 0; r < run; ++r) {
+                std::fill(out_of(r), out_of(r) + hd, 0.0f);
+            }
             continue;
         }
-        // 2. the weights and their sum, lane by rank
-        V total = O::zero();
-        for (int j = 0; j < n; j += L) {
-            V e = exp_nonpositive<O>(O::sub(O::load(&w[size_t(j)]), O::set1(top)));
-            if (n - j < L) {
-                e = O::first(e, n - j);
+        for (int j = 0; j < n; j += O::BATCH) {
+            const int        count = std::min(O::BATCH, n - j);
+            const uint16_t * k[O::BATCH];
+            for (int u = 0; u < O::BATCH; ++u) {
+                k[u] = reinterpret_cast<const uint16_t *>(p.k + size_t(cell[size_t(j + std::min(u, count - 1))]) *
+                                                               p.k_cell + kv_off);
             }
-            O::store(&w[size_t(j)], e);
-            total = O::add(total, e);
+            for (int r = 0; r < run; ++r) {  // the batch's K rows: from memory once, then from L1
+                const float * q = q_of(r);
+                V             acc[O::BATCH];
+#pragma GCC unroll 16
+                for (int u = 0; u < O::BATCH; ++u) {
+                    acc[u] = O::zero();
+                }
+                for (int d = 0; d < hd; d += L) {
+                    const V qd = O::load(q + d);
+#pragma GCC unroll 16
+                    for (int u = 0; u < O::BATCH; ++u) {
+                        acc[u] = O::fma(qd, O::load_f16(k[u] + d), acc[u]);
+                    }
+                }
+                O::sums(acc, &w[size_t(r) * stride + size_t(j)]);  // sums past count land in the spare room
+            }
         }
-        const float inv = 1.0f / O::sum(total);
-        // 3. the weighted sum of the values, O::BLOCK vectors of the head at a time
-        for (int d0 = 0; d0 < hd; d0 += O::BLOCK * L) {
-            const int nb = std::min(O::BLOCK, (hd - d0) / L);
-            weighted_values_any<O>(nb, p, w.data(), cell.data(), n, kv_off, d0, inv, out);
+
+        // 2. per head: s = sum * scale + mask (two roundings, as a scalar
+        // would), the weights and their sum, lane by rank
+        float inv[MAX_RUN];
+        for (int r = 0; r < run; ++r) {
+            float * wr   = &w[size_t(r) * stride];
+            V       tops = O::set1(-INFINITY);
+            int     j    = 0;
+            for (; j + L <= n; j += L) {
+                const V sj = O::add(O::mul(O::load(wr + j), O::set1(p.scale)), O::load(&added[size_t(j)]));
+                O::store(wr + j, sj);
+                tops = O::max(tops, sj);
+            }
+            float top = O::max_lane(tops);  // a maximum: the same in any order
+            for (; j < n; ++j) {
+                const float sj = wr[j] * p.scale + added[size_t(j)];
+                wr[j]          = sj;
+                top            = std::max(top, sj);
+            }
+            V total = O::zero();
+            for (j = 0; j < n; j += L) {
+                V e = exp_nonpositive<O>(O::sub(O::load(wr + j), O::set1(top)));
+                if (n - j < L) {
+                    e = O::first(e, n - j);
+                }
+                O::store(wr + j, e);
+                total = O::add(total, e);
+            }
+            inv[r] = 1.0f / O::sum(total);
+        }
+
+        // 3. the weighted sums of the values, CELL_TILE cells at a time for every head
+        std::fill(chains.begin(), chains.begin() + long(size_t(run) * 2 * size_t(hd)), 0.0f);
+        for (int j0 = 0; j0 < n; j0 += CELL_TILE) {
+            const int j1 = std::min(n, j0 + CELL_TILE);
+            for (int r = 0; r < run; ++r) {
+                float * even = &chains[size_t(r) * 2 * size_t(hd)];
+                for (int d0 = 0; d0 < hd; d0 += O::BLOCK * L) {
+                    const int nb = std::min(O::BLOCK, (hd - d0) / L);
+                    add_values_any<O>(nb, p, &w[size_t(r) * stride], cell.data(), j0, j1, kv_off, d0, even, even + hd);
+                }
+            }
+        }
+        for (int r = 0; r < run; ++r) {
+            const float * even = &chains[size_t(r) * 2 * size_t(hd)];
+            float *       out  = out_of(r);
+            for (int d = 0; d < hd; d += L) {
+                O::store(out + d, O::mul(O::add(O::load(even + d), O::load(even + hd + d)), O::set1(inv[r])));
+            }
         }
     }
 }
