@@ -167,8 +167,8 @@ class Model(_Handle):
         self._ptr = out[0]
         self._contexts: list = []
         if kernels == "specee":
-            log.info("kernels: specee's on %s for %d matrices, ggml's for the rest (docs/kernels.md)",
-                     kernels_isa(), self.n_packed)
+            log.info("kernels: specee's on %s for %d matrices and for attention where heads are a multiple of 16 "
+                     "wide, ggml's for the rest (docs/kernels.md)", kernels_isa(), self.n_packed)
 
     @property
     def n_packed(self) -> int:
