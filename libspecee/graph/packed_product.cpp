@@ -31,41 +31,42 @@ void quantize(ggml_tensor * dst, int ith, int nth, void * userdata) {
     }
 }
 
-// y [m, n] = W x: threads split W's groups of 16 rows, never a dot product.
-void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto &  pw     = *static_cast<const model::packed_weight *>(userdata);
-    const int64_t groups = pw.matrix.n_rows / kernels::ROW_GROUP;
-    const int64_t g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
-    if (g0 == g1) {
-        return;
-    }
-    kernels::mul_mat(pw.isa, pw.matrix, dst->src[0]->data, int(dst->ne[1]), static_cast<float *>(dst->data),
-                     dst->nb[1] / sizeof(float), g0 * kernels::ROW_GROUP, g1 * kernels::ROW_GROUP);
-}
-
-// The set's products one after another in dst: part i's [m_i, n] block at
-// the sum of the earlier blocks. Threads split the groups of 16 rows of all
-// parts together (the small K and V matrices share a thread with Q's rows).
-void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto &  set = *static_cast<const model::packed_set *>(userdata);
-    const int64_t n   = dst->src[0]->ne[1];  // columns: the quantized input's rows (dst is flat)
+// y = W_i xq for each of `parts` in turn, part i's [m_i, n] block after the
+// earlier ones: threads split the groups of 16 rows of all parts together
+// (the small K and V matrices share a thread with Q's rows), never a dot
+// product.
+void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, const void * xq, int64_t n,
+                    float * y, int ith, int nth) {
     int64_t total = 0;
-    for (const model::packed_weight * pw : set.parts) {
-        total += pw->matrix.n_rows / kernels::ROW_GROUP;
+    for (size_t i = 0; i < n_parts; ++i) {
+        total += parts[i]->matrix.n_rows / kernels::ROW_GROUP;
     }
     const int64_t g0 = total * ith / nth, g1 = total * (ith + 1) / nth;
     int64_t       first = 0;  // the part's first group among all
-    float *       y     = static_cast<float *>(dst->data);
-    for (const model::packed_weight * pw : set.parts) {
-        const int64_t groups = pw->matrix.n_rows / kernels::ROW_GROUP;
+    for (size_t i = 0; i < n_parts; ++i) {
+        const model::packed_weight & pw = *parts[i];
+        const int64_t groups = pw.matrix.n_rows / kernels::ROW_GROUP;
         const int64_t a = std::max(g0, first) - first, b = std::min(g1, first + groups) - first;
         if (a < b) {
-            kernels::mul_mat(pw->isa, pw->matrix, dst->src[0]->data, int(n), y, pw->matrix.n_rows,
-                             a * kernels::ROW_GROUP, b * kernels::ROW_GROUP);
+            kernels::mul_mat(pw.isa, pw.matrix, xq, int(n), y, pw.matrix.n_rows, a * kernels::ROW_GROUP,
+                             b * kernels::ROW_GROUP);
         }
         first += groups;
-        y += pw->matrix.n_rows * n;
+        y += pw.matrix.n_rows * n;
     }
+}
+
+// dst [m, n] = W x; userdata: W's packed weight.
+void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto * pw = static_cast<const model::packed_weight *>(userdata);
+    multiply_parts(&pw, 1, dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data), ith, nth);
+}
+
+// dst (flat) = the set's products one after another; userdata: the set.
+void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto & set = *static_cast<const model::packed_set *>(userdata);
+    multiply_parts(set.parts.data(), set.parts.size(), dst->src[0]->data, dst->src[0]->ne[1],
+                   static_cast<float *>(dst->data), ith, nth);
 }
 
 // x as the activation blocks of `pw`'s type: [activation bytes, n] I8.

@@ -25,7 +25,7 @@ struct ops_reference {
     static vec   zero() { return set1(0.0f); }
     static vec   set1(float a) { return each([&](int) { return a; }); }
     static vec   load(const float * p) { return each([&](int l) { return p[l]; }); }
-    static vec   load_f16(const uint16_t * p) { return each([&](int l) { return attention_impl::f16_to_f32(p[l]); }); }
+    static vec   load_f16(const uint16_t * p) { return each([&](int l) { return fp16_to_fp32(p[l]); }); }
     static void  store(float * p, const vec & a) { std::memcpy(p, a.x, sizeof a.x); }
     static vec   add(const vec & a, const vec & b) { return each([&](int l) { return a.x[l] + b.x[l]; }); }
     static vec   sub(const vec & a, const vec & b) { return each([&](int l) { return a.x[l] - b.x[l]; }); }

@@ -32,32 +32,6 @@ namespace specee::kernels::attention_impl {
 
 constexpr int L = ATTENTION_LANES;
 
-// F16 bits to float: every half is a float exactly, so this agrees with
-// the F16C instructions the vector paths use.
-inline float f16_to_f32(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-    uint32_t       exp  = (h >> 10) & 0x1fu;
-    uint32_t       man  = h & 0x3ffu;
-    uint32_t       bits;
-    if (exp == 0x1fu) {
-        bits = sign | 0x7f800000u | (man << 13);      // inf, nan
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;                                  // +-0
-    } else {                                          // subnormal: normalize
-        exp = 113u;
-        while ((man & 0x400u) == 0) {
-            man <<= 1;
-            exp--;
-        }
-        bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-    }
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 // e^x for x <= 0: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), e^r by
 // its Taylor polynomial to r^7 (error below 1e-8 relative), times 2^n built
 // from bits. Below -86 (e^-86 is near the smallest normal float) it is 0.
@@ -84,7 +58,7 @@ inline float mask_value(const attention_problem & p, int row, int cell) {
     if (p.mask_f16) {
         uint16_t h;
         std::memcpy(&h, m + size_t(cell) * 2, 2);
-        return h == 0 ? 0.0f : h == 0xfc00u ? -INFINITY : f16_to_f32(h);  // the two values masks hold, first
+        return h == 0 ? 0.0f : h == 0xfc00u ? -INFINITY : fp16_to_fp32(h);  // the two values masks hold, first
     }
     float f;
     std::memcpy(&f, m + size_t(cell) * 4, 4);

@@ -65,6 +65,10 @@ static_assert(sizeof(block_q8_k) == 292, "Q8_K block");
 
 enum class weight_type { q4_k, q6_k, q8_0, q5_0, q4_1 };
 
+// An fp16 value as a float, exactly; without ggml, so the kernels and their
+// test drivers build alone.
+float fp16_to_fp32(uint16_t h);
+
 // k-quants take activations in ggml's Q8_K blocks (one scale per 256), the
 // 32-weight types in ggml's Q8_0 blocks (one per 32), as ggml's own kernels do.
 inline bool takes_q8_k(weight_type t) { return t == weight_type::q4_k || t == weight_type::q6_k; }

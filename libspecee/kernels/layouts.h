@@ -53,8 +53,6 @@ static_assert(sizeof(block_q8_0_r16) == ROW_GROUP * sizeof(block_q8_0), "Q8_0_R1
 static_assert(sizeof(block_q5_0_r16) == ROW_GROUP * sizeof(block_q5_0), "Q5_0_R16 keeps Q5_0's size");
 static_assert(sizeof(block_q4_1_r16) == ROW_GROUP * sizeof(block_q4_1), "Q4_1_R16 keeps Q4_1's size");
 
-float fp16_to_fp32(uint16_t h);
-
 // Sums of each Q8_0 activation block's 32 values, [n_x][n_cols / 32]: the
 // 32-weight kernels take their offsets (Q8_0's 128, Q5_0's 16) and Q4_1's
 // minimum with them. Exact integers, whoever computes them.
