@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 6
+#define SPECEE_API_VERSION 7
 
 #ifdef __cplusplus
 extern "C" {
@@ -319,6 +319,21 @@ SPECEE_API enum specee_status specee_decode_tree(
         struct specee_context * ctx,
         const specee_token    * tokens,
         const int32_t         * parents,
+        int32_t                 n_tokens);
+
+/* specee_decode_tree with layer skipping inside the pass (SpaDec; lossy):
+ * row i runs only its first depths[i] layers, then goes to the final norm
+ * and the logits, so later layers run on fewer rows. depths[i] is in
+ * [1, n_layer] and never above depths[i - 1] (order the rows so; a row
+ * then never runs deeper than its ancestors). A row's K/V above its depth
+ * is never computed: later tokens do not attend to it there, as after a
+ * lossy early exit. depths NULL, or every depth n_layer, is
+ * specee_decode_tree. */
+SPECEE_API enum specee_status specee_decode_tree_depths(
+        struct specee_context * ctx,
+        const specee_token    * tokens,
+        const int32_t         * parents,
+        const int32_t         * depths,
         int32_t                 n_tokens);
 
 /* Keeps the path rows[0..n) of the pending tree: rows[0] a token with parent

@@ -287,6 +287,11 @@ enum specee_status specee_decode_tree(struct specee_context * ctx, const specee_
     return on_context(ctx, [&](specee::context & c) { c.decode_tree(tokens, parents, n_tokens); });
 }
 
+enum specee_status specee_decode_tree_depths(struct specee_context * ctx, const specee_token * tokens,
+                                            const int32_t * parents, const int32_t * depths, int32_t n_tokens) {
+    return on_context(ctx, [&](specee::context & c) { c.decode_tree(tokens, parents, n_tokens, depths); });
+}
+
 enum specee_status specee_tree_accept(struct specee_context * ctx, const int32_t * rows, int32_t n) {
     return on_context(ctx, [&](specee::context & c) { c.tree_accept(rows, n); });
 }

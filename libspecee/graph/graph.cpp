@@ -209,22 +209,21 @@ static layer_rows all_rows(const forward_graph & g, int64_t n, ggml_tensor * mas
     return {n, g.positions, g.k_idx, g.v_idx, mask};
 }
 
-// The last n of a pass's n_total rows: views of its inputs (each row's
-// entries are contiguous in them, so the views are too).
-static layer_rows last_rows(ggml_context * ctx0, const hparams & hp, const forward_graph & g, int64_t n_total,
-                            int64_t n, ggml_tensor * mask) {
+// Rows [first, first + n) of a pass's n_total rows: views of its inputs
+// (each row's entries are contiguous in them, so the views are too).
+static layer_rows row_span(ggml_context * ctx0, const hparams & hp, const forward_graph & g, int64_t n_total,
+                           int64_t first, int64_t n, ggml_tensor * mask) {
     if (n == n_total) {
         return all_rows(g, n, mask);
     }
-    const int64_t skip = n_total - n;
     layer_rows rows;
     rows.n         = n;
-    rows.positions = ggml_view_1d(ctx0, g.positions, n, size_t(skip) * g.positions->nb[0]);
-    rows.k_idx     = ggml_view_1d(ctx0, g.k_idx, n, size_t(skip) * g.k_idx->nb[0]);
+    rows.positions = ggml_view_1d(ctx0, g.positions, n, size_t(first) * g.positions->nb[0]);
+    rows.k_idx     = ggml_view_1d(ctx0, g.k_idx, n, size_t(first) * g.k_idx->nb[0]);
     rows.v_idx     = g.v_idx == g.k_idx ? rows.k_idx
                                         : ggml_view_1d(ctx0, g.v_idx, n * hp.n_embd_kv(),
-                                                       size_t(skip * hp.n_embd_kv()) * g.v_idx->nb[0]);
-    rows.mask      = ggml_view_2d(ctx0, mask, mask->ne[0], n, mask->nb[1], size_t(skip) * mask->nb[1]);
+                                                       size_t(first * hp.n_embd_kv()) * g.v_idx->nb[0]);
+    rows.mask      = ggml_view_2d(ctx0, mask, mask->ne[0], n, mask->nb[1], size_t(first) * mask->nb[1]);
     return rows;
 }
 
@@ -362,6 +361,23 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     }
     int64_t n_rows = n - n_late;                                     // rows in the residual stream
 
+    // rows leaving early (SpaDec, lossy): each stops after its own depth
+    const bool leaving = !plan.depths.empty();
+    if (leaving) {
+        if (plan.layer_begin != 0 || plan.layer_end != hp.n_layer || int64_t(plan.depths.size()) != n || n_late > 0 ||
+            plan.save_state || plan.fill_kv || plan.trace || plan.n_cand > 0 || plan.n_logits != int(n) ||
+            (plan.hidden_layer >= 0 && plan.hidden_layer != plan.layer_end)) {
+            fail(SPECEE_STATUS_INTERNAL, "a pass with depths runs every layer and keeps every row's output only");
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const int32_t d = plan.depths[size_t(i)];
+            if (d < 1 || d > hp.n_layer || (i > 0 && d > plan.depths[size_t(i - 1)])) {
+                fail(SPECEE_STATUS_INTERNAL, "row depths are in [1, %d] and never rise along the rows", hp.n_layer);
+            }
+        }
+    }
+    std::vector<ggml_tensor *> left;  // the states of rows that left, in the order they left
+
     ggml_tensor * x;                                                 // [n_embd, n_rows] residual stream
     if (plan.layer_begin == 0) {
         g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_rows);
@@ -423,8 +439,22 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             g.cand_logits_prev = mark_output(
                 g.gf, candidate_logits(ctx0, m, cand_rows, n_rows > 1 ? last_column(ctx0, x) : x), "cand_logits_prev");
         }
+        if (leaving) {
+            int64_t staying = n_rows;  // rows whose depth is above il: the first ones
+            while (staying > 0 && plan.depths[size_t(staying - 1)] <= il) {
+                staying--;
+            }
+            if (staying < n_rows) {
+                left.push_back(ggml_view_2d(ctx0, x, hp.n_embd, n_rows - staying, x->nb[1], size_t(staying) * x->nb[1]));
+                x      = staying > 0 ? ggml_view_2d(ctx0, x, hp.n_embd, staying, x->nb[1], 0) : nullptr;
+                n_rows = staying;
+            }
+            if (n_rows == 0) {
+                break;
+            }
+        }
         int64_t joining = 0;  // late rows whose entry layer this is
-        while (n_rows + joining < n && plan.entry_layers[size_t(n - n_rows - joining - 1)] == il) {
+        while (n_late > 0 && n_rows + joining < n && plan.entry_layers[size_t(n - n_rows - joining - 1)] == il) {
             joining++;
         }
         if (joining > 0) {
@@ -438,7 +468,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, last_rows(ctx0, hp, g, n, n_rows, mask), cur);
+        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, row_span(ctx0, hp, g, n, n_late > 0 ? n - n_rows : 0, n_rows, mask), cur);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
@@ -473,6 +503,10 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
             ggml_tensor * size  = ggml_sqrt(ctx0, ggml_sum(ctx0, ggml_sqr(ctx0, x)));
             g.trace_change.push_back(mark_output(g.gf, ggml_div(ctx0, moved, size), "trace_change"));  // [1]
         }
+    }
+    for (auto it = left.rbegin(); it != left.rend(); ++it) {
+        // back into row order: the rows that ran deepest come first
+        x = x ? ggml_concat(ctx0, x, *it, 1) : *it;
     }
     if (plan.hidden_layer == plan.layer_end) {
         keep_hidden(x);

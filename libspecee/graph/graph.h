@@ -39,6 +39,13 @@ struct forward_plan {
     // always the last ones of the pass; the others' K/V at that layer are
     // in the cache already.
     std::vector<int32_t> entry_layers;
+    // Rows that leave the pass early (SpaDec's layer skipping, lossy;
+    // docs/layer-skipping.md): row i runs its first depths[i] layers, then
+    // goes to the final norm and the logits. Depths never rise along the
+    // rows, so the rows a layer computes are always the first ones of the
+    // pass, and every row's ancestors are computed wherever it is. Empty:
+    // every row runs every layer.
+    std::vector<int32_t> depths;
 
     // Every field but `pos` is the graph's shape (positions, cells and masks
     // are inputs); the graph cache keys graphs by the whole plan with pos

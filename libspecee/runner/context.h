@@ -106,8 +106,9 @@ public:
     void reset_stats() { early_exit_.stats = exit_stats(); }
 
     // ---- token trees (context_tree.cpp) ----
-    // One pass over a token tree after the cache (see specee_decode_tree).
-    void decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n);
+    // One pass over a token tree after the cache (see specee_decode_tree);
+    // depths: how many layers each row runs (specee_decode_tree_depths), nullptr: all.
+    void decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n, const int32_t * depths = nullptr);
     // Keeps one path of the pending tree, compacted into place (see specee_tree_accept).
     void tree_accept(const int32_t * rows, int32_t n);
     bool tree_pending() const { return tree_.n > 0; }

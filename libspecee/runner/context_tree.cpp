@@ -18,12 +18,35 @@ void context::require_no_tree() const {
     }
 }
 
-void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n) {
+// Checks a tree pass's row depths (SpaDec's layer skipping): each in
+// [1, n_layer] and never above the row before it (so never above its
+// parent's: a row cannot attend to K/V its ancestors never computed).
+static void check_depths(const int32_t * depths, uint32_t n, int n_layer) {
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t d = depths[i];
+        if (d < 1 || d > n_layer) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "row %u's depth %d is outside [1, %d]", i, d, n_layer);
+        }
+        if (i > 0 && d > depths[i - 1]) {
+            fail(SPECEE_STATUS_INVALID_ARGUMENT, "row %u's depth %d rises above row %u's %d: order rows by depth",
+                 i, d, i - 1, depths[i - 1]);
+        }
+    }
+}
+
+void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32_t n, const int32_t * depths) {
     check_tokens(tokens, n);
     if (uint32_t(n) > n_batch_) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "a token tree of %d tokens is larger than n_batch = %u", n, n_batch_);
     }
     token_tree t = make_token_tree(tokens, parents, n, kv_.n_past());
+    const int n_layer = model_.hp.n_layer;
+    if (depths != nullptr) {
+        check_depths(depths, t.n, n_layer);
+        if (std::all_of(depths, depths + n, [&](int32_t d) { return d == n_layer; })) {
+            depths = nullptr;  // every row runs every layer: the ordinary pass
+        }
+    }
     clear_outputs();
 
     forward_plan plan;
@@ -34,6 +57,9 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
     plan.n_logits     = n;
     plan.as_steps     = exact_verify_;  // each row's logits exactly a plain step's: greedy keeps plain output
     ask_hidden(plan);
+    if (depths != nullptr) {
+        plan.depths.assign(depths, depths + n);
+    }
     const row_layout rows = row_layout::of_tree(t, 0, t.n);
     try {
         run(tokens, plan, nullptr, nullptr, &rows);
@@ -41,7 +67,13 @@ void context::decode_tree(const int32_t * tokens, const int32_t * parents, int32
         clear_outputs();
         throw;
     }
-    kv_.commit(t.base, t.n, model_.hp.n_layer);
+    if (depths == nullptr) {
+        kv_.commit(t.base, t.n, n_layer);
+    } else {
+        for (uint32_t i = 0; i < t.n; i++) {  // a row that left early has no K/V above its depth
+            kv_.commit(t.base + i, 1, depths[i]);
+        }
+    }
     if (has_draft()) {
         t.features.assign(hidden_.end() - long(size_t(n) * size_t(model_.hp.n_embd)), hidden_.end());
     }

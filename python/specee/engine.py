@@ -385,12 +385,15 @@ class Context(_Handle):
 
     # ---- token trees ----
 
-    def decode_tree(self, tokens: Sequence[int], parents: Optional[Sequence[int]] = None) -> None:
+    def decode_tree(self, tokens: Sequence[int], parents: Optional[Sequence[int]] = None,
+                    depths: Optional[Sequence[int]] = None) -> None:
         """One pass over a tree of drafted tokens after the cache: parents[i]
         is the index of token i's parent (< i) or -1 for a token that follows
         the cache; None means a chain. Row i of all_logits() is then the
         distribution after token i. The tree stays pending until
-        tree_accept() keeps one path of it."""
+        tree_accept() keeps one path of it. `depths` (lossy layer skipping,
+        docs/layer-skipping.md): how many layers each row runs, never rising
+        along the rows; None: every layer."""
         arr = _token_array(tokens)
         par = ffi.NULL
         if parents is not None:
@@ -398,7 +401,14 @@ class Context(_Handle):
             if len(p) != len(arr):
                 raise InvalidArgumentError(f"{len(p)} parents for {len(arr)} tree tokens")
             par = ffi.from_buffer("int32_t[]", p)
-        self._check(lib.specee_decode_tree(self.ptr, ffi.from_buffer("int32_t[]", arr), par, len(arr)))
+        if depths is None:
+            self._check(lib.specee_decode_tree(self.ptr, ffi.from_buffer("int32_t[]", arr), par, len(arr)))
+            return
+        d = _token_array(depths)
+        if len(d) != len(arr):
+            raise InvalidArgumentError(f"{len(d)} depths for {len(arr)} tree tokens")
+        self._check(lib.specee_decode_tree_depths(self.ptr, ffi.from_buffer("int32_t[]", arr), par,
+                                                  ffi.from_buffer("int32_t[]", d), len(arr)))
 
     def tree_accept(self, rows: Sequence[int]) -> None:
         """Keeps the path `rows` (a root, then each row's child) of the pending
