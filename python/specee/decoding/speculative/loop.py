@@ -23,6 +23,7 @@ from . import cost
 from .cost import CostCurve
 from .draft_tree import DraftTree, empty_draft
 from .drafters import Drafter
+from .layer_skip import DepthRouter
 from .policy import DRAFT_MAX, DraftPolicy
 from .verify import verify_greedy, verify_sampled
 
@@ -69,12 +70,17 @@ class SpeculativeDecoder:
     batchable = False
 
     def __init__(self, ctx: Context, drafter: Drafter, sampler: Sampler, policy: Optional[DraftPolicy] = None,
-                 draft_max: int = DEFAULT_DRAFT_MAX, curve: Optional[Callable[[Sequence[int]], CostCurve]] = None):
+                 draft_max: int = DEFAULT_DRAFT_MAX, curve: Optional[Callable[[Sequence[int]], CostCurve]] = None,
+                 router: Optional[DepthRouter] = None):
         """`policy`: decides the draft lengths; None: a DraftPolicy on the batch
         cost curve, which `prepare` gets from `curve(prompt)` (default: cached
-        per model, thread count and kernels, measured on first use)."""
+        per model, thread count and kernels, measured on first use).
+        `router`: lossy layer skipping inside each verification (SpaDec,
+        layer_skip.py); None: every row runs every layer (exact)."""
         DRAFT_MAX.check("draft_max", draft_max)
         self.ctx, self.drafter, self.sampler, self.policy, self.draft_max = ctx, drafter, sampler, policy, draft_max
+        self.router = router
+        self.rows = self.row_layers = 0  # verification rows and the layers they ran (with a router)
         self.curve = curve or (lambda prompt: cost.for_context(ctx, prompt, draft_max + 1))
         self.d_sampler = draft_sampler(sampler)
         self.history: list[int] = []
@@ -124,8 +130,12 @@ class SpeculativeDecoder:
             self.plain_steps += 1
         else:
             chosen = draft.cut(k)
-            new, path = (verify_greedy(ctx, token, chosen) if self.sampler.greedy
-                         else verify_sampled(ctx, token, chosen, self.sampler))
+            depths = self.router.row_depths(chosen) if self.router is not None else None
+            if depths is not None:
+                self.rows += len(depths)
+                self.row_layers += sum(depths)
+            new, path = (verify_greedy(ctx, token, chosen, depths) if self.sampler.greedy
+                         else verify_sampled(ctx, token, chosen, self.sampler, depths))
             policy.verified(chosen, path, new)
             if self.exits is not None:
                 self.exits.next_cands = None  # the exits' draft head syncs on the verified tokens first
@@ -149,7 +159,15 @@ class SpeculativeDecoder:
             "draft_s": round(self.t_draft, 6),
             "calibrate_s": round(self.t_calibrate, 6),
             **(self._exit_stats() if self.exits is not None else {}),
+            **(self._skip_stats() if self.router is not None else {}),
         }
+
+    def _skip_stats(self) -> dict:
+        """Lossy layer skipping: the output may differ from the model's."""
+        n_layer = self.router.n_layer
+        return {"exact": False, "layer_skip_rows": self.rows,
+                "layer_skip_depth": round(self.row_layers / self.rows, 3) if self.rows else float(n_layer),
+                "n_layer": n_layer}
 
     def _exit_stats(self) -> dict:
         x = self.exits

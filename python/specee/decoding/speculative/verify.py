@@ -23,34 +23,39 @@ emitted token is then distributed exactly as plain sampling's.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ...engine import Context
 from ..sampling import Sampler
 from .drafters import DraftTree
+from .layer_skip import pass_order
 from .tree import children_of
 
 
-def verify_greedy(ctx: Context, last: int, draft: DraftTree) -> tuple[list[int], list[int]]:
-    children = _decode(ctx, last, draft)
+def verify_greedy(ctx: Context, last: int, draft: DraftTree,
+                  depths: Optional[Sequence[int]] = None) -> tuple[list[int], list[int]]:
+    """`depths`: layers per row of [last] + draft (layer skipping, lossy:
+    layer_skip.py); None: every layer."""
+    children, row = _decode(ctx, last, draft, depths)
     path: list[int] = []
     node = -1  # -1: `last` (row 0)
     while True:
-        best = ctx.argmax(node + 1)
+        best = ctx.argmax(row[node + 1])
         nxt = next((c for c in children.get(node, []) if draft.tokens[c] == best), None)
         if nxt is None:
             break
         path.append(nxt)
         node = nxt
-    ctx.tree_accept([0] + [c + 1 for c in path])
+    ctx.tree_accept([row[0]] + [row[c + 1] for c in path])
     return [draft.tokens[c] for c in path] + [best], path
 
 
-def verify_sampled(ctx: Context, last: int, draft: DraftTree, sampler: Sampler) -> tuple[list[int], list[int]]:
-    children = _decode(ctx, last, draft)
-    rows = ctx.all_logits()
+def verify_sampled(ctx: Context, last: int, draft: DraftTree, sampler: Sampler,
+                   depths: Optional[Sequence[int]] = None) -> tuple[list[int], list[int]]:
+    children, row = _decode(ctx, last, draft, depths)
+    rows = ctx.all_logits()[row]
     rng = sampler.rng
     path: list[int] = []
     node = -1
@@ -70,7 +75,7 @@ def verify_sampled(ctx: Context, last: int, draft: DraftTree, sampler: Sampler) 
             break
         path.append(nxt)
         node = nxt
-    ctx.tree_accept([0] + [c + 1 for c in path])
+    ctx.tree_accept([row[0]] + [row[c + 1] for c in path])
     return [draft.tokens[c] for c in path] + [_draw(p, rng)], path
 
 
@@ -87,12 +92,23 @@ def check_point_draft(sampler: Sampler, logits: np.ndarray, draft: int) -> tuple
     return False, _draw(p, sampler.rng)
 
 
-def _decode(ctx: Context, last: int, draft: DraftTree) -> dict[int, list[int]]:
+def _decode(ctx: Context, last: int, draft: DraftTree,
+            depths: Optional[Sequence[int]] = None) -> tuple[dict[int, list[int]], list[int]]:
     """Feeds [last] + draft as one tree; returns draft node -> children
-    (key -1: the children of `last`)."""
-    parents = draft.parent_of
-    ctx.decode_tree([last] + draft.tokens, [-1] + [p + 1 for p in parents])
-    return children_of(parents)
+    (key -1: the children of `last`) and, for each of [last] + draft, its
+    row in the pass (with `depths` the rows go deepest first)."""
+    tokens = [last] + list(draft.tokens)
+    parents = [-1] + [p + 1 for p in draft.parent_of]
+    if depths is None:
+        ctx.decode_tree(tokens, parents)
+        return children_of(draft.parent_of), list(range(len(tokens)))
+    order = pass_order(depths)
+    row = [0] * len(order)
+    for r, i in enumerate(order):
+        row[i] = r
+    ctx.decode_tree([tokens[i] for i in order], [row[parents[i]] if parents[i] >= 0 else -1 for i in order],
+                    depths=[depths[i] for i in order])
+    return children_of(draft.parent_of), row
 
 
 def _draw_distribution(draft: DraftTree, i: int, n_vocab: int) -> np.ndarray:
