@@ -63,9 +63,14 @@ def test_generate_refuses_lossy_sampling_with_candidate_verification(capsys, no_
     assert "--verify full or --temp 0" in capsys.readouterr().err
 
 
-def test_generate_refuses_lossy_outside_the_specee_mode(capsys, no_model_load):
+def test_generate_refuses_lossy_with_plain_decoding(capsys, no_model_load):
     assert cli.main(GENERATE + ["--mode", "vanilla", "--lossy"]) == 1
-    assert "lossy goes with the specee mode only" in capsys.readouterr().err
+    assert "vanilla is the model itself" in capsys.readouterr().err
+
+
+def test_serve_refuses_layer_skipping(capsys):
+    with pytest.raises(SystemExit, match="layer skipping"):
+        cli.main(["serve", "--mode", "speculative", "--lossy"])
 
 
 @pytest.mark.parametrize("extra, message", [
