@@ -6,7 +6,9 @@ prompt; the lossy exit beside them for comparison.
         --out bench/results/exact_specee/qwen15b.json
 
 Decode speed leaves the prompt out, end to end takes it in (the draft head
-reads the prompt in the prefill).
+reads the prompt in the prefill). With --llama-bench, llama.cpp's own decode
+speed at the prompt's depth (`llama-bench -n N -d PROMPT_TOKENS`) joins each
+prompt's rotation, so the ratios against it come from the same run.
 
 Each prompt runs every variant in turn (the order rotating per prompt) in a
 fresh context, so all see the same machine load. Decode speed = generated
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 from machine import cpu_model
+from vanilla_vs_llama_bench import llama_bench_tok_s
 
 from specee.decoding.early_exit import generate_specee
 from specee.decoding.plain import generate
@@ -48,6 +51,10 @@ VARIANTS = {  # name: (exact, verify_full, adaptive)
 
 
 def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
+    if name == "llama.cpp":
+        # llama-bench's decode after as many tokens of context as the prompt has
+        return {"tok_s": llama_bench_tok_s(args.llama_bench, Path(model.path), args.threads, args.n,
+                                           args.llama_repack, depth=len(ids))}
     with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
         if name == "plain":
             r = generate(ctx, ids, args.n, stop_ids=stop_ids)
@@ -80,9 +87,12 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=10, help="MT-Bench questions (first turns)")
     p.add_argument("-n", type=int, default=128, help="tokens per answer")
     p.add_argument("--ctx-size", type=int, default=1024)
+    p.add_argument("--llama-bench", help="llama.cpp's llama-bench: its tg at the prompt's depth joins the rotation")
+    p.add_argument("--llama-repack", type=int, default=1, choices=[0, 1], help="llama-bench --repack")
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args()
-    names = ["plain"] + [v for v in args.variants.split(",") if v]
+    variants = [v for v in args.variants.split(",") if v]
+    names = ["plain"] + variants + (["llama.cpp"] if args.llama_bench else [])
 
     path = fetch_model(args.model, progress=False)
     tok = Tokenizer.from_gguf(path)
@@ -100,10 +110,15 @@ def main() -> int:
 
     plain_step_s = sum(r["plain"]["decode_s"] for r in rows) / max(1, sum(r["plain"]["n"] for r in rows))
     summary = {}
-    for name in names[1:]:
+    if args.llama_bench:
+        # each prompt's speed against llama-bench's in the same rotation
+        for name in ["plain"] + variants:
+            summary.setdefault(name, {})["median_ratio_vs_llama_cpp"] = round(statistics.median(
+                r[name]["tok_s"] / r["llama.cpp"]["tok_s"] for r in rows), 4)
+    for name in variants:
         runs = [r[name] for r in rows]
         verified = sum(x["verified"] for x in runs)
-        summary[name] = {
+        summary.setdefault(name, {}).update({
             "median_ratio_vs_plain": round(statistics.median(x["tok_s"] / r["plain"]["tok_s"]
                                                              for x, r in zip(runs, rows)), 4),
             # prompt and answer together: the draft head reads the prompt in the prefill
@@ -121,7 +136,7 @@ def main() -> int:
             # a verification pass in plain steps: 1 (the draft's own step) + c F (the exited token's rest)
             "verify_pass_in_plain_steps": round(sum(x["verify_s"] for x in runs) / verified / plain_step_s, 4)
             if verified else None,
-        }
+        })
     out = {"model": str(path), "kernels": args.kernels, "threads": args.threads, "n": args.n,
            "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "n_prompts": len(rows),
            "plain_step_ms": round(1000 * plain_step_s, 3),

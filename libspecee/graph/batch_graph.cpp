@@ -64,9 +64,8 @@ batch_graph build_batch_forward(ggml_context * ctx0, const model & m, const std:
             ggml_tensor * o_s  = attend(ctx0, m, *kvs[s], il, plans[s].n_kv, mask, q_s, 1);
             o = o ? ggml_concat(ctx0, o, o_s, 1) : o_s;
         }
-        x   = ggml_add(ctx0, x, product(ctx0, m, L.wo, o, false));
-        cur = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
-        x   = ggml_add(ctx0, x, cur);
+        x = product_plus(ctx0, m, L.wo, o, x, false);
+        x = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps), false, /*residual=*/x);
     }
 
     // ---- output ----

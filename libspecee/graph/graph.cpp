@@ -62,6 +62,14 @@ ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggm
     return padded == n ? y : ggml_view_2d(ctx0, y, y->ne[0], n, y->nb[1], 0);
 }
 
+ggml_tensor * product_plus(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x,
+                           ggml_tensor * residual, bool as_steps) {
+    if (const model::packed_weight * pw = m.packed_for(w); pw && x->ne[1] <= max_packed_columns && x->ne[2] == 1) {
+        return packed_product(ctx0, *pw, w, x, residual);
+    }
+    return ggml_add(ctx0, residual, product(ctx0, m, w, x, as_steps));
+}
+
 static ggml_tensor * with_bias(ggml_context * ctx0, ggml_tensor * y, ggml_tensor * b) {
     return b ? ggml_add(ctx0, y, b) : y;
 }
@@ -228,34 +236,39 @@ static layer_rows row_span(ggml_context * ctx0, const hparams & hp, const forwar
 }
 
 // Self-attention with weights L over layer il of the cache for `rows`;
-// writes their K/V first.
+// writes their K/V first. Plus `residual` when given.
 static ggml_tensor * attention(ggml_context * ctx0, ggml_cgraph * gf, const model & m, const layer_weights & L,
                                const rope_params & r, const kv_cache & kv, int il, const forward_plan & plan,
-                               const layer_rows & rows, ggml_tensor * cur /* [n_embd, rows.n] */) {
+                               const layer_rows & rows, ggml_tensor * cur /* [n_embd, rows.n] */,
+                               ggml_tensor * residual = nullptr) {
     const hparams & hp = m.hp;
     const int64_t   n  = rows.n;
     const qkv_heads h  = project_qkv(ctx0, m, L, r, rows.positions, n, cur, /*want_q=*/true, plan.as_steps);
     store_kv(ctx0, gf, hp, kv, il, rows.k_idx, rows.v_idx, n, h.k, h.v);
-    return product(ctx0, m, L.wo, attend(ctx0, m, kv, il, plan.n_kv, rows.mask, h.q, n, plan.as_steps),
-                   plan.as_steps);  // [n_embd, n]
+    ggml_tensor * a = attend(ctx0, m, kv, il, plan.n_kv, rows.mask, h.q, n, plan.as_steps);
+    return residual ? product_plus(ctx0, m, L.wo, a, residual, plan.as_steps)
+                    : product(ctx0, m, L.wo, a, plan.as_steps);  // [n_embd, n]
 }
 
-// SwiGLU feed-forward: down(silu(gate x) * up x)
+// SwiGLU feed-forward: down(silu(gate x) * up x) (+ residual)
 ggml_tensor * feed_forward(ggml_context * ctx0, const model & m, const layer_weights & L, ggml_tensor * cur,
-                           bool as_steps) {
+                           bool as_steps, ggml_tensor * residual) {
+    auto down = [&](ggml_tensor * h) {
+        return residual ? product_plus(ctx0, m, L.ffn_down, h, residual, as_steps)
+                        : product(ctx0, m, L.ffn_down, h, as_steps);  // [n_embd, n]
+    };
     if (L.ffn_gate == nullptr) {
         // phi3: one product gives [gate x; up x], ggml_swiglu splits it in halves
-        ggml_tensor * gate_up = product(ctx0, m, L.ffn_up, cur, as_steps);   // [2 n_ff, n]
-        return product(ctx0, m, L.ffn_down, ggml_swiglu(ctx0, gate_up), as_steps);  // [n_embd, n]
+        return down(ggml_swiglu(ctx0, product(ctx0, m, L.ffn_up, cur, as_steps)));
     }
     if (const model::packed_set * set = cur->ne[1] <= max_packed_columns ? m.packed_set_for(L.ffn_gate) : nullptr) {
         // gate and up after one quantization of cur, as one node
         const std::vector<ggml_tensor *> y = packed_products(ctx0, *set, {L.ffn_gate, L.ffn_up}, cur);
-        return product(ctx0, m, L.ffn_down, ggml_swiglu_split(ctx0, y[0], y[1]), as_steps);  // [n_embd, n]
+        return down(ggml_swiglu_split(ctx0, y[0], y[1]));
     }
     ggml_tensor * gate = product(ctx0, m, L.ffn_gate, cur, as_steps);   // [n_ff, n]
     ggml_tensor * up   = product(ctx0, m, L.ffn_up,   cur, as_steps);   // [n_ff, n]
-    return product(ctx0, m, L.ffn_down, ggml_swiglu_split(ctx0, gate, up), as_steps);  // [n_embd, n]
+    return down(ggml_swiglu_split(ctx0, gate, up));
 }
 
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name) {
@@ -468,25 +481,24 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];
 
         ggml_tensor * cur = rms_norm(ctx0, x, L.attn_norm, hp.rms_eps);
-        cur = attention(ctx0, g.gf, m, L, r, kv, il, plan, row_span(ctx0, hp, g, n, n_late > 0 ? n - n_rows : 0, n_rows, mask), cur);
+        const layer_rows rows = row_span(ctx0, hp, g, n, n_late > 0 ? n - n_rows : 0, n_rows, mask);
         if (il == last_only_from) {
             // only the last token's output is wanted: its FFN alone, as
             // llama.cpp does (batch-size dependent kernels would otherwise
             // round differently from it)
-            cur = last_column(ctx0, cur);                            // [n_embd, 1]
-            x   = last_column(ctx0, x);
+            cur = last_column(ctx0, attention(ctx0, g.gf, m, L, r, kv, il, plan, rows, cur));  // [n_embd, 1]
+            x   = ggml_add(ctx0, last_column(ctx0, x), cur);
             n_rows = 1;
+        } else {
+            x = attention(ctx0, g.gf, m, L, r, kv, il, plan, rows, cur, /*residual=*/x);
         }
-        x   = ggml_add(ctx0, x, cur);
         if (last_apart && il == hp.n_layer - 1) {
             ggml_tensor * xl = last_column(ctx0, x);
             last_out = ggml_add(ctx0, xl, feed_forward(ctx0, m, L, rms_norm(ctx0, xl, L.ffn_norm, hp.rms_eps),
                                                        plan.as_steps));
         }
 
-        cur = rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps);
-        cur = feed_forward(ctx0, m, L, cur, plan.as_steps);
-        x   = ggml_add(ctx0, x, cur);
+        x = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps), plan.as_steps, /*residual=*/x);
 
         if (plan.trace) {
             // training data for the exit predictors (ref: SpecEE sec. 4.3):
@@ -566,10 +578,8 @@ forward_graph build_draft(ggml_context * ctx0, const model & m, const draft_weig
     // ---- one decoder layer ----
     const layer_weights & L = d.layer;
     ggml_tensor * cur = L.attn_norm ? rms_norm(ctx0, x, L.attn_norm, hp.rms_eps) : x;
-    cur = attention(ctx0, g.gf, m, L, draft_rope(hp), kv, 0, plan, all_rows(g, n, mask), cur);
-    x   = ggml_add(ctx0, x, cur);
-    cur = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps));
-    x   = ggml_add(ctx0, x, cur);
+    x = attention(ctx0, g.gf, m, L, draft_rope(hp), kv, 0, plan, all_rows(g, n, mask), cur, /*residual=*/x);
+    x = feed_forward(ctx0, m, L, rms_norm(ctx0, x, L.ffn_norm, hp.rms_eps), false, /*residual=*/x);
 
     // ---- logits of the last pair, or of every pair (a draft tree's level):
     // the draft predicts the next feature, already final-normed like the

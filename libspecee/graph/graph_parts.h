@@ -26,6 +26,12 @@ ggml_tensor * rms_norm(ggml_context * ctx0, ggml_tensor * x, ggml_tensor * w, fl
 // column as a one-column step in any case.
 ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x, bool as_steps);
 
+// residual + W x, as ggml_add(residual, product(...)) computes it; in the
+// product's own node where specee's kernels run (one node and thread
+// barrier fewer, the same bits).
+ggml_tensor * product_plus(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x,
+                           ggml_tensor * residual, bool as_steps);
+
 // y = W x (+ b)
 ggml_tensor * linear(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x,
                      bool as_steps = false);
@@ -66,9 +72,10 @@ void store_kv(ggml_context * ctx0, ggml_cgraph * gf, const hparams & hp, const k
 ggml_tensor * attend(ggml_context * ctx0, const model & m, const kv_cache & kv, int il, uint32_t n_kv,
                      ggml_tensor * kq_mask, ggml_tensor * q, int64_t n, bool as_steps = false);
 
-// SwiGLU feed-forward: down(silu(gate x) * up x)
+// SwiGLU feed-forward: down(silu(gate x) * up x), plus `residual` when
+// given (product_plus).
 ggml_tensor * feed_forward(ggml_context * ctx0, const model & m, const layer_weights & L, ggml_tensor * cur,
-                           bool as_steps = false);
+                           bool as_steps = false, ggml_tensor * residual = nullptr);
 
 // Names t, marks it as a graph output and adds it to gf; returns t.
 ggml_tensor * mark_output(ggml_cgraph * gf, ggml_tensor * t, const char * name);

@@ -4,6 +4,7 @@
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace specee {
 
@@ -12,22 +13,62 @@ namespace {
 // The activations' type for a weight type: Q8_K for the k-quants, Q8_0 else.
 ggml_type activation_type(kernels::weight_type t) { return kernels::takes_q8_k(t) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0; }
 
-// x [k, n] F32 -> ggml's activation blocks, n rows of them. Threads split the
-// blocks; a block's quantization does not depend on how they are split.
-// userdata: a packed weight whose activation type this is.
+// Blocks [b0, b1) of x [k, n] F32 as ggml's activation blocks of `type`
+// (block i: column i / (k / block), in order) into out. A block's
+// quantization does not depend on which thread does it, or with which others.
+void quantize_blocks(const ggml_tensor * x, ggml_type type, int64_t b0, int64_t b1, char * out) {
+    const int64_t per   = ggml_blck_size(type);
+    const size_t  bytes = ggml_type_size(type);
+    const int64_t nb    = x->ne[0] / per;
+    const auto    quant = ggml_get_type_traits_cpu(type)->from_float;
+    for (int64_t i = b0; i < b1; ++i) {
+        const int64_t col = i / nb, b = i % nb;
+        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + col * x->nb[1]) + b * per;
+        quant(src, out + i * bytes, per);
+    }
+}
+
+int64_t n_blocks(const ggml_tensor * x, ggml_type type) { return x->ne[0] / ggml_blck_size(type) * x->ne[1]; }
+
+// x [k, n] F32 -> ggml's activation blocks, n rows of them, as a node:
+// threads split the blocks. userdata: a packed weight whose activation type this is.
 void quantize(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const auto &        pw    = *static_cast<const model::packed_weight *>(userdata);
     const ggml_type     type  = activation_type(pw.matrix.type);
     const ggml_tensor * x     = dst->src[0];
-    const int64_t       per   = ggml_blck_size(type);
-    const size_t        bytes = ggml_type_size(type);
-    const int64_t       nb    = x->ne[0] / per;
-    const int64_t       total = nb * x->ne[1];
-    const auto          quant = ggml_get_type_traits_cpu(type)->from_float;
-    for (int64_t i = total * ith / nth; i < total * (ith + 1) / nth; ++i) {
-        const int64_t col = i / nb, b = i % nb;
-        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + col * x->nb[1]) + b * per;
-        quant(src, static_cast<char *>(dst->data) + i * bytes, per);
+    const int64_t       total = n_blocks(x, type);
+    quantize_blocks(x, type, total * ith / nth, total * (ith + 1) / nth, static_cast<char *>(dst->data));
+}
+
+// Small inputs are quantized inside the product node, by every thread for
+// itself: a few microseconds of redundant work instead of a node and a
+// thread barrier (a decode step of SmolLM2-135M has 120 of them).
+constexpr int64_t max_inline_quantize = 16384;  // elements of x
+
+bool quantize_inline(const ggml_tensor * x) { return ggml_nelements(x) <= max_inline_quantize; }
+
+// The product's activation blocks: src[0] itself, or, when it is still
+// F32, this thread's own quantization of it.
+const void * activations(const ggml_tensor * x, ggml_type type) {
+    if (x->type != GGML_TYPE_F32) {
+        return x->data;
+    }
+    thread_local std::vector<char> buffer;
+    const int64_t total = n_blocks(x, type);
+    buffer.resize(size_t(total) * ggml_type_size(type));
+    quantize_blocks(x, type, 0, total, buffer.data());
+    return buffer.data();
+}
+
+// y[:, rows [r0, r1)] += residual (the same one float addition as
+// ggml_add(residual, y), whose order does not matter).
+void add_residual(const ggml_tensor * residual, float * y, int64_t ldy, int64_t n, int64_t r0, int64_t r1) {
+    for (int64_t c = 0; c < n; ++c) {
+        const float * r = reinterpret_cast<const float *>(static_cast<const char *>(residual->data) + c * residual->nb[1]);
+        float *       o = y + c * ldy;
+        for (int64_t i = r0; i < r1; ++i) {
+            o[i] += r[i];
+        }
     }
 }
 
@@ -56,25 +97,38 @@ void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, 
     }
 }
 
-// dst [m, n] = W x; userdata: W's packed weight.
+// dst [m, n] = W x (+ src[2], the residual); userdata: W's packed weight.
 void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto * pw = static_cast<const model::packed_weight *>(userdata);
-    multiply_parts(&pw, 1, dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data), ith, nth);
+    const auto *  pw = static_cast<const model::packed_weight *>(userdata);
+    const int64_t n  = dst->ne[1], m = dst->ne[0];
+    float *       y  = static_cast<float *>(dst->data);
+    multiply_parts(&pw, 1, activations(dst->src[0], activation_type(pw->matrix.type)), n, y, ith, nth);
+    if (dst->src[2] != nullptr) {
+        // the rows this thread computed: multiply_parts' split of the row groups
+        const int64_t groups = m / kernels::ROW_GROUP;
+        add_residual(dst->src[2], y, m, n, groups * ith / nth * kernels::ROW_GROUP,
+                     groups * (ith + 1) / nth * kernels::ROW_GROUP);
+    }
 }
 
 // dst (flat) = the set's products one after another; userdata: the set.
 void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const auto & set = *static_cast<const model::packed_set *>(userdata);
-    multiply_parts(set.parts.data(), set.parts.size(), dst->src[0]->data, dst->src[0]->ne[1],
+    multiply_parts(set.parts.data(), set.parts.size(),
+                   activations(dst->src[0], activation_type(set.parts[0]->matrix.type)), dst->src[0]->ne[1],
                    static_cast<float *>(dst->data), ith, nth);
 }
 
-// x as the activation blocks of `pw`'s type: [activation bytes, n] I8.
+// x as the activation blocks of `pw`'s type: [activation bytes, n] I8; or
+// x itself (F32), for the product node to quantize, when it is small.
 ggml_tensor * quantized(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * x) {
     GGML_ASSERT(x->type == GGML_TYPE_F32 && x->ne[0] == pw.matrix.n_cols && x->ne[2] == 1 && x->ne[3] == 1);
     GGML_ASSERT(x->ne[1] <= max_packed_columns);
     if (!ggml_is_contiguous(x)) {
         x = ggml_cont(ctx0, x);
+    }
+    if (quantize_inline(x)) {
+        return x;
     }
     return ggml_custom_4d(ctx0, GGML_TYPE_I8, int64_t(ggml_row_size(activation_type(pw.matrix.type), x->ne[0])),
                           x->ne[1], 1, 1, &x, 1, quantize, GGML_N_TASKS_MAX, const_cast<model::packed_weight *>(&pw));
@@ -105,10 +159,15 @@ std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::pac
     return out;
 }
 
-ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x) {
-    ggml_tensor * xq      = quantized(ctx0, pw, x);  // [activation bytes, n]
-    ggml_tensor * args[2] = {xq, w};                 // w: only so that the graph knows what the node reads
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, xq->ne[1], 1, 1, args, 2, multiply,
+ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x,
+                             ggml_tensor * residual) {
+    ggml_tensor * xq = quantized(ctx0, pw, x);  // [activation bytes, n], or x
+    if (residual != nullptr) {
+        GGML_ASSERT(residual->type == GGML_TYPE_F32 && residual->ne[0] == pw.matrix.n_rows &&
+                    residual->ne[1] == x->ne[1] && residual->nb[0] == sizeof(float));
+    }
+    ggml_tensor * args[3] = {xq, w, residual};  // w: only so that the graph knows what the node reads
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, pw.matrix.n_rows, x->ne[1], 1, 1, args, residual ? 3 : 2, multiply,
                           GGML_N_TASKS_MAX, const_cast<model::packed_weight *>(&pw));  // [m, n]
 }
 

@@ -12,10 +12,12 @@ namespace specee {
 // chunks) keep ggml's, whose matrix-matrix kernels are built for them.
 constexpr int64_t max_packed_columns = 16;
 
-// y = W x for x = [k, n] F32 (n <= max_packed_columns), W given by its
-// packed copy; `w` is the ggml tensor it was packed from. Every column of y
-// is computed as a one-column call computes it.
-ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x);
+// y = W x (+ residual, [rows of W, n] F32) for x = [k, n] F32 (n <=
+// max_packed_columns), W given by its packed copy; `w` is the ggml tensor
+// it was packed from. Every column of y is computed as a one-column call
+// computes it; the residual is added as ggml_add would, in the same node.
+ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x,
+                             ggml_tensor * residual = nullptr);
 
 // W_i x for every matrix of a packed set (ws: the ggml tensors its parts
 // were packed from), as one quantization of x and one multiplication:
