@@ -112,11 +112,16 @@ qkv_heads project_qkv(ggml_context * ctx0, const model & m, const layer_weights 
         k      = ggml_view_3d(ctx0, qkv, hd, hp.n_head_kv, n, hd * es, qkv->nb[1], size_t(Q) * es);
         out.v  = ggml_cont(ctx0, ggml_view_2d(ctx0, qkv, KV, n, qkv->nb[1], size_t(Q + KV) * es));
     } else if (const model::packed_set * set = want_q && n <= max_packed_columns ? m.packed_set_for(L.wq) : nullptr) {
-        // Q, K and V after one quantization of cur, as one node
-        const std::vector<ggml_tensor *> y = packed_products(ctx0, *set, {L.wq, L.wk, L.wv}, cur);
-        q     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[0], L.bq), hd, hp.n_head, n);
-        k     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[1], L.bk), hd, hp.n_head_kv, n);
-        out.v = with_bias(ctx0, y[2], L.bv);
+        // Q, K and V after one quantization of cur, as one node (with their
+        // biases, when all three have one: qwen2)
+        const bool biased = L.bq && L.bk && L.bv;
+        const std::vector<ggml_tensor *> y =
+            packed_products(ctx0, *set, {L.wq, L.wk, L.wv}, cur, biased ? std::vector<ggml_tensor *>{L.bq, L.bk, L.bv}
+                                                                        : std::vector<ggml_tensor *>{});
+        ggml_tensor * bq = biased ? nullptr : L.bq, * bk = biased ? nullptr : L.bk, * bv = biased ? nullptr : L.bv;
+        q     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[0], bq), hd, hp.n_head, n);
+        k     = ggml_reshape_3d(ctx0, with_bias(ctx0, y[1], bk), hd, hp.n_head_kv, n);
+        out.v = with_bias(ctx0, y[2], bv);
     } else {
         if (want_q) {
             q = ggml_reshape_3d(ctx0, linear(ctx0, m, L.wq, L.bq, cur, as_steps), hd, hp.n_head, n);

@@ -60,11 +60,13 @@ const void * activations(const ggml_tensor * x, ggml_type type) {
     return buffer.data();
 }
 
-// y[:, rows [r0, r1)] += residual (the same one float addition as
-// ggml_add(residual, y), whose order does not matter).
-void add_residual(const ggml_tensor * residual, float * y, int64_t ldy, int64_t n, int64_t r0, int64_t r1) {
+// y[:, rows [r0, r1)] += t: a residual [m, n], or a bias [m] added to
+// every column (the same one float addition as ggml_add(t, y), whose order
+// does not matter).
+void add_rows(const ggml_tensor * t, float * y, int64_t ldy, int64_t n, int64_t r0, int64_t r1) {
+    const size_t stride = t->ne[1] > 1 ? t->nb[1] : 0;
     for (int64_t c = 0; c < n; ++c) {
-        const float * r = reinterpret_cast<const float *>(static_cast<const char *>(residual->data) + c * residual->nb[1]);
+        const float * r = reinterpret_cast<const float *>(static_cast<const char *>(t->data) + c * stride);
         float *       o = y + c * ldy;
         for (int64_t i = r0; i < r1; ++i) {
             o[i] += r[i];
@@ -75,9 +77,10 @@ void add_residual(const ggml_tensor * residual, float * y, int64_t ldy, int64_t 
 // y = W_i xq for each of `parts` in turn, part i's [m_i, n] block after the
 // earlier ones: threads split the groups of 16 rows of all parts together
 // (the small K and V matrices share a thread with Q's rows), never a dot
-// product.
+// product. `biases`: none, or one per part (null: that part has none),
+// added to the rows this thread computed.
 void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, const void * xq, int64_t n,
-                    float * y, int ith, int nth) {
+                    float * y, int ith, int nth, ggml_tensor * const * biases = nullptr) {
     int64_t total = 0;
     for (size_t i = 0; i < n_parts; ++i) {
         total += parts[i]->matrix.n_rows / kernels::ROW_GROUP;
@@ -91,6 +94,9 @@ void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, 
         if (a < b) {
             kernels::mul_mat(pw.isa, pw.matrix, xq, int(n), y, pw.matrix.n_rows, a * kernels::ROW_GROUP,
                              b * kernels::ROW_GROUP);
+            if (biases != nullptr && biases[i] != nullptr) {
+                add_rows(biases[i], y, pw.matrix.n_rows, n, a * kernels::ROW_GROUP, b * kernels::ROW_GROUP);
+            }
         }
         first += groups;
         y += pw.matrix.n_rows * n;
@@ -106,17 +112,19 @@ void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
     if (dst->src[2] != nullptr) {
         // the rows this thread computed: multiply_parts' split of the row groups
         const int64_t groups = m / kernels::ROW_GROUP;
-        add_residual(dst->src[2], y, m, n, groups * ith / nth * kernels::ROW_GROUP,
+        add_rows(dst->src[2], y, m, n, groups * ith / nth * kernels::ROW_GROUP,
                      groups * (ith + 1) / nth * kernels::ROW_GROUP);
     }
 }
 
 // dst (flat) = the set's products one after another; userdata: the set.
+// src: x, the parts' weights, then (when they have them) their biases.
 void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto & set = *static_cast<const model::packed_set *>(userdata);
-    multiply_parts(set.parts.data(), set.parts.size(),
-                   activations(dst->src[0], activation_type(set.parts[0]->matrix.type)), dst->src[0]->ne[1],
-                   static_cast<float *>(dst->data), ith, nth);
+    const auto & set     = *static_cast<const model::packed_set *>(userdata);
+    const size_t n_parts = set.parts.size();
+    multiply_parts(set.parts.data(), n_parts, activations(dst->src[0], activation_type(set.parts[0]->matrix.type)),
+                   dst->src[0]->ne[1], static_cast<float *>(dst->data), ith, nth,
+                   dst->src[1 + n_parts] != nullptr ? dst->src + 1 + n_parts : nullptr);
 }
 
 // x as the activation blocks of `pw`'s type: [activation bytes, n] I8; or
@@ -137,8 +145,10 @@ ggml_tensor * quantized(ggml_context * ctx0, const model::packed_weight & pw, gg
 } // namespace
 
 std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::packed_set & set,
-                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x) {
+                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x,
+                                           const std::vector<ggml_tensor *> & biases) {
     GGML_ASSERT(!set.parts.empty() && ws.size() == set.parts.size());
+    GGML_ASSERT(biases.empty() || biases.size() == ws.size());
     ggml_tensor * xq = quantized(ctx0, *set.parts[0], x);
     const int64_t n  = x->ne[1];
     int64_t rows = 0;
@@ -146,6 +156,11 @@ std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::pac
     for (size_t i = 0; i < ws.size(); ++i) {
         rows += set.parts[i]->matrix.n_rows;
         args.push_back(ws[i]);  // only so that the graph knows what the node reads
+    }
+    for (size_t i = 0; i < biases.size(); ++i) {
+        GGML_ASSERT(biases[i] != nullptr && biases[i]->type == GGML_TYPE_F32 && ggml_is_contiguous(biases[i]) &&
+                    ggml_nelements(biases[i]) == set.parts[i]->matrix.n_rows);
+        args.push_back(biases[i]);
     }
     ggml_tensor * all = ggml_custom_4d(ctx0, GGML_TYPE_F32, rows * n, 1, 1, 1, args.data(), int(args.size()),
                                        multiply_set, GGML_N_TASKS_MAX, const_cast<model::packed_set *>(&set));

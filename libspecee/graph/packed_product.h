@@ -19,10 +19,12 @@ constexpr int64_t max_packed_columns = 16;
 ggml_tensor * packed_product(ggml_context * ctx0, const model::packed_weight & pw, ggml_tensor * w, ggml_tensor * x,
                              ggml_tensor * residual = nullptr);
 
-// W_i x for every matrix of a packed set (ws: the ggml tensors its parts
-// were packed from), as one quantization of x and one multiplication:
-// [rows of W_i, n] each, contiguous. Each column as packed_product's.
+// W_i x (+ b_i) for every matrix of a packed set (ws: the ggml tensors its
+// parts were packed from; biases: none, or one per part), as one quantization of x and one multiplication: [rows of
+// W_i, n] each, contiguous. Each column as packed_product's; a bias is
+// added as ggml_add adds it.
 std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::packed_set & set,
-                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x);
+                                           const std::vector<ggml_tensor *> & ws, ggml_tensor * x,
+                                           const std::vector<ggml_tensor *> & biases = {});
 
 } // namespace specee
