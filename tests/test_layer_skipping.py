@@ -298,3 +298,21 @@ def test_layer_skipping_is_refused_where_it_cannot_route(tiny6, eagle_heads, tmp
                 open_decoder(ctx, "speculative", Sampler(), drafter=eagle, lossy=True, router=tmp_path / "four.json")
         finally:
             eagle.close()
+
+
+def test_eval_runs_eagle_and_spadec_beside_plain_decoding(tiny6, eagle_heads):
+    from specee.evaluation.run import evaluate, parse_mode
+
+    assert parse_mode("spadec@0.9") == ("spadec", 0.9)
+    with pytest.raises(ValueError, match="agreement"):
+        parse_mode("spadec@0")
+    DepthRouter([0.5], np.array([[0.0] * 5 + [1.0]] * 2)).save(router_path_for(eagle_heads))  # never skips
+    data = [{"question_id": i, "category": "writing", "turns": [f"say {w}"]} for i, w in enumerate(["a", "b"])]
+    import json
+    path = eagle_heads.parent / "mt.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in data) + "\n")
+    out = evaluate(tiny6, ["mtbench"], ["vanilla", "eagle", "spadec"], heads_path=eagle_heads, n_predict=12,
+                   threads=1, n_ctx=128, progress=False, dataset_paths={"mtbench": path})
+    s = out["datasets"]["mtbench"]
+    # lossless, and a router that never skips: both write plain decoding's tokens
+    assert s["eagle"]["same_tokens_as_vanilla"] == 2 and s["spadec"]["same_tokens_as_vanilla"] == 2

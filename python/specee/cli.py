@@ -581,8 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", type=dataset_list, default="mtbench",
                    help="comma-separated: mtbench,humaneval,csqa,xsum,asdiv,sharegpt")
     e.add_argument("--modes", type=mode_list, default="vanilla,specee",
-                   help="comma-separated: vanilla, specee, specee@THRESHOLD, speculative (lossless speculative "
-                        "decoding, drafter auto) (default vanilla,specee)")
+                   help="comma-separated: vanilla, specee, specee@THRESHOLD, specee-lossy[@THRESHOLD], speculative "
+                        "(lossless, drafter auto), eagle (lossless, the heads' draft head), spadec[@AGREEMENT] "
+                        "(eagle with lossy layer skipping) (default vanilla,specee)")
     e.add_argument("--sweep-threshold", type=threshold_sweep, metavar="START:STOP:STEP",
                    help="early exit at each threshold in the range (e.g. 0.3:0.9:0.1), with vanilla if asked")
     e.add_argument("--limit", type=COUNT.arg, default=20, help="items per data set, >= 1 (default 20)")

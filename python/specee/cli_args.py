@@ -59,7 +59,7 @@ def dataset_list(text: str) -> list[str]:
 
 
 def mode_list(text: str) -> list[str]:
-    """Comma-separated evaluation modes (vanilla, specee, specee@THRESHOLD, specee-lossy, specee-lossy@THRESHOLD, speculative)."""
+    """Comma-separated evaluation modes (evaluation.run.parse_mode)."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes:
         raise argparse.ArgumentTypeError("give at least one mode: vanilla, specee, specee@THRESHOLD, speculative")

@@ -79,23 +79,30 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
 # ---- modes -------------------------------------------------------------------------------------
 
 
+MODE_KINDS = ("vanilla", "specee", "specee-lossy", "speculative", "eagle", "spadec")
+
+
 def parse_mode(mode: str) -> tuple[str, Optional[float]]:
     """"vanilla", "specee" (exact early exit at the head file's threshold, or
     --threshold), "specee@T" (at predictor threshold T), "specee-lossy" and
-    "specee-lossy@T" (the paper's lossy early exit) or "speculative"
+    "specee-lossy@T" (the paper's lossy early exit), "speculative"
     (lossless speculative decoding, drafter auto: prompt lookup, a draft
     model if one is found, and exact exit steps where heads are given or ship
-    for the model)."""
+    for the model), "eagle" (lossless, the heads' EAGLE draft head alone) or
+    "spadec" / "spadec@A" (EAGLE with lossy layer skipping inside
+    verification, at the depth router's agreement or at A)."""
     kind, _, t = mode.partition("@")
-    if kind not in ("vanilla", "specee", "specee-lossy", "speculative") or (t and not kind.startswith("specee")):
+    if kind not in MODE_KINDS or (t and not (kind.startswith("specee") or kind == "spadec")):
         raise ValueError(f"unknown mode {mode!r} (vanilla, specee, specee@THRESHOLD, specee-lossy, "
-                         "specee-lossy@THRESHOLD, speculative)")
+                         "specee-lossy@THRESHOLD, speculative, eagle, spadec, spadec@AGREEMENT)")
     if not t:
         return kind, None
     try:
         threshold = float(t)
     except ValueError:
         raise ValueError(f"mode {mode!r}: the threshold must be a number") from None
+    if kind == "spadec" and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"mode {mode!r}: the agreement must lie in (0, 1]")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"mode {mode!r}: the threshold must lie in [0, 1]")
     return kind, threshold
@@ -210,7 +217,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
     items an earlier run with the same settings logged there are not run
     again (their speeds were measured then)."""
     parsed = check_evaluation(datasets, modes, limit, n_predict, threads, n_ctx, threshold)
-    needs_heads = any(kind.startswith("specee") for kind, _ in parsed.values())
+    needs_heads = any(kind.startswith("specee") or kind in ("eagle", "spadec") for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
@@ -284,10 +291,14 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
            "exit_drafted": 0, "exit_accepted": 0}
     with model.context(n_ctx=n_ctx, n_threads=threads) as ctx, \
             _item_drafter(kind, drafter, ctx, heads) as item_drafter:
-        decoder = open_decoder(ctx, "specee" if kind.startswith("specee") else kind, Sampler(), heads=heads,
-                               threshold=mode_threshold if mode_threshold is not None else threshold,
-                               verify=None if verify_full is None else "full" if verify_full else "candidates",
-                               drafter=item_drafter, lossy=kind == "specee-lossy")
+        if kind in ("eagle", "spadec"):  # the head file's draft head, in this item's context
+            decoder = open_decoder(ctx, "speculative", Sampler(), drafter=item_drafter, lossy=kind == "spadec",
+                                   skip_agreement=mode_threshold)
+        else:
+            decoder = open_decoder(ctx, "specee" if kind.startswith("specee") else kind, Sampler(), heads=heads,
+                                   threshold=mode_threshold if mode_threshold is not None else threshold,
+                                   verify=None if verify_full is None else "full" if verify_full else "candidates",
+                                   drafter=item_drafter, lossy=kind == "specee-lossy")
         g = decode(decoder, ctx, ids, n_predict, stop_ids=tok.eot_ids)
         if kind.startswith("specee"):
             out["verify_full"] = ctx.exit_params()["verify_full"]
@@ -296,7 +307,7 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
                 rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
             else:  # exact: the full model checks every exit's draft
                 rec["drafted"], rec["accepted"] = g.extra["exit_drafts_verified"], g.extra["exit_drafts_accepted"]
-        elif kind == "speculative":
+        elif kind in ("speculative", "eagle", "spadec"):
             rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
             rec["exit_drafted"] = g.extra.get("exit_drafts_verified", 0)
             rec["exit_accepted"] = g.extra.get("exit_drafts_accepted", 0)
@@ -311,7 +322,15 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
 def _item_drafter(kind: str, drafter, ctx, heads: Optional[Heads]):
     """The speculative mode's drafter for one item: the shared text drafter
     plus exit steps in this item's context (both left open for the next
-    item), or the text drafter alone without heads."""
+    item), or the text drafter alone without heads; for eagle and spadec,
+    the head file's draft head in this context (closed after the item)."""
+    if kind in ("eagle", "spadec"):
+        eagle = open_drafter("eagle", ctx.model, ctx.n_ctx, ctx.n_threads, ctx=ctx, heads_path=heads.path)
+        try:
+            yield eagle
+        finally:
+            eagle.close()
+        return
     if kind != "speculative" or heads is None:
         yield drafter
         return
