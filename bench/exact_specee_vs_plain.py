@@ -22,13 +22,12 @@ step costs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model
+from machine import cpu_model, report
 from vanilla_vs_llama_bench import llama_bench_tok_s
 
 from specee.decoding.early_exit import generate_specee
@@ -142,10 +141,7 @@ def main() -> int:
            "plain_step_ms": round(1000 * plain_step_s, 3),
            "plain_median_tok_s": round(statistics.median(r["plain"]["tok_s"] for r in rows), 2),
            "summary": summary, "rows": [{k: v for k, v in r.items()} for r in rows]}
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    report(out, args.out)
     return 0
 
 

@@ -15,13 +15,11 @@ of positions equal to plain's; the rows' mean depth and the acceptance.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from machine import cpu_model
+from machine import cpu_model, report
 
 from specee.decoding.decoders import decode
 from specee.decoding.modes import open_decoder
@@ -114,10 +112,7 @@ def main() -> int:
            "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "n_prompts": len(rows),
            "plain_median_tok_s": round(statistics.median(r["plain"]["tok_s"] for r in rows), 2),
            "summary": summary, "rows": rows}
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    report(out, args.out)
     return 0
 
 
