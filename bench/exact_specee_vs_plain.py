@@ -7,8 +7,10 @@ prompt; the lossy exit beside them for comparison.
 
 Decode speed leaves the prompt out, end to end takes it in (the draft head
 reads the prompt in the prefill). With --llama-bench, llama.cpp's own decode
-speed at the prompt's depth (`llama-bench -n N -d PROMPT_TOKENS`) joins each
-prompt's rotation, so the ratios against it come from the same run.
+speed (`llama-bench -n N`, at the prompt's depth `-d PROMPT_TOKENS` with
+--llama-repack 0; its AMX layout, the default, crashes with -d on this
+Xeon, so it runs at depth 0) joins each prompt's rotation, so the ratios
+against it come from the same run.
 
 Each prompt runs every variant in turn (the order rotating per prompt) in a
 fresh context, so all see the same machine load. Decode speed = generated
@@ -51,9 +53,11 @@ VARIANTS = {  # name: (exact, verify_full, adaptive)
 
 def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
     if name == "llama.cpp":
-        # llama-bench's decode after as many tokens of context as the prompt has
+        # llama-bench's tg N, after as many tokens of context as the prompt
+        # has where it can (its AMX layout, --repack 1, crashes with -d here)
+        depth = len(ids) if args.llama_repack == 0 else 0
         return {"tok_s": llama_bench_tok_s(args.llama_bench, Path(model.path), args.threads, args.n,
-                                           args.llama_repack, depth=len(ids))}
+                                           args.llama_repack, depth=depth)}
     with model.context(n_ctx=args.ctx_size, n_threads=args.threads) as ctx:
         if name == "plain":
             r = generate(ctx, ids, args.n, stop_ids=stop_ids)
