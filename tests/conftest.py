@@ -9,6 +9,16 @@ import pytest
 from tiny_model import TinyConfig, write_tiny_model
 
 
+@pytest.fixture(autouse=True)
+def fresh_exit_switches(tmp_path, monkeypatch):
+    """Every test's exit switches start unmeasured: the costs an earlier run
+    kept in the cache (exit_switch.store_dir) would change which steps a
+    test's decoding takes."""
+    from specee.decoding import exit_switch
+
+    monkeypatch.setattr(exit_switch, "store_dir", lambda: tmp_path / "exit_switch")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory):
     """Returns make(**TinyConfig fields) -> path of a tiny GGUF, written once

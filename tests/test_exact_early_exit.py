@@ -246,6 +246,19 @@ def test_exit_switch_keeps_to_the_cheaper_kind():
         ExitSwitch(window=0)
 
 
+def test_the_exit_switch_starts_where_an_earlier_process_left_it(tmp_path):
+    store = tmp_path / "switch.json"
+    first = ExitSwitch(window=2, explore_every=3, store=store)
+    for _ in range(4):  # a window of each kind: plain steps are cheaper
+        kind = first.use_exits()
+        first.record(kind, 1.0 if kind else 0.5, 1)
+    assert store.exists() and first.best is False
+    second = ExitSwitch(window=2, explore_every=3, store=store)
+    assert second.use_exits() is False and second.cost == first.cost  # no window of exits first
+    store.write_text("not json")
+    assert ExitSwitch(store=store).use_exits() is True  # an unreadable store: measure again
+
+
 def test_contexts_of_the_same_heads_and_threads_share_a_switch(tiny6, tmp_path):
     with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads:
         with m.context(n_ctx=64, n_threads=1) as a, m.context(n_ctx=64, n_threads=1) as b, \

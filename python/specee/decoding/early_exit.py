@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 from ..engine import Context, InvalidArgumentError
 from .decoders import decode
 from .steps import GenerationResult, decode_one_token, pick
-from .exit_switch import shared as shared_switch
+from .exit_switch import shared as shared_switch, store_path as switch_store
 from .speculative.verify import check_point_draft
 from .speculative.ngram_index import NgramIndex
 from ..ranges import COUNT, THRESHOLD
@@ -130,7 +130,11 @@ class EarlyExitDecoder:
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
         self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
         self.t_verify = 0.0  # exact mode: in the verification passes
-        self.switch = shared_switch(ctx.heads, ctx.n_threads) if exact and adaptive else None
+        self.switch = None
+        if exact and adaptive:
+            store = switch_store(ctx.model.fingerprint, ctx.heads.path, ctx.exit_params(), ctx.model.kernels,
+                                 ctx.n_threads)
+            self.switch = shared_switch(ctx.heads, ctx.n_threads, store)
         self.n_plain = 0  # plain steps (the switch's, or at the end of the context)
 
     def first(self, prompt: Sequence[int]) -> int:
