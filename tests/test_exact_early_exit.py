@@ -302,3 +302,12 @@ def test_a_missed_exit_leaves_the_online_schedule_as_it_was(tiny6, tmp_path, rig
     assert checked[:5] == [[2]] * 5
     # with hits, the sixth step checks layer 0 first (online), which fires: the exit is at layer 0
     assert checked[5:] == ([[0]] * 5 if right else [[2]] * 5)
+
+
+def test_exit_stats_without_exit_steps_say_no_step_left_early():
+    from specee.decoding.early_exit import exit_stats_summary
+
+    raw = {"n_steps": 0, "sum_exit_layers": 0, "n_exits": 0, "n_false_fires": 0, "n_checks": 0, "n_fires": 0,
+           "n_draft_top1": 0, "n_draft_topk": 0}
+    s = exit_stats_summary(raw, 30, [])
+    assert s["mean_exit_layer"] == 30.0 and s["exit_ratio"] == 0.0

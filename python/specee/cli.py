@@ -133,9 +133,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
               + (" | lossy: the output may differ from the model's" if args.lossy else ""), file=sys.stderr)
         if heads is not None:
             x = result.extra
-            print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
-                  f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
-                  f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}", file=sys.stderr)
+            if not x["exit_layers"]:
+                print(f"early exit: no step tried to exit; the exit switch keeps to plain steps where they are "
+                      f"cheaper, as measured here ({x.get('plain_steps', 0)} plain steps)", file=sys.stderr)
+            else:
+                print(f"early exit: mean exit layer {x['mean_exit_layer']:.2f} of {x['n_layer']}, exit ratio "
+                      f"{x['exit_ratio']:.3f}, false exit checks {x['false_exit_checks']}, draft top-1 "
+                      f"{x['draft_top1']:.3f} / top-k {x['draft_topk']:.3f}", file=sys.stderr)
         if args.mode == "speculative":
             x = result.extra
             print(f"speculative ({x['draft_source']}): {x['verify_steps']} verifications, {x['accepted']} of "

@@ -72,7 +72,8 @@ def exit_stats_summary(raw: dict, n_layer: int, exit_layers: Sequence[int]) -> d
     """The JSON-facing statistics of an early-exit run (docs/design.md#fidelity)."""
     steps = max(raw["n_steps"], 1)
     return {
-        "mean_exit_layer": round(raw["sum_exit_layers"] / steps, 3),
+        # over the steps that tried to exit; none tried: none left early
+        "mean_exit_layer": round(raw["sum_exit_layers"] / steps, 3) if raw["n_steps"] else float(n_layer),
         "exit_ratio": round(raw["n_exits"] / steps, 4),
         "exit_layers": list(exit_layers),
         "false_exit_checks": raw["n_false_fires"],
