@@ -1,11 +1,11 @@
-// kernel_bench.cpp — specee's Q4_K / Q6_K kernels against ggml's, per column
+// kernel_bench.cpp — specee's kernels (Q4_K, Q6_K, Q8_0, Q5_0, Q4_1) against ggml's, per column
 // count: GB/s of weights read and time per column, beside a measured read
 // bandwidth; and the checks that make the figures mean something (the fast
 // kernel equals its reference bit for bit, a batched column equals the
 // one-column call, and both agree with ggml's dot product).
 //
 // usage: specee-kernel-bench TYPE ROWS COLS [threads=1] [max_columns=8] [seconds=1]
-//   TYPE q4_k | q6_k | bandwidth (then ROWS is the buffer size in MiB)
+//   TYPE q4_k | q6_k | q8_0 | q5_0 | q4_1 | bandwidth (then ROWS is the buffer size in MiB)
 // Output: one JSON object a line (bench/kernels.py runs it and tabulates).
 #include "kernels/kernels.h"
 
@@ -103,8 +103,17 @@ int main(int argc, char ** argv) {
         bandwidth(rows, threads, seconds);
         return 0;
     }
-    const ggml_type   gt = kind == "q4_k" ? GGML_TYPE_Q4_K : GGML_TYPE_Q6_K;
-    const weight_type wt = kind == "q4_k" ? weight_type::q4_k : weight_type::q6_k;
+    struct type_pair { const char * name; ggml_type gt; weight_type wt; };
+    const type_pair types[] = {{"q4_k", GGML_TYPE_Q4_K, weight_type::q4_k}, {"q6_k", GGML_TYPE_Q6_K, weight_type::q6_k},
+                               {"q8_0", GGML_TYPE_Q8_0, weight_type::q8_0}, {"q5_0", GGML_TYPE_Q5_0, weight_type::q5_0},
+                               {"q4_1", GGML_TYPE_Q4_1, weight_type::q4_1}};
+    const type_pair * tp = std::find_if(std::begin(types), std::end(types), [&](const type_pair & t) { return kind == t.name; });
+    if (tp == std::end(types)) {
+        fprintf(stderr, "unknown type %s\n", kind.c_str());
+        return 1;
+    }
+    const ggml_type   gt = tp->gt;
+    const weight_type wt = tp->wt;
     ggml_cpu_init();
 
     // weights: random normal rows quantized by ggml
@@ -120,16 +129,18 @@ int main(int argc, char ** argv) {
             ggml_quantize_chunk(gt, wf.data(), wq.data() + r0 * row_bytes, 0, nr, cols, nullptr);
         }
     }
-    // activations: max_n columns quantized to Q8_K by ggml's CPU quantizer
-    const auto *       q8 = ggml_get_type_traits_cpu(GGML_TYPE_Q8_K);
-    const auto *       tr = ggml_get_type_traits_cpu(gt);
-    const int64_t      nb = cols / QK;
-    std::vector<block_q8_k> x((size_t) max_n * nb);
+    // activations: max_n columns quantized by ggml's CPU quantizer to the
+    // type ggml pairs with the weights (Q8_K for the k-quants, else Q8_0)
+    const ggml_type    at     = takes_q8_k(wt) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+    const auto *       q8     = ggml_get_type_traits_cpu(at);
+    const auto *       tr     = ggml_get_type_traits_cpu(gt);
+    const size_t       x_row  = ggml_row_size(at, cols);  // bytes of one column
+    std::vector<uint8_t> x((size_t) max_n * x_row);
     {
         std::vector<float> xf(cols);
         for (int c = 0; c < max_n; ++c) {
             for (auto & v : xf) v = nd(rng);
-            q8->from_float(xf.data(), &x[(size_t) c * nb], cols);
+            q8->from_float(xf.data(), &x[(size_t) c * x_row], cols);
         }
     }
     packed_matrix pm;
@@ -150,13 +161,13 @@ int main(int argc, char ** argv) {
     bool   same_ref = true, same_batched = true;
     double max_rel  = 0;
     for (int c = 0; c < max_n; ++c) {
-        mul_mat(fast, pm, &x[(size_t) c * nb], 1, y_one.data(), rows, 0, cr);
+        mul_mat(fast, pm, &x[(size_t) c * x_row], 1, y_one.data(), rows, 0, cr);
         for (int64_t r = 0; r < cr; ++r) {
             const float f = y_fast[(size_t) c * rows + r];
             same_ref &= std::memcmp(&f, &y_ref[(size_t) c * rows + r], sizeof f) == 0;
             same_batched &= std::memcmp(&f, &y_one[r], sizeof f) == 0;
             float g;
-            tr->vec_dot(cols, &g, 0, wq.data() + r * row_bytes, 0, &x[(size_t) c * nb], 0, 1);
+            tr->vec_dot(cols, &g, 0, wq.data() + r * row_bytes, 0, &x[(size_t) c * x_row], 0, 1);
             max_rel = std::max(max_rel, (double) std::fabs(f - g) / (std::fabs(g) + 1e-3));
         }
     }
@@ -173,7 +184,7 @@ int main(int argc, char ** argv) {
                 const int64_t r0 = rows * i / nt, r1 = rows * (i + 1) / nt;
                 for (int64_t r = r0; r < r1; ++r) {
                     for (int c = 0; c < n; ++c) {
-                        tr->vec_dot(cols, &y_one[r], 0, wq.data() + r * row_bytes, 0, &x[(size_t) c * nb], 0, 1);
+                        tr->vec_dot(cols, &y_one[r], 0, wq.data() + r * row_bytes, 0, &x[(size_t) c * x_row], 0, 1);
                     }
                 }
             });
