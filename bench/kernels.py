@@ -1,12 +1,15 @@
-"""specee's Q4_K / Q6_K kernels against ggml's dot products, per column count.
+"""specee's kernels against ggml's dot products, per weight type and column count.
 
 Builds bench/kernels/kernel_bench.cpp (CMake, -DSPECEE_BUILD_BENCH=ON, into
 build-bench/ unless --exe names a built one), then, for each weight type and
 thread count: the read bandwidth of a plain AVX2 loop over 1 GiB, and the
 weights' GB/s and time per pass for 1, 2, 4, 8 columns, ggml and specee in
-the same process. The shapes are Qwen2.5-Coder-1.5B's: its Q6_K output
-matrix (151936 x 1536, 191 MB) and a Q4_K matrix of 226 MB, both far larger
-than the caches, so the figures are memory-bound decoding's.
+the same process. The shapes are the shipped models': Qwen2.5-Coder-1.5B's
+Q6_K output matrix (151936 x 1536, 191 MB) and a Q4_K matrix of 226 MB;
+Qwen2.5-Coder-0.5B's Q8_0 output matrix (151936 x 896, 145 MB) and a Q5_0
+matrix of its layers' size (267 MB); and SmolLM2-135M's Q4_1 layers as one
+matrix (184320 x 576, 66 MB, which a large L3 may partly hold, as it holds
+the model's).
 
     python bench/kernels.py --threads 1 2 --json bench/results/kernels/xeon.json
 """
@@ -22,7 +25,8 @@ from pathlib import Path
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {"q6_k": (151936, 1536), "q4_k": (262144, 1536)}
+SHAPES = {"q6_k": (151936, 1536), "q4_k": (262144, 1536), "q8_0": (151936, 896), "q5_0": (387072, 896),
+          "q4_1": (184320, 576)}
 
 
 def build(build_dir: Path) -> Path:
