@@ -77,10 +77,10 @@ void add_rows(const ggml_tensor * t, float * y, int64_t ldy, int64_t n, int64_t 
 // y = W_i xq for each of `parts` in turn, part i's [m_i, n] block after the
 // earlier ones: threads split the groups of 16 rows of all parts together
 // (the small K and V matrices share a thread with Q's rows), never a dot
-// product. `biases`: none, or one per part (null: that part has none),
-// added to the rows this thread computed.
+// product. `addends`: none, or one per part (add_rows: a bias or a
+// residual), added to the rows this thread computed.
 void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, const void * xq, int64_t n,
-                    float * y, int ith, int nth, ggml_tensor * const * biases = nullptr) {
+                    float * y, int ith, int nth, ggml_tensor * const * addends = nullptr) {
     int64_t total = 0;
     for (size_t i = 0; i < n_parts; ++i) {
         total += parts[i]->matrix.n_rows / kernels::ROW_GROUP;
@@ -94,8 +94,8 @@ void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, 
         if (a < b) {
             kernels::mul_mat(pw.isa, pw.matrix, xq, int(n), y, pw.matrix.n_rows, a * kernels::ROW_GROUP,
                              b * kernels::ROW_GROUP);
-            if (biases != nullptr && biases[i] != nullptr) {
-                add_rows(biases[i], y, pw.matrix.n_rows, n, a * kernels::ROW_GROUP, b * kernels::ROW_GROUP);
+            if (addends != nullptr) {
+                add_rows(addends[i], y, pw.matrix.n_rows, n, a * kernels::ROW_GROUP, b * kernels::ROW_GROUP);
             }
         }
         first += groups;
@@ -105,16 +105,9 @@ void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, 
 
 // dst [m, n] = W x (+ src[2], the residual); userdata: W's packed weight.
 void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto *  pw = static_cast<const model::packed_weight *>(userdata);
-    const int64_t n  = dst->ne[1], m = dst->ne[0];
-    float *       y  = static_cast<float *>(dst->data);
-    multiply_parts(&pw, 1, activations(dst->src[0], activation_type(pw->matrix.type)), n, y, ith, nth);
-    if (dst->src[2] != nullptr) {
-        // the rows this thread computed: multiply_parts' split of the row groups
-        const int64_t groups = m / kernels::ROW_GROUP;
-        add_rows(dst->src[2], y, m, n, groups * ith / nth * kernels::ROW_GROUP,
-                     groups * (ith + 1) / nth * kernels::ROW_GROUP);
-    }
+    const auto * pw = static_cast<const model::packed_weight *>(userdata);
+    multiply_parts(&pw, 1, activations(dst->src[0], activation_type(pw->matrix.type)), dst->ne[1],
+                   static_cast<float *>(dst->data), ith, nth, dst->src[2] != nullptr ? dst->src + 2 : nullptr);
 }
 
 // dst (flat) = the set's products one after another; userdata: the set.
