@@ -133,9 +133,8 @@ class EarlyExitDecoder:
         self.t_verify = 0.0  # exact mode: in the verification passes
         self.switch = None
         if exact and adaptive:
-            store = switch_store(ctx.model.fingerprint, ctx.heads.path, ctx.exit_params(), ctx.model.kernels,
-                                 ctx.n_threads)
-            self.switch = shared_switch(ctx.heads, ctx.n_threads, store)
+            self.switch = shared_switch(ctx.heads, ctx.n_threads, lambda: switch_store(
+                ctx.model.fingerprint, ctx.heads.path, ctx.exit_params(), ctx.model.kernels, ctx.n_threads))
         self.n_plain = 0  # plain steps (the switch's, or at the end of the context)
 
     def first(self, prompt: Sequence[int]) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..measurements import read_record, write_record
 
@@ -112,12 +112,14 @@ class ExitSwitch:
 _shared: "weakref.WeakKeyDictionary[object, dict[int, ExitSwitch]]" = weakref.WeakKeyDictionary()
 
 
-def shared(heads: object, n_threads: int, store: Optional[Path] = None) -> ExitSwitch:
+def shared(heads: object, n_threads: int, store: Optional[Callable[[], Path]] = None) -> ExitSwitch:
     """The switch of every context with these heads and thread count (it
-    goes with the heads object); `store`: where it keeps its costs (store_path)."""
+    goes with the heads object); `store()`: where it keeps its costs
+    (store_path, which reads the whole head file: asked only when the
+    switch is made, not for every generation)."""
     by_threads = _shared.setdefault(heads, {})
     if n_threads not in by_threads:
-        by_threads[n_threads] = ExitSwitch(store=store)
+        by_threads[n_threads] = ExitSwitch(store=store() if store is not None else None)
     return by_threads[n_threads]
 
 
