@@ -34,7 +34,8 @@ class ContextParams(C.Structure):
 
 class ExitParams(C.Structure):
     _fields_ = [("threshold", C.c_float), ("use_offline", C.c_bool), ("use_online", C.c_bool),
-                ("full_depth", C.c_bool), ("fill_kv", C.c_bool), ("verify_full", C.c_bool), ("exact", C.c_bool)]
+                ("full_depth", C.c_bool), ("fill_kv", C.c_bool), ("verify_full", C.c_bool), ("exact", C.c_bool),
+                ("max_chain", C.c_int32)]
 
 
 class Step(C.Structure):

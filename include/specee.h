@@ -56,7 +56,7 @@
 #  define SPECEE_API __attribute__((visibility("default")))
 #endif
 
-#define SPECEE_API_VERSION 7
+#define SPECEE_API_VERSION 8
 
 #ifdef __cplusplus
 extern "C" {
@@ -71,6 +71,7 @@ struct specee_context;
 struct specee_heads;
 
 #define SPECEE_MAX_CANDIDATES 8
+#define SPECEE_MAX_EXIT_CHAIN 16  /* most exits one exact verification takes (specee_exit_params.max_chain) */
 
 /* The exit predictors' input: 3 values per candidate (see specee_exit_features).
  * Head files record the version their predictors were trained on; a head
@@ -120,6 +121,8 @@ struct specee_exit_params {
                            may differ from the full model's). true: an exit's token is a draft, and the
                            next call must be specee_verify_exit, which checks it against full depth.
                            Takes neither fill_kv nor full_depth */
+    int32_t max_chain;  /* exact: exits one verification may take, 1 (default) to SPECEE_MAX_EXIT_CHAIN.
+                           Above 1, a step for the last exit's draft may exit too (a chain) */
 };
 
 /* What one early-exit decode step did. */
@@ -402,18 +405,24 @@ SPECEE_API enum specee_status specee_decode_with_candidates(
         struct specee_step    * out);
 
 /* Exact early exit (specee_exit_params.exact): after a specee_decode_with_candidates
- * step that exited (exit_layer < n_layer), whose token `draft` is only a
- * guess, one pass runs the exited token's remaining layers from the hidden
- * state it stopped at, beside `draft` at the next position through every
- * layer: the two rows share each weight read above the exit layer. Then
- * specee_get_logits(ctx, 0) is the full model's distribution after the
- * exited token (check `draft` against it) and specee_get_logits(ctx, 1) the
- * one after `draft`, each computed as a one-token step computes it. Both
- * positions are cached at every layer: when the check fails, truncate to
- * drop `draft`'s position (that truncation, the first call after this one,
- * also takes the exit out of the online schedule). Until this call (or a truncation that drops the
- * exited token) other decode calls are refused. CONTEXT_FULL when no cell is
- * left for `draft` (the exit still waits: truncate, or end there). */
+ * step that exited (exit_layer < n_layer), its token is only a draft.
+ * With max_chain > 1 the next call may be a specee_decode_with_candidates
+ * step for that draft (a chain of up to max_chain steps): it checks only
+ * layers below the last exit layer (its inputs above do not exist yet) and,
+ * when none exits, stops there with token -1 and exit_layer = that layer,
+ * which ends the chain. Then one pass runs every pending token's remaining
+ * layers from the hidden state it stopped at, beside `draft` (the last
+ * step's token; -1 after a step that stopped without an exit) at the next
+ * position through every layer: the rows share each weight read above the
+ * exit layers. specee_get_logits(ctx, i) is then the full model's
+ * distribution after row i's token: row 0 checks the first draft, row i the
+ * i-th, the last row follows the last token, each computed as a one-token
+ * step computes it. Every position is cached at every layer: when a check
+ * fails, truncate to drop the positions from the wrong draft's on (that
+ * truncation, the first call after this one, also takes those exits out of
+ * the online schedule). Until this call (or a truncation that drops the
+ * pending tokens) other decode calls are refused. CONTEXT_FULL when no cell
+ * is left for `draft` (the chain still waits: truncate, or end there). */
 SPECEE_API enum specee_status specee_verify_exit(struct specee_context * ctx, specee_token draft);
 
 /* With a draft head in the heads: runs the draft over the positions it has

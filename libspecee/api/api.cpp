@@ -377,6 +377,7 @@ static specee_exit_params to_c(const specee::context::exit_params & e) {
     p.fill_kv     = e.fill_kv;
     p.verify_full = e.verify_full;
     p.exact       = e.exact;
+    p.max_chain   = e.max_chain;
     return p;
 }
 
@@ -405,6 +406,7 @@ enum specee_status specee_set_exit_params(struct specee_context * ctx, const str
         e.fill_kv     = params->fill_kv;
         e.verify_full = params->verify_full;
         e.exact       = params->exact;
+        e.max_chain   = params->max_chain;
         c.set_exit_params(e);
     });
 }

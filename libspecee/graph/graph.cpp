@@ -363,7 +363,7 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     // at their entry layers, in front of the rows already in it
     const int64_t n_late = int64_t(plan.entry_layers.size());
     if (n_late > 0) {
-        if (plan.layer_begin != 0 || n_late >= n || plan.save_state || plan.fill_kv || plan.trace ||
+        if (plan.layer_begin != 0 || n_late > n || plan.save_state || plan.fill_kv || plan.trace ||
             plan.n_cand > 0 || plan.n_logits != int(n) || (plan.hidden_layer >= 0 && plan.hidden_layer != plan.layer_end)) {
             fail(SPECEE_STATUS_INTERNAL, "a pass with late rows starts at layer 0 and keeps every row's output only");
         }
@@ -396,8 +396,10 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
     }
     std::vector<ggml_tensor *> left;  // the states of rows that left, in the order they left
 
-    ggml_tensor * x;                                                 // [n_embd, n_rows] residual stream
-    if (plan.layer_begin == 0) {
+    ggml_tensor * x = nullptr;                                       // [n_embd, n_rows] residual stream
+    if (plan.layer_begin == 0 && n_rows == 0) {
+        // every row enters late (a chain of exits whose last step chose nothing)
+    } else if (plan.layer_begin == 0) {
         g.tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_rows);
         ggml_set_name(g.tokens, "inp_tokens");
         ggml_set_input(g.tokens);
@@ -478,9 +480,12 @@ forward_graph build_forward(ggml_context * ctx0, const model & m, const kv_cache
         if (joining > 0) {
             ggml_tensor * states = ggml_view_2d(ctx0, g.entry_states, hp.n_embd, joining, g.entry_states->nb[1],
                                                 size_t(n - n_rows - joining) * g.entry_states->nb[1]);
-            x      = ggml_concat(ctx0, states, x, 1);
+            x      = x ? ggml_concat(ctx0, states, x, 1) : ggml_cont(ctx0, states);
             n_rows += joining;
             layer_input = x;
+        }
+        if (n_rows == 0) {
+            continue;  // no row has entered yet
         }
         const layer_weights & L = m.layer(il, n_rows);
         ggml_tensor * mask = g.masks[size_t(g.mask_of_layer[size_t(il)])];

@@ -46,7 +46,10 @@ void context::set_exit_params(const exit_params & p) {
     if (p.exact && (p.fill_kv || p.full_depth)) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "exact early exit takes neither fill_kv (approximate K/V) nor full_depth");
     }
-    if (p.exact != early_exit_.params.exact) {
+    if (p.max_chain < 1 || p.max_chain > SPECEE_MAX_EXIT_CHAIN) {
+        fail(SPECEE_STATUS_INVALID_ARGUMENT, "max_chain %d is outside [1, %d]", p.max_chain, SPECEE_MAX_EXIT_CHAIN);
+    }
+    if (p.exact != early_exit_.params.exact || p.max_chain < early_exit_.params.max_chain) {
         require_no_pending_exit();
     }
     early_exit_.params = p;
@@ -67,8 +70,8 @@ int32_t context::logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & 
     return am;
 }
 
-void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand) {
-    check_tokens(&token, 1);
+void context::begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand, bool chaining) {
+    check_tokens(&token, 1, chaining);
     if (cands == nullptr || n_cand < 1 || n_cand > SPECEE_MAX_CANDIDATES) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "1 to %d candidates are needed, not %d", SPECEE_MAX_CANDIDATES, n_cand);
     }
@@ -92,8 +95,9 @@ void context::run_to_output(int32_t token, forward_plan & plan, int32_t from, in
     plan.n_logits     = 1;
     plan.n_cand       = 0;
     // the draft head's feature: an exact exit's comes from its verification,
-    // so an exact step keeps only full depth's
-    const bool feature = has_draft() && (to == model_.hp.n_layer || !early_exit_.params.exact);
+    // so an exact step keeps only full depth's, unless the exit may chain
+    // (the draft head then guesses the chain's next candidates from it)
+    const bool feature = has_draft() && (to == model_.hp.n_layer || exit_feature_wanted());
     plan.hidden_layer = feature ? to : -1;
     plan.hidden_norm  = true;
     clear_outputs();
@@ -132,6 +136,11 @@ int32_t context::trace_step(int32_t token, const int32_t * cands, int32_t n_cand
     return chosen;
 }
 
+bool context::exit_feature_wanted() const {
+    const exit_params & p = early_exit_.params;
+    return !p.exact || int32_t(early_exit_.chain.size()) + 1 < p.max_chain;
+}
+
 int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full) {
     const hparams & hp = model_.hp;
     if (early_exit_.attached == nullptr) {
@@ -142,9 +151,12 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
              early_exit_.attached->n_cand);
     }
     scoped_timer step_timer(perf_.t_exit_step_us);
-    begin_candidate_step(token, cands, n_cand);
+    const int32_t cap = chain_cap(token);  // n_layer, or the last exit layer of the chain this step continues
+    begin_candidate_step(token, cands, n_cand, /*chaining=*/cap < hp.n_layer);
     const uint32_t pos  = kv_.n_past();
     forward_plan   plan = plan_at_end(1);
+    auto &         chain = early_exit_.chain;
+    const size_t   chain_before = chain.size();
 
     int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
     int32_t chosen      = -1;
@@ -154,7 +166,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     early_exit_.last_check_features.clear();
     try {
         const std::vector<int32_t> checks = checked_layers();
-        for (size_t c = 0; c < checks.size() && chosen < 0; c++) {
+        for (size_t c = 0; c < checks.size() && chosen < 0 && checks[c] < cap; c++) {
             const int32_t il = checks[c];
             // layers [done, il] then the candidates' logits after layer il
             plan.layer_begin  = done;
@@ -162,8 +174,8 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             plan.save_state   = true;
             plan.n_logits     = 0;
             plan.n_cand       = n_cand;
-            // without the full-vocabulary pass, a lossy exit's draft feature comes from here
-            const bool feature = has_draft() && !early_exit_.params.verify_full && !early_exit_.params.exact;
+            // without the full-vocabulary pass, an exit's draft feature comes from here
+            const bool feature = has_draft() && !early_exit_.params.verify_full && exit_feature_wanted();
             plan.hidden_layer = feature ? il + 1 : -1;
             plan.hidden_norm  = true;
             run(&token, plan, cands);
@@ -202,7 +214,23 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
                 early_exit_.stats.n_false_fires++;
             }
         }
-        if (chosen < 0 || early_exit_.params.full_depth) {
+        if (chosen < 0 && cap < hp.n_layer) {
+            // a chained step with no exit at or below the chain's last exit
+            // layer: it stops there, chooses nothing and ends the chain
+            if (done < cap) {
+                plan.layer_begin  = done;
+                plan.layer_end    = cap;
+                plan.save_state   = true;
+                plan.n_logits     = 0;
+                plan.n_cand       = 0;
+                plan.hidden_layer = -1;
+                run(&token, plan);
+                done = cap;
+            }
+            logits_.clear();
+            n_outputs_ = 0;
+            chain.push_back(exit_state_at(token, pos, done, -1));
+        } else if (chosen < 0 || early_exit_.params.full_depth) {
             // the rest of the layers: the normal path, or the debug reference
             std::vector<float> exit_logits, exit_hidden;
             if (chosen >= 0) {
@@ -229,13 +257,8 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             }
             if (early_exit_.params.exact) {
                 // the chosen token is a draft: verify_exit runs this token's
-                // remaining layers from here, beside it
-                pending_exit & pe = early_exit_.pending;
-                pe.state.resize(size_t(hp.n_embd));
-                ggml_backend_tensor_get(state_, pe.state.data(), 0, pe.state.size() * sizeof(float));
-                pe.token = token;
-                pe.pos   = pos;
-                pe.layer = done;
+                // remaining layers from here, beside it (or a chained step first)
+                chain.push_back(exit_state_at(token, pos, done, chosen));
             }
             if (early_exit_.params.fill_kv) {
                 plan.layer_begin = done;
@@ -255,28 +278,55 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         kv_.truncate(pos);  // this position never happened
         logits_.clear();
         n_outputs_ = 0;
-        early_exit_.pending = pending_exit();
+        chain.resize(chain_before);
         throw;
     }
 
     // layers after the exit never computed this token's K/V: their masks hide
     // it (lossy), or its verification computes it (exact)
     kv_.commit(pos, 1, done);
-    early_exit_.last_exit_layer = exit_layers;
+    const bool exited = chosen >= 0 && exit_layers < hp.n_layer;
+    early_exit_.last_exit_layer = chosen >= 0 ? exit_layers : done;
     early_exit_.stats.n_steps++;
     early_exit_.stats.sum_exit_layers += uint64_t(exit_layers);
-    if (exit_layers < hp.n_layer) {
+    if (chain.size() > chain_before) {
+        // an exact chain's exits, as the online schedule learns them: a
+        // truncation that drops their drafts takes them back
+        chain_exits & learnt = early_exit_.learnt;
+        if (chain_before == 0) {
+            learnt               = chain_exits();
+            learnt.recent_before = early_exit_.schedule.recent;
+            learnt.first_pos     = pos;
+        }
+        learnt.exit_index.push_back(exited ? exit_layers - 1 : -1);
+    }
+    if (exited) {
         early_exit_.stats.n_exits++;
         early_exit_.schedule.record_exit(exit_layers - 1);
     }
-    early_exit_.stats.n_draft_top1 += chosen == cands[0];
-    early_exit_.stats.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
-    if (has_draft() && !early_exit_.pending.active()) {
+    if (chosen >= 0) {
+        early_exit_.stats.n_draft_top1 += chosen == cands[0];
+        early_exit_.stats.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
+    }
+    const bool may_chain = exited && early_exit_.params.exact && int32_t(chain.size()) < early_exit_.params.max_chain;
+    if (has_draft() && chosen >= 0 && (chain.empty() || may_chain)) {
         // the draft's next guess, from this step's feature and chosen token
-        // (after an exact exit, the verification's full-depth features feed it)
+        // (after an exact exit the verification's full-depth features replace
+        // it; a chain's next step takes the guess from the exit layer's)
         draft_.next_cands = draft_run(&chosen, hidden_.data() + hidden_.size() - size_t(hp.n_embd), 1);
     }
     return chosen;
+}
+
+pending_exit context::exit_state_at(int32_t token, uint32_t pos, int32_t layer, int32_t draft) const {
+    pending_exit pe;
+    pe.token = token;
+    pe.pos   = pos;
+    pe.layer = layer;
+    pe.draft = draft;
+    pe.state.resize(size_t(model_.hp.n_embd));
+    ggml_backend_tensor_get(state_, pe.state.data(), 0, pe.state.size() * sizeof(float));
+    return pe;
 }
 
 } // namespace specee

@@ -21,16 +21,28 @@ struct exit_params {
     bool  verify_full = true;   // on a fire, the full-vocabulary argmax must be a candidate
     bool  exact       = false;  // an exit's token is a draft: verify_exit completes the exited
                                 // token's layers beside it (docs/exact-specee.md)
+    int32_t max_chain = 1;      // exact: unverified exits one verification may take (a chain)
 };
 
-// An exact early exit waiting for its verification: the token that exited,
-// where, and the hidden state it stopped at.
+// A token of an exact early-exit chain waiting for its verification: the
+// token, where it stopped, the hidden state it stopped at, and the draft it
+// chose (the next token of the chain). A chained step that reached the
+// chain's cap without an exit chose nothing (draft -1) and ends the chain.
 struct pending_exit {
-    int32_t            token = -1;  // -1: none
+    int32_t            token = -1;
     uint32_t           pos   = 0;
     int32_t            layer = 0;   // layers it computed; its own row enters the verification pass here
+    int32_t            draft = -1;  // the token its exit chose; -1: stopped at the cap, no exit
     std::vector<float> state;       // [n_embd] residual stream after those layers
-    bool active() const { return token >= 0; }
+};
+
+// A chain's exits as the online schedule learnt them: the schedule's recent
+// exits before the chain began, and each chain token's exit (layer index,
+// -1 for none), so that a truncation can take back the exits it drops.
+struct chain_exits {
+    std::deque<int32_t>  recent_before;
+    uint32_t             first_pos = UINT32_MAX;  // UINT32_MAX: none to take back
+    std::vector<int32_t> exit_index;              // per token of the chain, from first_pos on
 };
 
 struct exit_stats {
@@ -45,11 +57,11 @@ struct early_exit_state {
     exit_schedule        schedule;
     exit_stats           stats;
     int32_t              last_exit_layer = -1;
-    pending_exit         pending;              // exact mode, between an exit and its verify_exit
-    // exact mode: the cell of the draft verify_exit checked last, until the
-    // next pass; a truncation that drops it (a miss) takes the exit back out
-    // of the online schedule. UINT32_MAX: none.
-    uint32_t             verified_draft_cell = UINT32_MAX;
+    std::vector<pending_exit> chain;           // exact mode, between the first exit and verify_exit
+    // exact mode: the exits of the chain pending or verified last (until the
+    // next pass); a truncation that drops a draft (a miss) takes its exit and
+    // those after it back out of the online schedule
+    chain_exits          learnt;
     std::vector<int32_t> last_check_layers;    // the last step's checks, in order
     std::vector<float>   last_check_features;  // [n checks, 3 n_cand] of them
     std::vector<int32_t> trace_argmax;         // [n_layer] of the last trace step

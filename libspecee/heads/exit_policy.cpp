@@ -33,21 +33,8 @@ std::vector<int32_t> exit_schedule::layers(const std::vector<int32_t> & offline,
 
 void exit_schedule::record_exit(int32_t layer) {
     recent.push_back(layer);
-    dropped = -1;
     if (recent.size() > n_recent) {
-        dropped = recent.front();
         recent.pop_front();
-    }
-}
-
-void exit_schedule::forget_last_exit() {
-    if (recent.empty()) {
-        return;
-    }
-    recent.pop_back();
-    if (dropped >= 0) {
-        recent.push_front(dropped);
-        dropped = -1;
     }
 }
 

@@ -24,13 +24,7 @@ struct exit_schedule {
                                 int32_t n_layer) const;
 
     void record_exit(int32_t layer);
-    // takes the last record_exit back (an exact exit whose draft was wrong):
-    // the schedule is as if that exit never happened
-    void forget_last_exit();
-    void reset() { recent.clear(); dropped = -1; }
-
-private:
-    int32_t dropped = -1;  // the oldest exit the last record_exit pushed out, -1: none
+    void reset() { recent.clear(); }
 };
 
 // The exit features of one layer (version SPECEE_EXIT_FEATURE_VERSION, the

@@ -115,9 +115,11 @@ forward_plan context::plan_at_end(uint32_t n) const {
     return plan;
 }
 
-void context::check_tokens(const int32_t * tokens, int32_t n) const {
+void context::check_tokens(const int32_t * tokens, int32_t n, bool chaining) const {
     require_no_tree();
-    require_no_pending_exit();
+    if (!chaining) {
+        require_no_pending_exit();
+    }
     if (tokens == nullptr || n <= 0) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "empty input: at least one token is needed");
     }
@@ -287,13 +289,21 @@ void context::truncate(uint32_t n_past) {
     if (n_past > kv_.n_past()) {
         fail(SPECEE_STATUS_INVALID_ARGUMENT, "cannot truncate to %u: only %u tokens are cached", n_past, kv_.n_past());
     }
-    if (early_exit_.pending.active() && n_past <= early_exit_.pending.pos) {
-        early_exit_.pending = pending_exit();  // the exited token goes: nothing waits for verification
+    const chain_exits & learnt = early_exit_.learnt;
+    if (learnt.first_pos != UINT32_MAX && n_past < kv_.n_past()) {
+        // a chain loses positions: a pending token keeps its exit while it
+        // stays, a verified one while its draft stays (the first draft that
+        // goes was a miss); the rest are no exits to learn from
+        const uint32_t kept_from = early_exit_.chain.empty() ? learnt.first_pos + 1 : learnt.first_pos;
+        const size_t   kept      = n_past > kept_from ? size_t(n_past - kept_from) : 0;
+        if (kept < learnt.exit_index.size()) {
+            relearn_chain_exits(kept);
+        }
     }
-    if (n_past <= early_exit_.verified_draft_cell && early_exit_.verified_draft_cell < kv_.n_past()) {
-        early_exit_.schedule.forget_last_exit();  // the exit's draft was wrong: it is no exit to learn from
+    auto & chain = early_exit_.chain;
+    while (!chain.empty() && chain.back().pos >= n_past) {
+        chain.pop_back();  // the token goes: it waits for no verification
     }
-    early_exit_.verified_draft_cell = UINT32_MAX;
     kv_.truncate(n_past);
     if (draft_.kv) {
         // the draft keeps the positions it has seen below n_past; pending
@@ -307,7 +317,9 @@ void context::truncate(uint32_t n_past) {
 }
 
 void context::clear_outputs() {
-    early_exit_.verified_draft_cell = UINT32_MAX;  // a new pass: the last verification is settled
+    if (early_exit_.chain.empty()) {
+        early_exit_.learnt = chain_exits();  // a new pass: the last verification is settled
+    }
     logits_.clear();
     hidden_.clear();
     n_outputs_ = 0;

@@ -57,14 +57,17 @@ public:
     int32_t decode_with_candidates(int32_t token, const int32_t * cands, int32_t n_cand, int32_t * out_full);
     int32_t last_exit_layer() const { return early_exit_.last_exit_layer; }
     // Exact early exit (exit_params::exact; context_exit_verify.cpp): after a
-    // step that exited, one pass completes the exited token's remaining layers
-    // from its exit state beside `draft` (the token the exit chose) at the next
-    // position, with both rows' full-depth logits (row 0: what follows the
-    // exited token, to check `draft` against; row 1: what follows `draft`).
-    // Both positions are then cached at every layer; on a miss the caller
-    // truncates `draft`'s position away.
+    // step that exited, its token is a draft. Up to max_chain steps chain:
+    // the next step (for the draft) may exit at or below the last exit layer
+    // (it stops there without an exit otherwise, choosing nothing). One pass
+    // then completes every pending token's remaining layers from its exit
+    // state, beside the last draft at full depth when there is one; row i's
+    // logits follow row i's token, each as a one-token step computes them.
+    // Every position is then cached at every layer; on a miss the caller
+    // truncates the positions after the first wrong draft away.
+    // `draft`: the last step's token (-1 when it stopped at the cap).
     void verify_exit(int32_t draft);
-    bool exit_pending() const { return early_exit_.pending.active(); }
+    bool exit_pending() const { return !early_exit_.chain.empty(); }
     // A full-depth step that records, after every layer, the candidates'
     // logits ([n_layer, n_cand] into cand_logits) and the full-vocabulary
     // argmax ([n_layer] into layer_argmax): the predictors' training data.
@@ -139,6 +142,11 @@ private:
     token_tree tree_;  // the tree decode_tree ran, until tree_accept keeps a path of it
     void require_no_tree() const;
     void require_no_pending_exit() const;  // nothing but verify_exit or truncate runs while an exit waits
+    // the layer cap of a step that continues the pending chain with `token`
+    // (n_layer when no chain is pending); refuses a step that cannot chain
+    int32_t chain_cap(int32_t token) const;
+    // the online schedule as if only the chain's first n_kept exits had happened
+    void    relearn_chain_exits(size_t n_kept);
 
     // What a pass reads besides its layout: tokens (the rows that start at
     // layer 0), candidate ids, draft-head features, late rows' hidden states.
@@ -157,7 +165,9 @@ private:
     // outputs appended to this context's.
     void run(const int32_t * tokens, const forward_plan & plan, const int32_t * cands = nullptr,
              const float * entry_states = nullptr, const row_layout * rows = nullptr);
-    void check_tokens(const int32_t * tokens, int32_t n) const;
+    // tokens in the vocabulary, room in the cache, nothing pending (a chained
+    // exit step may follow a pending exit: `chaining`)
+    void check_tokens(const int32_t * tokens, int32_t n, bool chaining = false) const;
     void clear_outputs();                           // logits and hidden states of the last call
     void ask_hidden(forward_plan & plan) const;     // the hidden rows a full pass keeps (draft features, or as set)
     uint32_t padded_n_kv(uint32_t n_used) const;
@@ -194,10 +204,15 @@ private:
     // early exit
     int32_t logits_argmax_in(const int32_t * cands, int32_t n_cand, bool & is_candidate) const;
     // checks a step's token and candidates, catches the draft up, clears outputs
-    void    begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand);
+    void    begin_candidate_step(int32_t token, const int32_t * cands, int32_t n_cand, bool chaining = false);
     // runs layers [from, to) from the saved state (none if from == to) and
     // keeps the last token's logits and, with a draft head, its feature
     void    run_to_output(int32_t token, forward_plan & plan, int32_t from, int32_t to);
+    // an exit's hidden state is the draft head's next feature: lossy exits,
+    // and exact ones that a chained step may follow
+    bool    exit_feature_wanted() const;
+    // a pending exit of `token` at `pos` from the state its last pass saved
+    pending_exit exit_state_at(int32_t token, uint32_t pos, int32_t layer, int32_t draft) const;
     early_exit_state early_exit_;
 
     // draft head: its one-layer cache, the target tokens and features it

@@ -434,11 +434,12 @@ class Context(_Handle):
         self._check(lib.specee_get_exit_params(self.ptr, out))
         return {"threshold": float(out.threshold), "use_offline": bool(out.use_offline),
                 "use_online": bool(out.use_online), "full_depth": bool(out.full_depth),
-                "fill_kv": bool(out.fill_kv), "verify_full": bool(out.verify_full), "exact": bool(out.exact)}
+                "fill_kv": bool(out.fill_kv), "verify_full": bool(out.verify_full), "exact": bool(out.exact),
+                "max_chain": int(out.max_chain)}
 
     def set_exit_params(self, **changes) -> None:
         """Change any of threshold, use_offline, use_online, full_depth,
-        fill_kv, verify_full, exact (see struct specee_exit_params)."""
+        fill_kv, verify_full, exact, max_chain (see struct specee_exit_params)."""
         params = self.exit_params()
         unknown = set(changes) - set(params)
         if unknown:
@@ -457,9 +458,11 @@ class Context(_Handle):
 
     def verify_exit(self, draft: int) -> None:
         """Exact early exit: after a step that exited (exit params `exact`),
-        completes the exited token's layers beside `draft` at the next
-        position; logits(0) then checks `draft`, logits(1) follows it
-        (specee_verify_exit). On a miss, truncate(n_past - 1)."""
+        or a chain of them (`max_chain`), completes every pending token's
+        layers beside `draft` (the last step's token, -1 if it stopped
+        without an exit) at the next position; logits(i) then checks the
+        i-th draft, the last row follows the last token (specee_verify_exit).
+        On a miss at row i, truncate to drop the positions after row i's."""
         self._check(lib.specee_verify_exit(self.ptr, int(draft)))
 
     def trace_step(self, token: int, candidates: Sequence[int]) -> tuple[Step, np.ndarray, np.ndarray]:

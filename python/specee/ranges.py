@@ -83,6 +83,7 @@ COUNT = Range(int, lo=1)
 ZERO_OR_MORE = Range(int, lo=0)
 # predictor thresholds: the predictor's output is a probability
 THRESHOLD = Range(float, 0.0, 1.0)
+CHAIN = Range(int, 1, 16)  # exits one exact verification takes (SPECEE_MAX_EXIT_CHAIN)
 TEMPERATURE = Range(float, lo=0.0)  # 0: greedy
 TOP_P = Range(float, 0.0, 1.0, lo_open=True)  # 1: off
 MIN_P = Range(float, 0.0, 1.0)  # 0: off

@@ -21,10 +21,15 @@ from .steps import GenerationResult, decode_one_token, pick
 from .exit_switch import shared as shared_switch, store_path as switch_store
 from .speculative.verify import check_point_draft
 from .speculative.ngram_index import NgramIndex
-from ..ranges import COUNT, THRESHOLD
+from ..ranges import CHAIN, COUNT, THRESHOLD
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)
+
+# exits one verification may take in exact mode: after an exit, steps for its
+# draft may exit too (never above the last exit layer), and one pass checks
+# every draft of the chain (docs/exact-specee.md#chains)
+DEFAULT_CHAIN = 4
 
 
 class CandidateSource(Protocol):
@@ -117,12 +122,14 @@ class EarlyExitDecoder:
     batchable = False
 
     def __init__(self, ctx: Context, sampler: Sampler, k: int, source: Optional[CandidateSource] = None,
-                 exact: bool = True, adaptive: bool = True):
+                 exact: bool = True, adaptive: bool = True, chain: int = DEFAULT_CHAIN):
         if ctx.heads is None:
             raise InvalidArgumentError("no heads are attached to the context (Context.set_heads)")
         COUNT.check("k (candidates per step)", k)
+        CHAIN.check("chain (exits per verification)", chain)
         self.ctx, self.sampler, self.k, self.exact = ctx, sampler, k, exact
-        ctx.set_exit_params(exact=exact)
+        ctx.set_exit_params(exact=exact, max_chain=chain if exact else 1)
+        self.chain = chain if exact else 1
         self.use_draft = ctx.heads.has_draft and source is None
         self.source = source or PromptLookup()
         self.history: list[int] = []
@@ -130,6 +137,8 @@ class EarlyExitDecoder:
         self.next_cands: Optional[list[int]] = None
         self.t_draft = 0.0  # candidates from `source` (the draft head's time is in the steps')
         self.n_verified = self.n_accepted = 0  # exact mode: exit drafts checked, and right
+        self.n_passes = self.n_drafts = 0  # exact mode: verification passes, and the drafts they took
+        # (a chain's share one pass; drafts after a wrong one are not checked)
         self.t_verify = 0.0  # exact mode: in the verification passes
         self.switch = None
         if exact and adaptive:
@@ -169,45 +178,70 @@ class EarlyExitDecoder:
 
     def _exit_step(self, token: int, room: int) -> list[int]:
         ctx = self.ctx
-        if self.use_draft:
-            # the draft head catches up after a verification or plain steps here
-            cands = self.next_cands if self.next_cands is not None else ctx.draft_sync(token)
-        else:
-            t0 = time.perf_counter()
-            cands = self.source.candidates(self.history, self.k)
-            self.t_draft += time.perf_counter() - t0
-        step = ctx.decode_with_candidates(token, cands)
+        step = ctx.decode_with_candidates(token, self._candidates(token, self.history))
         self.next_cands = step.next
         self.exit_layers.append(step.exit_layer)
         if self.exact and step.exit_layer < ctx.model.n_layer:
-            return self._emit(self._verify(step.token, room))
+            return self._emit(self._chain_and_verify(step, room))
         # with sampling, the draft head has already stepped on the exit layer's
         # argmax; its next guesses then condition on that token (a known
         # approximation: candidates are only guesses, the output stays exact)
         return self._emit([step.token if self.sampler.greedy else self.sampler.sample(ctx.logits())])
 
-    def _verify(self, draft: int, room: int) -> list[int]:
-        """The exit's token is a draft: one pass completes the exited token
-        beside it; returns the verified tokens (the draft and the token after
-        it, or full depth's token in its place)."""
+    def _candidates(self, token: int, text: Sequence[int]) -> list[int]:
+        """The k guesses for the token after `token` (the last of `text`)."""
+        if self.use_draft:
+            # the draft head catches up after a verification or plain steps here
+            return self.next_cands if self.next_cands is not None else self.ctx.draft_sync(token)
+        t0 = time.perf_counter()
+        cands = self.source.candidates(text, self.k)
+        self.t_draft += time.perf_counter() - t0
+        return cands
+
+    def _chain_and_verify(self, step, room: int) -> list[int]:
+        """After an exit: while the chain may grow (its length, the tokens
+        wanted, the context's cells), a step for the draft may exit too, at
+        or below the last exit layer; one pass then verifies every draft.
+        Returns the verified tokens."""
+        ctx, drafts = self.ctx, [step.token]
+        while (len(drafts) < self.chain and len(drafts) + 1 < room and ctx.n_past + 2 <= ctx.n_ctx):
+            step = ctx.decode_with_candidates(drafts[-1], self._candidates(drafts[-1], self.history + drafts))
+            self.next_cands = step.next
+            self.exit_layers.append(step.exit_layer)
+            if step.token < 0:
+                break  # no exit up to the chain's last exit layer: the chain ends with this token
+            drafts.append(step.token)
+        return self._verify(drafts, with_last=step.token >= 0, room=room)
+
+    def _verify(self, drafts: list[int], with_last: bool, room: int) -> list[int]:
+        """The exits' tokens are drafts: one pass completes the pending
+        tokens, beside the last draft unless its own step stopped without an
+        exit (`with_last` False: it is pending itself), and checks the drafts
+        in order; returns the verified tokens: the drafts up to the first
+        wrong one, then full depth's token there or the token after the last
+        draft."""
         ctx, sampler = self.ctx, self.sampler
         t0 = time.perf_counter()
-        ctx.verify_exit(draft)
+        ctx.verify_exit(drafts[-1] if with_last else -1)
         self.t_verify += time.perf_counter() - t0
         self.next_cands = None  # the draft head syncs on the verified tokens' full-depth features
-        self.n_verified += 1
-        if sampler.greedy:
-            first = ctx.argmax(0)
-            accepted = first == draft
-        else:
-            accepted, first = check_point_draft(sampler, ctx.logits(0), draft)
-        if not accepted:
-            ctx.truncate(ctx.n_past - 1)  # the draft's position goes
-            return [first]
-        self.n_accepted += 1
-        if room < 2:
-            return [draft]  # the last token wanted: what follows it is not
-        return [draft, ctx.argmax(1) if sampler.greedy else sampler.sample(ctx.logits(1))]
+        self.n_passes += 1
+        self.n_drafts += len(drafts)
+        base = ctx.n_past - len(drafts) - 1  # the first pending token's position; row i checks drafts[i]
+        for i, draft in enumerate(drafts):
+            self.n_verified += 1
+            if sampler.greedy:
+                first = ctx.argmax(i)
+                accepted = first == draft
+            else:
+                accepted, first = check_point_draft(sampler, ctx.logits(i), draft)
+            if not accepted:
+                ctx.truncate(base + i + 1)  # the wrong draft's position and those after it go
+                return drafts[:i] + [first]
+            self.n_accepted += 1
+        last = len(drafts)  # the last row follows the last draft
+        after = ctx.argmax(last) if sampler.greedy else sampler.sample(ctx.logits(last))
+        return (drafts + [after])[:room]  # a token past the ones wanted is not emitted
 
     def _emit(self, tokens: list[int]) -> list[int]:
         self.history.extend(tokens)
@@ -221,6 +255,9 @@ class EarlyExitDecoder:
         if self.exact:
             out["exit_drafts_verified"] = self.n_verified
             out["exit_drafts_accepted"] = self.n_accepted
+            out["verification_passes"] = self.n_passes
+            out["exit_drafts"] = self.n_drafts
+            out["max_chain"] = self.chain
             out["verify_s"] = round(self.t_verify, 6)
             out["plain_steps"] = self.n_plain
         return out
@@ -237,16 +274,18 @@ def generate_specee(
     on_token: Optional[Callable[[int], None]] = None,
     exact: bool = True,
     adaptive: bool = True,
+    chain: int = DEFAULT_CHAIN,
 ) -> GenerationResult:
     """Like plain.generate, with early exit: the context must have heads
     attached (Context.set_heads). exact (default): plain decoding's output;
     exact=False is the paper's lossy exit, whose sampling needs each step's
-    full-vocabulary logits (verify_full)."""
+    full-vocabulary logits (verify_full). chain: exits one exact
+    verification may take (EarlyExitDecoder)."""
     sampler = sampler or Sampler()
     if not exact and not sampler.greedy and not ctx.exit_params()["verify_full"]:
         raise InvalidArgumentError("lossy early exit samples from each step's full-vocabulary logits: "
                                    "set verify_full=True")
-    decoder = EarlyExitDecoder(ctx, sampler, k, source, exact=exact, adaptive=adaptive)
+    decoder = EarlyExitDecoder(ctx, sampler, k, source, exact=exact, adaptive=adaptive, chain=chain)
     result = decode(decoder, ctx, prompt, max_tokens, stop_ids, on_token)
     log.info("specee: %d steps, %.1f tok/s, mean exit layer %.2f of %d, exit ratio %.3f", result.n_decode_steps,
              result.decode_tok_s, result.extra["mean_exit_layer"], ctx.model.n_layer, result.extra["exit_ratio"])
