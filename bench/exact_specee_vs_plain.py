@@ -32,7 +32,7 @@ from pathlib import Path
 from machine import cpu_model, report
 from vanilla_vs_llama_bench import llama_bench_tok_s
 
-from specee.decoding.early_exit import generate_specee
+from specee.decoding.early_exit import DEFAULT_CHAIN, generate_specee
 from specee.decoding.plain import generate
 from specee.engine import Heads, Model
 from specee.evaluation.datasets import load_mtbench
@@ -41,13 +41,14 @@ from specee.heads.shipped import default_heads
 from specee.tokenizer import Tokenizer
 from specee.tokenizer.chat_template import chat_prompt_ids, read_chat_template
 
-VARIANTS = {  # name: (exact, verify_full, adaptive)
-    "exact-full": (True, True, False),
-    "exact-candidates": (True, False, False),
+VARIANTS = {  # name: (exact, verify_full, adaptive, exits a verification takes)
+    "exact-full": (True, True, False, DEFAULT_CHAIN),
+    "exact-candidates": (True, False, False, DEFAULT_CHAIN),
+    "exact-candidates-chain1": (True, False, False, 1),
     # what --mode specee runs: candidates, with the exit switch, which the
     # prompts share (one heads object): after the first, a session's state
-    "exact-default": (True, False, True),
-    "lossy-full": (False, True, False),
+    "exact-default": (True, False, True, DEFAULT_CHAIN),
+    "lossy-full": (False, True, False, 1),
 }
 
 
@@ -63,16 +64,18 @@ def run_variant(model, heads, ids, args, stop_ids, name: str) -> dict:
             r = generate(ctx, ids, args.n, stop_ids=stop_ids)
             return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s,
                     "prefill_s": r.prefill_s}
-        exact, verify_full, adaptive = VARIANTS[name]
+        exact, verify_full, adaptive, chain = VARIANTS[name]
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=verify_full)
-        r = generate_specee(ctx, ids, args.n, heads.n_candidates, stop_ids=stop_ids, exact=exact, adaptive=adaptive)
+        r = generate_specee(ctx, ids, args.n, heads.n_candidates, stop_ids=stop_ids, exact=exact, adaptive=adaptive,
+                            chain=chain)
         x = r.extra
         return {"tokens": r.tokens, "tok_s": r.decode_tok_s, "n": r.n_decode_steps, "decode_s": r.decode_s,
                 "prefill_s": r.prefill_s, "exit_ratio": x["exit_ratio"], "mean_exit_layer": x["mean_exit_layer"],
                 "steps": len(x["exit_layers"]), "verified": x.get("exit_drafts_verified", 0),
                 "accepted": x.get("exit_drafts_accepted", 0), "verify_s": x.get("verify_s", 0.0),
-                "plain_steps": x.get("plain_steps", 0)}
+                "plain_steps": x.get("plain_steps", 0), "exit_drafts": x.get("exit_drafts", 0),
+                "passes": x.get("verification_passes", 0)}
 
 
 def _per_step(runs: list[dict], key: str):
@@ -121,6 +124,7 @@ def main() -> int:
     for name in variants:
         runs = [r[name] for r in rows]
         verified = sum(x["verified"] for x in runs)
+        passes = sum(x.get("passes", 0) for x in runs)
         summary.setdefault(name, {}).update({
             "median_ratio_vs_plain": round(statistics.median(x["tok_s"] / r["plain"]["tok_s"]
                                                              for x, r in zip(runs, rows)), 4),
@@ -136,9 +140,12 @@ def main() -> int:
             "plain_steps": sum(x["plain_steps"] for x in runs),
             "drafts_accepted": sum(x["accepted"] for x in runs),
             "acceptance": round(sum(x["accepted"] for x in runs) / verified, 4) if verified else None,
-            # a verification pass in plain steps: 1 (the draft's own step) + c F (the exited token's rest)
-            "verify_pass_in_plain_steps": round(sum(x["verify_s"] for x in runs) / verified / plain_step_s, 4)
-            if verified else None,
+            # drafts a verification pass took (a chain's share one pass), and the
+            # pass in plain steps: 1 (the last draft's own step) + c F per exited token
+            "verification_passes": passes,
+            "drafts_per_pass": round(sum(x.get("exit_drafts", 0) for x in runs) / passes, 4) if passes else None,
+            "verify_pass_in_plain_steps": round(sum(x["verify_s"] for x in runs) / passes / plain_step_s, 4)
+            if passes else None,
         })
     out = {"model": str(path), "kernels": args.kernels, "threads": args.threads, "n": args.n,
            "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "n_prompts": len(rows),

@@ -83,7 +83,7 @@ def test_c_program_links_and_runs(tmp_path, tiny_llama):
 def test_ctypes_example_decodes_like_the_package(tmp_path):
     """examples/ctypes_decode.py (ctypes alone) gives the tokens and exit
     layers of specee.decoding.early_exit.generate_specee (exact, exits
-    always tried) for the same heads, and those are plain greedy decoding's."""
+    always tried, one exit a verification) for the same heads, and those are plain greedy decoding's."""
     sys.path.insert(0, str(HERE / "fuzz"))
     import seeds
     from specee.decoding.early_exit import generate_specee
@@ -105,7 +105,8 @@ def test_ctypes_example_decodes_like_the_package(tmp_path):
     with Model(model_path) as m, Heads(m, heads_path) as heads, m.context(n_ctx=32, n_threads=1) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=True, adaptive=False)
+        # the example verifies each exit by the next pass: no chains
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, exact=True, adaptive=False, chain=1)
         ctx.set_heads(None)
         ctx.truncate(0)
         plain = generate(ctx, prompt, n)
@@ -145,7 +146,7 @@ def test_c_example_decodes_like_the_package(tmp_path):
         ctx.truncate(0)
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False)
-        want = generate_specee(ctx, prompt, n, heads.n_candidates, adaptive=False)
+        want = generate_specee(ctx, prompt, n, heads.n_candidates, adaptive=False, chain=1)  # as the example
     assert tokens == want.tokens == plain and exit_layers == want.extra["exit_layers"]
     assert want.extra["exit_drafts_verified"] > 0  # the example's verification path ran
     bad = subprocess.run([str(exe), str(model_path), str(tmp_path / "missing.gguf"), "4", "1"],

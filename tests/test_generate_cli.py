@@ -1,6 +1,7 @@
 """The decode loop and the CLI on the tiny model."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -188,6 +189,23 @@ def test_cli_specee_mode_is_exact_by_default(tiny6_heads, capsys):
     assert runs["exact"]["exact"] is True and runs["exact"]["exit_drafts_verified"] > 0
     assert runs["exact"]["exit_drafts_accepted"] < runs["exact"]["exit_drafts_verified"]  # misses happened
     assert runs["lossy"]["exact"] is False and runs["lossy"]["tokens"] != runs["vanilla"]["tokens"]
+
+
+def test_cli_exit_chain_sets_how_many_exits_a_verification_takes(tiny6_heads, capsys):
+    path, heads = tiny6_heads
+    base = ["-q", "generate", "--model", path, "--prompt", "hello world", "-n", "24", "--json", "--temp", "0"]
+    assert cli.main(base + ["--mode", "vanilla"]) == 0
+    want = json.loads(capsys.readouterr().out)["tokens"]
+    exact = base + ["--mode", "specee", "--heads", str(heads["always"]), "--verify", "candidates"]
+    for n in (1, 3):
+        assert cli.main(exact + ["--exit-chain", str(n)]) == 0
+        run = json.loads(capsys.readouterr().out)
+        assert run["tokens"] == want and run["max_chain"] == n
+        assert (run["verification_passes"] < run["exit_drafts"]) == (n > 1)
+    for bad in (["--exit-chain", "0"], ["--exit-chain", "2", "--lossy"]):
+        with pytest.raises(SystemExit) if bad[1] == "0" else contextlib.nullcontext():
+            assert cli.main(exact + bad) == 1
+    assert "goes with --mode specee without --lossy" in capsys.readouterr().err
 
 
 def test_cli_stats_line_says_when_the_output_may_differ(tiny6_heads, capsys):

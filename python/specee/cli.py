@@ -18,7 +18,7 @@ from .fetch import FetchError, fetch_model, known_models
 from .decoding.decoders import decode
 from .decoding.modes import check_mode, open_decoder
 from .heads.head_file import DRAFT_DTYPES
-from .ranges import (AGREEMENT, COUNT, LISTEN_PORT, MILLISECONDS, MIN_P, PORT, SEED, SEQUENCE_LENGTH,
+from .ranges import (AGREEMENT, CHAIN, COUNT, LISTEN_PORT, MILLISECONDS, MIN_P, PORT, SEED, SEQUENCE_LENGTH,
                      TEMPERATURE, THRESHOLD, TOP_P, ZERO_OR_MORE)
 from .decoding.sampling import Sampler
 from .heads.shipped import NoHeadsError, heads_or_shipped
@@ -73,7 +73,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     sampler = Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
-    check_mode(args.mode, sampler.greedy, args.verify, args.lossy)
+    check_mode(args.mode, sampler.greedy, args.verify, args.lossy, args.exit_chain)
     if args.mode != "speculative" and (args.draft is not None or args.draft_max is not None):
         raise SystemExit("specee: --draft and --draft-max go with --mode speculative")
     text = _read_prompt(args)
@@ -101,7 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                    heads_path=args.heads)
         decoder = open_decoder(ctx, args.mode, sampler, heads=heads, threshold=args.threshold, verify=args.verify,
                                drafter=drafter, draft_max=args.draft_max, lossy=args.lossy, router=args.router,
-                               skip_agreement=args.skip_agreement)
+                               skip_agreement=args.skip_agreement, exit_chain=args.exit_chain)
         stream = tok.stream_decoder(skip_special=True)
         echo = None
         if not args.json:
@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verify", choices=["full", "candidates"],
                    help=VERIFY_HELP)
     g.add_argument("--lossy", action="store_true", help=LOSSY_HELP)
+    g.add_argument("--exit-chain", type=CHAIN.arg, metavar="N",
+                   help="with --mode specee (exact): up to N consecutive exits share one verification pass; "
+                        "a later exit never leaves above an earlier one's layer (default: 4; 1: each exit is "
+                        "verified by the next pass)")
     g.add_argument("--router", type=existing_file,
                    help="with --mode speculative --lossy: the depth router file (default: NAME.router.json beside "
                         "the head file NAME.gguf; `specee train router` makes one)")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # exits one verification may take in exact mode: after an exit, steps for its
 # draft may exit too (never above the last exit layer), and one pass checks
-# every draft of the chain (docs/exact-specee.md#chains)
+# every draft of the chain (docs/exact-specee.md, "What is built")
 DEFAULT_CHAIN = 4
 
 
@@ -111,6 +111,8 @@ class EarlyExitDecoder:
     against full depth (docs/exact-specee.md), so the output is plain
     decoding's: greedy token for token, sampled in distribution (a draft is
     accepted with chance p(draft), speculative sampling for a point mass).
+    Up to `chain` exits in a row share that pass: the step for a draft may
+    exit too, never above the last exit layer.
     With `adaptive` (exact mode only, the default) an ExitSwitch measures
     steps that try to exit against plain steps on the text at hand and keeps
     to the cheaper kind (exit_switch.py; shared by the contexts of the same

@@ -7,9 +7,9 @@ import os
 from typing import Callable, Optional, Sequence
 
 from ..engine import Context, Heads, InvalidArgumentError
-from ..ranges import AGREEMENT, THRESHOLD
+from ..ranges import AGREEMENT, CHAIN, THRESHOLD
 from .decoders import Decoder, PlainDecoder
-from .early_exit import EarlyExitDecoder
+from .early_exit import DEFAULT_CHAIN, EarlyExitDecoder
 from .sampling import Sampler
 from .speculative.cost import CostCurve
 from .speculative.drafters import Drafter
@@ -20,7 +20,8 @@ MODES = ("vanilla", "specee", "speculative")
 VERIFY = ("full", "candidates")
 
 
-def check_mode(mode: str, greedy: bool, verify: Optional[str] = None, lossy: bool = False) -> None:
+def check_mode(mode: str, greedy: bool, verify: Optional[str] = None, lossy: bool = False,
+               exit_chain: Optional[int] = None) -> None:
     """Refuses a mode and settings that no decoder runs with, before anything
     loads (open_decoder asks again)."""
     if mode not in MODES:
@@ -34,20 +35,25 @@ def check_mode(mode: str, greedy: bool, verify: Optional[str] = None, lossy: boo
         raise InvalidArgumentError("lossy early exit samples from each step's full-vocabulary logits, which "
                                    "verification by candidates skips: use --verify full or --temp 0 (in a request: "
                                    "specee.verify \"full\" or temperature 0)")
+    if exit_chain is not None and (mode != "specee" or lossy):
+        raise InvalidArgumentError("a chain of exits is what exact early exit verifies in one pass: it goes with "
+                                   "--mode specee without --lossy")
 
 
 def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[Heads] = None,
                  threshold: Optional[float] = None, verify: Optional[str] = None,
                  drafter: Optional[Drafter] = None, draft_max: Optional[int] = None,
                  curve: Optional[Callable[[Sequence[int]], CostCurve]] = None, lossy: bool = False,
-                 router: Optional[str | os.PathLike] = None, skip_agreement: Optional[float] = None) -> Decoder:
+                 router: Optional[str | os.PathLike] = None, skip_agreement: Optional[float] = None,
+                 exit_chain: Optional[int] = None) -> Decoder:
     """A decoder for `mode` on `ctx`, whose cache is empty.
 
     vanilla: full depth. specee: early exit with `heads` (attached to `ctx`
     unless they already are; `threshold` and `verify` override their file's
     settings): exact, an exit's token is a draft the rest of the model checks
     (plain decoding's output; exits pick from the candidates unless `verify`
-    says "full"), unless `lossy` (the paper's early exit, whose
+    says "full"; up to `exit_chain` exits, default 4, share one verification),
+    unless `lossy` (the paper's early exit, whose
     sampling draws from each step's full-vocabulary logits, so it verifies
     fully unless `verify` says "candidates", which is refused).
     speculative: drafts from `drafter`, at most `draft_max` a verification,
@@ -55,7 +61,7 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     `lossy`, rows leave the verification early as the depth router
     (`router`, default: the one beside the EAGLE drafter's head file) says
     for `skip_agreement` (default: the router's)."""
-    check_mode(mode, sampler.greedy, verify, lossy)
+    check_mode(mode, sampler.greedy, verify, lossy, exit_chain)
     if mode == "vanilla":
         return PlainDecoder(ctx, sampler)
     if mode == "speculative":
@@ -66,6 +72,7 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     if heads is None:
         raise InvalidArgumentError("early exit needs heads (the shipped ones for known models, or --heads PATH)")
     THRESHOLD.check_optional("threshold", threshold)
+    CHAIN.check_optional("exit_chain", exit_chain)
     if ctx.heads is not heads:
         ctx.set_heads(heads)  # with their file's exit settings
     changes = {"threshold": threshold} if threshold is not None else {}
@@ -79,7 +86,8 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
         changes["verify_full"] = verify != "candidates"
     if changes:
         ctx.set_exit_params(**changes)
-    return EarlyExitDecoder(ctx, sampler, heads.n_candidates, exact=not lossy)
+    return EarlyExitDecoder(ctx, sampler, heads.n_candidates, exact=not lossy,
+                            chain=DEFAULT_CHAIN if exit_chain is None else exit_chain)
 
 
 def open_router(drafter: Drafter, n_layer: int, path: Optional[str | os.PathLike] = None,
