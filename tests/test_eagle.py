@@ -105,3 +105,25 @@ def test_eagle_needs_heads_with_a_draft(tiny6, tmp_path):
                 open_drafter("eagle", m, 64, ctx=ctx, heads_path=tmp_path / "nodraft.gguf")
             with pytest.raises(ValueError, match="no trained heads ship"):
                 open_drafter("eagle", m, 64, ctx=ctx)
+
+
+def test_an_eagle_drafter_leaves_heads_it_was_given_open(tiny6, heads_file):
+    """The server and `specee eval` share one set of heads between requests
+    and items: closing a drafter must not close them."""
+    path, _ = heads_file
+    with Model(tiny6) as m, Heads(m, path) as heads:
+        for _ in range(2):
+            with m.context(n_ctx=64, n_threads=1) as ctx:
+                drafter = open_drafter("eagle", m, 64, 1, ctx=ctx, heads=heads)
+                drafter.close()
+                assert ctx.heads is None
+        with m.context(n_ctx=64, n_threads=1) as ctx:
+            ctx.set_heads(heads)  # still open and usable
+            ctx.prefill(PROMPT)
+            assert len(ctx.draft_sync(1)) == heads.n_candidates
+        with m.context(n_ctx=64, n_threads=1) as ctx:
+            drafter = open_drafter("eagle", m, 64, 1, ctx=ctx, heads_path=path)
+            opened = drafter.heads
+            drafter.close()
+            with pytest.raises(Exception):
+                ctx.set_heads(opened)  # the drafter opened these: they went with it

@@ -323,9 +323,9 @@ def _item_drafter(kind: str, drafter, ctx, heads: Optional[Heads]):
     """The speculative mode's drafter for one item: the shared text drafter
     plus exit steps in this item's context (both left open for the next
     item), or the text drafter alone without heads; for eagle and spadec,
-    the head file's draft head in this context (closed after the item)."""
+    the run's heads' draft head in this context (the heads stay open)."""
     if kind in ("eagle", "spadec"):
-        eagle = open_drafter("eagle", ctx.model, ctx.n_ctx, ctx.n_threads, ctx=ctx, heads_path=heads.path)
+        eagle = open_drafter("eagle", ctx.model, ctx.n_ctx, ctx.n_threads, ctx=ctx, heads=heads)
         try:
             yield eagle
         finally:

@@ -207,7 +207,7 @@ def open_drafter(spec: str, target: Model, n_ctx: int, n_threads: int = 0,
             heads = Heads(target, heads_path)
         try:
             shape, branches = eagle_shape(arg)
-            return EagleDrafter(ctx, heads, heads.path, branches=branches, shape=shape)
+            return EagleDrafter(ctx, heads, heads.path, branches=branches, shape=shape, owns_heads=opened)
         except Exception:
             if opened:
                 heads.close()

@@ -38,11 +38,12 @@ class EagleDrafter:
     name = "eagle"
 
     def __init__(self, ctx: Context, heads: Heads, heads_path: str | os.PathLike, branches: int = 3,
-                 shape: str = "tree"):
+                 shape: str = "tree", owns_heads: bool = True):
         """Attaches `heads` (with a draft head) to `ctx`, whose cache must be
         empty: the draft head follows the target from the prompt on.
         `branches`: children per expanded node (tree), or tokens per step
-        (chain: the best guess and branches - 1 runners-up)."""
+        (chain: the best guess and branches - 1 runners-up). `owns_heads`:
+        close the heads with the drafter (not when others share them)."""
         if shape not in SHAPES:
             raise InvalidArgumentError(f"EAGLE draft shape must be one of {', '.join(SHAPES)}, not {shape!r}")
         if not heads.has_draft:
@@ -51,6 +52,7 @@ class EagleDrafter:
             raise InvalidArgumentError("the EAGLE drafter needs an empty context (attach before the prompt)")
         ctx.set_heads(heads)
         self.ctx, self.heads, self.branches, self.shape = ctx, heads, branches, shape
+        self.owns_heads = owns_heads
         if shape == "chain":
             self.name = "eagle:chain"
         # one draft step reads the head's weights: their share of the model's
@@ -88,4 +90,5 @@ class EagleDrafter:
 
     def close(self) -> None:
         self.ctx.set_heads(None)
-        self.heads.close()
+        if self.owns_heads:
+            self.heads.close()
