@@ -96,17 +96,19 @@ def test_rows_of_the_verification_pass_are_plain_steps_bit_for_bit(tiny6, tmp_pa
 @pytest.mark.skipif(kernels_isa() == "none", reason="no specee kernel runs on this CPU")
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_1"])
 @pytest.mark.parametrize("kernels", ["ggml", "specee"])
-def test_quantized_models_stay_exact(tiny_model_factory, tmp_path, qtype, kernels):
+@pytest.mark.parametrize("chain", [1, 4])
+def test_quantized_models_stay_exact(tiny_model_factory, tmp_path, qtype, kernels, chain):
     path = tiny_model_factory(arch="qwen2", qtype=qtype, tied=False, n_layer=4, seed=3)
     want = vanilla_tokens(path, 16, kernels=kernels)
     with Model(path, kernels=kernels) as m, always_exit_heads(tmp_path / "h.gguf", m, [1]) as heads, \
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False, use_online=False)
-        got = generate_specee(ctx, PROMPT, 16, heads.n_candidates, source=Fixed(want, len(PROMPT)),
-                              adaptive=False)
+        got = generate_specee(ctx, PROMPT, 16, heads.n_candidates, source=Fixed(want, len(PROMPT), period=3),
+                              adaptive=False, chain=chain)
     assert got.tokens == want
     assert 0 < got.extra["exit_drafts_accepted"] < got.extra["exit_drafts_verified"]
+    assert (got.extra["verification_passes"] < got.extra["exit_drafts"]) == (chain > 1)
 
 
 def test_with_a_draft_head_the_output_stays_plain(tiny6, tmp_path):

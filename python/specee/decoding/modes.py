@@ -52,7 +52,7 @@ def open_decoder(ctx: Context, mode: str, sampler: Sampler, *, heads: Optional[H
     unless they already are; `threshold` and `verify` override their file's
     settings): exact, an exit's token is a draft the rest of the model checks
     (plain decoding's output; exits pick from the candidates unless `verify`
-    says "full"; up to `exit_chain` exits, default 4, share one verification),
+    says "full"; up to `exit_chain` exits, default 1, share one verification),
     unless `lossy` (the paper's early exit, whose
     sampling draws from each step's full-vocabulary logits, so it verifies
     fully unless `verify` says "candidates", which is refused).
