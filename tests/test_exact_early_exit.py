@@ -232,7 +232,7 @@ def test_exit_switch_keeps_to_the_cheaper_kind():
     for _ in range(400):
         kind = switch.use_exits()
         seen.append(kind)
-        switch.record(kind, 1.0 if kind else 0.5, 1)  # exits cost twice as much per token
+        switch.record(kind, 0.52 if kind else 0.5, 1)  # exits cost 4% more per token
     windows = [seen[i] for i in range(0, 400, 4)]
     assert windows[:2] == [True, False]  # each kind measured once
     explored = [i for i, kind in enumerate(windows) if kind and i > 0]
@@ -246,6 +246,21 @@ def test_exit_switch_keeps_to_the_cheaper_kind():
     assert switch.best is True and switch.use_exits()
     with pytest.raises(ValueError):
         ExitSwitch(window=0)
+
+
+def test_exit_switch_hardly_looks_again_at_a_kind_far_behind():
+    """Exits at twice a plain step's cost (more than the 10% margin): after
+    the first two windows the switch explores them only every 12 windows."""
+    switch = ExitSwitch(window=4, explore_every=3, max_explore_every=12)
+    seen = []
+    for _ in range(400):
+        kind = switch.use_exits()
+        seen.append(kind)
+        switch.record(kind, 1.0 if kind else 0.5, 1)
+    windows = [seen[i] for i in range(0, 400, 4)]
+    explored = [i for i, kind in enumerate(windows) if kind]
+    assert explored[0] == 0 and all(b - a == 13 for a, b in zip(explored[1:], explored[2:]))
+    assert explored[1] == 13
 
 
 def test_the_exit_switch_starts_where_an_earlier_process_left_it(tmp_path):
