@@ -559,6 +559,34 @@ static void group_packed(model & m) {
     }
 }
 
+// Each product node's successor in a decode step (packed_weight::next):
+// per layer Q/K/V, the attention output, gate/up, down; then the output.
+static void link_packed_order(model & m) {
+    std::vector<std::vector<const model::packed_weight *>> nodes;
+    auto add = [&](std::initializer_list<const ggml_tensor *> ts) {
+        if (const model::packed_set * set = m.packed_set_for(*ts.begin())) {
+            nodes.push_back(set->parts);
+            return;
+        }
+        for (const ggml_tensor * t : ts) {
+            if (const model::packed_weight * pw = m.packed_for(t)) {
+                nodes.push_back({pw});
+            }
+        }
+    };
+    for (const layer_weights & L : m.layers) {
+        add({L.wqkv});
+        add({L.wq, L.wk, L.wv});
+        add({L.wo});
+        add({L.ffn_gate, L.ffn_up});
+        add({L.ffn_down});
+    }
+    add({m.output});
+    for (size_t i = 0; i + 1 < nodes.size(); ++i) {
+        const_cast<model::packed_weight *>(nodes[i].front())->next = nodes[i + 1];
+    }
+}
+
 static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check,
                          const std::set<const ggml_tensor *> & to_pack) {
     const uint64_t data_offset = gguf_get_data_offset(gctx);
@@ -659,6 +687,7 @@ void load_model(model & m, const char * path, const specee_model_params & params
     place_weights(m, params.use_repack && !m.devices.any_offload(), params.amx_decode);
     read_weights(m, gctx, f.get(), params.check_tensors, matrices_to_pack(m, params));
     group_packed(m);
+    link_packed_order(m);
     m.attention_isa    = kernels::best_isa();
     m.specee_attention = params.kernels == SPECEE_KERNELS_SPECEE && m.attention_isa != kernels::isa::reference &&
                          !m.devices.any_offload() && m.hp.n_embd_head % kernels::ATTENTION_LANES == 0;

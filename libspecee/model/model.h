@@ -119,6 +119,10 @@ struct model {
     struct packed_weight {
         kernels::packed_matrix matrix;
         kernels::isa           isa = kernels::isa::reference;
+        // the matrices of the product node that follows this one (the
+        // first of its node) in a decode step: each thread starts their
+        // rows on their way to its cache while it waits at the barrier
+        std::vector<const packed_weight *> next;
     };
     std::unordered_map<const ggml_tensor *, packed_weight> packed;
     const packed_weight * packed_for(const ggml_tensor * w) const {
