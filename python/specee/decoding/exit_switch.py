@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from ..measurements import read_record, write_record
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: costs without each window's first step
 
 
 class ExitSwitch:
@@ -34,11 +34,14 @@ class ExitSwitch:
     token runs, and now and then a window measures the other kind again:
     after `explore_every` windows, a gap that doubles each time the other
     kind loses again (up to `max_explore_every`) and starts over when the
-    better kind changes; a kind that costs more than `clear_margin` more per
-    token than the other is looked at again only every `max_explore_every`
-    windows (SmolLM2-135M's exit steps cost 1.2 plain ones: each exploration
-    of them is a window at that cost). Per kind, the time per token is an
-    exponential average over its windows (weight `alpha` for the newest)."""
+    better kind changes; a kind measured at least twice that costs more than
+    `clear_margin` more per token than the other is looked at again only
+    every `max_explore_every` windows (SmolLM2-135M's exit steps cost 1.2
+    plain ones: each exploration of them is a window at that cost). Per
+    kind, the time per token is an exponential average over its windows
+    (weight `alpha` for the newest), leaving out each window's first step,
+    which pays for what the other kind left behind (a graph built on first
+    use, a draft head catching up)."""
 
     def __init__(self, window: int = 16, explore_every: int = 8, alpha: float = 0.5, max_explore_every: int = 64,
                  store: Optional[Path] = None, clear_margin: float = 0.10):
@@ -53,8 +56,10 @@ class ExitSwitch:
         self.best: Optional[bool] = None
         self.cost: dict[bool, Optional[float]] = {True: None, False: None}  # seconds per token
         self.current = True      # the kind this window runs
-        self._tokens = 0         # tokens of the current window so far
+        self._tokens = 0         # tokens of the current window so far (after its first step)
         self._seconds = 0.0
+        self._first = True       # the window's first step is still to come
+        self.measured = {True: 0, False: 0}  # windows measured per kind
         self.store = store
         if store is not None:
             self._load(store)
@@ -84,13 +89,17 @@ class ExitSwitch:
 
     def record(self, used_exits: bool, seconds: float, n_tokens: int) -> None:
         """A step of kind `used_exits` took `seconds` and emitted `n_tokens`."""
+        if self._first:
+            self._first = False  # a warm-up: not the kind's own cost
+            return
         self._seconds += seconds
         self._tokens += n_tokens
         if self._tokens >= self.window:
             per_token = self._seconds / self._tokens
             old = self.cost[used_exits]
             self.cost[used_exits] = per_token if old is None else self.alpha * per_token + (1 - self.alpha) * old
-            self._tokens, self._seconds = 0, 0.0
+            self.measured[used_exits] += 1
+            self._tokens, self._seconds, self._first = 0, 0.0, True
             previous, self.current = self.current, self._next_kind()
             # kept when both kinds are first known, and after each exploration
             if self.store is not None and None not in self.cost.values() and (old is None or self.current != previous):
@@ -100,7 +109,8 @@ class ExitSwitch:
         if self.cost[False] is None:
             return False  # the second window measures plain steps
         best = self.cost[True] <= self.cost[False]
-        clear = self.cost[not best] > (1.0 + self.clear_margin) * self.cost[best]
+        clear = (self.measured[not best] >= 2 and
+                 self.cost[not best] > (1.0 + self.clear_margin) * self.cost[best])
         if best != self.best:
             self.best, self.gap, self.since_explore = best, self.base_gap, 0  # start over
         elif self.current != best:
