@@ -258,6 +258,22 @@ def test_exit_switch_leaves_out_each_windows_first_step():
     assert switch.cost == {True: 1.0, False: 0.5} and switch.use_exits() is False
 
 
+def test_one_slow_window_does_not_decide_the_switch():
+    """Plain steps measured once on a slowed host (1.3 a token), then at
+    their true 1.0, against exits at 1.03: each kind's cost is the mean of its
+    two cheapest recent windows, so the slow window soon stops counting and
+    plain steps win back."""
+    switch = ExitSwitch(window=1, explore_every=2, max_explore_every=8)
+    plain_windows = 0
+    for _ in range(40):
+        kind = switch.use_exits()
+        switch.record(kind, 99.0, 1)  # the window's warm-up step, left out
+        if not kind:
+            plain_windows += 1
+        switch.record(kind, 1.03 if kind else (1.3 if plain_windows == 1 else 1.0), 1)
+    assert switch.best is False and switch.cost == {True: 1.03, False: 1.0}
+
+
 def test_exit_switch_hardly_looks_again_at_a_kind_far_behind():
     """Exits at twice a plain step's cost (more than the 10% margin): once
     measured twice, the switch explores them only every 12 windows."""
