@@ -302,6 +302,26 @@ def test_the_exit_switch_starts_where_an_earlier_process_left_it(tmp_path):
     assert ExitSwitch(store=store).use_exits() is True  # an unreadable store: measure again
 
 
+def test_a_wrong_stored_cost_is_measured_again_after_the_usual_gap(tmp_path):
+    """An earlier process read plain steps as dearer than exits (a slowed
+    window): this one starts with exits but measures plain steps again after
+    `explore_every` windows, and keeps to them once they prove cheaper."""
+    store = tmp_path / "switch.json"
+    ExitSwitch(store=store)  # nothing to load yet
+    from specee.measurements import write_record
+    from specee.decoding.exit_switch import STORE_VERSION
+    write_record(store, {"cost_exits": 1.0, "cost_plain": 2.0}, STORE_VERSION, "test")
+    switch = ExitSwitch(window=1, explore_every=3, store=store)
+    kinds = []
+    for _ in range(8):
+        kind = switch.use_exits()
+        kinds.append(kind)
+        switch.record(kind, 99.0, 1)  # the warm-up step
+        switch.record(kind, 1.0 if kind else 0.5, 1)
+    assert kinds[:4] == [True, True, True, False] and kinds[4:] == [False] * 4
+    assert switch.cost == {True: 1.0, False: 0.5}
+
+
 def test_contexts_of_the_same_heads_and_threads_share_a_switch(tiny6, tmp_path):
     with Model(tiny6) as m, always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads:
         with m.context(n_ctx=64, n_threads=1) as a, m.context(n_ctx=64, n_threads=1) as b, \

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from ..measurements import read_record, write_record
 
-STORE_VERSION = 2  # 2: costs without each window's first step
+STORE_VERSION = 3  # 2: costs without each window's first step; 3: no exploration gap
 
 
 class ExitSwitch:
@@ -70,23 +70,21 @@ class ExitSwitch:
 
     def _load(self, path: Path) -> None:
         """Starts from an earlier process's costs: with the kind that was
-        cheaper, exploring the other as often as it had come to."""
+        cheaper, and the usual gap before the other is measured again (after
+        128 tokens by default), so that a reading an earlier process got
+        wrong does not outlive its next check."""
         record = read_record(path, STORE_VERSION)
         try:
             cost = {True: float(record["cost_exits"]), False: float(record["cost_plain"])}
-            gap = int(record["gap"])
         except (TypeError, KeyError, ValueError):
             return
         if min(cost.values()) <= 0.0:
             return
-        self.cost = cost
-        for kind in (True, False):
-            self.windows[kind].append(cost[kind])
+        self.cost = cost  # until this process measures a kind, which then replaces its cost
         self.best = self.current = cost[True] <= cost[False]
-        self.gap = min(max(gap, self.base_gap), self.max_gap)
 
     def _save(self) -> None:
-        write_record(self.store, {"cost_exits": self.cost[True], "cost_plain": self.cost[False], "gap": self.gap},
+        write_record(self.store, {"cost_exits": self.cost[True], "cost_plain": self.cost[False]},
                      STORE_VERSION, "the exit switch's step costs")
 
     def use_exits(self) -> bool:
