@@ -111,19 +111,44 @@ def test_quantized_models_stay_exact(tiny_model_factory, tmp_path, qtype, kernel
     assert (got.extra["verification_passes"] < got.extra["exit_drafts"]) == (chain > 1)
 
 
-def test_with_a_draft_head_the_output_stays_plain(tiny6, tmp_path):
+@pytest.mark.parametrize("chain", [1, 4])
+def test_with_a_draft_head_the_output_stays_plain(tiny6, tmp_path, chain):
     """The draft head proposes the candidates; after each verification it
-    syncs on both positions' full-depth features (and after a miss on the
-    kept one only)."""
-    want = vanilla_tokens(tiny6, 20)
+    syncs on every position's full-depth features (and after a miss on the
+    kept ones only). In a chain it guesses the next candidates from the exit
+    layer's feature."""
+    want = vanilla_tokens(tiny6, 24)
     with Model(tiny6) as m, \
             always_exit_heads(tmp_path / "h.gguf", m, [2], draft=random_draft(Reference(tiny6), seed=7)) as heads, \
             m.context(n_ctx=64) as ctx:
         ctx.set_heads(heads)
         ctx.set_exit_params(verify_full=False, use_online=False)
-        got = generate_specee(ctx, PROMPT, 20, heads.n_candidates, adaptive=False)
+        got = generate_specee(ctx, PROMPT, 24, heads.n_candidates, adaptive=False, chain=chain)
         assert got.extra["draft"] == "draft head" and got.extra["exit_drafts_verified"] > 0
+        assert (got.extra["verification_passes"] < got.extra["exit_drafts"]) == (chain > 1)
     assert got.tokens == want
+
+
+def first_token_and_next_distribution(m: Model, sampler_kw: dict) -> tuple[int, np.ndarray]:
+    """Greedy's first token after PROMPT, and the sampler's distribution after it."""
+    with m.context(n_ctx=64) as ctx:
+        ctx.prefill(PROMPT)
+        first = ctx.argmax()
+        ctx.decode(first)
+        return first, Sampler(**sampler_kw).probabilities(ctx.logits())
+
+
+def seeded_decoders(m: Model, heads_path, sampler_kw: dict, source, n: int, chain: int = 1):
+    """For seeds 0..n-1, an exact early-exit decoder (exits forced at layer
+    3) just after PROMPT in a fresh cache, sampling with `sampler_kw`."""
+    with always_exit_heads(heads_path, m, [2]) as heads, m.context(n_ctx=64) as ctx:
+        ctx.set_heads(heads)
+        ctx.set_exit_params(verify_full=False, use_online=False)
+        for seed in range(n):
+            ctx.truncate(0)
+            ctx.prefill(PROMPT)
+            yield EarlyExitDecoder(ctx, Sampler(seed=seed, **sampler_kw), heads.n_candidates, source=source,
+                                   adaptive=False, chain=chain)
 
 
 def test_sampling_keeps_plain_samplings_distribution(tiny6, tmp_path):
@@ -132,22 +157,11 @@ def test_sampling_keeps_plain_samplings_distribution(tiny6, tmp_path):
     distribution is plain sampling's (total variation within sampling noise)."""
     sampler_kw = dict(temperature=1.5, top_k=6)
     with Model(tiny6) as m:
-        with m.context(n_ctx=64) as ctx:
-            ctx.prefill(PROMPT)
-            first = ctx.argmax()
-            ctx.decode(first)
-            p = Sampler(**sampler_kw).probabilities(ctx.logits())
+        first, p = first_token_and_next_distribution(m, sampler_kw)
         draft = int(np.argsort(p)[-2])  # the second likeliest: accepted about p(draft) of the time
         n, counts = 3000, np.zeros(p.size)
-        with always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=64) as ctx:
-            ctx.set_heads(heads)
-            ctx.set_exit_params(verify_full=False, use_online=False)
-            for seed in range(n):
-                ctx.truncate(0)
-                ctx.prefill(PROMPT)
-                decoder = EarlyExitDecoder(ctx, Sampler(seed=seed, **sampler_kw), heads.n_candidates,
-                                           source=_Always(draft), adaptive=False)
-                counts[decoder.step(first, 2)[0]] += 1
+        for decoder in seeded_decoders(m, tmp_path / "h.gguf", sampler_kw, _Always(draft), n):
+            counts[decoder.step(first, 2)[0]] += 1
     tv = 0.5 * np.abs(counts / n - p).sum()
     assert tv < 0.04, (tv, np.nonzero(p)[0], counts[np.nonzero(p)[0]] / n, p[np.nonzero(p)[0]])
     assert 0.0 < p[draft] < 1.0 and counts[draft] > 0

@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reference import Reference
-from specee.decoding.early_exit import EarlyExitDecoder, generate_specee
+from specee.decoding.early_exit import generate_specee
 from specee.decoding.sampling import Sampler
 from specee.engine import ContextFullError, Heads, InvalidArgumentError, Model
 from specee.heads.head_file import constant_predictor, write_heads
-from test_draft_head import random_draft
-from test_exact_early_exit import ALWAYS, PROMPT, Fixed, always_exit_heads, vanilla_tokens
+from test_exact_early_exit import (ALWAYS, PROMPT, Fixed, always_exit_heads, first_token_and_next_distribution,
+                                  seeded_decoders, vanilla_tokens)
 
 NEVER = -40.0
 
@@ -164,20 +163,6 @@ def test_greedy_output_with_chains_is_plain_decodings(tiny6, tmp_path, period, c
     assert 0 < extra["exit_drafts_accepted"] < extra["exit_drafts_verified"]
 
 
-def test_with_a_draft_head_chains_keep_the_output(tiny6, tmp_path):
-    """The draft head guesses a chain's next candidates from the exit layer's
-    feature; after the verification it syncs on full depth's."""
-    want = vanilla_tokens(tiny6, 24)
-    with Model(tiny6) as m, \
-            always_exit_heads(tmp_path / "h.gguf", m, [2], draft=random_draft(Reference(tiny6), seed=7)) as heads, \
-            m.context(n_ctx=64) as ctx:
-        ctx.set_heads(heads)
-        ctx.set_exit_params(verify_full=False, use_online=False)
-        got = generate_specee(ctx, PROMPT, 24, heads.n_candidates, adaptive=False, chain=4)
-        assert got.extra["verification_passes"] < got.extra["exit_drafts"]
-    assert got.tokens == want
-
-
 def test_a_chains_missed_drafts_leave_the_online_schedule_as_it_was(tiny6, tmp_path):
     """Chains of two exits at layer 3 (offline layer 2), the first draft right
     and the second wrong: each chain leaves one exit for the online schedule
@@ -212,36 +197,29 @@ def test_sampling_after_a_chain_keeps_plain_samplings_distribution(tiny6, tmp_pa
     is plain sampling's."""
     sampler_kw = dict(temperature=1.5, top_k=4)
     with Model(tiny6) as m:
+        first, p1 = first_token_and_next_distribution(m, sampler_kw)
+        joint = np.zeros((p1.size, p1.size))
         with m.context(n_ctx=64) as ctx:
-            ctx.prefill(PROMPT)
-            first = ctx.argmax()
-            ctx.decode(first)
-            p1 = Sampler(**sampler_kw).probabilities(ctx.logits())
-            joint = np.zeros((p1.size, p1.size))
+            ctx.prefill(PROMPT + [first])
             for x1 in np.nonzero(p1)[0]:
                 ctx.truncate(len(PROMPT) + 1)
                 ctx.decode(int(x1))
                 joint[x1] = p1[x1] * Sampler(**sampler_kw).probabilities(ctx.logits())
         draft = int(np.argsort(p1)[-2])  # accepted about p(draft) of the time
         n, counts = 3000, np.zeros_like(joint)
-        with always_exit_heads(tmp_path / "h.gguf", m, [2]) as heads, m.context(n_ctx=64) as ctx:
-            ctx.set_heads(heads)
-            ctx.set_exit_params(verify_full=False, use_online=False)
-            for seed in range(n):
-                ctx.truncate(0)
-                ctx.prefill(PROMPT)
-                decoder = EarlyExitDecoder(ctx, Sampler(seed=seed, **sampler_kw), heads.n_candidates,
-                                           source=_Always(draft), adaptive=False, chain=2)
-                out = decoder.step(first, 3)
-                while len(out) < 2:
-                    out += decoder.step(out[-1], 3 - len(out))
-                counts[out[0], out[1]] += 1
+        for decoder in seeded_decoders(m, tmp_path / "h.gguf", sampler_kw, _Same(draft), n, chain=2):
+            out = decoder.step(first, 3)
+            while len(out) < 2:
+                out += decoder.step(out[-1], 3 - len(out))
+            counts[out[0], out[1]] += 1
     tv = 0.5 * np.abs(counts / n - joint).sum()
     assert tv < 0.08, tv
     assert counts[draft].sum() > 0
 
 
-class _Always:
+class _Same:
+    """Every candidate the same token: each exit's draft is that token."""
+
     def __init__(self, token: int):
         self.token = token
 
