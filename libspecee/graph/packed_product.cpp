@@ -101,9 +101,10 @@ void multiply_groups(const model::packed_weight * const * parts, size_t n_parts,
 // with, fetched towards its cache while it waits at the barrier and the
 // small operations between products run: without it each node's weights
 // start cold, and a node of a small model reads only 0.1-0.5 MB a thread.
-// 64 KB measured best among 8 KB to 512 KB (the whole share evicts what the
-// current node still reads): SmolLM2-135M 1.05x, Qwen2.5-Coder-0.5B 1.06x,
-// -1.5B 1.03x decode (docs/kernels.md, "Prefetching the next node").
+// Of 32 KB to 512 KB, 64 KB and 128 KB measured best (about a thread's whole
+// share evicts what the current node still reads): SmolLM2-135M 1.05x,
+// Qwen2.5-Coder-0.5B 1.06x, -1.5B 1.03x decode (docs/kernels.md,
+// "Prefetching the next node").
 constexpr size_t prefetch_bytes = 65536;
 
 // Thread ith's rows of a node: groups [total * ith / nth, total * (ith + 1) / nth).
