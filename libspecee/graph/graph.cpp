@@ -41,9 +41,16 @@ static int64_t exact_plane_width(const ggml_tensor * w) {
     return repacked ? 3 : 1;
 }
 
+// W's packed copy when specee's kernels take this product (x: [k, n] with
+// n <= max_packed_columns), else nullptr.
+static const model::packed_weight * packed_for_product(const model & m, const ggml_tensor * w, const ggml_tensor * x) {
+    const model::packed_weight * pw = m.packed_for(w);
+    return pw && x->ne[1] <= max_packed_columns && x->ne[2] == 1 ? pw : nullptr;
+}
+
 ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x, bool as_steps) {
     const int64_t n     = x->ne[1];
-    if (const model::packed_weight * pw = m.packed_for(w); pw && n <= max_packed_columns && x->ne[2] == 1) {
+    if (const model::packed_weight * pw = packed_for_product(m, w, x)) {
         return packed_product(ctx0, *pw, w, x);  // every column as a one-column step, no planes needed
     }
     const int64_t width = as_steps ? exact_plane_width(w) : n;
@@ -64,7 +71,7 @@ ggml_tensor * product(ggml_context * ctx0, const model & m, ggml_tensor * w, ggm
 
 ggml_tensor * product_plus(ggml_context * ctx0, const model & m, ggml_tensor * w, ggml_tensor * x,
                            ggml_tensor * residual, bool as_steps) {
-    if (const model::packed_weight * pw = m.packed_for(w); pw && x->ne[1] <= max_packed_columns && x->ne[2] == 1) {
+    if (const model::packed_weight * pw = packed_for_product(m, w, x)) {
         return packed_product(ctx0, *pw, w, x, residual);
     }
     return ggml_add(ctx0, residual, product(ctx0, m, w, x, as_steps));

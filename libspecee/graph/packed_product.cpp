@@ -107,15 +107,20 @@ void multiply_groups(const model::packed_weight * const * parts, size_t n_parts,
 // "Prefetching the next node").
 constexpr size_t prefetch_bytes = 65536;
 
+// Groups of 16 rows over all `parts` of a node.
+int64_t total_groups(const model::packed_weight * const * parts, size_t n_parts) {
+    int64_t total = 0;
+    for (size_t i = 0; i < n_parts; ++i) {
+        total += parts[i]->matrix.n_rows / kernels::ROW_GROUP;
+    }
+    return total;
+}
+
 // Thread ith's rows of a node: groups [total * ith / nth, total * (ith + 1) / nth).
 int64_t first_group(int64_t total, int ith, int nth) { return total * ith / nth; }
 
 void prefetch_share(const std::vector<const model::packed_weight *> & next, int ith, int nth) {
-    int64_t total = 0;
-    for (const model::packed_weight * pw : next) {
-        total += pw->matrix.n_rows / kernels::ROW_GROUP;
-    }
-    int64_t g    = first_group(total, ith, nth);
+    int64_t g    = first_group(total_groups(next.data(), next.size()), ith, nth);
     size_t  left = prefetch_bytes;
     for (const model::packed_weight * pw : next) {
         const int64_t groups = pw->matrix.n_rows / kernels::ROW_GROUP;
@@ -143,10 +148,7 @@ void prefetch_share(const std::vector<const model::packed_weight *> & next, int 
 // product; then each prefetches its rows of the next node.
 void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, const void * xq, int64_t n,
                     float * y, int ith, int nth, ggml_tensor * const * addends = nullptr) {
-    int64_t total = 0;
-    for (size_t i = 0; i < n_parts; ++i) {
-        total += parts[i]->matrix.n_rows / kernels::ROW_GROUP;
-    }
+    const int64_t total = total_groups(parts, n_parts);
     multiply_groups(parts, n_parts, xq, n, y, first_group(total, ith, nth), first_group(total, ith + 1, nth), addends);
     prefetch_share(parts[0]->next, ith, nth);
 }

@@ -157,6 +157,9 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
     forward_plan   plan = plan_at_end(1);
     auto &         chain = early_exit_.chain;
     const size_t   chain_before = chain.size();
+    // this step's exit feature feeds the draft head (a lossy exit, or an exact
+    // one that a chained step may follow)
+    const bool     exit_feature = exit_feature_wanted();
 
     int32_t exit_layers = hp.n_layer;  // layers computed when the token was chosen
     int32_t chosen      = -1;
@@ -175,7 +178,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
             plan.n_logits     = 0;
             plan.n_cand       = n_cand;
             // without the full-vocabulary pass, an exit's draft feature comes from here
-            const bool feature = has_draft() && !early_exit_.params.verify_full && exit_feature_wanted();
+            const bool feature = has_draft() && !early_exit_.params.verify_full && exit_feature;
             plan.hidden_layer = feature ? il + 1 : -1;
             plan.hidden_norm  = true;
             run(&token, plan, cands);
@@ -308,8 +311,7 @@ int32_t context::decode_with_candidates(int32_t token, const int32_t * cands, in
         early_exit_.stats.n_draft_top1 += chosen == cands[0];
         early_exit_.stats.n_draft_topk += std::find(cands, cands + n_cand, chosen) != cands + n_cand;
     }
-    const bool may_chain = exited && early_exit_.params.exact && int32_t(chain.size()) < early_exit_.params.max_chain;
-    if (has_draft() && chosen >= 0 && (chain.empty() || may_chain)) {
+    if (has_draft() && chosen >= 0 && (chain.size() == chain_before || exit_feature)) {
         // the draft's next guess, from this step's feature and chosen token
         // (after an exact exit the verification's full-depth features replace
         // it; a chain's next step takes the guess from the exit layer's)

@@ -63,7 +63,6 @@ class ExitSwitch:
         self._tokens = 0         # tokens of the current window so far (after its first step)
         self._seconds = 0.0
         self._first = True       # the window's first step is still to come
-        self.measured = {True: 0, False: 0}  # windows measured per kind
         self.store = store
         if store is not None:
             self._load(store)
@@ -103,7 +102,6 @@ class ExitSwitch:
             self.windows[used_exits].append(self._seconds / self._tokens)
             cheapest = sorted(self.windows[used_exits])[:2]
             self.cost[used_exits] = sum(cheapest) / len(cheapest)
-            self.measured[used_exits] += 1
             self._tokens, self._seconds, self._first = 0, 0.0, True
             previous, self.current = self.current, self._next_kind()
             # kept when both kinds are first known, and after each exploration
@@ -114,7 +112,8 @@ class ExitSwitch:
         if self.cost[False] is None:
             return False  # the second window measures plain steps
         best = self.cost[True] <= self.cost[False]
-        clear = (self.measured[not best] >= 2 and
+        behind = self.windows[not best]  # measured twice in this process (or as often as it keeps)
+        clear = (len(behind) >= min(2, behind.maxlen) and
                  self.cost[not best] > (1.0 + self.clear_margin) * self.cost[best])
         if best != self.best:
             self.best, self.gap, self.since_explore = best, self.base_gap, 0  # start over

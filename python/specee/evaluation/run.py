@@ -79,7 +79,8 @@ def make_tasks(name: str, records: Sequence[Any]) -> list[Task]:
 # ---- modes -------------------------------------------------------------------------------------
 
 
-MODE_KINDS = ("vanilla", "specee", "specee-lossy", "speculative", "eagle", "spadec")
+EAGLE_KINDS = ("eagle", "spadec")  # the heads' EAGLE draft head alone, without or with layer skipping
+MODE_KINDS = ("vanilla", "specee", "specee-lossy", "speculative") + EAGLE_KINDS
 
 
 def parse_mode(mode: str) -> tuple[str, Optional[float]]:
@@ -217,7 +218,7 @@ def evaluate(model_path: str | os.PathLike, datasets: Sequence[str], modes: Sequ
     items an earlier run with the same settings logged there are not run
     again (their speeds were measured then)."""
     parsed = check_evaluation(datasets, modes, limit, n_predict, threads, n_ctx, threshold)
-    needs_heads = any(kind.startswith("specee") or kind in ("eagle", "spadec") for kind, _ in parsed.values())
+    needs_heads = any(kind.startswith("specee") or kind in EAGLE_KINDS for kind, _ in parsed.values())
     tok = Tokenizer.from_gguf(model_path)
     template = read_chat_template(model_path)
     out: dict = {"model": os.fspath(model_path), "heads": os.fspath(heads_path) if heads_path else None,
@@ -291,7 +292,7 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
            "exit_drafted": 0, "exit_accepted": 0}
     with model.context(n_ctx=n_ctx, n_threads=threads) as ctx, \
             _item_drafter(kind, drafter, ctx, heads) as item_drafter:
-        if kind in ("eagle", "spadec"):  # the head file's draft head, in this item's context
+        if kind in EAGLE_KINDS:  # the head file's draft head, in this item's context
             decoder = open_decoder(ctx, "speculative", Sampler(), drafter=item_drafter, lossy=kind == "spadec",
                                    skip_agreement=mode_threshold)
         else:
@@ -307,7 +308,7 @@ def run_item(model: Model, ids: list[int], task: Task, mode: tuple[str, Optional
                 rec["tf_agree"], rec["tf_steps"] = teacher_forced(ctx, ids, n_predict, heads.n_candidates)
             else:  # exact: the full model checks every exit's draft
                 rec["drafted"], rec["accepted"] = g.extra["exit_drafts_verified"], g.extra["exit_drafts_accepted"]
-        elif kind in ("speculative", "eagle", "spadec"):
+        elif kind == "speculative" or kind in EAGLE_KINDS:
             rec["drafted"], rec["accepted"] = g.extra["drafted"], g.extra["accepted"]
             rec["exit_drafted"] = g.extra.get("exit_drafts_verified", 0)
             rec["exit_accepted"] = g.extra.get("exit_drafts_accepted", 0)
@@ -324,7 +325,7 @@ def _item_drafter(kind: str, drafter, ctx, heads: Optional[Heads]):
     plus exit steps in this item's context (both left open for the next
     item), or the text drafter alone without heads; for eagle and spadec,
     the run's heads' draft head in this context (the heads stay open)."""
-    if kind in ("eagle", "spadec"):
+    if kind in EAGLE_KINDS:
         eagle = open_drafter("eagle", ctx.model, ctx.n_ctx, ctx.n_threads, ctx=ctx, heads=heads)
         try:
             yield eagle
