@@ -17,7 +17,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 pytest.importorskip("markdown_it")
 
-from test_server import LIMIT, config, running, slow_steps  # noqa: E402,F401 (slow_steps: a fixture)
+from test_server import LIMIT, config, running, slow_down_steps  # noqa: E402
 
 CHROMIUM = os.environ.get("SPECEE_CHROMIUM") or next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -31,6 +31,14 @@ CHAT = "**/v1/chat/completions"
 @pytest.fixture(scope="module")
 def tiny(tiny_model_factory) -> str:
     return tiny_model_factory(tied=False, seed=3)
+
+
+@pytest.fixture
+def streaming_answer(monkeypatch):
+    """Each step takes 250 ms more, so an answer of LIMIT tokens streams for
+    16 s: the page is still answering when the test clicks, however loaded the
+    machine (at 20 ms a step it sometimes finished first)."""
+    slow_down_steps(monkeypatch, 0.25)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +143,7 @@ def lines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
-def test_stop_ends_the_answer_and_keeps_it_in_the_history(page, slow_steps):
+def test_stop_ends_the_answer_and_keeps_it_in_the_history(page, streaming_answer):
     page.fill("#max_tokens", str(LIMIT))
     ask(page, "tell me a story")
     answer = page.locator(".msg.assistant")
@@ -156,7 +164,7 @@ def test_stop_ends_the_answer_and_keeps_it_in_the_history(page, slow_steps):
     assert lines(history[1]["content"]) == lines(shown)
 
 
-def test_new_chat_while_an_answer_streams_starts_clean(page, slow_steps):
+def test_new_chat_while_an_answer_streams_starts_clean(page, streaming_answer):
     page.fill("#max_tokens", str(LIMIT))
     ask(page, "tell me a long story")
     playwright_api.expect(page.locator(".msg.assistant")).not_to_have_text("", timeout=WAIT_MS)

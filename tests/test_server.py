@@ -138,15 +138,20 @@ def single(tiny):
         yield srv
 
 
-@pytest.fixture
-def slow_steps(monkeypatch):
-    """Each decode step takes 20 ms more, so a request outlives its client."""
+def slow_down_steps(monkeypatch, seconds: float) -> None:
+    """Each decode step takes `seconds` more."""
     for name in ("step", "step_batched"):  # alone, and after a batched pass
         def slow(self, ctx, step=getattr(Job, name)):
-            time.sleep(0.02)
+            time.sleep(seconds)
             step(self, ctx)
 
         monkeypatch.setattr(Job, name, slow)
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each decode step takes 20 ms more, so a request outlives its client."""
+    slow_down_steps(monkeypatch, 0.02)
 
 
 def reference(model: str, ids: list[int], max_tokens: int, sampler: Sampler | None = None) -> str:
