@@ -98,12 +98,14 @@ void multiply_groups(const model::packed_weight * const * parts, size_t n_parts,
 }
 
 // The first bytes of the rows this thread starts the next product node
-// with (model::packed_weight::next_prefetch_bytes of them), fetched towards
-// its cache while it waits at the barrier and the small operations between
-// products run: without it each node's weights start cold, and a node of a
-// small model reads only 0.1-0.5 MB a thread. SmolLM2-135M 1.05x,
+// with, fetched towards its cache while it waits at the barrier and the
+// small operations between products run: without it each node's weights
+// start cold, and a node of a small model reads only 0.1-0.5 MB a thread.
+// Of 32 KB to 512 KB, 64 KB and 128 KB measured best (about a thread's whole
+// share evicts what the current node still reads): SmolLM2-135M 1.05x,
 // Qwen2.5-Coder-0.5B 1.06x, -1.5B 1.03x decode (docs/kernels.md,
 // "Prefetching the next node").
+constexpr size_t prefetch_bytes = 65536;
 
 // Groups of 16 rows over all `parts` of a node.
 int64_t total_groups(const model::packed_weight * const * parts, size_t n_parts) {
@@ -117,12 +119,9 @@ int64_t total_groups(const model::packed_weight * const * parts, size_t n_parts)
 // Thread ith's rows of a node: groups [total * ith / nth, total * (ith + 1) / nth).
 int64_t first_group(int64_t total, int ith, int nth) { return total * ith / nth; }
 
-// Up to `bytes` of thread ith's rows of the node `next`, never past them.
-void prefetch_share(const std::vector<const model::packed_weight *> & next, size_t bytes, int ith, int nth) {
-    const int64_t total       = total_groups(next.data(), next.size());
-    int64_t       g           = first_group(total, ith, nth);
-    int64_t       groups_left = first_group(total, ith + 1, nth) - g;  // of this thread's share
-    size_t        left        = bytes;
+void prefetch_share(const std::vector<const model::packed_weight *> & next, int ith, int nth) {
+    int64_t g    = first_group(total_groups(next.data(), next.size()), ith, nth);
+    size_t  left = prefetch_bytes;
     for (const model::packed_weight * pw : next) {
         const int64_t groups = pw->matrix.n_rows / kernels::ROW_GROUP;
         if (g >= groups) {
@@ -131,15 +130,13 @@ void prefetch_share(const std::vector<const model::packed_weight *> & next, size
         }
         const size_t group_bytes = size_t(pw->matrix.n_blocks()) * pw->matrix.block_bytes();
         const char * p           = reinterpret_cast<const char *>(pw->matrix.data.data()) + size_t(g) * group_bytes;
-        const int64_t here        = std::min(groups - g, groups_left);
-        const size_t  n           = std::min(left, size_t(here) * group_bytes);
+        const size_t n           = std::min(left, size_t(groups - g) * group_bytes);
         for (size_t off = 0; off < n; off += 64) {
             __builtin_prefetch(p + off, /*rw=*/0, /*locality=*/2);
         }
         left -= n;
-        groups_left -= here;
         g = 0;
-        if (left == 0 || groups_left == 0) {
+        if (left == 0) {
             break;
         }
     }
@@ -153,7 +150,7 @@ void multiply_parts(const model::packed_weight * const * parts, size_t n_parts, 
                     float * y, int ith, int nth, ggml_tensor * const * addends = nullptr) {
     const int64_t total = total_groups(parts, n_parts);
     multiply_groups(parts, n_parts, xq, n, y, first_group(total, ith, nth), first_group(total, ith + 1, nth), addends);
-    prefetch_share(parts[0]->next, parts[0]->next_prefetch_bytes, ith, nth);
+    prefetch_share(parts[0]->next, ith, nth);
 }
 
 // dst [m, n] = W x (+ src[2], the residual); userdata: W's packed weight.

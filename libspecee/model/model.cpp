@@ -559,46 +559,31 @@ static void group_packed(model & m) {
     }
 }
 
-// How much of its share of the next product node a thread prefetches
-// (packed_weight::next_prefetch_bytes). Of 32 KB to 512 KB, 64 KB and 128 KB
-// measured best (about a thread's whole share evicts what the current node
-// still reads); before the attention output, behind the attention block's
-// 10-15 microseconds, 128 KB measured 1.03x SmolLM2-135M decode against 64
-// KB (docs/kernels.md, "Prefetching the next node").
-constexpr size_t prefetch_bytes           = 65536;
-constexpr size_t prefetch_bytes_attention = 131072;
-
 // Each product node's successor in a decode step (packed_weight::next):
 // per layer Q/K/V, the attention output, gate/up, down; then the output.
 static void link_packed_order(model & m) {
-    struct node {
-        std::vector<const model::packed_weight *> parts;
-        bool after_attention;
-    };
-    std::vector<node> nodes;
-    auto add = [&](std::initializer_list<const ggml_tensor *> ts, bool after_attention = false) {
+    std::vector<std::vector<const model::packed_weight *>> nodes;
+    auto add = [&](std::initializer_list<const ggml_tensor *> ts) {
         if (const model::packed_set * set = m.packed_set_for(*ts.begin())) {
-            nodes.push_back({set->parts, after_attention});
+            nodes.push_back(set->parts);
             return;
         }
         for (const ggml_tensor * t : ts) {
             if (const model::packed_weight * pw = m.packed_for(t)) {
-                nodes.push_back({{pw}, after_attention});
+                nodes.push_back({pw});
             }
         }
     };
     for (const layer_weights & L : m.layers) {
         add({L.wqkv});
         add({L.wq, L.wk, L.wv});
-        add({L.wo}, /*after_attention=*/true);
+        add({L.wo});
         add({L.ffn_gate, L.ffn_up});
         add({L.ffn_down});
     }
     add({m.output});
     for (size_t i = 0; i + 1 < nodes.size(); ++i) {
-        auto * pw                = const_cast<model::packed_weight *>(nodes[i].parts.front());
-        pw->next                 = nodes[i + 1].parts;
-        pw->next_prefetch_bytes  = nodes[i + 1].after_attention ? prefetch_bytes_attention : prefetch_bytes;
+        const_cast<model::packed_weight *>(nodes[i].front())->next = nodes[i + 1];
     }
 }
 

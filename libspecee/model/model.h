@@ -123,9 +123,6 @@ struct model {
         // first of its node) in a decode step: each thread starts their
         // rows on their way to its cache while it waits at the barrier
         std::vector<const packed_weight *> next;
-        // how many bytes of its share of `next` a thread asks for: more
-        // where the attention block runs in between (set with `next`)
-        size_t next_prefetch_bytes = 0;
     };
     std::unordered_map<const ggml_tensor *, packed_weight> packed;
     const packed_weight * packed_for(const ggml_tensor * w) const {
