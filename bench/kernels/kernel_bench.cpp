@@ -6,6 +6,8 @@
 //
 // usage: specee-kernel-bench TYPE ROWS COLS [threads=1] [max_columns=8] [seconds=1]
 //   TYPE q4_k | q6_k | q8_0 | q5_0 | q4_1 | bandwidth (then ROWS is the buffer size in MiB)
+//        specee-kernel-bench step TYPE LAYERS N_EMBD N_QKV N_FF OUT_TYPE N_VOCAB [threads=2] [seconds=2]
+//   the products of one decode step and nothing else (see step_stream)
 // Output: one JSON object a line (bench/kernels.py runs it and tabulates).
 #include "kernels/kernels.h"
 
@@ -88,6 +90,142 @@ static void bandwidth(int64_t mib, int threads, double seconds) {
            n * 8 / t / 1e9);
 }
 
+// A type name of the command line, or nullptr.
+struct type_pair { const char * name; ggml_type gt; weight_type wt; };
+static const type_pair * find_type(const std::string & name) {
+    static const type_pair types[] = {{"q4_k", GGML_TYPE_Q4_K, weight_type::q4_k}, {"q6_k", GGML_TYPE_Q6_K, weight_type::q6_k},
+                                      {"q8_0", GGML_TYPE_Q8_0, weight_type::q8_0}, {"q5_0", GGML_TYPE_Q5_0, weight_type::q5_0},
+                                      {"q4_1", GGML_TYPE_Q4_1, weight_type::q4_1}};
+    const type_pair * tp = std::find_if(std::begin(types), std::end(types), [&](const type_pair & t) { return name == t.name; });
+    return tp == std::end(types) ? nullptr : tp;
+}
+
+// Rows x cols of random normal weights quantized by ggml to `type`.
+static std::vector<uint8_t> random_weights(ggml_type type, int64_t rows, int64_t cols, std::mt19937 & rng) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const size_t         row_bytes = ggml_row_size(type, cols);
+    std::vector<uint8_t> wq(row_bytes * rows);
+    std::vector<float>   wf((size_t) cols * 256);
+    for (int64_t r0 = 0; r0 < rows; r0 += 256) {
+        const int64_t nr = std::min<int64_t>(256, rows - r0);
+        for (auto & v : wf) v = nd(rng) * 0.02f;
+        ggml_quantize_chunk(type, wf.data(), wq.data() + r0 * row_bytes, 0, nr, cols, nullptr);
+    }
+    return wq;
+}
+
+// A packed matrix of rows x cols of `t`, random weights.
+static packed_matrix random_packed(const type_pair & t, int64_t rows, int64_t cols, std::mt19937 & rng) {
+    const std::vector<uint8_t> wq = random_weights(t.gt, rows, cols, rng);
+    packed_matrix pm;
+    std::string   why;
+    if (!repack(t.wt, wq.data(), rows, cols, pm, &why)) {
+        fprintf(stderr, "repack: %s\n", why.c_str());
+        exit(1);
+    }
+    return pm;
+}
+
+// The products of one decode step of a llama-shaped model, in its order
+// (per layer Q/K/V as one node, the attention output, gate/up as one node,
+// down; then the output matrix), each split by row groups over the threads
+// of a persistent pool, with a spin barrier after each node as ggml has, and
+// nothing else: no norms, attention or quantization. What a step's products
+// cost when nothing else runs: the floor that the model's graph compares to.
+// With `prefetch`, each thread asks for the first 64 KB of its rows of the
+// next node before the barrier, as packed_product does.
+static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t qkv, int64_t ff, const type_pair & out_t,
+                        int64_t vocab, int threads, double seconds) {
+    std::mt19937 rng(7);
+    struct node { std::vector<packed_matrix> parts; };
+    std::vector<node> nodes;
+    for (int l = 0; l < layers; ++l) {
+        nodes.push_back({{}});
+        nodes.back().parts.push_back(random_packed(t, qkv, embd, rng));
+        nodes.push_back({{}});
+        nodes.back().parts.push_back(random_packed(t, embd, embd, rng));
+        nodes.push_back({{}});
+        nodes.back().parts.push_back(random_packed(t, 2 * ff, embd, rng));
+        nodes.push_back({{}});
+        nodes.back().parts.push_back(random_packed(t, embd, ff, rng));
+    }
+    nodes.push_back({{}});
+    nodes.back().parts.push_back(random_packed(out_t, vocab, embd, rng));
+    double bytes = 0;
+    for (const node & n : nodes) bytes += double(n.parts[0].data.size());
+    // activations: one column, large enough for the widest input
+    const int64_t max_k = std::max(embd, ff);
+    if (takes_q8_k(t.wt) != takes_q8_k(out_t.wt)) {
+        fprintf(stderr, "step: %s and %s take different activation types\n", t.name, out_t.name);
+        exit(2);
+    }
+    const ggml_type at = takes_q8_k(t.wt) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+    std::vector<uint8_t> xa(ggml_row_size(at, max_k));
+    {
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> xf(max_k);
+        for (auto & v : xf) v = nd(rng);
+        ggml_get_type_traits_cpu(at)->from_float(xf.data(), xa.data(), max_k);
+    }
+    std::vector<float> y(size_t(vocab) + 4 * ff);
+    const isa fast = best_isa();
+
+    for (int prefetch = 0; prefetch < 2; ++prefetch) {
+        std::atomic<int> arrived{0}, generation{0};
+        auto barrier = [&](int nt) {
+            const int gen = generation.load(std::memory_order_relaxed);
+            if (arrived.fetch_add(1, std::memory_order_acq_rel) == nt - 1) {
+                arrived.store(0, std::memory_order_relaxed);
+                generation.fetch_add(1, std::memory_order_acq_rel);
+            } else {
+                while (generation.load(std::memory_order_acquire) == gen) _mm_pause();
+            }
+        };
+        std::atomic<bool> stop{false};
+        std::vector<double> step_s;
+        auto work = [&](int ith, int nt) {
+            for (;;) {
+                const double t0 = now_s();
+                for (size_t i = 0; i < nodes.size(); ++i) {
+                    const packed_matrix & w = nodes[i].parts[0];
+                    const int64_t groups = w.n_rows / ROW_GROUP;
+                    const int64_t g0 = groups * ith / nt, g1 = groups * (ith + 1) / nt;
+                    mul_mat(fast, w, xa.data(), 1, y.data(), w.n_rows, g0 * ROW_GROUP, g1 * ROW_GROUP);
+                    if (prefetch && i + 1 < nodes.size()) {
+                        const packed_matrix & nw = nodes[i + 1].parts[0];
+                        const int64_t ng = nw.n_rows / ROW_GROUP;
+                        const size_t gb = nw.data.size() / size_t(ng);
+                        const char * p = reinterpret_cast<const char *>(nw.data.data()) + size_t(ng * ith / nt) * gb;
+                        const size_t n = std::min<size_t>(65536, size_t(ng * (ith + 1) / nt - ng * ith / nt) * gb);
+                        for (size_t off = 0; off < n; off += 64) __builtin_prefetch(p + off, 0, 2);
+                    }
+                    barrier(nt);
+                }
+                if (ith == 0) {
+                    step_s.push_back(now_s() - t0);
+                    double spent = 0;
+                    for (double x : step_s) spent += x;
+                    stop.store(spent > seconds, std::memory_order_relaxed);
+                }
+                barrier(nt);
+                if (stop.load(std::memory_order_relaxed)) return;
+            }
+        };
+        parallel(threads, work);
+        std::vector<double> sorted = step_s;
+        std::sort(sorted.begin(), sorted.end());
+        double mean = 0;
+        for (double x : step_s) mean += x;
+        mean /= double(step_s.size());
+        printf("{\"kind\": \"step\", \"type\": \"%s\", \"out_type\": \"%s\", \"layers\": %d, \"nodes\": %zu, "
+               "\"mb\": %.1f, \"threads\": %d, \"prefetch\": %s, \"steps\": %zu, \"mean_ms\": %.3f, "
+               "\"median_ms\": %.3f, \"best_ms\": %.3f, \"mean_gb_s\": %.2f}\n",
+               t.name, out_t.name, layers, nodes.size(), bytes / 1e6, threads, prefetch ? "true" : "false",
+               step_s.size(), mean * 1e3, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, bytes / mean / 1e9);
+        fflush(stdout);
+    }
+}
+
 int main(int argc, char ** argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: %s q4_k|q6_k|bandwidth ROWS COLS [threads] [max_columns] [seconds]\n", argv[0]);
@@ -103,12 +241,20 @@ int main(int argc, char ** argv) {
         bandwidth(rows, threads, seconds);
         return 0;
     }
-    struct type_pair { const char * name; ggml_type gt; weight_type wt; };
-    const type_pair types[] = {{"q4_k", GGML_TYPE_Q4_K, weight_type::q4_k}, {"q6_k", GGML_TYPE_Q6_K, weight_type::q6_k},
-                               {"q8_0", GGML_TYPE_Q8_0, weight_type::q8_0}, {"q5_0", GGML_TYPE_Q5_0, weight_type::q5_0},
-                               {"q4_1", GGML_TYPE_Q4_1, weight_type::q4_1}};
-    const type_pair * tp = std::find_if(std::begin(types), std::end(types), [&](const type_pair & t) { return kind == t.name; });
-    if (tp == std::end(types)) {
+    if (kind == "step") {
+        const type_pair * t = find_type(argv[2]);
+        const type_pair * o = argc > 7 ? find_type(argv[7]) : nullptr;
+        if (argc < 9 || t == nullptr || o == nullptr) {
+            fprintf(stderr, "usage: %s step TYPE LAYERS N_EMBD N_QKV N_FF OUT_TYPE N_VOCAB [threads] [seconds]\n", argv[0]);
+            return 2;
+        }
+        ggml_cpu_init();
+        step_stream(*t, atoi(argv[3]), atoll(argv[4]), atoll(argv[5]), atoll(argv[6]), *o, atoll(argv[8]),
+                    argc > 9 ? atoi(argv[9]) : 2, argc > 10 ? atof(argv[10]) : 2.0);
+        return 0;
+    }
+    const type_pair * tp = find_type(kind);
+    if (tp == nullptr) {
         fprintf(stderr, "unknown type %s\n", kind.c_str());
         return 1;
     }
@@ -120,15 +266,7 @@ int main(int argc, char ** argv) {
     std::mt19937       rng(1234);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     const size_t       row_bytes = ggml_row_size(gt, cols);
-    std::vector<uint8_t> wq(row_bytes * rows);
-    {
-        std::vector<float> wf((size_t) cols * 256);
-        for (int64_t r0 = 0; r0 < rows; r0 += 256) {
-            const int64_t nr = std::min<int64_t>(256, rows - r0);
-            for (auto & v : wf) v = nd(rng) * 0.02f;
-            ggml_quantize_chunk(gt, wf.data(), wq.data() + r0 * row_bytes, 0, nr, cols, nullptr);
-        }
-    }
+    const std::vector<uint8_t> wq = random_weights(gt, rows, cols, rng);
     // activations: max_n columns quantized by ggml's CPU quantizer to the
     // type ggml pairs with the weights (Q8_K for the k-quants, else Q8_0)
     const ggml_type    at     = takes_q8_k(wt) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
