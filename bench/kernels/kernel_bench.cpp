@@ -27,8 +27,31 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <new>
 
 using namespace specee::kernels;
+
+// While `arena_next` is set, every allocation of this program comes from one
+// buffer, in order (64-byte aligned), so that step_stream can place matrices
+// one after another in memory; deletes of such blocks do nothing.
+static char * arena_begin = nullptr;
+static char * arena_next  = nullptr;
+static char * arena_end   = nullptr;
+
+void * operator new(size_t n) {
+    if (arena_next != nullptr && arena_next + n <= arena_end) {
+        void * p   = arena_next;
+        arena_next += (n + 63) & ~size_t(63);
+        return p;
+    }
+    if (void * p = malloc(n)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void * p) noexcept {
+    if (p >= (void *) arena_begin && p < (void *) arena_end) return;
+    free(p);
+}
+void operator delete(void * p, size_t) noexcept { operator delete(p); }
 
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -132,46 +155,95 @@ static packed_matrix random_packed(const type_pair & t, int64_t rows, int64_t co
 // of a persistent pool, with a spin barrier after each node as ggml has, and
 // nothing else: no norms, attention or quantization. What a step's products
 // cost when nothing else runs: the floor that the model's graph compares to.
-// With `prefetch`, each thread asks for the first 64 KB of its rows of the
-// next node before the barrier, as packed_product does.
+// Three ways, each run twice in the order A B C C B A (these hosts drift):
+//   per node               one matrix per node, as the library keeps them
+//   per node, prefetch     and each thread asks for the first 64 KB of its
+//                          rows of the next node before the barrier, as
+//                          packed_product does
+//   thread-major, prefetch each thread's rows of every node copied into one
+//                          buffer, one thread's whole step after the other's,
+//                          so that a thread's weights are one stream
+struct step_layout {
+    const char *                            name;
+    bool                                    prefetch;
+    std::vector<std::vector<packed_matrix>> rows;  // thread-major: [node][thread], that thread's rows
+};
+
+// Thread t's share of w (row groups split as the library splits them).
+static packed_matrix share_of(const packed_matrix & w, int t, int nt) {
+    const int64_t groups = w.n_rows / ROW_GROUP, g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
+    const size_t  gb     = w.data.size() / size_t(groups);
+    packed_matrix m;
+    m.type   = w.type;
+    m.n_rows = (g1 - g0) * ROW_GROUP;
+    m.n_cols = w.n_cols;
+    m.data.assign(w.data.begin() + g0 * gb, w.data.begin() + g1 * gb);
+    return m;
+}
+
+// The shares of every node, allocated one after another from one buffer,
+// thread by thread.
+static std::vector<std::vector<packed_matrix>> thread_major(const std::vector<packed_matrix> & nodes, int nt,
+                                                            std::vector<char> & buffer) {
+    size_t total = 0;
+    for (const packed_matrix & w : nodes) total += w.data.size() + size_t(nt) * 64;
+    buffer.assign(total + 64, 0);
+    std::vector<std::vector<packed_matrix>> out(nodes.size(), std::vector<packed_matrix>(nt));
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        for (int t = 0; t < nt; ++t) out[i][t] = share_of(nodes[i], t, nt);
+    }
+    arena_begin = buffer.data();
+    arena_next  = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+    arena_end   = buffer.data() + buffer.size();
+    for (int t = 0; t < nt; ++t) {
+        for (size_t i = 0; i < nodes.size(); ++i) {
+            std::vector<uint8_t> placed(out[i][t].data);  // allocated here, right after the previous share
+            out[i][t].data.swap(placed);                  // (the old block is freed outside the arena)
+        }
+    }
+    arena_next = nullptr;
+    return out;
+}
+
 static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t qkv, int64_t ff, const type_pair & out_t,
                         int64_t vocab, int threads, double seconds) {
     std::mt19937 rng(7);
-    struct node { std::vector<packed_matrix> parts; };
-    std::vector<node> nodes;
+    std::vector<packed_matrix> nodes;
     for (int l = 0; l < layers; ++l) {
-        nodes.push_back({{}});
-        nodes.back().parts.push_back(random_packed(t, qkv, embd, rng));
-        nodes.push_back({{}});
-        nodes.back().parts.push_back(random_packed(t, embd, embd, rng));
-        nodes.push_back({{}});
-        nodes.back().parts.push_back(random_packed(t, 2 * ff, embd, rng));
-        nodes.push_back({{}});
-        nodes.back().parts.push_back(random_packed(t, embd, ff, rng));
+        nodes.push_back(random_packed(t, qkv, embd, rng));
+        nodes.push_back(random_packed(t, embd, embd, rng));
+        nodes.push_back(random_packed(t, 2 * ff, embd, rng));
+        nodes.push_back(random_packed(t, embd, ff, rng));
     }
-    nodes.push_back({{}});
-    nodes.back().parts.push_back(random_packed(out_t, vocab, embd, rng));
+    nodes.push_back(random_packed(out_t, vocab, embd, rng));
     double bytes = 0;
-    for (const node & n : nodes) bytes += double(n.parts[0].data.size());
-    // activations: one column, large enough for the widest input
-    const int64_t max_k = std::max(embd, ff);
+    for (const packed_matrix & w : nodes) bytes += double(w.data.size());
     if (takes_q8_k(t.wt) != takes_q8_k(out_t.wt)) {
         fprintf(stderr, "step: %s and %s take different activation types\n", t.name, out_t.name);
         exit(2);
     }
+    // activations: one column, as wide as the widest input
     const ggml_type at = takes_q8_k(t.wt) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0;
+    const int64_t   max_k = std::max(embd, ff);
     std::vector<uint8_t> xa(ggml_row_size(at, max_k));
     {
         std::normal_distribution<float> nd(0.0f, 1.0f);
-        std::vector<float> xf(max_k);
+        std::vector<float>              xf(max_k);
         for (auto & v : xf) v = nd(rng);
         ggml_get_type_traits_cpu(at)->from_float(xf.data(), xa.data(), max_k);
     }
-    std::vector<float> y(size_t(vocab) + 4 * ff);
+    std::vector<float> y(size_t(std::max(vocab, 2 * ff)));
     const isa fast = best_isa();
 
-    for (int prefetch = 0; prefetch < 2; ++prefetch) {
-        std::atomic<int> arrived{0}, generation{0};
+    std::vector<step_layout> layouts = {{"per node", false, {}}, {"per node, prefetch", true, {}},
+                                        {"thread-major, prefetch", true, {}}};
+    std::vector<char> buffer;
+    layouts[2].rows = thread_major(nodes, threads, buffer);  // the per-node layouts read `nodes` itself
+
+    std::vector<std::vector<double>> steps(layouts.size());
+    for (int v : {0, 1, 2, 2, 1, 0}) {
+        std::atomic<int>  arrived{0}, generation{0};
+        std::atomic<bool> stop{false};
         auto barrier = [&](int nt) {
             const int gen = generation.load(std::memory_order_relaxed);
             if (arrived.fetch_add(1, std::memory_order_acq_rel) == nt - 1) {
@@ -181,47 +253,59 @@ static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t q
                 while (generation.load(std::memory_order_acquire) == gen) _mm_pause();
             }
         };
-        std::atomic<bool> stop{false};
-        std::vector<double> step_s;
+        // thread ith's rows of node i: a pointer to its first group and how many rows
+        auto rows_of = [&](size_t i, int ith, int nt, const packed_matrix *& w, int64_t & r0, int64_t & r1) {
+            if (v == 2) {
+                w = &layouts[2].rows[i][ith];
+                r0 = 0, r1 = w->n_rows;
+                return;
+            }
+            w = &nodes[i];
+            const int64_t groups = w->n_rows / ROW_GROUP;
+            r0 = groups * ith / nt * ROW_GROUP, r1 = groups * (ith + 1) / nt * ROW_GROUP;
+        };
+        std::vector<double> run;
         auto work = [&](int ith, int nt) {
             for (;;) {
                 const double t0 = now_s();
                 for (size_t i = 0; i < nodes.size(); ++i) {
-                    const packed_matrix & w = nodes[i].parts[0];
-                    const int64_t groups = w.n_rows / ROW_GROUP;
-                    const int64_t g0 = groups * ith / nt, g1 = groups * (ith + 1) / nt;
-                    mul_mat(fast, w, xa.data(), 1, y.data(), w.n_rows, g0 * ROW_GROUP, g1 * ROW_GROUP);
-                    if (prefetch && i + 1 < nodes.size()) {
-                        const packed_matrix & nw = nodes[i + 1].parts[0];
-                        const int64_t ng = nw.n_rows / ROW_GROUP;
-                        const size_t gb = nw.data.size() / size_t(ng);
-                        const char * p = reinterpret_cast<const char *>(nw.data.data()) + size_t(ng * ith / nt) * gb;
-                        const size_t n = std::min<size_t>(65536, size_t(ng * (ith + 1) / nt - ng * ith / nt) * gb);
+                    const packed_matrix * w;
+                    int64_t r0, r1;
+                    rows_of(i, ith, nt, w, r0, r1);
+                    mul_mat(fast, *w, xa.data(), 1, y.data(), w->n_rows, r0, r1);
+                    if (layouts[v].prefetch && i + 1 < nodes.size()) {
+                        rows_of(i + 1, ith, nt, w, r0, r1);
+                        const size_t gb = w->data.size() / size_t(w->n_rows / ROW_GROUP);
+                        const char * p  = reinterpret_cast<const char *>(w->data.data()) + size_t(r0 / ROW_GROUP) * gb;
+                        const size_t n  = std::min<size_t>(65536, size_t((r1 - r0) / ROW_GROUP) * gb);
                         for (size_t off = 0; off < n; off += 64) __builtin_prefetch(p + off, 0, 2);
                     }
                     barrier(nt);
                 }
                 if (ith == 0) {
-                    step_s.push_back(now_s() - t0);
+                    run.push_back(now_s() - t0);
                     double spent = 0;
-                    for (double x : step_s) spent += x;
-                    stop.store(spent > seconds, std::memory_order_relaxed);
+                    for (double x : run) spent += x;
+                    stop.store(spent > seconds / 2, std::memory_order_relaxed);
                 }
                 barrier(nt);
                 if (stop.load(std::memory_order_relaxed)) return;
             }
         };
         parallel(threads, work);
-        std::vector<double> sorted = step_s;
+        steps[v].insert(steps[v].end(), run.begin(), run.end());
+    }
+    for (size_t v = 0; v < layouts.size(); ++v) {
+        std::vector<double> sorted = steps[v];
         std::sort(sorted.begin(), sorted.end());
         double mean = 0;
-        for (double x : step_s) mean += x;
-        mean /= double(step_s.size());
+        for (double x : sorted) mean += x;
+        mean /= double(sorted.size());
         printf("{\"kind\": \"step\", \"type\": \"%s\", \"out_type\": \"%s\", \"layers\": %d, \"nodes\": %zu, "
-               "\"mb\": %.1f, \"threads\": %d, \"prefetch\": %s, \"steps\": %zu, \"mean_ms\": %.3f, "
+               "\"mb\": %.1f, \"threads\": %d, \"layout\": \"%s\", \"steps\": %zu, \"mean_ms\": %.3f, "
                "\"median_ms\": %.3f, \"best_ms\": %.3f, \"mean_gb_s\": %.2f}\n",
-               t.name, out_t.name, layers, nodes.size(), bytes / 1e6, threads, prefetch ? "true" : "false",
-               step_s.size(), mean * 1e3, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, bytes / mean / 1e9);
+               t.name, out_t.name, layers, nodes.size(), bytes / 1e6, threads, layouts[v].name, sorted.size(),
+               mean * 1e3, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, bytes / mean / 1e9);
         fflush(stdout);
     }
 }
