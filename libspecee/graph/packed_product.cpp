@@ -102,9 +102,9 @@ void multiply_groups(const model::packed_weight * const * parts, size_t n_parts,
 // small operations between products run: without it each node's weights
 // start cold, and a node of a small model reads only 0.1-0.5 MB a thread.
 // Of 32 KB to 512 KB, 64 KB and 128 KB measured best (about a thread's whole
-// share evicts what the current node still reads): SmolLM2-135M 1.05x,
-// Qwen2.5-Coder-0.5B 1.06x, -1.5B 1.03x decode (docs/kernels.md,
-// "Prefetching the next node").
+// share evicts what the current node still reads). Decode: SmolLM2-135M
+// 1.037x, the Qwen2.5-Coder models unchanged (docs/kernels.md, "Prefetching
+// the next node").
 constexpr size_t prefetch_bytes = 65536;
 
 // Groups of 16 rows over all `parts` of a node.
