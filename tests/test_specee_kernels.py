@@ -126,6 +126,31 @@ def test_the_avx2_kernels_give_the_same_bits(model_path, monkeypatch):
 
 
 @needs_kernels
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("llama", "Q4_K"), ("qwen2", "Q5_0")])
+def test_a_node_that_norms_its_own_input_gives_the_same_bits(arch, qtype, tiny_model_factory, monkeypatch):
+    """The Q/K/V and gate/up nodes norm their input themselves (the RMSNorm
+    and its scale fold into them), each float step as ggml's norm takes it:
+    the logits of a prompt, a step and a tree equal those with the separate
+    norm nodes (SPECEE_FOLD_NORMS=0, read at load) bit for bit."""
+    path = tiny_model_factory(arch=arch, qtype=qtype, tied=False, n_layer=2, seed=5)
+
+    def run() -> np.ndarray:
+        with Model(path, kernels="specee") as m, m.context(n_ctx=64, n_threads=2) as ctx:
+            assert m.n_packed == 2 * 7
+            ctx.prefill(PROMPT)
+            rows = [ctx.logits().copy()]
+            for token in (7, 3, 11, 5, 2, 13, 17, 19):  # a rounding step away shows in some row
+                ctx.decode(token)
+                rows.append(ctx.logits().copy())
+            ctx.decode_tree(TREE_TOKENS)
+            return np.concatenate([np.stack(rows), ctx.all_logits()])
+    folded = run()
+    monkeypatch.setenv("SPECEE_FOLD_NORMS", "0")
+    separate = run()
+    np.testing.assert_array_equal(folded, separate)
+
+
+@needs_kernels
 @pytest.mark.parametrize("kernels", ["ggml", "specee"])
 def test_a_draft_head_does_not_change_a_prompts_logits(tiny_model_factory, tmp_path, kernels):
     """With a draft head attached, a prompt keeps every row's last hidden

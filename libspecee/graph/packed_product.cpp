@@ -4,6 +4,9 @@
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 namespace specee {
@@ -13,19 +16,24 @@ namespace {
 // The activations' type for a weight type: Q8_K for the k-quants, Q8_0 else.
 ggml_type activation_type(kernels::weight_type t) { return kernels::takes_q8_k(t) ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0; }
 
-// Blocks [b0, b1) of x [k, n] F32 as ggml's activation blocks of `type`
-// (block i: column i / (k / block), in order) into out. A block's
-// quantization does not depend on which thread does it, or with which others.
-void quantize_blocks(const ggml_tensor * x, ggml_type type, int64_t b0, int64_t b1, char * out) {
+// Blocks [b0, b1) of x [k, n] F32 (columns `stride` bytes apart) as ggml's
+// activation blocks of `type` (block i: column i / (k / block), in order)
+// into out. A block's quantization does not depend on which thread does it,
+// or with which others.
+void quantize_blocks(const void * x, int64_t k, size_t stride, ggml_type type, int64_t b0, int64_t b1, char * out) {
     const int64_t per   = ggml_blck_size(type);
     const size_t  bytes = ggml_type_size(type);
-    const int64_t nb    = x->ne[0] / per;
+    const int64_t nb    = k / per;
     const auto    quant = ggml_get_type_traits_cpu(type)->from_float;
     for (int64_t i = b0; i < b1; ++i) {
         const int64_t col = i / nb, b = i % nb;
-        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + col * x->nb[1]) + b * per;
+        const float * src = reinterpret_cast<const float *>(static_cast<const char *>(x) + col * stride) + b * per;
         quant(src, out + i * bytes, per);
     }
+}
+
+void quantize_blocks(const ggml_tensor * x, ggml_type type, int64_t b0, int64_t b1, char * out) {
+    quantize_blocks(x->data, x->ne[0], x->nb[1], type, b0, b1, out);
 }
 
 int64_t n_blocks(const ggml_tensor * x, ggml_type type) { return x->ne[0] / ggml_blck_size(type) * x->ne[1]; }
@@ -40,6 +48,22 @@ void quantize(ggml_tensor * dst, int ith, int nth, void * userdata) {
     quantize_blocks(x, type, total * ith / nth, total * (ith + 1) / nth, static_cast<char *>(dst->data));
 }
 
+// y = x / rms(x) * w for one row of k, each float step as ggml's CPU
+// rms_norm followed by its mul (fused or not) takes it: the squares summed in
+// double in order, mean and scale in float, then (x * scale) * w. So a node
+// that norms its own input computes exactly what the two nodes did.
+void rms_norm_row(const float * x, const float * w, int64_t k, float eps, float * y) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; ++i) {
+        sum += double(x[i] * x[i]);
+    }
+    const float mean  = float(sum / double(k));
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < k; ++i) {
+        y[i] = x[i] * scale * w[i];
+    }
+}
+
 // Small inputs are quantized inside the product node, by every thread for
 // itself: a few microseconds of redundant work instead of a node and a
 // thread barrier (a decode step of SmolLM2-135M has 120 of them).
@@ -48,15 +72,28 @@ constexpr int64_t max_inline_quantize = 16384;  // elements of x
 bool quantize_inline(const ggml_tensor * x) { return ggml_nelements(x) <= max_inline_quantize; }
 
 // The product's activation blocks: src[0] itself, or, when it is still
-// F32, this thread's own quantization of it.
-const void * activations(const ggml_tensor * x, ggml_type type) {
+// F32, this thread's own quantization of it; of rms_norm(x) * norm_w when a
+// norm weight is given (a set's node that norms its own input).
+const void * activations(const ggml_tensor * x, ggml_type type, const ggml_tensor * norm_w = nullptr,
+                         float eps = 0.0f) {
     if (x->type != GGML_TYPE_F32) {
         return x->data;
     }
-    thread_local std::vector<char> buffer;
+    thread_local std::vector<char>  buffer;
+    thread_local std::vector<float> normed;
     const int64_t total = n_blocks(x, type);
     buffer.resize(size_t(total) * ggml_type_size(type));
-    quantize_blocks(x, type, 0, total, buffer.data());
+    if (norm_w == nullptr) {
+        quantize_blocks(x, type, 0, total, buffer.data());
+        return buffer.data();
+    }
+    const int64_t k = x->ne[0];
+    normed.resize(size_t(k * x->ne[1]));
+    for (int64_t c = 0; c < x->ne[1]; ++c) {
+        rms_norm_row(reinterpret_cast<const float *>(static_cast<const char *>(x->data) + c * x->nb[1]),
+                     static_cast<const float *>(norm_w->data), k, eps, normed.data() + c * k);
+    }
+    quantize_blocks(normed.data(), k, size_t(k) * sizeof(float), type, 0, total, buffer.data());
     return buffer.data();
 }
 
@@ -161,13 +198,34 @@ void multiply(ggml_tensor * dst, int ith, int nth, void * userdata) {
 }
 
 // dst (flat) = the set's products one after another; userdata: the set.
-// src: x, the parts' weights, then (when they have them) their biases.
+// src: x, the parts' weights, their biases (or nulls), then the weight of
+// the RMSNorm to apply to x first (or null).
 void multiply_set(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto & set     = *static_cast<const model::packed_set *>(userdata);
-    const size_t n_parts = set.parts.size();
-    multiply_parts(set.parts.data(), n_parts, activations(dst->src[0], activation_type(set.parts[0]->matrix.type)),
+    const auto &        set     = *static_cast<const model::packed_set *>(userdata);
+    const size_t        n_parts = set.parts.size();
+    const ggml_tensor * norm_w  = dst->src[1 + 2 * n_parts];
+    multiply_parts(set.parts.data(), n_parts,
+                   activations(dst->src[0], activation_type(set.parts[0]->matrix.type), norm_w, set.rms_eps),
                    dst->src[0]->ne[1], static_cast<float *>(dst->data), ith, nth,
                    dst->src[1 + n_parts] != nullptr ? dst->src + 1 + n_parts : nullptr);
+}
+
+// When t is rms_norm(x) * w as graph.cpp's rms_norm builds it, with the
+// set's epsilon, x F32 and contiguous, w one F32 row: x and w, so that the
+// set's node norms x itself (two nodes and their barriers fewer a layer);
+// else nulls.
+std::pair<ggml_tensor *, ggml_tensor *> norm_to_fold(const model::packed_set & set, ggml_tensor * t) {
+    if (!set.fold_norm || t->op != GGML_OP_MUL || t->src[0]->op != GGML_OP_RMS_NORM) {
+        return {nullptr, nullptr};
+    }
+    ggml_tensor * x = t->src[0]->src[0];
+    ggml_tensor * w = t->src[1];
+    float         eps;
+    std::memcpy(&eps, t->src[0]->op_params, sizeof eps);
+    const bool ok = eps == set.rms_eps && x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) &&
+                    ggml_are_same_shape(x, t) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
+                    ggml_nelements(w) == x->ne[0];
+    return ok ? std::make_pair(x, w) : std::make_pair(nullptr, nullptr);
 }
 
 // x as the activation blocks of `pw`'s type: [activation bytes, n] I8; or
@@ -192,19 +250,26 @@ std::vector<ggml_tensor *> packed_products(ggml_context * ctx0, const model::pac
                                            const std::vector<ggml_tensor *> & biases) {
     GGML_ASSERT(!set.parts.empty() && ws.size() == set.parts.size());
     GGML_ASSERT(biases.empty() || biases.size() == ws.size());
-    ggml_tensor * xq = quantized(ctx0, *set.parts[0], x);
-    const int64_t n  = x->ne[1];
-    int64_t rows = 0;
+    const int64_t n = x->ne[1];
+    // a small input that is a norm's output: this node norms it itself
+    auto [unnormed, norm_w] = norm_to_fold(set, x);
+    if (unnormed != nullptr && !quantize_inline(unnormed)) {
+        unnormed = norm_w = nullptr;
+    }
+    ggml_tensor * xq   = unnormed != nullptr ? unnormed : quantized(ctx0, *set.parts[0], x);
+    int64_t       rows = 0;
     std::vector<ggml_tensor *> args = {xq};
     for (size_t i = 0; i < ws.size(); ++i) {
         rows += set.parts[i]->matrix.n_rows;
         args.push_back(ws[i]);  // only so that the graph knows what the node reads
     }
-    for (size_t i = 0; i < biases.size(); ++i) {
-        GGML_ASSERT(biases[i] != nullptr && biases[i]->type == GGML_TYPE_F32 && ggml_is_contiguous(biases[i]) &&
-                    ggml_nelements(biases[i]) == set.parts[i]->matrix.n_rows);
-        args.push_back(biases[i]);
+    for (size_t i = 0; i < ws.size(); ++i) {
+        GGML_ASSERT(biases.empty() || (biases[i] != nullptr && biases[i]->type == GGML_TYPE_F32 &&
+                                       ggml_is_contiguous(biases[i]) &&
+                                       ggml_nelements(biases[i]) == set.parts[i]->matrix.n_rows));
+        args.push_back(biases.empty() ? nullptr : biases[i]);
     }
+    args.push_back(norm_w);
     ggml_tensor * all = ggml_custom_4d(ctx0, GGML_TYPE_F32, rows * n, 1, 1, 1, args.data(), int(args.size()),
                                        multiply_set, GGML_N_TASKS_MAX, const_cast<model::packed_set *>(&set));
     std::vector<ggml_tensor *> out;

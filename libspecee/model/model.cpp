@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <map>
@@ -537,8 +538,11 @@ static void pack_matrix(model & m, const ggml_tensor * t, const void * bytes) {
 // The packed sets (model::packed_set): matrices of one layer that read the
 // same input, all packed, with the same activation blocks.
 static void group_packed(model & m) {
+    const char * fold = std::getenv("SPECEE_FOLD_NORMS");
     auto group = [&](std::initializer_list<const ggml_tensor *> ts) {
         model::packed_set set;
+        set.rms_eps   = m.hp.rms_eps;
+        set.fold_norm = fold == nullptr || std::strcmp(fold, "0") != 0;
         for (const ggml_tensor * t : ts) {
             const model::packed_weight * pw = m.packed_for(t);
             if (pw == nullptr || (!set.parts.empty() &&

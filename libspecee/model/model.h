@@ -134,6 +134,11 @@ struct model {
     // the input: fewer nodes and thread barriers a step. By the first one.
     struct packed_set {
         std::vector<const packed_weight *> parts;
+        // the model's RMSNorm epsilon, for the set's node to norm its input
+        // itself (packed_products), unless SPECEE_FOLD_NORMS=0 was set at
+        // load (a switch for tests and A/B runs)
+        float rms_eps   = 0.0f;
+        bool  fold_norm = true;
     };
     std::unordered_map<const ggml_tensor *, packed_set> packed_sets;
     const packed_set * packed_set_for(const ggml_tensor * first) const {
