@@ -28,15 +28,20 @@
 #include <thread>
 #include <vector>
 #include <new>
+#include <utility>
+#include <sys/mman.h>
 
 using namespace specee::kernels;
 
 // While `arena_next` is set, every allocation of this program comes from one
-// buffer, in order (64-byte aligned), so that step_stream can place matrices
-// one after another in memory; deletes of such blocks do nothing.
+// mapping, in order (64-byte aligned), so that step_stream can place matrices
+// one after another in memory; deletes of blocks in any such mapping (up to
+// 8, never unmapped) do nothing.
 static char * arena_begin = nullptr;
 static char * arena_next  = nullptr;
 static char * arena_end   = nullptr;
+static std::pair<char *, char *> arenas[8];
+static int n_arenas = 0;
 
 void * operator new(size_t n) {
     if (arena_next != nullptr && arena_next + n <= arena_end) {
@@ -48,7 +53,9 @@ void * operator new(size_t n) {
     throw std::bad_alloc();
 }
 void operator delete(void * p) noexcept {
-    if (p >= (void *) arena_begin && p < (void *) arena_end) return;
+    for (int i = 0; i < n_arenas; ++i) {
+        if (p >= (void *) arenas[i].first && p < (void *) arenas[i].second) return;
+    }
     free(p);
 }
 void operator delete(void * p, size_t) noexcept { operator delete(p); }
@@ -155,18 +162,18 @@ static packed_matrix random_packed(const type_pair & t, int64_t rows, int64_t co
 // of a persistent pool, with a spin barrier after each node as ggml has, and
 // nothing else: no norms, attention or quantization. What a step's products
 // cost when nothing else runs: the floor that the model's graph compares to.
-// Three ways, each run twice in the order A B C C B A (these hosts drift):
-//   per node               one matrix per node, as the library keeps them
-//   per node, prefetch     and each thread asks for the first 64 KB of its
-//                          rows of the next node before the barrier, as
-//                          packed_product does
-//   thread-major, prefetch each thread's rows of every node copied into one
-//                          buffer, one thread's whole step after the other's,
-//                          so that a thread's weights are one stream
+// Each thread asks for the first 64 KB of its rows of the next node before
+// the barrier, as packed_product does. Four placements of the weights, each
+// run twice in the order A B C D D C B A (these hosts drift):
+//   per node              one allocation per matrix, as the library has them
+//   node-major            the matrices one after another in one mapping
+//   node-major, 2 MB      the same in transparent huge pages (madvise)
+//   thread-major, 2 MB    each thread's rows of every node one after another,
+//                         one thread's whole step after the other's, so that
+//                         a thread's weights are one stream; huge pages
 struct step_layout {
     const char *                            name;
-    bool                                    prefetch;
-    std::vector<std::vector<packed_matrix>> rows;  // thread-major: [node][thread], that thread's rows
+    std::vector<std::vector<packed_matrix>> rows;  // [node][thread]: that thread's rows (empty: per node)
 };
 
 // Thread t's share of w (row groups split as the library splits them).
@@ -181,24 +188,40 @@ static packed_matrix share_of(const packed_matrix & w, int t, int nt) {
     return m;
 }
 
-// The shares of every node, allocated one after another from one buffer,
-// thread by thread.
-static std::vector<std::vector<packed_matrix>> thread_major(const std::vector<packed_matrix> & nodes, int nt,
-                                                            std::vector<char> & buffer) {
-    size_t total = 0;
-    for (const packed_matrix & w : nodes) total += w.data.size() + size_t(nt) * 64;
-    buffer.assign(total + 64, 0);
+// Every node's shares copied into one fresh mapping (in 2 MB pages when
+// `huge`), node by node or thread by thread. The mapping is never unmapped.
+static std::vector<std::vector<packed_matrix>> placed(const std::vector<packed_matrix> & nodes, int nt,
+                                                      bool thread_by_thread, bool huge) {
     std::vector<std::vector<packed_matrix>> out(nodes.size(), std::vector<packed_matrix>(nt));
+    size_t total = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
-        for (int t = 0; t < nt; ++t) out[i][t] = share_of(nodes[i], t, nt);
+        for (int t = 0; t < nt; ++t) {
+            out[i][t] = share_of(nodes[i], t, nt);
+            total += out[i][t].data.size() + 64;
+        }
     }
-    arena_begin = buffer.data();
-    arena_next  = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
-    arena_end   = buffer.data() + buffer.size();
-    for (int t = 0; t < nt; ++t) {
-        for (size_t i = 0; i < nodes.size(); ++i) {
-            std::vector<uint8_t> placed(out[i][t].data);  // allocated here, right after the previous share
-            out[i][t].data.swap(placed);                  // (the old block is freed outside the arena)
+    const size_t page = size_t(2) << 20, len = (total + 2 * page) & ~(page - 1);
+    char * m = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (m == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    char * a = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(m) + page - 1) & ~uintptr_t(page - 1));
+    if (huge && madvise(a, len - page, MADV_HUGEPAGE) != 0) {
+        perror("madvise(MADV_HUGEPAGE)");
+    }
+    arena_begin = arena_next = a;
+    arena_end   = a + len - page;
+    if (n_arenas == 8) {
+        fprintf(stderr, "step: too many arenas\n");
+        exit(1);
+    }
+    arenas[n_arenas++] = {arena_begin, arena_end};
+    for (int x = 0; x < (thread_by_thread ? nt : int(nodes.size())); ++x) {
+        for (int y = 0; y < (thread_by_thread ? int(nodes.size()) : nt); ++y) {
+            packed_matrix &      w = thread_by_thread ? out[y][x] : out[x][y];
+            std::vector<uint8_t> copy(w.data);  // allocated here, right after the previous share
+            w.data.swap(copy);                  // (the old block is freed outside the arena)
         }
     }
     arena_next = nullptr;
@@ -235,13 +258,13 @@ static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t q
     std::vector<float> y(size_t(std::max(vocab, 2 * ff)));
     const isa fast = best_isa();
 
-    std::vector<step_layout> layouts = {{"per node", false, {}}, {"per node, prefetch", true, {}},
-                                        {"thread-major, prefetch", true, {}}};
-    std::vector<char> buffer;
-    layouts[2].rows = thread_major(nodes, threads, buffer);  // the per-node layouts read `nodes` itself
+    std::vector<step_layout> layouts = {{"per node", {}},
+                                        {"node-major", placed(nodes, threads, false, false)},
+                                        {"node-major, 2 MB pages", placed(nodes, threads, false, true)},
+                                        {"thread-major, 2 MB pages", placed(nodes, threads, true, true)}};
 
     std::vector<std::vector<double>> steps(layouts.size());
-    for (int v : {0, 1, 2, 2, 1, 0}) {
+    for (int v : {0, 1, 2, 3, 3, 2, 1, 0}) {
         std::atomic<int>  arrived{0}, generation{0};
         std::atomic<bool> stop{false};
         auto barrier = [&](int nt) {
@@ -255,8 +278,8 @@ static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t q
         };
         // thread ith's rows of node i: a pointer to its first group and how many rows
         auto rows_of = [&](size_t i, int ith, int nt, const packed_matrix *& w, int64_t & r0, int64_t & r1) {
-            if (v == 2) {
-                w = &layouts[2].rows[i][ith];
+            if (!layouts[size_t(v)].rows.empty()) {
+                w  = &layouts[size_t(v)].rows[i][ith];
                 r0 = 0, r1 = w->n_rows;
                 return;
             }
@@ -273,7 +296,7 @@ static void step_stream(const type_pair & t, int layers, int64_t embd, int64_t q
                     int64_t r0, r1;
                     rows_of(i, ith, nt, w, r0, r1);
                     mul_mat(fast, *w, xa.data(), 1, y.data(), w->n_rows, r0, r1);
-                    if (layouts[v].prefetch && i + 1 < nodes.size()) {
+                    if (i + 1 < nodes.size()) {
                         rows_of(i + 1, ith, nt, w, r0, r1);
                         const size_t gb = w->data.size() / size_t(w->n_rows / ROW_GROUP);
                         const char * p  = reinterpret_cast<const char *>(w->data.data()) + size_t(r0 / ROW_GROUP) * gb;
