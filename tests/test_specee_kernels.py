@@ -151,6 +151,26 @@ def test_a_node_that_norms_its_own_input_gives_the_same_bits(arch, qtype, tiny_m
 
 
 @needs_kernels
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K", "Q6_K"])
+def test_weights_moved_into_one_block_give_the_same_bits(qtype, tiny_model_factory, monkeypatch):
+    """At load the packed matrices of a decode step move into one block of
+    2 MB pages, in step order; the kernels then read them there. The logits
+    equal those read from the matrices where repacking left them
+    (SPECEE_HUGE_PAGES=0, read at load)."""
+    path = tiny_model_factory(arch="llama", qtype=qtype, tied=False, n_layer=2, seed=9)
+
+    def run() -> np.ndarray:
+        with Model(path, kernels="specee") as m, m.context(n_ctx=64, n_threads=2) as ctx:
+            ctx.prefill(PROMPT)
+            ctx.decode(7)
+            ctx.decode_tree(TREE_TOKENS)
+            return ctx.all_logits()
+    placed = run()
+    monkeypatch.setenv("SPECEE_HUGE_PAGES", "0")
+    np.testing.assert_array_equal(run(), placed)
+
+
+@needs_kernels
 @pytest.mark.parametrize("kernels", ["ggml", "specee"])
 def test_a_draft_head_does_not_change_a_prompts_logits(tiny_model_factory, tmp_path, kernels):
     """With a draft head attached, a prompt keeps every row's last hidden

@@ -166,7 +166,7 @@ void prefetch_share(const std::vector<const model::packed_weight *> & next, int 
             continue;
         }
         const size_t group_bytes = size_t(pw->matrix.n_blocks()) * pw->matrix.block_bytes();
-        const char * p           = reinterpret_cast<const char *>(pw->matrix.data.data()) + size_t(g) * group_bytes;
+        const char * p           = reinterpret_cast<const char *>(pw->matrix.bytes()) + size_t(g) * group_bytes;
         const size_t n           = std::min(left, size_t(groups - g) * group_bytes);
         for (size_t off = 0; off < n; off += 64) {
             __builtin_prefetch(p + off, /*rw=*/0, /*locality=*/2);

@@ -90,9 +90,12 @@ struct packed_matrix {
     weight_type          type   = weight_type::q4_k;
     int64_t              n_rows = 0;
     int64_t              n_cols = 0;
-    std::vector<uint8_t> data;  // n_rows / 16 groups of n_blocks() repacked blocks
+    std::vector<uint8_t> data;              // n_rows / 16 groups of n_blocks() repacked blocks, as repack wrote them
+    const uint8_t *      placed = nullptr;  // the same bytes where their owner moved them (data is empty then)
     size_t  block_bytes() const;  // bytes of one repacked block (16 rows x one block of weights)
     int64_t n_blocks() const { return n_cols / source_block_weights(type); }  // blocks along a row
+    size_t  n_bytes() const { return size_t(n_rows / ROW_GROUP * n_blocks()) * block_bytes(); }
+    const uint8_t * bytes() const { return placed != nullptr ? placed : data.data(); }
 };
 
 // Repacks rows of ggml blocks (n_rows x n_cols / 256 blocks, row-major).

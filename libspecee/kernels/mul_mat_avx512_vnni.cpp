@@ -165,7 +165,7 @@ void q4_k_tile(const block_q4_k_r16 * blocks, int64_t nb, const block_q8_k * con
 void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
+    const auto *  blocks = reinterpret_cast<const block_q6_k_r16 *>(w.bytes());
     for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q6_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
@@ -175,7 +175,7 @@ void mul_mat_q6_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int
 void mul_mat_q4_k_avx512_vnni(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                               int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
+    const auto *  blocks = reinterpret_cast<const block_q4_k_r16 *>(w.bytes());
     for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q4_k_tile<nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(y + g * ROW_GROUP, ldy, c0).data());
@@ -274,7 +274,7 @@ template <weight_type T>
 void q32_run(const packed_matrix & w, const block_q8_0 * x, const int32_t * sums, int n_x, float * y, int64_t ldy,
              int64_t row_begin, int64_t row_end) {
     const int64_t nb     = w.n_blocks();
-    const auto *  blocks = reinterpret_cast<const typename q32_block<T>::type *>(w.data.data());
+    const auto *  blocks = reinterpret_cast<const typename q32_block<T>::type *>(w.bytes());
     for_each_tile<MAX_TILE, 1>(row_begin, row_end, n_x, [&](int64_t g, int, int c0, auto width) {
         constexpr int nc = decltype(width)::value;
         q32_tile<T, nc>(blocks + g * nb, nb, columns<nc>(x, nb, c0).data(), columns<nc>(sums, nb, c0).data(),

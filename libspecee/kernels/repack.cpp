@@ -259,7 +259,7 @@ void q8_0_sums(const block_q8_0 * x, int64_t n_blocks, int32_t * out) {
 void mul_mat_q6_k_reference(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                             int64_t row_begin, int64_t row_end) {
     const int64_t nb  = w.n_cols / QK;
-    const auto *  blk = reinterpret_cast<const block_q6_k_r16 *>(w.data.data());
+    const auto *  blk = reinterpret_cast<const block_q6_k_r16 *>(w.bytes());
     for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
         for (int c = 0; c < n_x; ++c) {
             for (int r = 0; r < ROW_GROUP; ++r) {
@@ -301,7 +301,7 @@ void mul_mat_q32_reference(const packed_matrix & w, const block_q8_0 * x, const 
             for (int r = 0; r < ROW_GROUP; ++r) {
                 float acc = 0.0f;
                 for (int64_t b = 0; b < nb; ++b) {
-                    const uint8_t *    blk = w.data.data() + (size_t) (g * nb + b) * w.block_bytes();
+                    const uint8_t *    blk = w.bytes() + (size_t) (g * nb + b) * w.block_bytes();
                     const block_q8_0 & X   = x[c * nb + b];
                     const int32_t      xs  = sums[c * nb + b];
                     int32_t            sum = 0;
@@ -345,7 +345,7 @@ void mul_mat_q32_reference(const packed_matrix & w, const block_q8_0 * x, const 
 void mul_mat_q4_k_reference(const packed_matrix & w, const block_q8_k * x, int n_x, float * y, int64_t ldy,
                             int64_t row_begin, int64_t row_end) {
     const int64_t nb  = w.n_cols / QK;
-    const auto *  blk = reinterpret_cast<const block_q4_k_r16 *>(w.data.data());
+    const auto *  blk = reinterpret_cast<const block_q4_k_r16 *>(w.bytes());
     for (int64_t g = row_begin / ROW_GROUP; g < row_end / ROW_GROUP; ++g) {
         for (int c = 0; c < n_x; ++c) {
             for (int r = 0; r < ROW_GROUP; ++r) {

@@ -563,6 +563,47 @@ static void group_packed(model & m) {
     }
 }
 
+// The matrices of `nodes` (a decode step's product nodes, in order) moved
+// into one weight_block, one after another (packed_matrix::placed): in 2 MB
+// pages a step translates a few dozen addresses instead of tens of
+// thousands. Decode 1.05x SmolLM2-135M, 1.06x Qwen2.5-Coder-0.5B, 1.04x
+// -1.5B; loading 0.25 s to 2.4 s slower on the VMs measured, which back
+// fresh 2 MB pages slowly (docs/kernels.md, "Packed weights in 2 MB pages").
+// SPECEE_HUGE_PAGES=0 at load leaves them where they are. Each matrix's own
+// copy is freed as it moves, so loading peaks at the block plus one matrix;
+// without the memory for the block the matrices stay where they are.
+static void place_in_step_order(model & m, const std::vector<std::vector<const model::packed_weight *>> & nodes) {
+    if (const char * env = std::getenv("SPECEE_HUGE_PAGES"); env != nullptr && std::strcmp(env, "0") == 0) {
+        return;
+    }
+    constexpr size_t align = 64;  // every matrix starts on a cache line
+    auto rounded = [](size_t n) { return (n + align - 1) / align * align; };
+    size_t total = 0;
+    for (const auto & node : nodes) {
+        for (const model::packed_weight * pw : node) {
+            total += rounded(pw->matrix.n_bytes());
+        }
+    }
+    weight_block block(total);
+    if (block.data() == nullptr) {
+        return;
+    }
+    uint8_t * at = block.data();
+    for (const auto & node : nodes) {
+        for (const model::packed_weight * part : node) {
+            kernels::packed_matrix & w = const_cast<model::packed_weight *>(part)->matrix;
+            if (w.placed != nullptr) {  // a matrix in two nodes (none in today's graphs)
+                continue;
+            }
+            std::memcpy(at, w.data.data(), w.n_bytes());
+            w.placed = at;
+            std::vector<uint8_t>().swap(w.data);
+            at += rounded(w.n_bytes());
+        }
+    }
+    m.packed_block = std::move(block);
+}
+
 // Each product node's successor in a decode step (packed_weight::next):
 // per layer Q/K/V, the attention output, gate/up, down; then the output.
 static void link_packed_order(model & m) {
@@ -589,6 +630,7 @@ static void link_packed_order(model & m) {
     for (size_t i = 0; i + 1 < nodes.size(); ++i) {
         const_cast<model::packed_weight *>(nodes[i].front())->next = nodes[i + 1];
     }
+    place_in_step_order(m, nodes);
 }
 
 static void read_weights(model & m, gguf_context * gctx, FILE * f, bool check,

@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 #include "model/devices.h"
 #include "model/tensor_stores.h"
+#include "model/weight_block.h"
 
 #include <cstdint>
 #include <string>
@@ -125,6 +126,9 @@ struct model {
         std::vector<const packed_weight *> next;
     };
     std::unordered_map<const ggml_tensor *, packed_weight> packed;
+    // The packed matrices of a decode step, moved at load into one block of
+    // 2 MB pages in the order the step reads them (packed_matrix::placed).
+    weight_block packed_block;
     const packed_weight * packed_for(const ggml_tensor * w) const {
         const auto it = packed.find(w);
         return it == packed.end() ? nullptr : &it->second;
