@@ -567,8 +567,8 @@ static void group_packed(model & m) {
 // into one weight_block, one after another (packed_matrix::placed): in 2 MB
 // pages a step translates a few dozen addresses instead of tens of
 // thousands. Decode 1.05x SmolLM2-135M, 1.06x Qwen2.5-Coder-0.5B, 1.04x
-// -1.5B; loading 0.25 s to 2.4 s slower on the VMs measured, which back
-// fresh 2 MB pages slowly (docs/kernels.md, "Packed weights in 2 MB pages").
+// -1.5B; loading up to 0.9 s slower on the VMs measured, which back fresh
+// 2 MB pages slowly (docs/kernels.md, "Packed weights in 2 MB pages").
 // SPECEE_HUGE_PAGES=0 at load leaves them where they are. Each matrix's own
 // copy is freed as it moves, so loading peaks at the block plus one matrix;
 // without the memory for the block the matrices stay where they are.
@@ -588,12 +588,17 @@ static void place_in_step_order(model & m, const std::vector<std::vector<const m
     if (block.data() == nullptr) {
         return;
     }
+    constexpr size_t ahead = size_t(64) << 20;  // faulted in ahead of the copies, 64 MB at a time
+    size_t faulted = 0;
     uint8_t * at = block.data();
     for (const auto & node : nodes) {
         for (const model::packed_weight * part : node) {
             kernels::packed_matrix & w = const_cast<model::packed_weight *>(part)->matrix;
             if (w.placed != nullptr) {  // a matrix in two nodes (none in today's graphs)
                 continue;
+            }
+            for (const size_t need = size_t(at - block.data()) + w.n_bytes(); faulted < need; faulted += ahead) {
+                block.fault_in(faulted, ahead);
             }
             std::memcpy(at, w.data.data(), w.n_bytes());
             w.placed = at;

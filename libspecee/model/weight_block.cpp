@@ -3,6 +3,8 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <thread>
 #include <utility>
 
 namespace specee {
@@ -29,6 +31,23 @@ weight_block::weight_block(size_t bytes) {
 #ifdef MADV_HUGEPAGE
     madvise(data_, size_, MADV_HUGEPAGE);  // a request: without it the block keeps 4 KB pages
 #endif
+}
+
+void weight_block::fault_in(size_t offset, size_t bytes) const {
+    if (data_ == nullptr || offset >= size_) {
+        return;
+    }
+    bytes = std::min(bytes, size_ - offset);
+    constexpr size_t page = 4096;  // every small page too, where the block did not get huge ones
+    auto touch = [this, offset](size_t begin, size_t end) {
+        for (size_t at = begin; at < end; at += page) {
+            data_[offset + at] = 0;
+        }
+    };
+    const size_t half = bytes / 2 / page * page;
+    std::thread other(touch, half, bytes);
+    touch(0, half);
+    other.join();
 }
 
 weight_block::~weight_block() {

@@ -24,6 +24,12 @@ public:
     uint8_t * data() const { return data_; }
     size_t    size() const { return size_; }
 
+    // Faults in the pages of [offset, offset + bytes) now, two threads at
+    // once, before the caller writes there: on the VMs measured, a fresh
+    // 2 MB page costs far more faulted in by a copy than touched ahead, and
+    // two threads take half the time.
+    void fault_in(size_t offset, size_t bytes) const;
+
 private:
     void *    mapping_ = nullptr;  // what mmap returned
     size_t    mapped_  = 0;
