@@ -535,14 +535,21 @@ static void pack_matrix(model & m, const ggml_tensor * t, const void * bytes) {
     }
 }
 
+// Whether the environment variable `name` is "0": the switches that turn
+// off a load-time speed-up, for tests and A/B runs.
+static bool switched_off(const char * name) {
+    const char * value = std::getenv(name);
+    return value != nullptr && std::strcmp(value, "0") == 0;
+}
+
 // The packed sets (model::packed_set): matrices of one layer that read the
 // same input, all packed, with the same activation blocks.
 static void group_packed(model & m) {
-    const char * fold = std::getenv("SPECEE_FOLD_NORMS");
+    const bool fold_norm = !switched_off("SPECEE_FOLD_NORMS");
     auto group = [&](std::initializer_list<const ggml_tensor *> ts) {
         model::packed_set set;
         set.rms_eps   = m.hp.rms_eps;
-        set.fold_norm = fold == nullptr || std::strcmp(fold, "0") != 0;
+        set.fold_norm = fold_norm;
         for (const ggml_tensor * t : ts) {
             const model::packed_weight * pw = m.packed_for(t);
             if (pw == nullptr || (!set.parts.empty() &&
@@ -573,7 +580,7 @@ static void group_packed(model & m) {
 // copy is freed as it moves, so loading peaks at the block plus one matrix;
 // without the memory for the block the matrices stay where they are.
 static void place_in_step_order(model & m, const std::vector<std::vector<const model::packed_weight *>> & nodes) {
-    if (const char * env = std::getenv("SPECEE_HUGE_PAGES"); env != nullptr && std::strcmp(env, "0") == 0) {
+    if (switched_off("SPECEE_HUGE_PAGES")) {
         return;
     }
     constexpr size_t align = 64;  // every matrix starts on a cache line
